@@ -1,0 +1,1 @@
+"""dockyard's services; each may import `shared`, never another service."""

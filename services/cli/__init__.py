@@ -1,0 +1,1 @@
+"""The `dockyard` command line: docker's verbs, sent over the bus."""

@@ -1,0 +1,19 @@
+"""One module per area of the command line; each exposes `register(subparsers)`.
+
+A subcommand sets `func` to `async def handler(args, ctx) -> int` (the exit code);
+`ctx` is a `services.cli.context.CliContext`. Modules are imported lazily by
+`services.cli.main` so that start-up stays fast.
+"""
+
+# command name -> module that registers it (import on demand keeps `dockyard ps` lean)
+MODULES = {
+    "up": "stack", "serve": "stack", "status": "stack",
+    "user": "registry", "grant": "registry", "repo": "registry", "login": "registry",
+    "logout": "registry",
+    "images": "images", "tag": "images", "push": "images", "pull": "images", "rmi": "images",
+    "build": "build", "import": "build", "history": "build",
+    "run": "containers", "ps": "containers", "logs": "containers", "stop": "containers",
+    "start": "containers", "rm": "containers", "inspect": "containers", "agents": "containers",
+    "kill": "containers",
+    "gc": "gc",
+}

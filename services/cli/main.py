@@ -1,0 +1,66 @@
+"""Entry point of the `dockyard` command."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import sys
+
+from services.cli.commands import MODULES
+
+
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="dockyard", description="Build, push, pull and run container images.")
+    parser.add_argument("--nats", dest="nats_url", help="NATS URL (env DOCKYARD_NATS_URL)")
+    parser.add_argument("--data-dir", dest="data_dir", help="data directory (env DOCKYARD_DATA_DIR)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    modules = [MODULES[only]] if only in MODULES else sorted(set(MODULES.values()))
+    for name in modules:
+        try:
+            mod = importlib.import_module(f"services.cli.commands.{name}")
+        except ModuleNotFoundError as e:
+            if e.name == f"services.cli.commands.{name}":
+                continue  # an area not built yet
+            raise
+        mod.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    # `--json` may stand anywhere (`dockyard ps --json`), for every command alike.
+    json_output = "--json" in argv
+    argv = [a for a in argv if a != "--json"]
+    # Import only the module of the command asked for: start-up time is part of every command.
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    from shared import config as config_mod
+    from shared.errors import DockyardError
+    from services.cli.context import CliContext
+
+    cfg = config_mod.load(nats_url=args.nats_url, data_dir=args.data_dir)
+    ctx = CliContext(cfg, json_output=json_output)
+
+    async def run() -> int:
+        try:
+            return await args.func(args, ctx) or 0
+        finally:
+            await ctx.close()
+
+    try:
+        return asyncio.run(run())
+    except DockyardError as e:
+        CliContext.error(e.message)
+        return 125 if e.code != "NOT_FOUND" else 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

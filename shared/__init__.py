@@ -1,0 +1,1 @@
+"""The library every dockyard service imports: wire contract, OCI types, bus harness."""

@@ -1,0 +1,355 @@
+"""The bus harness: connecting, typed request handlers, error replies, events, KV state.
+
+A service registers typed endpoints on a `BusService` (built on `nats.micro`, so
+`$SRV.PING/INFO/STATS` discover it). A handler takes the decoded request Struct and
+returns a reply Struct; a raised `DockyardError` becomes an error reply carrying its
+code, which `BusClient.request` turns back into the same error class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import msgspec
+import nats
+import nats.errors
+import nats.js.errors
+import nats.micro
+from nats.aio.client import Client as NATS
+from nats.micro.request import Request as MicroRequest
+from nats.micro.service import EndpointConfig, ServiceConfig
+
+from shared import codec
+from shared.errors import (AlreadyExists, Conflict, DockyardError, Internal, InvalidArgument,
+                           NotFound, Unavailable, from_code)
+from shared.messages.common import ErrorReply, Progress
+
+log = logging.getLogger("dockyard.bus")
+
+Req = TypeVar("Req", bound=msgspec.Struct)
+Rep = TypeVar("Rep")
+Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+DETAIL_HEADER = "Dockyard-Error-Detail"
+
+
+async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5) -> NATS:
+    """Connect with reconnects on; an unreachable server is Unavailable."""
+    try:
+        return await nats.connect(
+            url, name=name, connect_timeout=connect_timeout, max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, allow_reconnect=True)
+    except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+        raise Unavailable(f"cannot reach NATS at {url}: {e}") from e
+
+
+class BusService:
+    """One service kind's endpoints on the bus, with graceful drain."""
+
+    def __init__(self, nc: NATS, name: str, *, version: str = "0.1.0", description: str = "",
+                 metadata: dict[str, str] | None = None):
+        self.nc = nc
+        self.name = name
+        self._config = ServiceConfig(name=name, version=version, description=description,
+                                     metadata=metadata or {}, queue_group=f"dockyard.{name}")
+        self._endpoints: list[EndpointConfig] = []
+        self._inflight: set[asyncio.Task] = set()
+        self._service: nats.micro.Service | None = None
+
+    @property
+    def id(self) -> str:
+        return self._service.id if self._service else ""
+
+    def endpoint(self, subject: str, request_type: type[Req],
+                 handler: Callable[[Req], Awaitable[msgspec.Struct | None]], *,
+                 queue: str | None = None) -> None:
+        """Register `handler` for `subject`; call before `start`."""
+        name = subject.replace(".", "-").replace("*", "any").replace(">", "all")
+        dec = codec.decoder(request_type)
+
+        async def on_msg(req: MicroRequest) -> None:
+            # micro runs one callback at a time per subscription; long handlers
+            # (builds, pulls) must not hold up the next request.
+            task = asyncio.create_task(self._serve_one(req, dec, request_type, handler))
+            self._inflight.add(task)
+            task.add_done_callback(self._inflight.discard)
+
+        self._endpoints.append(EndpointConfig(name=name[:60], subject=subject, handler=on_msg,
+                                              queue_group=queue))
+
+    async def _serve_one(self, req: MicroRequest, dec: msgspec.json.Decoder, typ: type,
+                         handler: Handler) -> None:
+        try:
+            try:
+                msg = dec.decode(req.data) if req.data else typ()
+            except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as e:
+                raise InvalidArgument(f"invalid {typ.__name__}: {e}") from e
+            reply = await handler(msg)
+            if req._msg.reply:
+                await req.respond(codec.encode(reply) if reply is not None else b"{}")
+        except DockyardError as e:
+            await _respond_error(req, e)
+        except asyncio.CancelledError:
+            await _respond_error(req, Unavailable(f"{self.name} is shutting down"))
+            raise
+        except Exception as e:  # a bug: report it to the caller instead of a timeout
+            log.exception("handler for %s failed", req.subject)
+            await _respond_error(req, Internal(f"{self.name}: {type(e).__name__}: {e}"))
+
+    async def start(self) -> None:
+        self._service = await nats.micro.add_service(self.nc, self._config)
+        for ep in self._endpoints:
+            await self._service.add_endpoint(ep)
+        await self.nc.flush()
+
+    async def stop(self, drain_timeout: float = 10.0) -> None:
+        """Stop taking requests, then let in-flight ones finish (up to `drain_timeout`)."""
+        if self._service is not None:
+            await self._service.stop()
+            self._service = None
+        if self._inflight:
+            _, pending = await asyncio.wait(set(self._inflight), timeout=drain_timeout)
+            for t in pending:
+                t.cancel()
+
+
+async def _respond_error(req: MicroRequest, e: DockyardError) -> None:
+    if not req._msg.reply:
+        return
+    body = codec.encode(ErrorReply(code=e.code, message=e.message, detail_code=e.detail_code))
+    try:
+        await req.respond(body, headers={ERROR_CODE_HEADER: e.code, ERROR_HEADER: e.message[:1000],
+                                         DETAIL_HEADER: e.detail_code or ""})
+    except nats.errors.Error:
+        log.warning("could not send error reply on %s", req.subject)
+
+
+class BusClient:
+    """Typed requests and events over one NATS connection."""
+
+    def __init__(self, nc: NATS):
+        self.nc = nc
+
+    async def request(self, subject: str, msg: msgspec.Struct, reply_type: type[Rep], *,
+                      timeout: float = 10.0) -> Rep:
+        try:
+            resp = await self.nc.request(subject, codec.encode(msg), timeout=timeout)
+        except nats.errors.NoRespondersError as e:
+            raise Unavailable(f"no service answers on {subject}") from e
+        except (nats.errors.TimeoutError, asyncio.TimeoutError) as e:
+            raise Unavailable(f"no reply on {subject} within {timeout:g}s") from e
+        return decode_reply(resp, reply_type)
+
+    async def request_with_progress(self, subject: str, msg: msgspec.Struct, reply_type: type[Rep],
+                                    on_progress: Callable[[Progress], Any], *,
+                                    timeout: float = 600.0) -> Rep:
+        """Send a request whose `progress_inbox` field receives Progress while it runs."""
+        inbox = self.nc.new_inbox()
+        dec = codec.decoder(Progress)
+
+        async def cb(m: Any) -> None:
+            try:
+                r = on_progress(dec.decode(m.data))
+                if asyncio.iscoroutine(r):
+                    await r
+            except msgspec.DecodeError:
+                log.warning("bad progress message on %s", inbox)
+
+        sub = await self.nc.subscribe(inbox, cb=cb)
+        try:
+            return await self.request(subject, msgspec.structs.replace(msg, progress_inbox=inbox),
+                                      reply_type, timeout=timeout)
+        finally:
+            await sub.unsubscribe()
+
+    async def publish(self, subject: str, msg: msgspec.Struct) -> None:
+        await self.nc.publish(subject, codec.encode(msg))
+
+    async def subscribe(self, subject: str, msg_type: type[Rep]) -> AsyncIterator[Rep]:
+        """Iterate over decoded messages (events) on `subject`."""
+        sub = await self.nc.subscribe(subject)
+        dec = codec.decoder(msg_type)
+        try:
+            async for m in sub.messages:
+                yield dec.decode(m.data)
+        finally:
+            await sub.unsubscribe()
+
+
+def decode_reply(resp: Any, reply_type: type[Rep]) -> Rep:
+    headers = resp.headers or {}
+    code = headers.get(ERROR_CODE_HEADER)
+    if code:
+        try:
+            err = codec.decoder(ErrorReply).decode(resp.data)
+            raise from_code(err.code, err.message, err.detail_code)
+        except msgspec.DecodeError:
+            raise from_code(code if not code.isdigit() else "INTERNAL",
+                            headers.get(ERROR_HEADER, "error"), headers.get(DETAIL_HEADER) or None)
+    return codec.decode(resp.data, reply_type)
+
+
+async def publish_progress(nc: NATS, inbox: str, progress: Progress) -> None:
+    """Send one progress message to a requester; silently nothing if it asked for none."""
+    if inbox:
+        await nc.publish(inbox, codec.encode(progress))
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# ---- JetStream key-value -------------------------------------------------------------
+
+_KEY_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_/.")
+
+
+def kv_key(*parts: str) -> str:
+    """Join parts into a valid, reversible KV key (`.` separates parts; others escaped as =XX)."""
+    out = []
+    for p in parts:
+        out.append("".join(c if c in _KEY_OK and c != "." else f"={ord(c):02X}" for c in p) or "=")
+    return ".".join(out)
+
+
+def kv_key_parts(key: str) -> list[str]:
+    import re
+    return [re.sub(r"=([0-9A-F]{2})", lambda m: chr(int(m.group(1), 16)), p) if p != "=" else ""
+            for p in key.split(".")]
+
+
+async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history: int = 1,
+                    description: str = "") -> Any:
+    """Bind to a KV bucket, creating it if absent (replicas may race: either wins)."""
+    js = nc.jetstream()
+    try:
+        return await js.key_value(bucket)
+    except nats.js.errors.BucketNotFoundError:
+        pass
+    except nats.errors.Error as e:
+        raise Unavailable(f"JetStream unavailable: {e}") from e
+    from nats.js.api import KeyValueConfig
+    try:
+        return await js.create_key_value(KeyValueConfig(
+            bucket=bucket, history=history, ttl=ttl, description=description or None))
+    except nats.js.errors.BadRequestError:
+        return await js.key_value(bucket)
+    except nats.errors.Error as e:
+        raise Unavailable(f"cannot create KV bucket {bucket}: {e}") from e
+
+
+class TypedKV:
+    """A KV bucket holding one Struct type per key, with compare-and-set writes."""
+
+    def __init__(self, kv: Any, typ: type[Rep]):
+        self.kv = kv
+        self.typ = typ
+        self._dec = codec.decoder(typ)
+
+    @classmethod
+    async def open(cls, nc: NATS, bucket: str, typ: type[Rep], **kw: Any) -> "TypedKV":
+        return cls(await kv_bucket(nc, bucket, **kw), typ)
+
+    async def get(self, key: str) -> tuple[Any, int] | None:
+        """(value, revision), or None when absent or deleted."""
+        try:
+            e = await self.kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except nats.errors.Error as ex:
+            raise Unavailable(f"KV get {key}: {ex}") from ex
+        if e.value is None or e.operation in ("DEL", "PURGE"):
+            return None
+        return self._dec.decode(e.value), e.revision
+
+    async def require(self, key: str, what: str = "key") -> tuple[Any, int]:
+        got = await self.get(key)
+        if got is None:
+            raise NotFound(f"{what} {kv_key_parts(key)[-1]!r} not found")
+        return got
+
+    async def create(self, key: str, value: msgspec.Struct) -> int:
+        try:
+            return await self.kv.create(key, codec.encode(value))
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise AlreadyExists(f"{key} already exists") from e
+        except nats.js.errors.APIError as e:
+            if getattr(e, "err_code", None) == 10071:
+                raise AlreadyExists(f"{key} already exists") from e
+            raise Unavailable(f"KV create {key}: {e}") from e
+
+    async def update(self, key: str, value: msgspec.Struct, last: int) -> int:
+        try:
+            return await self.kv.update(key, codec.encode(value), last=last)
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise Conflict(f"{key} changed concurrently") from e
+        except nats.js.errors.APIError as e:
+            if getattr(e, "err_code", None) == 10071:
+                raise Conflict(f"{key} changed concurrently") from e
+            raise Unavailable(f"KV update {key}: {e}") from e
+
+    async def put(self, key: str, value: msgspec.Struct) -> int:
+        try:
+            return await self.kv.put(key, codec.encode(value))
+        except nats.errors.Error as e:
+            raise Unavailable(f"KV put {key}: {e}") from e
+
+    async def delete(self, key: str, last: int | None = None) -> None:
+        try:
+            await self.kv.delete(key, last=last)
+        except nats.js.errors.KeyWrongLastSequenceError as e:
+            raise Conflict(f"{key} changed concurrently") from e
+        except nats.errors.Error as e:
+            raise Unavailable(f"KV delete {key}: {e}") from e
+
+    async def keys(self, prefix: str = "") -> list[str]:
+        """Live keys, optionally under `prefix` (a `kv_key` prefix ending in '.')."""
+        # nats-py's keys() filters client-side after reading every key; a watch on the
+        # prefix lets the server filter.
+        keys: set[str] = set()
+        try:
+            watcher = await self.kv.watch(prefix + ">", ignore_deletes=True, meta_only=True)
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        break
+                    if entry.operation in ("DEL", "PURGE"):
+                        keys.discard(entry.key)
+                    else:
+                        keys.add(entry.key)
+                    if entry.delta == 0:
+                        break
+            finally:
+                await watcher.stop()
+        except nats.errors.Error as e:
+            raise Unavailable(f"KV keys: {e}") from e
+        return sorted(keys)
+
+    async def items(self, prefix: str = "") -> list[tuple[str, Any, int]]:
+        out = []
+        for k in await self.keys(prefix):
+            got = await self.get(k)
+            if got is not None:
+                out.append((k, got[0], got[1]))
+        return out
+
+    async def mutate(self, key: str, fn: Callable[[Any | None], Any], *, retries: int = 20) -> Any:
+        """Read-modify-write with CAS, retried on conflict; `fn(None)` creates."""
+        for _ in range(retries):
+            got = await self.get(key)
+            new = fn(got[0] if got else None)
+            try:
+                if got is None:
+                    await self.create(key, new)
+                else:
+                    await self.update(key, new, last=got[1])
+                return new
+            except (Conflict, AlreadyExists):
+                await asyncio.sleep(0.005)
+        raise Conflict(f"{key}: too many concurrent updates")

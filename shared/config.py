@@ -1,0 +1,61 @@
+"""Configuration from flags and `DOCKYARD_*` environment variables (flags win)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "dockyard"
+DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_REGISTRY_ADDR = "127.0.0.1:5000"
+
+
+class Config(msgspec.Struct, kw_only=True, frozen=True):
+    data_dir: str = str(DEFAULT_DATA_DIR)
+    nats_url: str = DEFAULT_NATS_URL
+    # where the registry-gateway listens, and how others reach it
+    registry_addr: str = DEFAULT_REGISTRY_ADDR
+    registry_url: str = ""
+    # the layer-store's HTTP data plane; port 0 picks a free one (found via the bus)
+    layer_store_addr: str = "127.0.0.1:0"
+    agent_id: str = ""
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def service_dir(self, service: str) -> Path:
+        """A service's own state directory under the data dir, created on demand."""
+        p = self.data_path / service
+        p.mkdir(parents=True, exist_ok=True)
+        return p
+
+    @property
+    def registry_base_url(self) -> str:
+        return self.registry_url or f"http://{self.registry_addr}"
+
+    @property
+    def host_id(self) -> str:
+        return self.agent_id or socket.gethostname()
+
+    def env(self, name: str, default: str = "") -> str:
+        """A service-specific setting, `DOCKYARD_<NAME>` in the environment."""
+        return os.environ.get(f"DOCKYARD_{name.upper()}", default)
+
+
+def load(**flags: Any) -> Config:
+    """Defaults, overridden by `DOCKYARD_*` env vars, overridden by non-None flags."""
+    values: dict[str, Any] = {}
+    for field in Config.__struct_fields__:
+        env = os.environ.get(f"DOCKYARD_{field.upper()}")
+        if env is not None:
+            values[field] = env
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if "data_dir" in values:
+        values["data_dir"] = str(Path(values["data_dir"]).expanduser().resolve())
+    return msgspec.convert(values, Config)

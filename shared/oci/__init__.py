@@ -1,0 +1,1 @@
+"""OCI values: digests, media types, descriptors, manifests, references."""

@@ -1,0 +1,88 @@
+"""Every NATS subject dockyard uses, in one place.
+
+Requests served by a queue group (any replica answers) are `dockyard.<service>.<verb>`;
+requests for one host are `dockyard.agent.<agent_id>.<verb>`; events are
+`dockyard.events.<topic>`.
+"""
+
+from __future__ import annotations
+
+PREFIX = "dockyard"
+
+# Service names as registered with nats.micro ($SRV.PING/INFO/STATS discover them).
+LAYER_STORE = "layer-store"
+REGISTRY_GATEWAY = "registry-gateway"
+BUILDER = "builder"
+RUNTIME_AGENT = "runtime-agent"
+GARBAGE_COLLECTOR = "garbage-collector"
+ALL_SERVICES = (LAYER_STORE, REGISTRY_GATEWAY, BUILDER, RUNTIME_AGENT, GARBAGE_COLLECTOR)
+
+# Queue groups: one per service kind, so replicas share the load.
+def queue(service: str) -> str:
+    return f"{PREFIX}.{service}"
+
+
+# layer-store
+BLOB_STAT = "dockyard.layerstore.stat"
+BLOB_DELETE = "dockyard.layerstore.delete"
+BLOB_LIST = "dockyard.layerstore.list"
+BLOB_USAGE = "dockyard.layerstore.usage"
+BLOB_LOCATE = "dockyard.layerstore.locate"  # where the HTTP data plane listens
+UPLOAD_LIST = "dockyard.layerstore.uploads"
+UPLOAD_ABORT = "dockyard.layerstore.abort"
+
+# registry-gateway
+REGISTRY_INFO = "dockyard.registry.info"
+REGISTRY_TOKEN = "dockyard.registry.token"  # service accounts get pull/push tokens over the bus
+REGISTRY_IMAGES = "dockyard.registry.images"
+REGISTRY_TAG = "dockyard.registry.tag"
+REGISTRY_UNTAG = "dockyard.registry.untag"
+REGISTRY_RMI = "dockyard.registry.rmi"
+REGISTRY_COPY = "dockyard.registry.copy"  # push/pull between the stack registry and another
+REGISTRY_USER_ADD = "dockyard.registry.user.add"
+REGISTRY_USER_RM = "dockyard.registry.user.rm"
+REGISTRY_GRANT = "dockyard.registry.grant"
+REGISTRY_REPO_VISIBILITY = "dockyard.registry.repo.visibility"
+
+# builder
+BUILD = "dockyard.builder.build"
+BUILD_IMPORT = "dockyard.builder.import"
+BUILD_HISTORY = "dockyard.builder.history"
+
+# runtime-agent: fleet-wide and per-host
+AGENT_PREFIX = "dockyard.agent"
+
+
+def agent(agent_id: str, verb: str) -> str:
+    return f"{AGENT_PREFIX}.{agent_id}.{verb}"
+
+
+AGENT_ANY = "dockyard.agent.any"  # queue group of all agents, for fleet-wide questions
+
+# garbage-collector
+GC_RUN = "dockyard.gc.run"
+GC_STATUS = "dockyard.gc.status"
+GC_SCHEDULE = "dockyard.gc.schedule"
+GC_POLICY = "dockyard.gc.policy"
+GC_EXCLUDE = "dockyard.gc.exclude"
+
+# events
+EVENT_BLOB_COMMITTED = "dockyard.events.blob.committed"
+EVENT_BLOB_DELETED = "dockyard.events.blob.deleted"
+EVENT_IMAGE_PUSHED = "dockyard.events.image.pushed"
+EVENT_IMAGE_DELETED = "dockyard.events.image.deleted"
+EVENT_GC_FINISHED = "dockyard.events.gc.finished"
+EVENT_CONTAINER = "dockyard.events.container"  # .<agent_id>.<state>
+
+# JetStream key-value buckets (state several replicas share)
+KV_REPOSITORIES = "dockyard-repositories"
+KV_TAGS = "dockyard-tags"
+KV_MANIFESTS = "dockyard-manifests"
+KV_REFERRERS = "dockyard-referrers"
+KV_USERS = "dockyard-users"
+KV_ACL = "dockyard-acl"
+KV_UPLOADS = "dockyard-uploads"
+KV_BUILD_CACHE = "dockyard-build-cache"
+KV_AGENTS = "dockyard-agents"
+KV_GC = "dockyard-gc"
+KV_LEASES = "dockyard-leases"
