@@ -168,6 +168,36 @@ class BusClient:
         finally:
             await sub.unsubscribe()
 
+    async def gather(self, subject: str, msg: msgspec.Struct | None, reply_type: type[Rep], *,
+                     timeout: float = 0.5, expect: int | None = None) -> list[Rep]:
+        """Scatter-gather: every responder's reply within `timeout` (or once `expect` came)."""
+        inbox = self.nc.new_inbox()
+        replies: list[Any] = []
+        done = asyncio.Event()
+        sub = await self.nc.subscribe(inbox)
+
+        async def collect() -> None:
+            async for m in sub.messages:
+                try:
+                    replies.append(decode_reply(m, reply_type))
+                except DockyardError as e:
+                    log.warning("gather %s: %s", subject, e.message)
+                if expect is not None and len(replies) >= expect:
+                    done.set()
+                    return
+
+        task = asyncio.create_task(collect())
+        try:
+            await self.nc.publish(subject, codec.encode(msg) if msg is not None else b"", reply=inbox)
+            try:
+                await asyncio.wait_for(done.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        finally:
+            task.cancel()
+            await sub.unsubscribe()
+        return replies
+
     async def publish(self, subject: str, msg: msgspec.Struct) -> None:
         await self.nc.publish(subject, codec.encode(msg))
 

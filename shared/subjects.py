@@ -40,6 +40,7 @@ REGISTRY_UNTAG = "dockyard.registry.untag"
 REGISTRY_RMI = "dockyard.registry.rmi"
 REGISTRY_COPY = "dockyard.registry.copy"  # push/pull between the stack registry and another
 REGISTRY_USER_ADD = "dockyard.registry.user.add"
+REGISTRY_ENSURE_ADMIN = "dockyard.registry.user.ensure-admin"  # `up` on first start
 REGISTRY_USER_RM = "dockyard.registry.user.rm"
 REGISTRY_GRANT = "dockyard.registry.grant"
 REGISTRY_REPO_VISIBILITY = "dockyard.registry.repo.visibility"

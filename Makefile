@@ -1,0 +1,45 @@
+# The two commands a newcomer runs: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+DEBIAN_PACKAGES := crun runc busybox-static iptables skopeo docker-registry iproute2 umoci curl
+PYTEST_ARGS ?=
+
+.PHONY: demo test deps venv bench clean
+
+demo: deps venv
+	bash examples/demo.sh
+
+test: deps venv
+	@# pytest exits 5 when it collected no test: that is a failure here, said out loud.
+	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
+
+# Debian packages the services and tests use (installed only when missing; needs root).
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		if [ "$$(id -u)" != 0 ]; then echo "run as root (or install:$$missing)" >&2; exit 1; fi; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	fi
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+bench: deps venv
+	$(PY) bench/registry.py
+	$(PY) bench/run.py
+	$(PY) bench/build.py
+	$(PY) bench/gc.py
+
+clean:
+	rm -rf $(VENV) .demo *.egg-info

@@ -1,0 +1,106 @@
+"""`dockyard up`, `serve` and `status`: running the services."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import logging
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+# service name (as on the bus) -> package under services/
+SERVICES = {
+    "layer-store": "layer_store",
+    "registry-gateway": "registry_gateway",
+    "builder": "builder",
+    "runtime-agent": "runtime_agent",
+    "garbage-collector": "garbage_collector",
+}
+
+
+def available_services() -> list[str]:
+    """Services whose code exists: `up` starts these and no placeholders."""
+    root = Path(__file__).resolve().parents[2]
+    return [name for name, pkg in SERVICES.items() if (root / pkg / "service.py").exists()]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("up", help="start NATS (embedded) and every service on this machine")
+    p.add_argument("--registry-addr", help="where the registry listens (default 127.0.0.1:5000)")
+    p.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (0: a free one)")
+    p.add_argument("--only", action="append", choices=list(SERVICES), help="start only these services")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("serve", help="run one service in this process")
+    p.add_argument("service", choices=list(SERVICES))
+    p.add_argument("--registry-addr", help="registry-gateway listen address")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("status", help="list the services answering on the bus")
+    p.set_defaults(func=cmd_status)
+
+
+def _config(args: argparse.Namespace, ctx: Any) -> Any:
+    from shared import config
+    return config.load(nats_url=args.nats_url, data_dir=args.data_dir,
+                       registry_addr=getattr(args, "registry_addr", None))
+
+
+def setup_logging(level: str, name: str) -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), stream=sys.stderr,
+                        format=f"%(asctime)s {name} %(levelname)s %(name)s: %(message)s")
+
+
+async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
+    cfg = _config(args, ctx)
+    setup_logging(cfg.log_level, args.service)
+    mod = importlib.import_module(f"services.{SERVICES[args.service]}.service")
+    task = asyncio.create_task(mod.serve(cfg))
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        pass
+    return 0
+
+
+async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
+    from services.cli.stack_runner import StackRunner
+    cfg = _config(args, ctx)
+    setup_logging(cfg.log_level, "up")
+    embedded = args.nats_url is None and "DOCKYARD_NATS_URL" not in os.environ
+    runner = StackRunner(cfg, services=args.only or available_services(),
+                         nats_port=args.nats_port if embedded else None)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await runner.start()
+        print(runner.banner(), flush=True)
+        await runner.wait(stop)
+    finally:
+        await runner.stop()
+    return runner.exit_code
+
+
+async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
+    from services.cli.stack_runner import discover, read_stack_file
+    b = await ctx.bus()
+    found = await discover(b)
+    expected = read_stack_file(ctx.config.data_path)
+    names = {f["name"] for f in found}
+    missing = [n for n in expected.get("services", []) if n not in names] if expected else []
+    if ctx.json_output:
+        ctx.print_json({"services": found, "missing": missing})
+    else:
+        ctx.print_table(["SERVICE", "ID", "VERSION", "ENDPOINTS", "DETAIL"],
+                        [[f["name"], f["id"], f["version"], f["endpoints"], f["detail"]] for f in found]
+                        + [[n, "-", "-", "-", "NOT ANSWERING"] for n in missing])
+    return 1 if missing else 0

@@ -1,0 +1,171 @@
+"""Starting and stopping a whole stack on one machine: embedded NATS plus one process per service."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from shared import bus
+from shared.config import Config
+from shared.errors import Unavailable
+from shared.natsserver import EmbeddedNats, free_port
+
+log = logging.getLogger("dockyard.up")
+STACK_FILE = "stack.json"
+READY_TIMEOUT = 60.0
+
+
+def read_stack_file(data_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((data_dir / STACK_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+async def discover(client: bus.BusClient, timeout: float = 0.5) -> list[dict[str, Any]]:
+    """Every service instance answering `$SRV.INFO`, sorted by name."""
+    infos = await client.gather("$SRV.INFO", None, dict, timeout=timeout)
+    out = []
+    for i in infos:
+        meta = i.get("metadata") or {}
+        out.append({"name": i.get("name", "?"), "id": i.get("id", "?"), "version": i.get("version", "?"),
+                    "endpoints": len(i.get("endpoints") or []),
+                    "detail": " ".join(f"{k}={v}" for k, v in sorted(meta.items()))})
+    return sorted(out, key=lambda r: (r["name"], r["id"]))
+
+
+class StackRunner:
+    def __init__(self, cfg: Config, *, services: list[str], nats_port: int | None):
+        self.cfg = cfg
+        self.services = services
+        self.nats_port = nats_port
+        self.nats: EmbeddedNats | None = None
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.exit_code = 0
+        self.logs = cfg.data_path / "logs"
+
+    async def start(self) -> None:
+        self.logs.mkdir(parents=True, exist_ok=True)
+        if self.nats_port is not None:
+            self.nats = EmbeddedNats(self.cfg.data_path / "nats", port=self.nats_port or free_port(),
+                                     log_file=self.logs / "nats.log")
+            await asyncio.to_thread(self.nats.start)
+            self.cfg = msgspec.structs.replace(self.cfg, nats_url=self.nats.url)
+        nc = await bus.connect(self.cfg.nats_url, name="dockyard-up")
+        try:
+            await self._wait_jetstream(nc)
+            env = {**os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
+                   "DOCKYARD_DATA_DIR": self.cfg.data_dir, "DOCKYARD_REGISTRY_ADDR": self.cfg.registry_addr}
+            for name in self.services:
+                out = open(self.logs / f"{name}.log", "ab")
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "services.cli.main", "serve", name], env=env,
+                    stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+            await asyncio.gather(*(self._wait_ready(nc, n) for n in self.services))
+            await self._ensure_admin(nc)
+        finally:
+            await nc.drain()
+        (self.cfg.data_path / STACK_FILE).write_text(json.dumps({
+            "services": self.services, "nats_url": self.cfg.nats_url,
+            "registry": self.cfg.registry_addr, "pids": {n: p.pid for n, p in self.procs.items()}}))
+
+    async def _wait_jetstream(self, nc: Any) -> None:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                await nc.jetstream().account_info()
+                return
+            except Exception as e:  # JetStream answers a moment after the port opens
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"JetStream not available on {self.cfg.nats_url}: {e}") from e
+                await asyncio.sleep(0.05)
+
+    async def _wait_ready(self, nc: Any, name: str) -> None:
+        deadline = time.monotonic() + READY_TIMEOUT
+        proc = self.procs[name]
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise Unavailable(f"{name} exited with {proc.returncode} during start-up; "
+                                  f"see {self.logs / (name + '.log')}:\n{self._tail(name)}")
+            try:
+                await nc.request(f"$SRV.PING.{name}", b"", timeout=0.25)
+                return
+            except Exception:
+                await asyncio.sleep(0.05)
+        raise Unavailable(f"{name} did not become ready within {READY_TIMEOUT:.0f}s; "
+                          f"see {self.logs / (name + '.log')}")
+
+    async def _ensure_admin(self, nc: Any) -> None:
+        """First start: the `admin` user, with a random password in DATA_DIR/admin-password (0600)."""
+        if "registry-gateway" not in self.services:
+            return
+        try:
+            from shared.messages.auth import EnsureAdminRequest, EnsureAdminReply
+            from shared.subjects import REGISTRY_ENSURE_ADMIN
+        except ImportError:
+            return
+        reply = await bus.BusClient(nc).request(
+            REGISTRY_ENSURE_ADMIN, EnsureAdminRequest(password_file=str(self.cfg.data_path / "admin-password")),
+            EnsureAdminReply, timeout=30)
+        log.info("admin user %s", "created" if reply.created else "exists")
+
+    def _tail(self, name: str, lines: int = 15) -> str:
+        try:
+            return "\n".join((self.logs / f"{name}.log").read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def banner(self) -> str:
+        lines = [f"dockyard is up ({len(self.procs)} services: {', '.join(self.procs)})",
+                 f"  NATS:      {self.cfg.nats_url}"]
+        if "registry-gateway" in self.procs:
+            lines.append(f"  registry:  http://{self.cfg.registry_addr}")
+            pw = self.cfg.data_path / "admin-password"
+            if pw.exists():
+                lines.append(f"  login:     admin, password in {pw}")
+        lines.append(f"  data:      {self.cfg.data_dir} (logs in {self.logs})")
+        lines.append("Press Ctrl-C to stop.")
+        return "\n".join(lines)
+
+    async def wait(self, stop: asyncio.Event) -> None:
+        """Until `stop` is set or a service dies (then exit code 1)."""
+        while not stop.is_set():
+            for name, p in self.procs.items():
+                if p.poll() is not None:
+                    log.error("%s exited with %s; stopping the stack\n%s", name, p.returncode, self._tail(name))
+                    self.exit_code = 1
+                    return
+            try:
+                await asyncio.wait_for(stop.wait(), 0.5)
+            except asyncio.TimeoutError:
+                pass
+
+    async def stop(self, timeout: float = 15.0) -> None:
+        for p in self.procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        for name, p in self.procs.items():
+            while p.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            if p.poll() is None:
+                log.warning("%s did not stop in time; killing it", name)
+                p.kill()
+                p.wait()
+        self.procs.clear()
+        if self.nats is not None:
+            await asyncio.to_thread(self.nats.stop)
+        try:
+            (self.cfg.data_path / STACK_FILE).unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,107 @@
+"""A real stack for end-to-end tests: `dockyard up` in a subprocess, CLI helpers, skopeo."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from shared.natsserver import free_port
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Stack:
+    data_dir: Path
+    nats_url: str
+    registry_addr: str
+    proc: subprocess.Popen
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def registry_url(self) -> str:
+        return f"http://{self.registry_addr}"
+
+    @property
+    def admin_password(self) -> str:
+        return (self.data_dir / "admin-password").read_text().strip()
+
+    @property
+    def admin_creds(self) -> str:
+        return f"admin:{self.admin_password}"
+
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120,
+            check: bool = True) -> subprocess.CompletedProcess:
+        """Run `dockyard ARGS` against this stack, as a user would."""
+        p = subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=self.env,
+                           input=input, capture_output=True, text=True, timeout=timeout)
+        if check and p.returncode != 0:
+            raise AssertionError(f"dockyard {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+        return p
+
+    def log(self, service: str) -> str:
+        try:
+            return (self.data_dir / "logs" / f"{service}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+
+def start_stack(data_dir: Path, *, only: list[str] | None = None, timeout: float = 90) -> Stack:
+    registry_addr = f"127.0.0.1:{free_port()}"
+    env = {**os.environ, "DOCKYARD_DATA_DIR": str(data_dir), "DOCKYARD_REGISTRY_ADDR": registry_addr,
+           "DOCKER_CONFIG": str(data_dir / "docker-config"), "PYTHONUNBUFFERED": "1"}
+    env.pop("DOCKYARD_NATS_URL", None)
+    args = [sys.executable, "-m", "services.cli.main", "up", "--nats-port", "0"]
+    for s in only or []:
+        args += ["--only", s]
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = open(data_dir / "up.log", "wb")
+    proc = subprocess.Popen(args, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                            start_new_session=True)
+    deadline = time.monotonic() + timeout
+    stack_file = data_dir / "stack.json"
+    while not stack_file.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            if proc.poll() is None:
+                proc.kill()
+            raise RuntimeError(f"dockyard up failed:\n{(data_dir / 'up.log').read_text(errors='replace')}")
+        time.sleep(0.1)
+    info = json.loads(stack_file.read_text())
+    env["DOCKYARD_NATS_URL"] = info["nats_url"]
+    return Stack(data_dir=data_dir, nats_url=info["nats_url"], registry_addr=registry_addr, proc=proc, env=env)
+
+
+def stop_stack(stack: Stack) -> int:
+    if stack.proc.poll() is None:
+        stack.proc.send_signal(signal.SIGTERM)
+        try:
+            return stack.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            os.killpg(stack.proc.pid, signal.SIGKILL)
+            return stack.proc.wait()
+    return stack.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory) -> Stack:
+    """One whole stack (embedded NATS + every service) shared by the e2e tests."""
+    s = start_stack(tmp_path_factory.mktemp("stack"))
+    yield s
+    assert stop_stack(s) == 0, (s.data_dir / "up.log").read_text(errors="replace")
+
+
+def skopeo(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
+           check: bool = True) -> subprocess.CompletedProcess:
+    """Real skopeo as a client; its blob-info cache lives in a private dir."""
+    p = subprocess.run(["skopeo", *args], capture_output=True, text=True, timeout=timeout, env=env)
+    if check and p.returncode != 0:
+        raise AssertionError(f"skopeo {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
+    return p
