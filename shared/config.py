@@ -22,6 +22,7 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     registry_url: str = ""
     # the layer-store's HTTP data plane; port 0 picks a free one (found via the bus)
     layer_store_addr: str = "127.0.0.1:0"
+    layer_store_url: str = ""  # the URL others use when it differs from the listen address
     agent_id: str = ""
     log_level: str = "info"
 
