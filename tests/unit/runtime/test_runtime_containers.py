@@ -1,0 +1,226 @@
+"""Detached containers through a real OCI runtime and the shim."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from shared.errors import AlreadyExists, InvalidArgument, NotFound
+from shared.runtime import Runtime, cgroups, jsonlog
+from shared.runtime.probe import RuntimeInfo, probe_runtime
+
+pytestmark = pytest.mark.root
+
+
+def _log(path: Path) -> list[tuple[str, str]]:
+    return [(e.stream, e.log) for e in jsonlog.read_entries(path)]
+
+
+async def test_echo_goes_to_json_log_and_exit_zero(new_id, each_runtime, make_spec, bundle, tmp_path):
+    runtime = each_runtime
+    cid = new_id()
+    log = tmp_path / "c.log"
+    spec = make_spec(cid, "sh", "-c", "echo hello; echo oops >&2")
+    pid = await runtime.create_and_start(cid, bundle, spec, log)
+    assert pid > 1
+    assert await runtime.wait(cid, 10) == 0
+    state = await runtime.state(cid)
+    assert (state.status, state.exit_code, state.oom_killed) == ("stopped", 0, False)
+    assert state.started_at and state.finished_at and state.finished_at >= state.started_at
+    assert sorted(_log(log)) == [("stderr", "oops\n"), ("stdout", "hello\n")]
+    entry = next(jsonlog.read_entries(log))
+    assert entry.time.endswith("Z") and "T" in entry.time
+    await runtime.delete(cid)
+    with pytest.raises(NotFound):
+        await runtime.state(cid)
+
+
+async def test_nonzero_exit_code_is_kept(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    await runtime.create_and_start(cid, bundle, make_spec(cid, "sh", "-c", "exit 7"), tmp_path / "l")
+    assert await runtime.wait(cid, 10) == 7
+    assert (await runtime.state(cid)).exit_code == 7
+    await runtime.delete(cid)
+
+
+async def test_duplicate_id_and_bad_command(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    with pytest.raises(InvalidArgument, match="did not start"):
+        await runtime.create_and_start(cid, bundle, make_spec(cid, "/no/such/binary"), tmp_path / "l")
+    # A failed start leaves nothing behind: the id can be used again.
+    assert not (runtime.containers_dir / cid).exists()
+    assert not (runtime.runtime_root / cid).exists()
+    await runtime.create_and_start(cid, bundle, make_spec(cid, "sleep", "30"), tmp_path / "l")
+    with pytest.raises(AlreadyExists):
+        await runtime.create_and_start(cid, bundle, make_spec(cid, "true"), tmp_path / "l")
+    await runtime.delete(cid)
+
+
+async def test_limits_reach_the_cgroup(new_id, each_runtime, make_spec, bundle, tmp_path):
+    runtime = each_runtime
+    cid = new_id()
+    spec = make_spec(cid, "sh", "-c",
+                     "cat /sys/fs/cgroup/memory/memory.limit_in_bytes "
+                     "/sys/fs/cgroup/memory/memory.memsw.limit_in_bytes /sys/fs/cgroup/cpu/cpu.shares;"
+                     " sleep 30",
+                     memory_bytes=64 << 20, memory_swap_bytes=96 << 20, cpu_shares=512)
+    await runtime.create_and_start(cid, bundle, spec, tmp_path / "l")
+    mem = cgroups.controller_dir("memory", spec.cgroups_path)
+    cpu = cgroups.controller_dir("cpu", spec.cgroups_path)
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 64 << 20
+    assert int((mem / "memory.memsw.limit_in_bytes").read_text()) == 96 << 20
+    assert int((cpu / "cpu.shares").read_text()) == 512
+    # The container sees the same values through its own (read-only) cgroup mount.
+    for _ in range(100):
+        lines = [line for _s, line in _log(tmp_path / "l")]
+        if len(lines) == 3:
+            break
+        await asyncio.sleep(0.02)
+    assert [int(x) for x in lines] == [64 << 20, 96 << 20, 512]
+    assert (await runtime.state(cid)).status == "running"
+    await runtime.delete(cid)
+    assert not mem.exists() and not cpu.exists()
+
+
+async def test_over_memory_limit_is_oom_killed(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    # tail keeps the last lines of a stream without newlines: all of it.
+    spec = make_spec(cid, "sh", "-c", "head -c 300m /dev/zero | tail -n 1 >/dev/null",
+                     memory_bytes=32 << 20, memory_swap_bytes=32 << 20)
+    await runtime.create_and_start(cid, bundle, spec, tmp_path / "l")
+    assert await runtime.wait(cid, 20) == 137
+    state = await runtime.state(cid)
+    assert state.oom_killed and state.exit_code == 137
+    await runtime.delete(cid)
+
+
+async def test_stop_kills_a_pid1_that_ignores_term(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    await runtime.create_and_start(cid, bundle, make_spec(cid, "sh", "-c", 'trap "" TERM; sleep 100'),
+                                   tmp_path / "l")
+    t0 = time.monotonic()
+    assert await runtime.stop(cid, timeout=0.5) == 137
+    assert time.monotonic() - t0 < 5
+    assert (await runtime.state(cid)).status == "stopped"
+    await runtime.delete(cid)
+
+
+async def test_stop_with_term_handler_exits_gracefully(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    await runtime.create_and_start(cid, bundle, make_spec(cid, "sh", "-c",
+                                   'trap "exit 42" TERM; while :; do sleep 0.05; done'), tmp_path / "l")
+    await asyncio.sleep(0.1)  # let sh install its trap
+    assert await runtime.stop(cid, timeout=10) == 42
+    await runtime.delete(cid)
+
+
+async def test_wait_times_out_and_kill_signals(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    await runtime.create_and_start(cid, bundle, make_spec(cid, "sleep", "100"), tmp_path / "l")
+    with pytest.raises(TimeoutError):
+        await runtime.wait(cid, 0.2)
+    await runtime.kill(cid, signal.SIGKILL)
+    assert await runtime.wait(cid, 10) == 137
+    await runtime.delete(cid)
+
+
+async def test_container_outlives_a_killed_caller(new_id, cleanup, runtime_info, make_spec, bundle, tmp_path):
+    """The starting process is SIGKILLed; a new Runtime finds the container and stops it."""
+    cid = new_id()
+    state_root = tmp_path / "state"
+    spec = make_spec(cid, "sh", "-c", "echo up; sleep 100")
+    script = (
+        "import asyncio, sys, msgspec\n"
+        "from shared.runtime import Runtime, ContainerSpec\n"
+        "from shared.runtime.probe import RuntimeInfo\n"
+        f"info = RuntimeInfo{tuple(runtime_info.__dict__.values())!r}\n"
+        f"spec = msgspec.json.decode({__import__('msgspec').json.encode(spec)!r}, type=ContainerSpec)\n"
+        f"rt = Runtime(info, {str(state_root)!r})\n"
+        f"pid = asyncio.run(rt.create_and_start({cid!r}, {str(bundle)!r}, spec, {str(tmp_path / 'l')!r}))\n"
+        "print(pid, flush=True)\n"
+        "import time; time.sleep(100)\n"
+    )
+    caller = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True,
+                              cwd=Path(__file__).resolve().parents[3])
+    rt = None
+    try:
+        pid = int(caller.stdout.readline())
+        caller.send_signal(signal.SIGKILL)
+        caller.wait()
+        rt = Runtime(runtime_info, state_root)
+        state = await rt.state(cid)
+        assert (state.status, state.pid) == ("running", pid)
+        assert [s.id for s in await rt.list()] == [cid]
+        os.kill(pid, 0)  # still there
+        assert await rt.stop(cid, timeout=0.2) == 137
+        assert (await rt.state(cid)).exit_code == 137
+        assert ("stdout", "up\n") in _log(tmp_path / "l")
+        await rt.delete(cid)
+        assert await rt.list() == []
+    finally:
+        if caller.poll() is None:
+            caller.kill()
+            caller.wait()
+        if rt is not None:
+            cleanup(rt)
+
+
+async def test_delete_running_container_leaves_nothing(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    spec = make_spec(cid, "sleep", "100", memory_bytes=64 << 20)
+    pid = await runtime.create_and_start(cid, bundle, spec, tmp_path / "l")
+    dirs = [m.path / spec.cgroups_path.lstrip("/") for m in cgroups.cgroup_mounts() if m.version == 1]
+    assert any(d.exists() for d in dirs)
+    await runtime.delete(cid)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert not [d for d in dirs if d.exists()]
+    assert not (runtime.runtime_root / cid).exists()
+    assert not (runtime.containers_dir / cid).exists()
+    with pytest.raises(NotFound):
+        await runtime.delete(cid)
+
+
+async def test_seccomp_and_capabilities_apply(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    spec = make_spec(cid, "sh", "-c", "unshare -m true; echo rc=$?; grep -E '^(CapEff|NoNewPrivs|Seccomp):' /proc/self/status")
+    await runtime.create_and_start(cid, bundle, spec, tmp_path / "l")
+    assert await runtime.wait(cid, 10) == 0
+    out = "".join(line for stream, line in _log(tmp_path / "l") if stream == "stdout")
+    assert "rc=1" in out  # unshare(2) is refused by the seccomp profile
+    assert "NoNewPrivs:\t1" in out and "Seccomp:\t2" in out
+    assert "CapEff:\t00000000a80425fb" in out  # docker's 14 default capabilities
+    await runtime.delete(cid)
+
+
+async def test_run_to_completion_streams_output(new_id, runtime, make_spec, bundle, tmp_path):
+    cid = new_id()
+    seen: list[tuple[str, bytes]] = []
+
+    async def on_output(stream: str, line: bytes) -> None:
+        seen.append((stream, line))
+
+    spec = make_spec(cid, "sh", "-c", "echo step1; echo warn >&2; printf tail; exit 4")
+    code = await runtime.run_to_completion(cid, bundle, spec, log_path=tmp_path / "b.log",
+                                           on_output=on_output)
+    assert code == 4
+    assert sorted(seen) == [("stderr", b"warn\n"), ("stdout", b"step1\n"), ("stdout", b"tail")]
+    assert sorted(_log(tmp_path / "b.log")) == [("stderr", "warn\n"), ("stdout", "step1\n"),
+                                                 ("stdout", "tail")]
+    assert not (runtime.runtime_root / cid).exists()
+    assert cgroups.controller_dir("memory", spec.cgroups_path).exists() is False
+
+
+def test_probe_override_and_errors(runtime_info):
+    runc = probe_runtime({"DOCKYARD_RUNTIME": "runc"})
+    assert runc.name == "runc" and runc.version and runc.start_ms is not None
+    with pytest.raises(InvalidArgument):
+        probe_runtime({"DOCKYARD_RUNTIME": "youki"})
+    assert isinstance(runtime_info, RuntimeInfo) and runtime_info.name in ("crun", "runc")
