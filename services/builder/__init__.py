@@ -1,0 +1,1 @@
+"""The builder service: Dockerfile to image, with a shared layer cache."""

@@ -1,0 +1,313 @@
+"""One build: stages in dependency order, each step from the cache or executed, then the image.
+
+Layers are materialised lazily: a step that hits the cache needs no rootfs, so
+a fully cached build reads no layer at all; the first miss unpacks (or reuses)
+the snapshots of the layers below it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Awaitable, Callable
+
+from shared.buildcontext import ContextIndex
+from shared.errors import InvalidArgument
+from shared.layers.diff import write_layer
+from shared.messages.builder import BuildWarning, StepReport
+from shared.oci.digest import Digest
+from shared.runtime import Runtime
+from services.builder.executor import rootfs, scan, users
+from services.builder.executor.cache import BuildCache, CacheRecord, base_key, chain
+from services.builder.executor.copy import match_sources, stage_copy
+from services.builder.executor.images import LayerRef, Registries, pull_base
+from services.builder.executor.run import run_step
+from services.builder.executor.store import LocalStore
+from services.builder.frontend import BuildArgs, ImageState, dispatch_stage, needed_stages, parse, target_stage
+from services.builder.frontend import steps as st
+from services.builder.frontend.graph import stage_base
+
+Emit = Callable[..., Awaitable[None]]
+HISTORY_COMMENT = "buildkit.dockerfile.v0"
+
+
+def now_rfc3339() -> str:
+    return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+@dataclass
+class StageResult:
+    layers: list[LayerRef]
+    history: list[dict]
+    config: ImageState
+    key: str
+    base_name: str = ""
+    base_digest: str = ""
+
+
+@dataclass
+class BuildOptions:
+    dockerfile: str
+    dockerfile_name: str = "Dockerfile"
+    build_args: dict[str, str] = field(default_factory=dict)
+    target: str = ""
+    no_cache: bool = False
+    secrets: dict[str, bytes] = field(default_factory=dict)
+    compression: str = "gzip"
+    network: str = "default"
+
+
+class Build:
+    def __init__(self, store: LocalStore, runtime: Callable[[], Awaitable[Runtime]], cache: BuildCache,
+                 regs: Registries, context: ContextIndex, opts: BuildOptions, emit: Emit):
+        self.store, self._runtime, self.cache, self.regs = store, runtime, cache, regs
+        self.ctx, self.opts, self.emit = context, opts, emit
+        self.results: dict[int, StageResult] = {}
+        self.reports: list[StepReport] = []
+        self.warnings: list[BuildWarning] = []
+        self._scratch: list[Path] = []
+        self.fresh: dict[str, CacheRecord] = {}  # records this build wrote, to name their repository later
+        self.step_no = 0
+        self.total_steps = 0
+
+    # -- layers on disk ------------------------------------------------------------
+
+    def path(self, digest: str) -> Path | None:
+        p = self.store.blob_path(digest)
+        return p if p.exists() else None
+
+    async def fetch(self, layer: LayerRef) -> Path:
+        async with self.store.lock("blob:" + layer.digest):
+            p = self.store.blob_path(layer.digest)
+            if not p.exists():
+                client = self.regs.client(layer.registry or self.regs.stack_url)
+                await client.fetch_blob_to(layer.repository, layer.digest, str(p))
+        return p
+
+    async def snapshots(self, layers: list[LayerRef]) -> list[Path]:
+        out = []
+        for layer in layers:
+            if not self.store.has_snapshot(layer.diff_id):
+                await self.fetch(layer)
+                await self.store.unpack_blob(layer.digest, layer.diff_id)
+            out.append(self.store.snapshot_path(layer.diff_id))
+        return out
+
+    def scratch(self, prefix: str) -> Path:
+        p = self.store.scratch_dir(prefix)
+        self._scratch.append(p)
+        return p
+
+    def cleanup(self) -> None:
+        for p in self._scratch:
+            shutil.rmtree(p, ignore_errors=True)
+
+    # -- the build -----------------------------------------------------------------
+
+    async def run(self) -> StageResult:
+        df = parse(self.opts.dockerfile, self.opts.dockerfile_name)
+        args = BuildArgs(given=dict(self.opts.build_args))
+        args.evaluate_meta(df)
+        target = target_stage(df, self.opts.target or None)
+        order = needed_stages(df, target, args)
+        self.total_steps = sum(len(df.stages[i].instructions) + 1 for i in order)
+        for i in order:
+            self.results[i] = await self.build_stage(df, df.stages[i], args)
+        for name in args.unused():
+            self.warnings.append(BuildWarning(kind="unused-build-arg",
+                                              message=f"build-arg {name} was not consumed by any stage"))
+        return self.results[target]
+
+    async def build_stage(self, df, stage, args: BuildArgs) -> StageResult:
+        base = stage_base(df, stage, args)
+        self.step_no += 1
+        if base.stage is not None:
+            parent = self.results[base.stage]
+            res = StageResult(list(parent.layers), list(parent.history), parent.config.clone(), parent.key,
+                              parent.base_name, parent.base_digest)
+            await self.emit("step", f"FROM stage {base.stage}", self.step_no, self.total_steps)
+        elif base.image is not None:
+            await self.emit("step", f"FROM {base.image}", self.step_no, self.total_steps)
+            img = await pull_base(self.regs, base.image, "linux", ImageState.scratch().architecture)
+            res = StageResult(img.layers, list(img.config.get("history") or []), ImageState.from_oci(img.config),
+                              base_key(f"{img.reference.repository}@{img.digest}"),
+                              img.reference.familiar(), img.digest)
+        else:
+            await self.emit("step", "FROM scratch", self.step_no, self.total_steps)
+            res = StageResult([], [], ImageState.scratch(), base_key("scratch"))
+        plan = dispatch_stage(df, stage, res.config, args)
+        for step in plan.steps:
+            self.step_no += 1
+            await self.execute(stage.index, step, res)
+        res.config = plan.config
+        return res
+
+    async def execute(self, stage: int, step: st.Step, res: StageResult) -> None:
+        created = now_rfc3339()
+        label = f"[stage {stage}] {step.created_by.removesuffix(' # buildkit')}"
+        if isinstance(step, st.ConfigStep):
+            res.history.append({"created": created, "created_by": step.created_by,
+                                "comment": HISTORY_COMMENT, "empty_layer": True})
+            return
+        t0 = time.monotonic()
+        key = chain(res.key, step.cache_text, self.contents_digest(step), self.opts.compression)
+        rec = None if self.opts.no_cache else await self.usable(await self.cache.get(key))
+        cached = rec is not None
+        await self.emit("step", ("CACHED " if cached else "") + label, self.step_no, self.total_steps)
+        if rec is None:
+            rec = await self.make_layer(step, res)
+            if not self.opts.no_cache:
+                await self.cache.put(key, rec)
+                self.fresh[key] = rec
+        res.key = key
+        layer = None
+        if not rec.empty:
+            assert rec.digest is not None and rec.diff_id is not None
+            layer = LayerRef(digest=rec.digest, size=rec.size, media_type=rec.media_type, diff_id=rec.diff_id,
+                             index=rec.index, repository=rec.repository, registry=self.regs.stack_url)
+            res.layers.append(layer)
+        entry = {"created": rec.created or created, "created_by": step.created_by, "comment": HISTORY_COMMENT}
+        if rec.empty:
+            entry["empty_layer"] = True
+        res.history.append(entry)
+        self.reports.append(StepReport(stage=stage, instruction=step.created_by, cached=cached,
+                                       layer=layer.digest if layer else None, size=rec.size,
+                                       seconds=round(time.monotonic() - t0, 3)))
+
+    async def usable(self, rec: CacheRecord | None) -> CacheRecord | None:
+        """A hit is only a hit if its layer can still be had (here, or in the stack registry)."""
+        if rec is None or rec.empty:
+            return rec
+        if self.store.has_blob(rec.digest) or self.store.has_snapshot(rec.diff_id) and self.store.has_blob(rec.digest):
+            return rec
+        if rec.repository and await self.regs.client(self.regs.stack_url).blob_exists(rec.repository, rec.digest) is not None:
+            return rec
+        return None
+
+    def contents_digest(self, step: st.Step) -> str:
+        """Digest of what a COPY reads: file digests from the context, or a stage's chain key."""
+        if not isinstance(step, st.CopyStep):
+            return ""
+        if step.from_stage is not None:
+            return "stage:" + self.results[step.from_stage].key
+        if step.from_image is not None:
+            return "image:" + step.from_image
+        h = hashlib.sha256()
+        root = Path(self.ctx.root)
+        for pattern in step.sources:
+            for name, path in match_sources(root, pattern, step.src.where(step.name)):
+                rel = str(path.relative_to(root)) if path != root else ""
+                prefix = rel + "/" if rel else ""
+                for f, d in sorted(self.ctx.files.items()):
+                    if f == rel or f.startswith(prefix):
+                        h.update(f"{f}\0{d}\0".encode())
+                for f, t in sorted(self.ctx.links.items()):
+                    if f == rel or f.startswith(prefix):
+                        h.update(f"{f}\0->{t}\0".encode())
+                for f in sorted(self.ctx.dirs):
+                    if f == rel or f.startswith(prefix):
+                        h.update(f"{f}/\0".encode())
+        return h.hexdigest()
+
+    async def make_layer(self, step: st.Step, res: StageResult) -> CacheRecord:
+        lowers = await self.snapshots(res.layers)
+        scratch = self.scratch("step-")
+        where = step.src.where(type(step).__name__)
+        if isinstance(step, st.RunStep):
+            runtime = await self._runtime()
+            network = step.network if step.network != "default" else self.opts.network
+
+            async def out(stream: str, line: bytes) -> None:
+                await self.emit("output", line.decode(errors="replace").rstrip("\n"), self.step_no,
+                                self.total_steps, stream=stream)
+
+            tree = await run_step(runtime, lowers, step, scratch, secrets=self.opts.secrets,
+                                  network=network, on_output=out)
+        elif isinstance(step, st.CopyStep):
+            tree = scratch / "staged"
+            tree.mkdir()
+            await self.stage_copy(step, lowers, tree, scratch)
+        elif isinstance(step, st.WorkdirStep):
+            tree = scratch / "staged"
+            tree.mkdir()
+            existing = rootfs.lookup(lowers, step.path)
+            if existing is None:
+                from services.builder.executor.copy import Stager
+                Stager(tree, lowers, 0, 0, None, False).ensure_dir(step.path)
+        else:
+            raise InvalidArgument(f"{where}: cannot execute {type(step).__name__}")
+        return await self.commit(tree)
+
+    async def stage_copy(self, step: st.CopyStep, lowers: list[Path], tree: Path, scratch: Path) -> None:
+        uid = gid = 0
+        if step.chown:
+            with rootfs.readonly(lowers, self.scratch("users-")) as view:
+                uid, gid, _ = users.resolve(view, step.chown, f"{step.src.where(step.name)}: --chown: ")
+        if step.from_context:
+            await asyncio.to_thread(stage_copy, step, Path(self.ctx.root), lowers, tree, uid, gid, link_ok=True)
+            return
+        if step.from_stage is not None:
+            src_layers = self.results[step.from_stage].layers
+        else:
+            img = await pull_base(self.regs, step.from_image or "", "linux", ImageState.scratch().architecture)
+            src_layers = img.layers
+        src_lowers = await self.snapshots(src_layers)
+        with rootfs.readonly(src_lowers, self.scratch("from-")) as view:
+            await asyncio.to_thread(stage_copy, step, view, lowers, tree, uid, gid, link_ok=False)
+
+    async def commit(self, tree: Path) -> CacheRecord:
+        """The tree as a layer: blob and snapshot stored, indexed; or an empty record."""
+        if not any(tree.iterdir()):
+            return CacheRecord(empty=True, created=now_rfc3339())
+        tmp = self.store.work / f"blob-{tree.parent.name}"
+
+        def write():
+            with open(tmp, "wb") as f:
+                r = write_layer(tree, f, compression=self.opts.compression)
+                f.flush()
+            return r
+
+        result = await asyncio.to_thread(write)
+        self.store.adopt_blob(tmp, result.digest)
+        snap = self.store.adopt_snapshot(tree, result.diff_id)
+        index = await asyncio.to_thread(scan.index_snapshot, snap)
+        return CacheRecord(digest=result.digest, size=result.size, media_type=result.media_type,
+                           diff_id=result.diff_id, created=now_rfc3339(), index=index)
+
+
+async def layer_index(build: Build, layer: LayerRef) -> scan.LayerIndex | None:
+    """The index of a layer: from its record, its local snapshot, or None if it is remote."""
+    if layer.index is not None:
+        return layer.index
+    if build.store.has_snapshot(layer.diff_id):
+        layer.index = await asyncio.to_thread(scan.index_snapshot, build.store.snapshot_path(layer.diff_id))
+    return layer.index
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e5 else f"{n} B"
+
+
+async def check_image(build: Build, res: StageResult) -> list[BuildWarning]:
+    """Secrets in any layer, and bytes a later layer hides but an earlier one still ships."""
+    warnings: list[BuildWarning] = []
+    indexes = [await layer_index(build, layer) or scan.LayerIndex(files={}, whiteouts=[], opaque=[], secrets=[])
+               for layer in res.layers]
+    steps = [h.get("created_by", "") for h in res.history if not h.get("empty_layer")]
+    steps = steps[-len(res.layers):] if len(steps) >= len(res.layers) else [""] * len(res.layers)
+    for i, idx in enumerate(indexes):
+        for f in idx.secrets:
+            warnings.append(BuildWarning(kind="secret", layer=i, path=f.path, size=f.size,
+                                         message=f"layer {i} ({steps[i][:60]}) ships {f.path}: {f.reason}"))
+    for w in scan.analyse(indexes):
+        if w.size >= scan.WASTE_WARN:
+            warnings.append(BuildWarning(
+                kind="wasted-bytes", layer=w.shipped_in, path=w.path, size=w.size,
+                message=(f"layer {w.layer} ({steps[w.layer][:60]}) {w.how} {w.path}, but layer {w.shipped_in} "
+                         f"still ships its {_mb(w.size)}")))
+    return warnings

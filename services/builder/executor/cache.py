@@ -1,0 +1,97 @@
+"""The build cache: step keys and their records in JetStream KV, shared by every replica.
+
+key(step) = sha256(parent key, the step's text after substitution, digests of
+every file it reads, the layer compression). The parent of a stage's first
+step is its base: an image manifest digest, a stage's last key, or scratch.
+Secret ids enter the key through the step's text; secret bytes never do.
+
+A record holds the layer (digest, size, media type, diff_id, or none for a step
+that changed nothing), the layer's index for the post-build scan, and the
+last time a build used it, which the garbage-collector's LRU reads.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+
+import msgspec
+
+from shared import subjects
+from shared.bus import TypedKV, kv_key
+from shared.errors import DockyardError
+from shared.oci.digest import Digest
+from services.builder.executor.scan import LayerIndex
+
+_TOUCH_AFTER = 300.0  # seconds: refresh last_used at most this often per record
+VERSION = "v1"
+
+
+class CacheRecord(msgspec.Struct, kw_only=True):
+    empty: bool = False
+    digest: Digest | None = None
+    size: int = 0
+    media_type: str = ""
+    diff_id: Digest | None = None
+    created: str = ""
+    index: LayerIndex | None = None
+    repository: str = ""  # a repository of the stack registry the blob was pushed to
+    last_used: float = 0.0
+    builder: str = ""
+
+
+def chain(parent: str, text: str, contents: str = "", compression: str = "gzip") -> str:
+    h = hashlib.sha256()
+    for part in (VERSION, parent, text, contents, compression):
+        h.update(part.encode("utf-8", "surrogateescape"))
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def base_key(identity: str) -> str:
+    return chain("", "FROM " + identity)
+
+
+class BuildCache:
+    """Lookups and stores of cache records; errors of the KV never fail a build."""
+
+    def __init__(self, kv: TypedKV | None, builder_id: str = ""):
+        self.kv = kv
+        self.builder_id = builder_id
+
+    @classmethod
+    async def open(cls, nc, builder_id: str = "") -> "BuildCache":
+        kv = await TypedKV.open(nc, subjects.KV_BUILD_CACHE, CacheRecord,
+                                description="builder layer cache (key: step chain digest)")
+        return cls(kv, builder_id)
+
+    @staticmethod
+    def kv_key(key: str) -> str:
+        return kv_key(VERSION, key)
+
+    async def get(self, key: str) -> CacheRecord | None:
+        if self.kv is None:
+            return None
+        try:
+            got = await self.kv.get(self.kv_key(key))
+        except DockyardError:
+            return None
+        if got is None:
+            return None
+        rec, rev = got
+        now = time.time()
+        if now - rec.last_used > _TOUCH_AFTER:
+            try:
+                await self.kv.update(self.kv_key(key), msgspec.structs.replace(rec, last_used=now), last=rev)
+            except DockyardError:
+                pass  # another builder touched it first: as good
+        return rec
+
+    async def put(self, key: str, rec: CacheRecord) -> None:
+        if self.kv is None:
+            return
+        rec = msgspec.structs.replace(rec, last_used=time.time(), builder=self.builder_id)
+        try:
+            await self.kv.put(self.kv_key(key), rec)
+        except DockyardError:
+            pass

@@ -1,0 +1,53 @@
+"""USER and --chown names resolved against the image's own /etc/passwd and /etc/group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from shared.errors import InvalidArgument
+
+
+def _read_db(root: Path, name: str) -> list[list[str]]:
+    p = root / "etc" / name
+    try:
+        # Never follow a symlink out of the rootfs: resolve it inside.
+        if p.is_symlink():
+            return []
+        return [line.split(":") for line in p.read_text(errors="replace").splitlines() if line and line[0] != "#"]
+    except OSError:
+        return []
+
+
+def resolve(root: Path, spec: str, where: str = "") -> tuple[int, int, tuple[int, ...]]:
+    """(uid, gid, additional gids) for `user[:group]`, names or numbers, like docker."""
+    user, _, group = (spec or "0").partition(":")
+    passwd = _read_db(root, "passwd")
+    groups = _read_db(root, "group")
+    uid = gid = None
+    uname = None
+    if user.isdigit():
+        uid = int(user)
+        for e in passwd:
+            if len(e) > 3 and e[2] == user:
+                uname, gid = e[0], int(e[3]) if e[3].isdigit() else 0
+                break
+    else:
+        for e in passwd:
+            if len(e) > 3 and e[0] == user:
+                uname, uid, gid = user, int(e[2]), int(e[3]) if e[3].isdigit() else 0
+                break
+        if uid is None:
+            raise InvalidArgument(f"{where}unable to find user {user}: no matching entries in passwd file")
+    if group:
+        if group.isdigit():
+            gid = int(group)
+        else:
+            found = next((e for e in groups if len(e) > 2 and e[0] == group), None)
+            if found is None:
+                raise InvalidArgument(f"{where}unable to find group {group}: no matching entries in group file")
+            gid = int(found[2])
+    extra: tuple[int, ...] = ()
+    if uname and not group:
+        extra = tuple(int(e[2]) for e in groups
+                      if len(e) > 3 and uname in e[3].split(",") and e[2].isdigit() and int(e[2]) != gid)
+    return uid, gid or 0, extra

@@ -1,0 +1,271 @@
+"""The builder's verbs: build, import, history (the bus adapter is service.py)."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import shutil
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+import msgspec
+
+from shared.buildcontext import ContextIndex, unpack_context
+from shared.errors import InvalidArgument
+from shared.layers.compression import open_compressor, open_decompressed, media_type
+from shared.messages.builder import (CONTEXT_REPOSITORY, BuildReply, BuildRequest, HistoryEntry, HistoryReply,
+                                     HistoryRequest, ImportReply, ImportRequest)
+from shared.messages.common import Progress
+from shared.oci.digest import Digest, Hasher
+from shared.oci.manifest import Manifest, parse_manifest
+from shared.runtime import Runtime
+from services.builder.executor import scan
+from services.builder.executor.build import Build, BuildOptions, StageResult, check_image, now_rfc3339
+from services.builder.executor.cache import BuildCache
+from services.builder.executor.images import (LayerRef, Registries, canonical, image_manifest, parse_name,
+                                              pull_base, push_image)
+from services.builder.executor.store import LocalStore
+from services.builder.frontend import ImageState
+from services.builder.frontend.imagestate import DEFAULT_SHELL
+
+Publish = Callable[[str, Progress], Awaitable[None]]
+MAX_CONTEXTS = 4  # unpacked contexts kept for warm rebuilds
+UNTAGGED_REPOSITORY = "dockyard/untagged"
+CACHE_REPOSITORY = "dockyard/build-cache"
+
+
+class Builder:
+    def __init__(self, store: LocalStore, cache: BuildCache, regs: Registries, publish: Publish):
+        self.store, self.cache, self.regs, self.publish = store, cache, regs, publish
+        self._runtime: Runtime | None = None
+        self._runtime_lock = asyncio.Lock()
+        self.contexts = store.root / "contexts"
+        self.contexts.mkdir(exist_ok=True)
+
+    async def runtime(self) -> Runtime:
+        async with self._runtime_lock:
+            if self._runtime is None:
+                self._runtime = await Runtime.probe(Path("/run/dybd") / Digest.from_bytes(
+                    str(self.store.root).encode()).hex[:12])
+            return self._runtime
+
+    # -- contexts ------------------------------------------------------------------
+
+    async def context(self, digest: Digest) -> ContextIndex:
+        """The unpacked context, fetched and unpacked once per digest (kept for rebuilds)."""
+        digest = Digest(digest)
+        async with self.store.lock("ctx:" + digest):
+            dest = self.contexts / digest.hex
+            meta = self.contexts / f"{digest.hex}.json"
+            if dest.is_dir() and meta.exists():
+                os.utime(meta)
+                return msgspec.json.decode(meta.read_bytes(), type=ContextIndex)
+            tmp = self.store.scratch_dir("ctx-")
+            try:
+                blob = tmp / "context.tar"
+                await self.regs.client(self.regs.stack_url).fetch_blob_to(CONTEXT_REPOSITORY, digest, str(blob))
+
+                def unpack() -> ContextIndex:
+                    with open(blob, "rb") as f:
+                        return unpack_context(f, str(tmp / "root"))
+
+                index = await asyncio.to_thread(unpack)
+                os.replace(tmp / "root", dest)
+                index.root = str(dest)
+                meta.write_bytes(msgspec.json.encode(index))
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self._evict_contexts()
+            return index
+
+    def _evict_contexts(self) -> None:
+        metas = sorted(self.contexts.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+        for old in metas[MAX_CONTEXTS:]:
+            shutil.rmtree(self.contexts / old.stem, ignore_errors=True)
+            old.unlink(missing_ok=True)
+
+    # -- build ---------------------------------------------------------------------
+
+    async def build(self, req: BuildRequest) -> BuildReply:
+        inbox = req.progress_inbox
+
+        async def emit(kind: str, message: str, step: int = 0, total: int = 0, stream: str = "") -> None:
+            await self.publish(inbox, Progress(kind=kind, message=message, step=step, total_steps=total,
+                                               stream=stream))
+
+        if req.compression not in ("gzip", "zstd"):
+            raise InvalidArgument(f"--compression must be gzip or zstd, not {req.compression!r}")
+        if req.network not in ("default", "none", "host"):
+            raise InvalidArgument(f"--network must be default, none or host, not {req.network!r}")
+        tags = [parse_name(t) for t in req.tags]
+        ctx = await self.context(req.context)
+        opts = BuildOptions(dockerfile=req.dockerfile, dockerfile_name=req.dockerfile_name,
+                            build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
+                            secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
+                            network=req.network)
+        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit)
+        try:
+            res = await b.run()
+            config_bytes, manifest_bytes = compose(res, req.labels)
+            if not tags:
+                tags = [parse_name(f"{UNTAGGED_REPOSITORY}@{Digest.from_bytes(manifest_bytes)}")]
+            await emit("log", f"pushing {', '.join(str(t) for t in tags)}")
+            digest = await push_image(self.regs, tags, res.layers, b, config_bytes, manifest_bytes)
+            stack_repo = next((t.path for t in tags if t.domain is None), "")
+            shipped = {layer.digest for layer in res.layers}
+            stack = self.regs.client(self.regs.stack_url)
+            for key, rec in b.fresh.items():
+                if rec.empty or rec.digest is None:
+                    continue
+                repo = stack_repo
+                if rec.digest not in shipped or not repo:
+                    # Layers of intermediate stages go to a cache repository, so that
+                    # other replicas can hit them too.
+                    repo = CACHE_REPOSITORY
+                    await stack.push_blob(repo, rec.digest, rec.size, str(self.store.blob_path(rec.digest)))
+                await self.cache.put(key, msgspec.structs.replace(rec, repository=repo))
+            warnings = b.warnings + await check_image(b, res)
+            for w in warnings:
+                await emit("warning", w.message)
+        finally:
+            b.cleanup()
+        return BuildReply(digest=digest, config_digest=Digest.from_bytes(config_bytes),
+                          tags=[str(t) for t in tags], size=sum(layer.size for layer in res.layers),
+                          warnings=warnings, steps=b.reports)
+
+    # -- import --------------------------------------------------------------------
+
+    async def import_image(self, req: ImportRequest) -> ImportReply:
+        ref = parse_name(req.tag)
+        tmp = self.store.scratch_dir("import-")
+        try:
+            src = tmp / "rootfs"
+            await self.regs.client(self.regs.stack_url).fetch_blob_to(CONTEXT_REPOSITORY, req.source, str(src))
+            blob = tmp / "layer"
+
+            def recompress() -> tuple[Digest, Digest, int]:
+                diff, comp = Hasher(), Hasher()
+
+                class Sink:
+                    def write(self, b):
+                        comp.update(b)
+                        out.write(b)
+                        return len(b)
+
+                    def flush(self):
+                        out.flush()
+
+                with open(src, "rb") as f, open(blob, "wb") as out:
+                    _, plain = open_decompressed(f)
+                    w = open_compressor(Sink(), req.compression)  # type: ignore[arg-type]
+                    while chunk := plain.read(1 << 20):
+                        diff.update(chunk)
+                        w.write(chunk)
+                    w.close()
+                return comp.digest(), diff.digest(), comp.size
+
+            digest, diff_id, size = await asyncio.to_thread(recompress)
+            self.store.adopt_blob(blob, digest)
+            layer = LayerRef(digest=digest, size=size, media_type=media_type(req.compression), diff_id=diff_id)
+            state = ImageState.scratch()
+            if req.changes:
+                from services.builder.frontend import BuildArgs, dispatch_stage, parse
+                df = parse("FROM scratch\n" + "\n".join(req.changes) + "\n", "--change")
+                args = BuildArgs(given={})
+                args.evaluate_meta(df)
+                state = dispatch_stage(df, df.stages[0], state, args).config
+            history = [{"created": now_rfc3339(), "created_by": "dockyard import",
+                        "comment": req.message or "Imported from -"}]
+            res = StageResult([layer], history, state, key="")
+            config_bytes, manifest_bytes = compose(res, {})
+            blobs = _LocalOnly(self.store)
+            d = await push_image(self.regs, [ref], [layer], blobs, config_bytes, manifest_bytes)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return ImportReply(digest=d, config_digest=Digest.from_bytes(config_bytes), tag=str(ref), size=size)
+
+    # -- history -------------------------------------------------------------------
+
+    async def history(self, req: HistoryRequest) -> HistoryReply:
+        ref = parse_name(req.image)
+        client = self.regs.client(self.regs.url_for(ref))
+        img = await pull_base(self.regs, req.image, "linux", ImageState.scratch().architecture)
+        indexes: list[scan.LayerIndex] = []
+        for layer in img.layers:
+            if self.store.has_snapshot(layer.diff_id):
+                indexes.append(await asyncio.to_thread(scan.index_snapshot, self.store.snapshot_path(layer.diff_id)))
+                continue
+            buf = self.store.work / f"hist-{layer.digest.hex[:16]}"
+            try:
+                await client.fetch_blob_to(ref.path, layer.digest, str(buf))
+
+                def index() -> scan.LayerIndex:
+                    with open(buf, "rb") as f:
+                        _, plain = open_decompressed(f)
+                        return scan.index_tar(io.BufferedReader(plain))  # type: ignore[arg-type]
+
+                indexes.append(await asyncio.to_thread(index))
+            finally:
+                buf.unlink(missing_ok=True)
+        wasted = [0] * len(indexes)
+        for w in scan.analyse(indexes):
+            wasted[w.layer] += w.size
+        entries: list[HistoryEntry] = []
+        li = 0
+        for h in img.config.get("history") or []:
+            empty = bool(h.get("empty_layer"))
+            layer = None if empty or li >= len(img.layers) else img.layers[li]
+            entries.append(HistoryEntry(created=h.get("created", ""), created_by=h.get("created_by", ""),
+                                        comment=h.get("comment", ""), empty_layer=empty,
+                                        layer=layer.digest if layer else None,
+                                        size=indexes[li].size if layer else 0,
+                                        wasted=wasted[li] if layer else 0))
+            if layer is not None:
+                li += 1
+        return HistoryReply(image=str(ref), digest=img.digest, entries=list(reversed(entries)))
+
+
+class _LocalOnly:
+    def __init__(self, store: LocalStore):
+        self.store = store
+
+    def path(self, digest: str) -> Path | None:
+        p = self.store.blob_path(digest)
+        return p if p.exists() else None
+
+    async def fetch(self, layer: LayerRef) -> Path:
+        raise InvalidArgument(f"layer {layer.digest} is not in this builder")
+
+
+def compose(res: StageResult, extra_labels: dict[str, str]) -> tuple[bytes, bytes]:
+    """The OCI image config and manifest of a finished stage."""
+    cfg = res.config
+    if extra_labels:
+        cfg.labels.update(extra_labels)
+    created = now_rfc3339()
+    doc: dict[str, Any] = {"created": created}
+    if cfg.author:
+        doc["author"] = cfg.author
+    doc.update({"architecture": cfg.architecture, "os": cfg.os})
+    if cfg.variant:
+        doc["variant"] = cfg.variant
+    oci_config = cfg.to_oci_config()
+    if oci_config.get("Shell") == list(DEFAULT_SHELL):
+        oci_config.pop("Shell")
+    doc["config"] = oci_config
+    doc["rootfs"] = {"type": "layers", "diff_ids": [str(layer.diff_id) for layer in res.layers]}
+    doc["history"] = res.history
+    config_bytes = canonical(doc)
+    annotations = {"org.opencontainers.image.created": created}
+    if res.base_name:
+        annotations["org.opencontainers.image.base.name"] = res.base_name
+        annotations["org.opencontainers.image.base.digest"] = str(res.base_digest)
+    for key in ("org.opencontainers.image.title", "org.opencontainers.image.version",
+                "org.opencontainers.image.source", "org.opencontainers.image.revision",
+                "org.opencontainers.image.authors", "org.opencontainers.image.description"):
+        if key in cfg.labels:
+            annotations[key] = cfg.labels[key]
+    return config_bytes, image_manifest(config_bytes, res.layers, annotations)

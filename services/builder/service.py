@@ -1,0 +1,49 @@
+"""The builder service on the bus: `dockyard.builder.build|import|history`, any replica answers.
+
+Builds stream Progress to the request's `progress_inbox`; layers and unpacked
+snapshots live under `<data_dir>/builder`, the cache records in the
+`dockyard-build-cache` KV bucket that every replica shares.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from shared import bus, subjects
+from shared.config import Config
+from shared.messages.builder import BuildRequest, HistoryRequest, ImportRequest
+from shared.messages.common import Progress
+from shared.registry.auth import bus_token_provider
+from services.builder.executor.cache import BuildCache
+from services.builder.executor.images import Registries
+from services.builder.executor.store import LocalStore
+from services.builder.handlers import Builder
+
+log = logging.getLogger("dockyard.builder")
+SERVICE_ACCOUNT = "builder"
+
+
+async def serve(cfg: Config) -> None:
+    """Run the builder until cancelled, then drain in-flight builds."""
+    nc = await bus.connect(cfg.nats_url, name="dockyard-builder")
+    client = bus.BusClient(nc)
+    svc = bus.BusService(nc, subjects.BUILDER, description="Dockerfile to image, with a shared layer cache")
+    regs = Registries(cfg.registry_base_url, bus_token_provider(client, SERVICE_ACCOUNT))
+    try:
+        cache = await BuildCache.open(nc, builder_id=cfg.host_id)
+
+        async def publish(inbox: str, p: Progress) -> None:
+            await bus.publish_progress(nc, inbox, p)
+
+        builder = Builder(LocalStore(cfg.service_dir("builder")), cache, regs, publish)
+        svc.endpoint(subjects.BUILD, BuildRequest, builder.build)
+        svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
+        svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)
+        await svc.start()
+        log.info("builder %s serving on %s", svc.id, cfg.nats_url)
+        await asyncio.Event().wait()
+    finally:
+        await svc.stop()
+        await regs.close()
+        await nc.drain()

@@ -1,0 +1,371 @@
+"""Build contexts: `.dockerignore` rules, packing a context dir to a tar, unpacking it safely.
+
+The pattern rules are a port of moby's `patternmatcher` and of the docker CLI's
+context walk (`archive.TarWithOptions`), so that a context sends exactly the
+files `docker build` would send:
+
+- a line starting with `#` is a comment; lines are trimmed; `!` re-includes;
+- patterns are `filepath.Clean`ed and a leading `/` is dropped;
+- `*` and `?` never cross `/`, `**` spans any number of directories;
+- the last matching pattern wins, and a pattern that matches a directory
+  excludes everything below it;
+- the Dockerfile and `.dockerignore` are always sent.
+
+The tar is deterministic (sorted entries, uid/gid 0, mtime 0, no user names),
+so an unchanged context has the same digest and need not be uploaded again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import posixpath
+import re
+import stat
+import tarfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterator
+
+from shared.errors import InvalidArgument
+
+DOCKERIGNORE = ".dockerignore"
+_REGEX_SPECIAL = set(".+()|{}$")
+_CHUNK = 1 << 20
+
+
+# --------------------------------------------------------------------------- patterns
+
+
+def read_dockerignore(text: str) -> list[str]:
+    """Patterns of a `.dockerignore` file, normalised as moby's `ignorefile.ReadAll`."""
+    out: list[str] = []
+    for n, raw in enumerate(text.splitlines()):
+        if n == 0:
+            raw = raw.lstrip("\ufeff")
+        if raw.startswith("#"):
+            continue
+        pattern = raw.strip()
+        if not pattern:
+            continue
+        invert = pattern[0] == "!"
+        if invert:
+            pattern = pattern[1:].strip()
+        if pattern:
+            pattern = _clean(pattern)
+            if len(pattern) > 1 and pattern[0] == "/":
+                pattern = pattern[1:]
+        out.append("!" + pattern if invert else pattern)
+    return out
+
+
+def _clean(path: str) -> str:
+    """Go's `filepath.Clean` (posixpath.normpath keeps a leading `//`)."""
+    cleaned = posixpath.normpath(path)
+    if cleaned.startswith("//"):
+        cleaned = "/" + cleaned.lstrip("/")
+    return cleaned
+
+
+@dataclass(frozen=True)
+class Pattern:
+    """One compiled pattern; `kind` mirrors moby's exact/prefix/suffix/regexp match types."""
+
+    text: str
+    exclusion: bool
+    kind: str
+    regex: re.Pattern[str] | None
+
+    def match(self, path: str) -> bool:
+        if self.kind == "exact":
+            return path == self.text
+        if self.kind == "prefix":
+            return path.startswith(self.text[:-2])
+        if self.kind == "suffix":
+            suffix = self.text[2:]
+            return path.endswith(suffix) or (suffix[:1] == "/" and path == suffix[1:])
+        assert self.regex is not None
+        return self.regex.match(path) is not None
+
+
+def _compile(text: str, exclusion: bool) -> Pattern:
+    """moby's `Pattern.compile`: a glob to an anchored regexp, `**` spanning dirs."""
+    out = ["^"]
+    kind = "exact"
+    i, n, step = 0, len(text), 0
+    while i < n:
+        ch = text[i]
+        i += 1
+        if ch == "*":
+            if i < n and text[i] == "*":
+                i += 1
+                if i < n and text[i] == "/":  # `**/` is `**`
+                    i += 1
+                if i >= n:  # trailing `**` takes everything, as in .gitignore
+                    if kind == "exact":
+                        kind = "prefix"
+                    else:
+                        out.append(".*")
+                        kind = "regexp"
+                else:
+                    out.append("(.*/)?")
+                    kind = "regexp"
+                if step == 0:
+                    kind = "suffix"
+            else:
+                out.append("[^/]*")
+                kind = "regexp"
+        elif ch == "?":
+            out.append("[^/]")
+            kind = "regexp"
+        elif ch in _REGEX_SPECIAL:
+            out.append("\\" + ch)
+        elif ch == "\\":
+            if i < n:
+                out.append("\\" + text[i])
+                i += 1
+                kind = "regexp"
+            else:
+                out.append("\\\\")
+        elif ch in "[]":
+            out.append(ch)
+            kind = "regexp"
+        else:
+            out.append(ch)
+        step += 1
+    if kind != "regexp":
+        return Pattern(text, exclusion, kind, None)
+    out.append("$")
+    try:
+        return Pattern(text, exclusion, kind, re.compile("".join(out), re.DOTALL))
+    except re.error as exc:
+        raise InvalidArgument(f".dockerignore: bad pattern {text!r}: {exc}") from exc
+
+
+class PatternMatcher:
+    """An ordered list of include/exclude patterns; the last match wins."""
+
+    def __init__(self, patterns: list[str]):
+        self.patterns: list[Pattern] = []
+        for p in patterns:
+            p = p.strip()
+            if not p:
+                continue
+            p = _clean(p)
+            exclusion = p[0] == "!"
+            if exclusion:
+                if len(p) == 1:
+                    raise InvalidArgument('.dockerignore: illegal exclusion pattern: "!"')
+                p = p[1:]
+            self.patterns.append(_compile(p, exclusion))
+
+    @property
+    def has_exclusions(self) -> bool:
+        return any(p.exclusion for p in self.patterns)
+
+    def matches(self, path: str) -> bool:
+        """True if `path` (slash-separated, relative) is excluded, by itself or by a parent."""
+        matched = False
+        parent = posixpath.dirname(path) or "."
+        parent_dirs = parent.split("/")
+        for pat in self.patterns:
+            # An include pattern cannot change an already excluded path, nor an
+            # exception a path not yet excluded: skip them (moby does the same).
+            if pat.exclusion != matched:
+                continue
+            hit = pat.match(path)
+            if not hit and parent != ".":
+                for i in range(len(parent_dirs)):
+                    if pat.match("/".join(parent_dirs[: i + 1])):
+                        hit = True
+                        break
+            if hit:
+                matched = not pat.exclusion
+        return matched
+
+    def may_reinclude_below(self, dir_path: str) -> bool:
+        """Whether an exception could re-include something under an excluded dir.
+
+        The CLI's walk only descends into an excluded directory when an
+        exception pattern starts with that directory's path.
+        """
+        prefix = dir_path + "/"
+        return any(p.exclusion and (p.text + "/").startswith(prefix) for p in self.patterns)
+
+
+def context_excludes(ignore_text: str | None, dockerfile: str = "Dockerfile") -> list[str]:
+    """The patterns for a context, with the Dockerfile and `.dockerignore` always kept."""
+    excludes = read_dockerignore(ignore_text) if ignore_text else []
+    if not excludes:
+        return excludes
+    pm = PatternMatcher(excludes)
+    if pm.matches(DOCKERIGNORE):
+        excludes.append("!" + DOCKERIGNORE)
+    dockerfile = dockerfile.replace(os.sep, "/")
+    if PatternMatcher(excludes).matches(dockerfile):
+        excludes.append("!" + dockerfile)
+    return excludes
+
+
+# --------------------------------------------------------------------------- packing
+
+
+def walk_context(root: str, excludes: list[str]) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of every entry sent, sorted, parents before children."""
+    pm = PatternMatcher(excludes)
+
+    def walk(rel_dir: str) -> Iterator[tuple[str, os.stat_result]]:
+        abs_dir = os.path.join(root, rel_dir) if rel_dir else root
+        try:
+            names = sorted(os.listdir(abs_dir))
+        except OSError as exc:
+            raise InvalidArgument(f"cannot read context dir {abs_dir}: {exc}") from exc
+        for name in names:
+            rel = f"{rel_dir}/{name}" if rel_dir else name
+            st = os.lstat(os.path.join(root, rel))
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if pm.patterns and pm.matches(rel):
+                if is_dir and pm.may_reinclude_below(rel):
+                    yield from walk(rel)  # the dir itself stays out, as in the CLI
+                continue
+            yield rel, st
+            if is_dir:
+                yield from walk(rel)
+
+    yield from walk("")
+
+
+def _tarinfo(rel: str, st: os.stat_result, root: str) -> tarfile.TarInfo:
+    ti = tarfile.TarInfo(rel)
+    ti.mode = stat.S_IMODE(st.st_mode)
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = ""
+    ti.mtime = 0
+    if stat.S_ISDIR(st.st_mode):
+        ti.type = tarfile.DIRTYPE
+    elif stat.S_ISLNK(st.st_mode):
+        ti.type = tarfile.SYMTYPE
+        ti.linkname = os.readlink(os.path.join(root, rel))
+    elif stat.S_ISREG(st.st_mode):
+        ti.type = tarfile.REGTYPE
+        ti.size = st.st_size
+    else:
+        raise InvalidArgument(f"context: unsupported file type for {rel}")
+    return ti
+
+
+def pack_context(root: str, out: BinaryIO, excludes: list[str]) -> tuple[str, int]:
+    """Write the context as a deterministic tar to `out`; returns (sha256 digest, size)."""
+    hw = _HashingWriter(out)
+    with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for rel, st in walk_context(root, excludes):
+            if stat.S_ISSOCK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
+                continue  # docker skips sockets and pipes too
+            ti = _tarinfo(rel, st, root)
+            if ti.type == tarfile.REGTYPE:
+                with open(os.path.join(root, rel), "rb") as f:
+                    tf.addfile(ti, f)
+            else:
+                tf.addfile(ti)
+    return "sha256:" + hw.hash.hexdigest(), hw.size
+
+
+class _HashingWriter(io.RawIOBase):
+    def __init__(self, out: BinaryIO):
+        self.out, self.hash, self.size = out, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self.hash.update(b)
+        self.out.write(b)
+        self.size += len(b)
+        return len(b)
+
+
+# --------------------------------------------------------------------------- unpacking
+
+
+@dataclass
+class ContextIndex:
+    """What an unpacked context holds: content digests keyed by relative path."""
+
+    root: str
+    files: dict[str, str] = field(default_factory=dict)  # rel path -> sha256 digest
+    links: dict[str, str] = field(default_factory=dict)  # rel path -> symlink target
+    dirs: set[str] = field(default_factory=set)
+
+
+def _safe_rel(name: str) -> str:
+    rel = posixpath.normpath(name.lstrip("/"))
+    if rel in ("", ".") or rel == ".." or rel.startswith("../") or "\0" in rel:
+        raise InvalidArgument(f"context: unsafe path {name!r}")
+    return rel
+
+
+def unpack_context(src: BinaryIO, dest: str) -> ContextIndex:
+    """Unpack a context tar into `dest`, hashing files as they are written.
+
+    The stream is untrusted: paths that leave `dest`, entries under a symlink,
+    devices and hard links to outside are refused; nothing is written through
+    a symlink (O_NOFOLLOW, and parents are checked against the links made).
+    """
+    os.makedirs(dest, exist_ok=True)
+    index = ContextIndex(root=dest)
+    try:
+        tf = tarfile.open(fileobj=src, mode="r|")
+    except tarfile.TarError as exc:
+        raise InvalidArgument(f"context: not a tar stream: {exc}") from exc
+    with tf:
+        for ti in tf:
+            rel = _safe_rel(ti.name)
+            parent = posixpath.dirname(rel)
+            probe = parent
+            while probe:
+                if probe in index.links:
+                    raise InvalidArgument(f"context: {rel!r} lies under symlink {probe!r}")
+                probe = posixpath.dirname(probe)
+            if parent and parent not in index.dirs:
+                _mkdirs(dest, parent, index)
+            path = os.path.join(dest, rel)
+            if ti.isdir():
+                if rel not in index.dirs:
+                    os.makedirs(path, exist_ok=True)
+                    index.dirs.add(rel)
+                os.chmod(path, (ti.mode & 0o7777) | 0o700)
+            elif ti.issym():
+                os.symlink(ti.linkname, path)
+                index.links[rel] = ti.linkname
+            elif ti.isreg():
+                index.files[rel] = _write_file(tf.extractfile(ti), path, ti.mode)
+            elif ti.islnk():
+                target = _safe_rel(ti.linkname)
+                if target not in index.files:
+                    raise InvalidArgument(f"context: hard link {rel!r} to unknown {target!r}")
+                os.link(os.path.join(dest, target), path, follow_symlinks=False)
+                index.files[rel] = index.files[target]
+            else:
+                raise InvalidArgument(f"context: unsupported entry type for {rel!r}")
+    return index
+
+
+def _mkdirs(dest: str, rel: str, index: ContextIndex) -> None:
+    parts = rel.split("/")
+    for i in range(1, len(parts) + 1):
+        sub = "/".join(parts[:i])
+        if sub not in index.dirs:
+            os.makedirs(os.path.join(dest, sub), exist_ok=True)
+            index.dirs.add(sub)
+
+
+def _write_file(f: BinaryIO | None, path: str, mode: int) -> str:
+    h = hashlib.sha256()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode & 0o7777)
+    with os.fdopen(fd, "wb") as out:
+        if f is not None:
+            while chunk := f.read(_CHUNK):
+                h.update(chunk)
+                out.write(chunk)
+    os.chmod(path, mode & 0o7777)
+    return "sha256:" + h.hexdigest()

@@ -1,0 +1,101 @@
+"""builder requests and replies (`dockyard.builder.build|import|history`).
+
+Blob bytes never ride the bus: the CLI uploads the build context (or the rootfs
+tarball of an import) to the stack's registry as a blob of `CONTEXT_REPOSITORY`
+and names it by digest here. New fields get defaults (schema evolution).
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from shared.oci.digest import Digest
+
+# Where the CLI uploads contexts and import tarballs (a repository of the stack registry).
+CONTEXT_REPOSITORY = "dockyard/build-contexts"
+
+
+class SecretRef(msgspec.Struct, kw_only=True, frozen=True):
+    """A `--secret id=X`: its bytes travel in the request only, never to a blob or a layer."""
+
+    id: str
+    data: bytes = b""
+
+
+class BuildRequest(msgspec.Struct, kw_only=True):
+    context: Digest  # the context tar, a blob of CONTEXT_REPOSITORY
+    dockerfile: str  # the Dockerfile text (it may live outside the context, like `-f ../x`)
+    dockerfile_name: str = "Dockerfile"
+    tags: list[str] = []
+    build_args: dict[str, str] = {}
+    target: str = ""
+    no_cache: bool = False
+    secrets: list[SecretRef] = []
+    compression: str = "gzip"  # gzip | zstd
+    network: str = "default"  # default (none) | host: the default for RUN steps
+    labels: dict[str, str] = {}
+    progress_inbox: str = ""
+
+
+class BuildWarning(msgspec.Struct, kw_only=True, frozen=True):
+    kind: str  # secret | wasted-bytes | unused-build-arg
+    message: str
+    layer: int = -1  # index in the manifest's layers
+    path: str = ""
+    size: int = 0
+
+
+class StepReport(msgspec.Struct, kw_only=True, frozen=True):
+    stage: int
+    instruction: str
+    cached: bool
+    layer: Digest | None = None
+    size: int = 0
+    seconds: float = 0.0
+
+
+class BuildReply(msgspec.Struct, kw_only=True):
+    digest: Digest  # the image manifest
+    config_digest: Digest
+    tags: list[str] = []
+    size: int = 0  # compressed bytes of all layers
+    warnings: list[BuildWarning] = []
+    steps: list[StepReport] = []
+
+
+class ImportRequest(msgspec.Struct, kw_only=True):
+    """`dockyard import ROOTFS.tar NAME:TAG`: a one-layer base image from a tarball."""
+
+    source: Digest  # the tarball, a blob of CONTEXT_REPOSITORY (plain, gzip or zstd)
+    tag: str
+    changes: list[str] = []  # Dockerfile config instructions, like `docker import --change`
+    message: str = ""
+    compression: str = "gzip"
+    progress_inbox: str = ""
+
+
+class ImportReply(msgspec.Struct, kw_only=True):
+    digest: Digest
+    config_digest: Digest
+    tag: str
+    size: int = 0
+
+
+class HistoryRequest(msgspec.Struct, kw_only=True):
+    image: str
+
+
+class HistoryEntry(msgspec.Struct, kw_only=True, frozen=True):
+    created: str = ""
+    created_by: str = ""
+    comment: str = ""
+    empty_layer: bool = False
+    layer: Digest | None = None
+    size: int = 0  # uncompressed bytes the layer adds
+    wasted: int = 0  # bytes of earlier layers this layer hides (deleted or overwritten)
+
+
+class HistoryReply(msgspec.Struct, kw_only=True):
+    image: str
+    digest: Digest
+    entries: list[HistoryEntry] = []

@@ -1,0 +1,165 @@
+"""`dockyard build` against a real stack: layers, whiteouts, cache, secrets, warnings, skopeo."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from examples.busybox import busybox_rootfs, tar_dir
+from tests.e2e.conftest import skopeo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
+
+SECRET = "s3cr3t-value-never-in-a-layer"
+
+DOCKERFILE = """\
+ARG BASE=busybox:latest
+FROM $BASE AS deps
+ARG GREETING=hello
+RUN echo "$GREETING from deps" > /greeting.txt
+FROM busybox:latest AS unused
+RUN exit 1
+FROM $BASE
+ARG GREETING
+ENV APP=/app
+WORKDIR $APP
+COPY --from=deps /greeting.txt ./
+COPY big.bin small.txt ./
+COPY id_rsa /root/.ssh/id_rsa
+RUN --mount=type=secret,id=tok cat /run/secrets/tok | wc -c > tok-len && rm big.bin
+EXPOSE 8080
+ENTRYPOINT ["/bin/sh"]
+"""
+
+
+@pytest.fixture(scope="module")
+def base(stack, tmp_path_factory):
+    d = tmp_path_factory.mktemp("bb")
+    (d / "bb.tar").write_bytes(tar_dir(busybox_rootfs(d / "root")))
+    stack.cli("import", str(d / "bb.tar"), "busybox:latest")
+    return "busybox:latest"
+
+
+def _context(tmp: Path) -> Path:
+    ctx = tmp / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    (ctx / "big.bin").write_bytes(b"\0" * (2 << 20))
+    (ctx / "small.txt").write_text("v1\n")
+    (ctx / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
+    (ctx / "ignored").mkdir()
+    (ctx / "ignored" / "junk").write_text("x")
+    (ctx / ".dockerignore").write_text("ignored\n")
+    (ctx / "tok").write_text(SECRET)
+    return ctx
+
+
+def _build(stack, ctx: Path, *extra: str):
+    p = stack.cli("build", "--json", "-t", "dybd-app:1", "--secret", f"id=tok,src={ctx / 'tok'}",
+                  "--build-arg", "GREETING=hi", *extra, str(ctx))
+    return json.loads(p.stdout)
+
+
+def _layers(stack, tmp: Path, name: str) -> tuple[dict, list[dict[str, bytes | str]]]:
+    out = tmp / "oci"
+    skopeo("copy", "--src-tls-verify=false", "--src-creds", stack.admin_creds,
+           f"docker://{stack.registry_addr}/library/{name}", f"oci:{out}:x")
+    index = json.loads((out / "index.json").read_text())
+    manifest = json.loads((out / "blobs/sha256" / index["manifests"][0]["digest"][7:]).read_text())
+    config = json.loads((out / "blobs/sha256" / manifest["config"]["digest"][7:]).read_text())
+    layers = []
+    for d in manifest["layers"]:
+        data = gzip.decompress((out / "blobs/sha256" / d["digest"][7:]).read_bytes())
+        with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+            layers.append({m.name: (tf.extractfile(m).read() if m.isfile() else "") for m in tf.getmembers()})
+    return config, layers
+
+
+def test_build_end_to_end(stack, base, tmp_path):
+    ctx = _context(tmp_path)
+    first = _build(stack, ctx)
+    ran = [s["instruction"] for s in first["steps"] if not s["cached"]]
+    assert any("RUN" in s and "greeting" in s for s in ran)
+    assert not any("exit 1" in s for s in ran)  # the unused stage is not built
+
+    kinds = {w["kind"] for w in first["warnings"]}
+    assert "secret" in kinds and "wasted-bytes" in kinds
+    assert any(w["path"] == "/app/big.bin" and w["size"] == 2 << 20 for w in first["warnings"])
+    assert any(w["path"] == "/root/.ssh/id_rsa" for w in first["warnings"])
+
+    config, layers = _layers(stack, tmp_path, "dybd-app:1")
+    cfg = config["config"]
+    assert cfg["Entrypoint"] == ["/bin/sh"] and cfg["WorkingDir"] == "/app"
+    assert "8080/tcp" in cfg["ExposedPorts"] and "APP=/app" in cfg["Env"]
+    merged: dict[str, object] = {}
+    for layer in layers:
+        for name, data in layer.items():
+            base_name = name.rsplit("/", 1)[-1]
+            if base_name.startswith(".wh."):
+                merged.pop(name.rsplit("/", 1)[0] + "/" + base_name[4:], None)
+            else:
+                merged[name] = data
+    assert merged["app/greeting.txt"] == b"hi from deps\n"
+    assert merged["app/tok-len"].strip() == str(len(SECRET)).encode()
+    assert "app/big.bin" not in merged  # deleted by the RUN ...
+    assert any("app/.wh.big.bin" in layer for layer in layers)  # ... through a whiteout
+    assert not any(n.startswith("ignored") for layer in layers for n in layer)
+    assert not any(n.startswith("run/secrets") for layer in layers for n in layer)
+    blob_text = json.dumps(config) + "".join(str(v) for layer in layers for v in layer.values())
+    assert SECRET not in blob_text
+
+    # Rebuild: every step from the cache.
+    again = _build(stack, ctx)
+    assert all(s["cached"] for s in again["steps"])
+    # One context file changes: only the steps from its COPY on run again.
+    (ctx / "small.txt").write_text("v2\n")
+    third = _build(stack, ctx)
+    fresh = [s["instruction"] for s in third["steps"] if not s["cached"]]
+    assert fresh and fresh[0].startswith("COPY big.bin small.txt")
+    assert any(s["cached"] and "greeting" in s["instruction"] for s in third["steps"])
+
+
+async def test_second_builder_hits_the_cache(stack, base, tmp_path):
+    """A builder with an empty disk gets every step from records another builder wrote."""
+    from shared import bus
+    from shared.buildcontext import context_excludes, pack_context
+    from shared.messages.builder import BuildRequest, SecretRef
+    from shared.registry.auth import bus_token_provider
+    from services.builder.executor.cache import BuildCache
+    from services.builder.executor.images import Registries
+    from services.builder.executor.store import LocalStore
+    from services.builder.handlers import Builder
+
+    ctx = _context(tmp_path)
+    _build(stack, ctx)  # through the stack's builder
+    with open(tmp_path / "ctx.tar", "wb") as f:
+        digest, _ = pack_context(str(ctx), f, context_excludes((ctx / ".dockerignore").read_text()))
+    nc = await bus.connect(stack.nats_url)
+    regs = Registries(stack.registry_url, bus_token_provider(bus.BusClient(nc), "builder"))
+    try:
+        async def quiet(inbox, p):
+            pass
+
+        other = Builder(LocalStore(tmp_path / "other-builder"), await BuildCache.open(nc), regs, quiet)
+        reply = await other.build(BuildRequest(context=digest, dockerfile=DOCKERFILE, tags=["dybd-app:2"],
+                                               build_args={"GREETING": "hi"},
+                                               secrets=[SecretRef(id="tok", data=SECRET.encode())]))
+    finally:
+        await regs.close()
+        await nc.drain()
+    assert reply.steps and all(s.cached for s in reply.steps), [(s.instruction, s.cached) for s in reply.steps]
+    assert not list((tmp_path / "other-builder" / "snapshots").iterdir())  # no layer was even unpacked
+    assert any(w.kind == "wasted-bytes" for w in reply.warnings)  # the scan came with the records
+
+
+def test_bad_dockerfile_names_line(stack, base, tmp_path):
+    ctx = tmp_path / "bad"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox:latest\nRUN true\nFROBNICATE x\n")
+    p = stack.cli("build", "-t", "dybd-bad:1", str(ctx), check=False)
+    assert p.returncode != 0 and "Dockerfile:3: FROBNICATE: unknown instruction" in p.stderr
