@@ -340,23 +340,31 @@ class TypedKV:
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Live keys, optionally under `prefix` (a `kv_key` prefix ending in '.')."""
-        # nats-py's keys() filters client-side after reading every key; a watch on the
-        # prefix lets the server filter.
-        keys: set[str] = set()
+        # nats-py's keys() reads every key and filters client-side, and its watcher can send
+        # its "no more" marker before entries already on the wire: so count the subjects
+        # first (server-side filter), then read the watch until the entry with no pending.
+        subject = prefix + ">"
         try:
-            watcher = await self.kv.watch(prefix + ">", ignore_deletes=True, meta_only=True)
+            info = await self.kv._js.stream_info(self.kv._stream, subjects_filter=self.kv._pre + subject)
+            if not info.state.subjects:
+                return []
+            keys: set[str] = set()
+            watcher = await self.kv.watch(subject, meta_only=True)
             try:
-                async for entry in watcher:
-                    if entry is None:
-                        break
-                    if entry.operation in ("DEL", "PURGE"):
-                        keys.discard(entry.key)
-                    else:
-                        keys.add(entry.key)
-                    if entry.delta == 0:
-                        break
+                async with asyncio.timeout(30):
+                    async for entry in watcher:
+                        if entry is None:
+                            continue
+                        if entry.operation in ("DEL", "PURGE"):
+                            keys.discard(entry.key)
+                        else:
+                            keys.add(entry.key)
+                        if entry.delta == 0:
+                            break
             finally:
                 await watcher.stop()
+        except TimeoutError as e:
+            raise Unavailable(f"KV keys of {self.kv._stream}: no end of listing") from e
         except nats.errors.Error as e:
             raise Unavailable(f"KV keys: {e}") from e
         return sorted(keys)

@@ -90,3 +90,15 @@ async def test_typed_kv_compare_and_set(nc):
     assert await kv.keys("repo/name.") == [key]
     await kv.delete(key)
     assert await kv.get(key) is None and await kv.keys() == []
+
+
+async def test_kv_keys_lists_every_live_key_every_time(nc):
+    """Listing right after writes sees them all, also when the last write was a delete."""
+    kv = await bus.TypedKV.open(nc, "test-kv-keys", Pong)
+    assert await kv.keys() == []
+    for round_ in range(20):
+        keys = [bus.kv_key("r", str(round_), str(i)) for i in range(5)]
+        for k in keys:
+            await kv.put(k, Pong(n=1))
+        await kv.delete(keys[-1])
+        assert await kv.keys(bus.kv_key("r", str(round_)) + ".") == sorted(keys[:-1])
