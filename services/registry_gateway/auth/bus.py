@@ -1,0 +1,57 @@
+"""Bus verbs that manage users, grants and visibility, and hand tokens to service accounts."""
+
+from __future__ import annotations
+
+from shared import subjects
+from shared.bus import BusService
+from shared.messages.auth import (REGISTRY_ENSURE_ADMIN, EnsureAdminReply, EnsureAdminRequest, GrantReply, GrantRequest, TokenReply, TokenRequest, UserAddRequest,
+                                  UserReply, UserRmRequest, VisibilityReply, VisibilityRequest)
+from shared.errors import InvalidArgument
+from shared.messages.common import Ok
+
+from .core import Auth
+from .scopes import GRANT_ACTIONS, parse_scopes
+
+MAX_SERVICE_TOKEN_TTL = 24 * 3600
+
+
+def register(service: BusService, auth: Auth) -> None:
+    store = auth.store
+
+    async def user_add(req: UserAddRequest) -> UserReply:
+        rec = await store.add_user(req.username, req.password, update=req.update)
+        return UserReply(username=rec.username, created_at=rec.created_at)
+
+    async def user_rm(req: UserRmRequest) -> Ok:
+        await store.remove_user(req.username)
+        return Ok()
+
+    async def grant(req: GrantRequest) -> GrantReply:
+        rec = await store.grant(req.username, req.repository, req.access)
+        actions = sorted(GRANT_ACTIONS[rec.access]) if rec else []
+        return GrantReply(username=req.username, repository=req.repository, actions=actions)
+
+    async def visibility(req: VisibilityRequest) -> VisibilityReply:
+        rec = await store.set_visibility(req.repository, req.public)
+        return VisibilityReply(repository=rec.pattern, public=rec.public)
+
+    async def token(req: TokenRequest) -> TokenReply:
+        ttl = min(req.expires_in, MAX_SERVICE_TOKEN_TTL) if req.expires_in > 0 else None
+        issued = auth.issue_service_token(req.account, parse_scopes(req.scopes), ttl)
+        return TokenReply(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at)
+
+    async def ensure_admin(req: EnsureAdminRequest) -> EnsureAdminReply:
+        from pathlib import Path
+
+        from . import ensure_admin_in
+        if not req.password_file:
+            raise InvalidArgument("password_file is required")
+        return EnsureAdminReply(created=await ensure_admin_in(store, Path(req.password_file)) is not None)
+
+    service.endpoint(getattr(subjects, "REGISTRY_ENSURE_ADMIN", REGISTRY_ENSURE_ADMIN), EnsureAdminRequest,
+                     ensure_admin)
+    service.endpoint(subjects.REGISTRY_USER_ADD, UserAddRequest, user_add)
+    service.endpoint(subjects.REGISTRY_USER_RM, UserRmRequest, user_rm)
+    service.endpoint(subjects.REGISTRY_GRANT, GrantRequest, grant)
+    service.endpoint(subjects.REGISTRY_REPO_VISIBILITY, VisibilityRequest, visibility)
+    service.endpoint(subjects.REGISTRY_TOKEN, TokenRequest, token)
