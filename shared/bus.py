@@ -40,13 +40,23 @@ DETAIL_HEADER = "Dockyard-Error-Detail"
 
 
 async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5) -> NATS:
-    """Connect with reconnects on; an unreachable server is Unavailable."""
+    """Connect, reconnecting forever once connected; a server not there at first is Unavailable."""
+
+    connected = False
+
+    async def on_error(e: Exception) -> None:
+        # Before the first connection the caller gets one Unavailable instead of a log per try.
+        (log.warning if connected else log.debug)("NATS %s: %s", url, str(e) or type(e).__name__)
+
     try:
-        return await nats.connect(
-            url, name=name, connect_timeout=connect_timeout, max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, allow_reconnect=True)
+        # nats-py retries the first connect forever when reconnects are unlimited: bound it.
+        nc = await asyncio.wait_for(nats.connect(
+            url, name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
+            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error), connect_timeout)
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
-        raise Unavailable(f"cannot reach NATS at {url}: {e}") from e
+        raise Unavailable(f"cannot reach NATS at {url}: {str(e) or 'timed out'}") from e
+    connected = True
+    return nc
 
 
 class BusService:

@@ -21,7 +21,7 @@ class CliContext:
     async def bus(self) -> bus.BusClient:
         """The bus client, connected on first use (commands that need no bus never pay)."""
         if self._bus is None:
-            self._nc = await bus.connect(self.config.nats_url, name="dockyard-cli")
+            self._nc = await bus.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3)
             self._bus = bus.BusClient(self._nc)
         return self._bus
 

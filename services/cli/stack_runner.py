@@ -23,6 +23,7 @@ from shared.natsserver import EmbeddedNats, free_port
 log = logging.getLogger("dockyard.up")
 STACK_FILE = "stack.json"
 READY_TIMEOUT = 60.0
+MAX_RESTARTS_PER_MINUTE = 5
 
 
 def read_stack_file(data_dir: Path) -> dict[str, Any]:
@@ -32,9 +33,9 @@ def read_stack_file(data_dir: Path) -> dict[str, Any]:
         return {}
 
 
-async def discover(client: bus.BusClient, timeout: float = 0.5) -> list[dict[str, Any]]:
-    """Every service instance answering `$SRV.INFO`, sorted by name."""
-    infos = await client.gather("$SRV.INFO", None, dict, timeout=timeout)
+async def discover(client: bus.BusClient, timeout: float = 0.5, expect: int | None = None) -> list[dict[str, Any]]:
+    """Every service instance answering `$SRV.INFO` (sorted by name); `expect` ends the wait early."""
+    infos = await client.gather("$SRV.INFO", None, dict, timeout=timeout, expect=expect)
     out = []
     for i in infos:
         meta = i.get("metadata") or {}
@@ -64,20 +65,28 @@ class StackRunner:
         nc = await bus.connect(self.cfg.nats_url, name="dockyard-up")
         try:
             await self._wait_jetstream(nc)
-            env = {**os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
-                   "DOCKYARD_DATA_DIR": self.cfg.data_dir, "DOCKYARD_REGISTRY_ADDR": self.cfg.registry_addr}
             for name in self.services:
-                out = open(self.logs / f"{name}.log", "ab")
-                self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "services.cli.main", "serve", name], env=env,
-                    stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+                self._spawn(name)
             await asyncio.gather(*(self._wait_ready(nc, n) for n in self.services))
             await self._ensure_admin(nc)
         finally:
             await nc.drain()
-        (self.cfg.data_path / STACK_FILE).write_text(json.dumps({
+        self._write_stack_file()
+
+    def _spawn(self, name: str) -> None:
+        env = {**os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
+               "DOCKYARD_DATA_DIR": self.cfg.data_dir, "DOCKYARD_REGISTRY_ADDR": self.cfg.registry_addr}
+        with open(self.logs / f"{name}.log", "ab") as out:
+            self.procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "serve", name], env=env,
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+
+    def _write_stack_file(self) -> None:
+        tmp = self.cfg.data_path / (STACK_FILE + ".tmp")
+        tmp.write_text(json.dumps({
             "services": self.services, "nats_url": self.cfg.nats_url,
             "registry": self.cfg.registry_addr, "pids": {n: p.pid for n, p in self.procs.items()}}))
+        os.replace(tmp, self.cfg.data_path / STACK_FILE)
 
     async def _wait_jetstream(self, nc: Any) -> None:
         deadline = time.monotonic() + 10
@@ -138,13 +147,24 @@ class StackRunner:
         return "\n".join(lines)
 
     async def wait(self, stop: asyncio.Event) -> None:
-        """Until `stop` is set or a service dies (then exit code 1)."""
+        """Until `stop` is set; a service that dies is restarted (with back-off) like a supervisor
+        would, and one that keeps dying stops the stack with exit code 1."""
+        restarts: dict[str, list[float]] = {}
         while not stop.is_set():
-            for name, p in self.procs.items():
-                if p.poll() is not None:
-                    log.error("%s exited with %s; stopping the stack\n%s", name, p.returncode, self._tail(name))
+            for name, p in list(self.procs.items()):
+                if p.poll() is None:
+                    continue
+                recent = [t for t in restarts.get(name, []) if time.monotonic() - t < 60]
+                log.error("%s exited with %s\n%s", name, p.returncode, self._tail(name))
+                if len(recent) >= MAX_RESTARTS_PER_MINUTE:
+                    log.error("%s died %d times in a minute; stopping the stack", name, len(recent))
                     self.exit_code = 1
                     return
+                restarts[name] = recent + [time.monotonic()]
+                await asyncio.sleep(0.2 * 2 ** len(recent))
+                log.info("restarting %s", name)
+                self._spawn(name)
+                self._write_stack_file()
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except asyncio.TimeoutError:

@@ -93,8 +93,8 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
 async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
     from services.cli.stack_runner import discover, read_stack_file
     b = await ctx.bus()
-    found = await discover(b)
     expected = read_stack_file(ctx.config.data_path)
+    found = await discover(b, expect=len(expected.get("services", [])) or None)
     names = {f["name"] for f in found}
     missing = [n for n in expected.get("services", []) if n not in names] if expected else []
     if ctx.json_output:

@@ -1,0 +1,441 @@
+"""`run`, `ps`, `logs`, `stop`, `start`, `kill`, `rm`, `inspect`, `agents`: containers on the fleet.
+
+The CLI talks to the bus only: the fleet's heartbeats (KV `dockyard-agents`) for
+placement and `agents`, a scatter-gather `ps` to find which agent holds a container,
+then that agent's own verb. Heavy imports stay inside the handlers: start-up time is
+part of every `dockyard run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from typing import Any
+
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
+
+
+def parse_size(text: str, *, allow_unlimited: bool = False) -> int:
+    """docker's RAMInBytes: `200m`, `1G`, `512kb`, `1024` (binary units); `-1` if allowed."""
+    from shared.errors import InvalidArgument
+    t = text.strip().lower()
+    if allow_unlimited and t == "-1":
+        return -1
+    num = t.rstrip("bkmgtp")
+    unit = t[len(num):]
+    if unit.endswith("b") and len(unit) == 2:
+        unit = unit[0]
+    try:
+        value = float(num)
+    except ValueError:
+        raise InvalidArgument(f"invalid size: {text!r}") from None
+    if unit not in _UNITS or value < 0:
+        raise InvalidArgument(f"invalid size: {text!r}")
+    return int(value * _UNITS[unit])
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("run", help="run a command in a new container")
+    p.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
+    p.add_argument("--rm", action="store_true", help="remove the container when it exits")
+    p.add_argument("--name")
+    p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/PROTO]")
+    p.add_argument("-m", "--memory", help="memory limit (e.g. 200m)")
+    p.add_argument("--memory-swap", help="memory + swap limit (e.g. 1g), -1 unlimited")
+    p.add_argument("-c", "--cpu-shares", type=int)
+    p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]")
+    p.add_argument("--entrypoint")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--restart", default="no", help="no | on-failure[:N] | always | unless-stopped")
+    p.add_argument("--network", "--net", default="bridge", choices=("bridge", "none", "host"))
+    p.add_argument("--pull", default="missing", choices=("missing", "always", "never"))
+    p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VAL")
+    p.add_argument("--host", help="the agent to run on (default: the one with the most free memory)")
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(func=run)
+
+    p = sub.add_parser("ps", help="list containers")
+    p.add_argument("-a", "--all", action="store_true", help="also stopped containers")
+    p.add_argument("-q", "--quiet", action="store_true", help="only ids")
+    p.add_argument("--no-trunc", action="store_true")
+    p.add_argument("--host", help="only this agent's containers")
+    p.set_defaults(func=ps)
+
+    p = sub.add_parser("logs", help="a container's output")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("-n", "--tail", default="all")
+    p.add_argument("-t", "--timestamps", action="store_true")
+    p.add_argument("container")
+    p.set_defaults(func=logs)
+
+    p = sub.add_parser("stop", help="stop containers (TERM, then KILL after -t seconds)")
+    p.add_argument("-t", "--time", "--timeout", dest="timeout", type=float, default=10.0)
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=stop)
+
+    p = sub.add_parser("start", help="start stopped containers")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=start)
+
+    p = sub.add_parser("kill", help="send a signal to containers")
+    p.add_argument("-s", "--signal", default="KILL")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=kill)
+
+    p = sub.add_parser("rm", help="remove containers")
+    p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=rm)
+
+    p = sub.add_parser("inspect", help="low-level information on containers (JSON)")
+    p.add_argument("containers", nargs="+")
+    p.set_defaults(func=inspect)
+
+    p = sub.add_parser("agents", help="the fleet of runtime-agents")
+    p.set_defaults(func=agents)
+
+
+# ---- the fleet -------------------------------------------------------------------------
+
+async def fleet(ctx) -> list:
+    """Live agents from their heartbeats, freshest first."""
+    import nats.js.errors
+    from shared import subjects
+    from shared.bus import TypedKV
+    from shared.messages.agent import HEARTBEAT_STALE, Heartbeat
+    client = await ctx.bus()
+    try:
+        kv = await client.nc.jetstream().key_value(subjects.KV_AGENTS)
+    except nats.js.errors.BucketNotFoundError:
+        return []
+    now = time.time()
+    beats = [v for _, v, _ in await TypedKV(kv, Heartbeat).items()]
+    return sorted((b for b in beats if now - b.time < HEARTBEAT_STALE), key=lambda b: -b.time)
+
+
+def place(agents: list, memory: int | None):
+    """The agent with the most free memory that fits `memory` (podman/nomad's bin-packing, spread)."""
+    from shared.errors import Unavailable
+    if not agents:
+        raise Unavailable("no runtime-agent is running (see `dockyard agents`)")
+    fits = [a for a in agents if a.memory_free >= (memory or 0)]
+    if not fits:
+        best = max(a.memory_free for a in agents)
+        raise Unavailable(f"no agent has {memory} bytes of memory free (the most is {best})")
+    return max(fits, key=lambda a: (a.memory_free, a.agent_id))
+
+
+async def find(ctx, ref: str, agents: list | None = None):
+    """(agent id, Container) of the one container `ref` names across the fleet."""
+    from shared.errors import InvalidArgument, NotFound
+    from shared.messages.agent import VERB_PS, PsReply, PsRequest, fleet as fleet_subject
+    agents = await fleet(ctx) if agents is None else agents
+    if not agents:
+        raise NotFound(f"no such container: {ref} (no runtime-agent is running)")
+    client = await ctx.bus()
+    replies = await client.gather(fleet_subject(VERB_PS), PsRequest(all=True, match=ref), PsReply,
+                                  timeout=2.0, expect=len(agents))
+    hits = [(r.host, c) for r in replies for c in r.containers]
+    exact = [h for h in hits if h[1].id == ref or h[1].name == ref]
+    hits = exact or hits
+    if not hits:
+        raise NotFound(f"no such container: {ref}")
+    if len(hits) > 1:
+        raise InvalidArgument(f"{ref} names {len(hits)} containers: "
+                              + ", ".join(f"{c.id[:12]} on {h}" for h, c in hits))
+    return hits[0]
+
+
+async def agent_images(ctx, host: str) -> list:
+    """The images an agent has pulled (for `dockyard images --host AGENT`): ImageRecords."""
+    from shared import subjects
+    from shared.messages.agent import VERB_IMAGES, ImagesReply, ImagesRequest
+    client = await ctx.bus()
+    reply = await client.request(subjects.agent(host, VERB_IMAGES), ImagesRequest(), ImagesReply)
+    return reply.images
+
+
+# ---- streams ---------------------------------------------------------------------------
+
+class _Stream:
+    """Output the agent sends to our inbox; answers its pings; done at `end`."""
+
+    def __init__(self, client, *, timestamps: bool = False, progress: bool = True):
+        import asyncio
+        self.client = client
+        self.inbox = client.nc.new_inbox()
+        self.timestamps = timestamps
+        self.progress = progress
+        self.done = asyncio.get_running_loop().create_future()
+        self.sub = None
+
+    async def __aenter__(self) -> "_Stream":
+        from shared import codec
+        from shared.messages.agent import StreamMessage
+        dec = codec.decoder(StreamMessage)
+        out, err = sys.stdout.buffer, sys.stderr.buffer
+
+        async def on_msg(msg) -> None:
+            sm = dec.decode(msg.data)
+            if sm.kind == "output":
+                for ln in sm.lines:
+                    f = err if ln.stream == "stderr" else out
+                    f.write(((ln.time + " ") if self.timestamps else "").encode() + ln.line.encode())
+                out.flush()
+                err.flush()
+            elif sm.kind == "progress" and self.progress:
+                err.write(sm.message.encode() + b"\n")
+                err.flush()
+            elif sm.kind == "ping" and msg.reply:
+                await msg.respond(b"")
+            elif sm.kind == "end" and not self.done.done():
+                self.done.set_result(sm)
+
+        self.sub = await self.client.nc.subscribe(self.inbox, cb=on_msg)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self.sub is not None:
+            await self.sub.unsubscribe()
+
+
+# ---- handlers --------------------------------------------------------------------------
+
+async def run(args, ctx) -> int:
+    from shared import subjects
+    from shared.errors import InvalidArgument
+    from shared.messages.agent import VERB_RUN, RunReply, RunRequest
+    if args.rm and args.detach and args.restart not in ("no", ""):
+        raise InvalidArgument("conflicting options: --restart and --rm")
+    memory = parse_size(args.memory) if args.memory else None
+    swap = parse_size(args.memory_swap, allow_unlimited=True) if args.memory_swap else None
+    env = []
+    for e in args.env:
+        if "=" in e:
+            env.append(e)
+        elif e in os.environ:  # docker passes `-e NAME` on from the client's environment
+            env.append(f"{e}={os.environ[e]}")
+    labels = dict(lbl.partition("=")[::2] for lbl in args.label)
+    req = RunRequest(image=args.image, name=args.name or "", command=args.command or None,
+                     entrypoint=[args.entrypoint] if args.entrypoint is not None else None, env=env,
+                     workdir=args.workdir or "", user=args.user or "", publish=args.publish, memory=memory,
+                     memory_swap=swap, cpu_shares=args.cpu_shares, volumes=args.volume, network=args.network,
+                     restart=args.restart, rm=args.rm, detach=args.detach, pull=args.pull, labels=labels)
+    client = await ctx.bus()
+    host = args.host or place(await fleet(ctx), memory).agent_id
+    subject = subjects.agent(host, VERB_RUN)
+    if args.detach:
+        reply = await client.request(subject, req, RunReply, timeout=600)
+        if ctx.json_output:
+            ctx.print_json(reply.container)
+        else:
+            print(reply.container.id)
+        return 0
+    async with _Stream(client) as stream:
+        import msgspec
+        await client.request(subject, msgspec.structs.replace(req, stream_inbox=stream.inbox), RunReply,
+                             timeout=600)
+        end = await stream.done
+    if end.error:
+        ctx.error(end.error)
+        return 125
+    return end.exit_code if end.exit_code is not None else 125
+
+
+async def ps(args, ctx) -> int:
+    from shared import subjects
+    from shared.messages.agent import VERB_PS, PsReply, PsRequest, fleet as fleet_subject
+    client = await ctx.bus()
+    if args.host:
+        replies = [await client.request(subjects.agent(args.host, VERB_PS), PsRequest(all=args.all), PsReply)]
+    else:
+        agents = await fleet(ctx)
+        replies = await client.gather(fleet_subject(VERB_PS), PsRequest(all=args.all), PsReply,
+                                      timeout=2.0, expect=len(agents)) if agents else []
+    containers = sorted((c for r in replies for c in r.containers), key=lambda c: c.created, reverse=True)
+    if ctx.json_output:
+        ctx.print_json(containers)
+        return 0
+    if args.quiet:
+        for c in containers:
+            print(c.id if args.no_trunc else c.id[:12])
+        return 0
+    now = time.time()
+    rows = []
+    for c in containers:
+        cmd = " ".join(c.config.args)
+        if not args.no_trunc and len(cmd) > 20:
+            cmd = cmd[:19] + "…"
+        rows.append([c.id if args.no_trunc else c.id[:12], c.config.image, f'"{cmd}"',
+                     _ago(c.created, now), _status(c, now), ", ".join(_port(p) for p in c.network.ports),
+                     c.name, c.host])
+    ctx.print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "HOST"], rows)
+    return 0
+
+
+async def logs(args, ctx) -> int:
+    from shared import subjects
+    from shared.errors import InvalidArgument
+    from shared.messages.agent import VERB_LOGS, LogsReply, LogsRequest
+    if args.tail == "all":
+        n = -1
+    elif args.tail.isdigit():
+        n = int(args.tail)
+    else:
+        raise InvalidArgument(f"invalid --tail {args.tail!r}: a number or 'all'")
+    host, c = await find(ctx, args.container)
+    client = await ctx.bus()
+    async with _Stream(client, timestamps=args.timestamps) as stream:
+        await client.request(subjects.agent(host, VERB_LOGS),
+                             LogsRequest(container=c.id, follow=args.follow, tail=n, timestamps=args.timestamps,
+                                         stream_inbox=stream.inbox), LogsReply)
+        end = await stream.done
+    if end.error:
+        ctx.error(end.error)
+        return 1
+    return 0
+
+
+async def _each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0) -> int:
+    from shared import subjects
+    from shared.errors import DockyardError
+    client = await ctx.bus()
+    agents = await fleet(ctx)
+    rc = 0
+    for ref in args.containers:
+        try:
+            host, c = await find(ctx, ref, agents)
+            await client.request(subjects.agent(host, verb), make(c.id), reply_type, timeout=timeout)
+            print(ref)
+        except DockyardError as e:
+            ctx.error(e.message)
+            rc = 1
+    return rc
+
+
+async def stop(args, ctx) -> int:
+    from shared.messages.agent import VERB_STOP, ContainerReply, StopRequest
+    return await _each(args, ctx, VERB_STOP, lambda cid: StopRequest(container=cid, timeout=args.timeout),
+                       ContainerReply, timeout=args.timeout + 30)
+
+
+async def start(args, ctx) -> int:
+    from shared.messages.agent import VERB_START, ContainerRef, ContainerReply
+    return await _each(args, ctx, VERB_START, lambda cid: ContainerRef(container=cid), ContainerReply, timeout=120)
+
+
+async def kill(args, ctx) -> int:
+    from shared.messages.agent import VERB_KILL, ContainerReply, KillRequest
+    return await _each(args, ctx, VERB_KILL, lambda cid: KillRequest(container=cid, signal=args.signal),
+                       ContainerReply)
+
+
+async def rm(args, ctx) -> int:
+    from shared.messages.agent import VERB_RM, RmReply, RmRequest
+    return await _each(args, ctx, VERB_RM, lambda cid: RmRequest(container=cid, force=args.force), RmReply,
+                       timeout=60)
+
+
+async def inspect(args, ctx) -> int:
+    from shared import subjects
+    from shared.messages.agent import VERB_INSPECT, ContainerRef, ContainerReply
+    client = await ctx.bus()
+    agents = await fleet(ctx)
+    out = []
+    for ref in args.containers:
+        host, c = await find(ctx, ref, agents)
+        reply = await client.request(subjects.agent(host, VERB_INSPECT), ContainerRef(container=c.id), ContainerReply)
+        out.append(_inspect_view(reply.container))
+    ctx.print_json(out)
+    return 0
+
+
+def _inspect_view(c) -> dict:
+    """docker-inspect's shape for the fields people script against, plus dockyard's own."""
+    from shared.codec import to_builtins
+    st = c.state
+    return {
+        "Id": c.id, "Name": c.name, "Created": c.created, "Host": c.host,
+        "Image": c.config.image_digest, "ImageName": c.config.image,
+        "State": {"Status": st.status, "Running": st.status == "running", "Pid": st.pid,
+                  "ExitCode": st.exit_code if st.exit_code is not None else 0, "OOMKilled": st.oom_killed,
+                  "Error": st.error, "StartedAt": st.started_at, "FinishedAt": st.finished_at,
+                  "RestartCount": st.restart_count},
+        "Config": {"Image": c.config.image, "Entrypoint": c.config.entrypoint, "Cmd": c.config.cmd,
+                   "Env": c.config.env, "WorkingDir": c.config.working_dir, "User": c.config.user,
+                   "Hostname": c.config.hostname, "Labels": c.config.labels},
+        "HostConfig": {"Memory": c.config.limits.memory or 0, "MemorySwap": c.config.limits.memory_swap or 0,
+                       "CpuShares": c.config.limits.cpu_shares or 0, "NetworkMode": c.config.network,
+                       "AutoRemove": c.config.auto_remove,
+                       "RestartPolicy": {"Name": c.config.restart.name,
+                                         "MaximumRetryCount": c.config.restart.maximum_retry_count},
+                       "Binds": [f"{v.source}:{v.destination}{':ro' if v.readonly else ''}"
+                                 for v in c.config.volumes],
+                       "PortBindings": c.config.publish},
+        "NetworkSettings": {"IPAddress": c.network.ip, "IPPrefixLen": c.network.prefixlen,
+                            "Gateway": c.network.gateway,
+                            "Ports": [to_builtins(p) for p in c.network.ports]},
+        "LogPath": c.log_path,
+    }
+
+
+async def agents(args, ctx) -> int:
+    beats = await fleet(ctx)
+    if ctx.json_output:
+        ctx.print_json(beats)
+        return 0
+    now = time.time()
+    rows = [[b.agent_id, b.address, b.runtime, b.running, b.containers, b.images, b.cpus,
+             _bytes(b.memory_free), _bytes(b.memory_total), f"{max(0.0, now - b.time):.1f}s ago"]
+            for b in sorted(beats, key=lambda b: b.agent_id)]
+    ctx.print_table(["AGENT", "ADDRESS", "RUNTIME", "RUNNING", "CONTAINERS", "IMAGES", "CPUS", "FREE MEMORY",
+                     "MEMORY", "LAST HEARTBEAT"], rows)
+    return 0
+
+
+# ---- formatting ----------------------------------------------------------------------
+
+def _port(p) -> str:
+    return f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol}"
+
+
+def _bytes(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1024
+    return str(n)
+
+
+def _human(seconds: float) -> str:
+    s = int(max(0, seconds))
+    if s < 1:
+        return "Less than a second"
+    for size, name in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if s >= size:
+            n = s // size
+            return f"{n} {name}{'s' if n != 1 else ''}"
+    return f"{s} seconds"
+
+
+def _ago(text: str, now: float) -> str:
+    from shared.messages.agent import unix_time
+    t = unix_time(text)
+    return f"{_human(now - t)} ago" if t else ""
+
+
+def _status(c, now: float) -> str:
+    from shared.messages.agent import unix_time
+    st = c.state
+    if st.status == "running":
+        t = unix_time(st.started_at)
+        return f"Up {_human(now - t)}" if t else "Up"
+    if st.status == "exited":
+        t = unix_time(st.finished_at)
+        return f"Exited ({st.exit_code}) {_human(now - t)} ago" if t else f"Exited ({st.exit_code})"
+    return st.status.capitalize()

@@ -1,0 +1,79 @@
+"""`dockyard up`, `status` and shutdown, as a user runs them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import stat
+import time
+
+from tests.e2e.conftest import start_stack, stop_stack
+
+ALL = {"layer-store", "registry-gateway", "builder", "runtime-agent", "garbage-collector"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:  # a zombie waiting for its parent counts as gone
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_up_status_and_clean_stop(tmp_path):
+    s = start_stack(tmp_path / "data")
+    try:
+        info = json.loads((s.data_dir / "stack.json").read_text())
+        assert set(info["services"]) == ALL
+        pw = s.data_dir / "admin-password"
+        assert stat.S_IMODE(pw.stat().st_mode) == 0o600 and len(pw.read_text().strip()) >= 16
+
+        out = s.cli("status", "--json")
+        listed = json.loads(out.stdout)
+        assert {x["name"] for x in listed["services"]} == ALL and listed["missing"] == []
+
+        # a service that up started and that no longer answers makes status fail
+        gc_pid = info["pids"]["garbage-collector"]
+        os.kill(gc_pid, signal.SIGSTOP)
+        try:
+            gone = s.cli("status", check=False)
+        finally:
+            os.kill(gc_pid, signal.SIGCONT)
+        assert gone.returncode != 0 and "garbage-collector" in gone.stdout and "NOT ANSWERING" in gone.stdout
+
+        # one that dies is restarted by up, like a supervisor would
+        os.kill(gc_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            pids = json.loads((s.data_dir / "stack.json").read_text())["pids"]
+            if pids["garbage-collector"] != gc_pid and s.cli("status", check=False).returncode == 0:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("garbage-collector was not restarted:\n" + s.log("garbage-collector")[-2000:])
+        info = json.loads((s.data_dir / "stack.json").read_text())
+    finally:
+        rc = stop_stack(s)
+    assert rc == 0
+    for name, pid in info["pids"].items():
+        assert not _alive(pid), f"{name} still running after up stopped"
+    assert not (s.data_dir / "stack.json").exists()
+
+
+def test_up_exits_zero_on_sigterm_and_keeps_the_admin_password(tmp_path):
+    s = start_stack(tmp_path / "data", only=["layer-store", "registry-gateway"])
+    first = s.admin_password
+    pids = json.loads((s.data_dir / "stack.json").read_text())["pids"]
+    assert stop_stack(s) == 0
+    assert not any(_alive(p) for p in pids.values())
+    again = start_stack(s.data_dir, only=["layer-store", "registry-gateway"])
+    try:
+        assert again.admin_password == first  # created once, on the first start only
+        assert json.loads(again.cli("status", "--json").stdout)["missing"] == []
+    finally:
+        assert stop_stack(again) == 0
