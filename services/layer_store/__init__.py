@@ -1,0 +1,1 @@
+"""layer-store: owns blob bytes, content-addressed (anchor: containerd's content store)."""

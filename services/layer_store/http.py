@@ -1,0 +1,201 @@
+"""The layer-store's HTTP data plane: blob reads and upload sessions, streamed both ways.
+
+    GET/HEAD /blobs/<digest>        Range (one range; 416 when unsatisfiable), sendfile
+    POST     /uploads[?algorithm=]  201 {UploadInfo}, Location
+    PATCH    /uploads/<id>          append the body; `Content-Range: <start>-<end>` or
+                                    `Upload-Offset: <start>` must equal the current size
+                                    (416 otherwise); 202 {UploadInfo}, `Range: 0-<last>`
+    GET      /uploads/<id>          200 {UploadInfo}, `Range`
+    PUT      /uploads/<id>?digest=D[&size=N]   optional final body; 201 {BlobInfo}
+    DELETE   /uploads/<id>          204
+
+Errors are JSON {"code","message","detail_code"} with the status of their class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aiohttp
+from aiohttp import web
+
+from services.layer_store.ranges import parse_content_range, parse_range, range_header
+from services.layer_store.storage.base import StorageDriver
+from shared import codec
+from shared.errors import DockyardError, Internal, InvalidArgument
+from shared.layer_store_client import UPLOAD_OFFSET_HEADER, RangeNotSatisfiable
+from shared.messages.common import ErrorReply
+from shared.messages.layer_store import BlobInfo, UploadInfo
+from shared.oci.digest import Digest
+
+log = logging.getLogger("dockyard.layer_store.http")
+
+OnCommit = Callable[[BlobInfo], Awaitable[None]]
+
+DRIVER = web.AppKey("driver", StorageDriver)
+ON_COMMIT: web.AppKey[OnCommit | None] = web.AppKey("on_commit")
+
+# Bigger than aiohttp's 64 KiB so that the socket keeps being read while a batch is
+# being written and hashed in the worker threads.
+READ_BUFSIZE = 1 << 20
+_SENDFILE_CHUNK = 1 << 20
+DIGEST_HEADER = "Docker-Content-Digest"
+
+
+def json_response(value: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=codec.encode(value), status=status, headers=headers,
+                        content_type="application/json")
+
+
+def error_response(e: DockyardError) -> web.Response:
+    headers = {}
+    if isinstance(e, RangeNotSatisfiable) and e.size is not None:
+        headers["Content-Range"] = f"bytes */{e.size}"
+    return json_response(ErrorReply(code=e.code, message=e.message, detail_code=e.detail_code),
+                         e.http_status, headers)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler):
+    try:
+        return await handler(request)
+    except DockyardError as e:
+        return error_response(e)
+    except web.HTTPException:
+        raise
+    except (ConnectionError, aiohttp.ClientPayloadError, asyncio.IncompleteReadError) as e:
+        # the peer went away mid-body: what arrived stays in the session (resumable)
+        log.info("%s %s: client connection lost: %s", request.method, request.path, e)
+        raise
+    except Exception as e:
+        log.exception("%s %s failed", request.method, request.path)
+        return error_response(Internal(f"layer-store: {type(e).__name__}: {e}"))
+
+
+def _driver(request: web.Request) -> StorageDriver:
+    return request.app[DRIVER]
+
+
+def _upload_id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+def _body(request: web.Request) -> AsyncIterator[bytes]:
+    return request.content.iter_any()
+
+
+def _upload_headers(info: UploadInfo) -> dict[str, str]:
+    return {"Location": f"/uploads/{info.id}", "Range": range_header(info.size)}
+
+
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    digest = Digest(request.match_info["digest"])
+    driver = _driver(request)
+    info = await driver.stat(digest)
+    # Validated here so that a bad range gets the JSON 416 (FileResponse repeats the parse).
+    rng = parse_range(request.headers.get("Range"), info.size)
+    headers = {DIGEST_HEADER: str(digest), "Content-Type": "application/octet-stream",
+               "Accept-Ranges": "bytes"}
+    path = driver.local_path(digest)
+    if path is not None:
+        return web.FileResponse(path, chunk_size=_SENDFILE_CHUNK, headers=headers)
+    offset, length = rng or (0, info.size)
+    resp = web.StreamResponse(status=206 if rng else 200, headers=headers)
+    if rng:
+        resp.headers["Content-Range"] = f"bytes {offset}-{offset + length - 1}/{info.size}"
+    resp.content_length = length
+    await resp.prepare(request)
+    if request.method != "HEAD":
+        async for chunk in driver.read(digest, offset, length):
+            await resp.write(chunk)
+    await resp.write_eof()
+    return resp
+
+
+async def start_upload(request: web.Request) -> web.Response:
+    info = await _driver(request).start_upload(request.query.get("algorithm", "sha256"))
+    return json_response(info, 201, _upload_headers(info))
+
+
+def _chunk_offset(request: web.Request) -> int | None:
+    cr = parse_content_range(request.headers.get("Content-Range"))
+    if cr is not None:
+        start, end = cr
+        length = request.content_length
+        if length is not None and length != end - start + 1:
+            raise RangeNotSatisfiable(
+                f"Content-Range {start}-{end} does not match Content-Length {length}")
+        return start
+    raw = request.headers.get(UPLOAD_OFFSET_HEADER)
+    if raw is None:
+        return None
+    if not raw.strip().isdigit():
+        raise RangeNotSatisfiable(f"invalid {UPLOAD_OFFSET_HEADER} {raw!r}")
+    return int(raw)
+
+
+async def append_upload(request: web.Request) -> web.Response:
+    upload_id = _upload_id(request)
+    offset = _chunk_offset(request)
+    driver = _driver(request)
+    await driver.append(upload_id, _body(request), offset=offset)
+    info = await driver.upload_status(upload_id)
+    return json_response(info, 202, _upload_headers(info))
+
+
+async def upload_status(request: web.Request) -> web.Response:
+    info = await _driver(request).upload_status(_upload_id(request))
+    return json_response(info, 200, _upload_headers(info))
+
+
+def _size_param(request: web.Request) -> int | None:
+    raw = request.query.get("size")
+    if raw is None or raw == "":
+        return None
+    if not raw.isdigit():
+        raise InvalidArgument(f"invalid size {raw!r}", detail_code="SIZE_INVALID")
+    return int(raw)
+
+
+async def commit_upload(request: web.Request) -> web.Response:
+    raw = request.query.get("digest")
+    if not raw:
+        raise InvalidArgument("commit needs ?digest=", detail_code="DIGEST_INVALID")
+    digest = Digest(raw)
+    size = _size_param(request)
+    chunks = _body(request) if request.body_exists else None
+    info = await _driver(request).commit(_upload_id(request), digest, size, chunks)
+    on_commit = request.app[ON_COMMIT]
+    if on_commit is not None:
+        try:
+            await on_commit(info)
+        except Exception:  # the blob is stored; a lost event must not fail the upload
+            log.exception("blob.committed event for %s not sent", digest)
+    return json_response(info, 201, {"Location": f"/blobs/{digest}", DIGEST_HEADER: str(digest)})
+
+
+async def cancel_upload(request: web.Request) -> web.Response:
+    await _driver(request).abort(_upload_id(request))
+    return web.Response(status=204)
+
+
+async def _close_driver(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[DRIVER].close()
+
+
+def create_app(driver: StorageDriver, *, on_commit: OnCommit | None = None) -> web.Application:
+    """The data-plane app; it owns `driver` and closes it on cleanup."""
+    app = web.Application(middlewares=[errors_middleware])
+    app[DRIVER] = driver
+    app[ON_COMMIT] = on_commit
+    app.cleanup_ctx.append(_close_driver)
+    app.router.add_get("/blobs/{digest}", get_blob)  # HEAD too
+    app.router.add_post("/uploads", start_upload)
+    app.router.add_patch("/uploads/{id}", append_upload)
+    app.router.add_get("/uploads/{id}", upload_status, allow_head=False)
+    app.router.add_put("/uploads/{id}", commit_upload)
+    app.router.add_delete("/uploads/{id}", cancel_upload)
+    return app

@@ -1,0 +1,75 @@
+"""`dockyard serve layer-store`: the HTTP data plane, then the bus verbs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+
+from aiohttp import web
+
+from services.layer_store.bus_api import LayerStoreApi
+from services.layer_store.http import READ_BUFSIZE, create_app
+from services.layer_store.storage.filesystem import FilesystemDriver
+from shared import bus, subjects
+from shared.config import Config
+from shared.errors import InvalidArgument, Unavailable
+
+log = logging.getLogger("dockyard.layer_store")
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:port`); port 0 means any free port."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        raise InvalidArgument(f"invalid layer-store address {addr!r}: want HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def advertised_url(cfg: Config, host: str, port: int) -> str:
+    """How others reach the data plane: DOCKYARD_LAYER_STORE_URL, else the bound address."""
+    explicit = cfg.env("LAYER_STORE_URL")
+    if explicit:
+        return explicit.rstrip("/")
+    if host in ("0.0.0.0", "::", ""):
+        host = socket.gethostname()
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def serve(cfg: Config) -> None:
+    """Run until cancelled: HTTP first, then the bus service once it can answer."""
+    driver = FilesystemDriver(cfg.service_dir(subjects.LAYER_STORE))
+    nc = await bus.connect(cfg.nats_url, name=subjects.LAYER_STORE)
+    runner: web.AppRunner | None = None
+    svc: bus.BusService | None = None
+    try:
+        host, port = split_addr(cfg.layer_store_addr)
+        client = bus.BusClient(nc)
+        api = LayerStoreApi(driver, client, "")
+        app = create_app(driver, on_commit=api.on_commit)
+        runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE)
+        await runner.setup()
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as e:
+            raise Unavailable(f"layer-store cannot listen on {cfg.layer_store_addr}: {e}") from e
+        bound = runner.addresses[0][1]
+        api.url = advertised_url(cfg, host, bound)
+        svc = bus.BusService(nc, subjects.LAYER_STORE, description="blob bytes, content-addressed",
+                             metadata={"url": api.url, "driver": driver.name})
+        api.register(svc)
+        await svc.start()
+        log.info("layer-store serving %s (data in %s)", api.url, driver.root)
+        await asyncio.Event().wait()
+    finally:
+        if svc is not None:
+            await svc.stop()
+        if runner is not None:
+            await runner.cleanup()  # closes the driver (the app owns it)
+        else:
+            await driver.close()
+        try:
+            await nc.drain()
+        except Exception:  # already closed or unreachable: nothing left to flush
+            log.debug("NATS drain failed", exc_info=True)
