@@ -1,0 +1,240 @@
+"""Blob and upload routes of the OCI distribution API; bytes stream to and from the layer-store.
+
+An upload session is the layer-store's own session (any gateway replica can continue it);
+the repository it belongs to is kept in KV so a session cannot be continued under another.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from aiohttp import web
+from yarl import URL
+
+from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from shared.oci.digest import Digest
+from shared.oci.reference import parse_repository
+from services.registry_gateway import httputil
+from services.registry_gateway.authz import DELETE, PULL, PUSH
+from services.registry_gateway.core import Registry
+from services.registry_gateway.errors import RANGE_INVALID
+from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, REGISTRY
+
+routes = web.RouteTableDef()  # blobs
+upload_routes = web.RouteTableDef()  # registered first: `/blobs/uploads` is no digest
+_BLOB = "/v2/{name:.+}/blobs/{digest:[^/]+}"
+_UPLOADS = "/v2/{name:.+}/blobs/uploads{slash:/?}"
+_UPLOAD = "/v2/{name:.+}/blobs/uploads/{upload_id:[^/]+}"
+
+
+async def _authorized(request: web.Request, actions: frozenset[str]) -> tuple[Registry, str]:
+    repo = httputil.repository(request)
+    await request.app[AUTHORIZER].authorize(request, repo, actions)
+    return request.app[REGISTRY], repo
+
+
+def _blob_unknown(repo: str, digest: str) -> NotFound:
+    return NotFound(f"blob {digest} not found in {repo}", detail_code="BLOB_UNKNOWN")
+
+
+async def _linked_blob(registry: Registry, repo: str, digest: Digest) -> None:
+    if await registry.meta.blob_link(repo, digest) is None:
+        raise _blob_unknown(repo, digest)
+
+
+# ---- pull ------------------------------------------------------------------------------
+
+@routes.head(_BLOB)
+async def head_blob(request: web.Request) -> web.Response:
+    registry, repo = await _authorized(request, frozenset({PULL}))
+    digest = httputil.digest_param(request.match_info["digest"])
+    await _linked_blob(registry, repo, digest)
+    info = await _stat(registry, repo, digest)
+    return web.Response(status=200, headers={
+        **httputil.API_HEADERS, "Content-Length": str(info.size), "Docker-Content-Digest": digest,
+        "Content-Type": "application/octet-stream", "Accept-Ranges": "bytes", "Etag": f'"{digest}"'})
+
+
+@routes.get(_BLOB, allow_head=False)
+async def get_blob(request: web.Request) -> web.StreamResponse:
+    registry, repo = await _authorized(request, frozenset({PULL}))
+    digest = httputil.digest_param(request.match_info["digest"])
+    await _linked_blob(registry, repo, digest)
+    base = await registry.store.locate()
+    if _redirect(request, base):
+        # The layer-store sends the file with sendfile: no copy through this process.
+        await _stat(registry, repo, digest)
+        raise web.HTTPTemporaryRedirect(f"{base}/blobs/{digest}",
+                                        headers={**httputil.API_HEADERS, "Docker-Content-Digest": digest})
+    try:
+        async with registry.store.open_blob(digest, range=request.headers.get("Range")) as up:
+            headers = {**httputil.API_HEADERS, "Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
+                       "Content-Type": "application/octet-stream", "Etag": f'"{digest}"'}
+            for name in ("Content-Range", "Content-Length"):
+                if name in up.headers:
+                    headers[name] = up.headers[name]
+            resp = web.StreamResponse(status=up.status, headers=headers)
+            await resp.prepare(request)
+            async for chunk in up.content.iter_any():
+                await resp.write(chunk)
+            await resp.write_eof()
+            return resp
+    except NotFound as e:
+        raise _blob_unknown(repo, digest) from e
+
+
+def _redirect(request: web.Request, layer_store_url: str) -> bool:
+    mode = request.app[BLOB_REDIRECT]
+    if mode == "auto":
+        return _loopback(request.remote) and _loopback(URL(layer_store_url).host)
+    return mode in ("on", "1", "true")
+
+
+def _loopback(host: str | None) -> bool:
+    try:
+        return host is not None and ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+async def _stat(registry: Registry, repo: str, digest: Digest):
+    try:
+        return await registry.store.stat(digest)
+    except NotFound as e:
+        raise _blob_unknown(repo, digest) from e
+
+
+@routes.delete(_BLOB)
+async def delete_blob(request: web.Request) -> web.Response:
+    """Unlink the blob from the repository; the GC reclaims bytes nothing references."""
+    registry, repo = await _authorized(request, frozenset({DELETE}))
+    digest = httputil.digest_param(request.match_info["digest"])
+    if not await registry.meta.unlink_blob(repo, digest):
+        raise _blob_unknown(repo, digest)
+    return web.Response(status=202, headers=httputil.API_HEADERS)
+
+
+# ---- push ------------------------------------------------------------------------------
+
+def _created(repo: str, digest: Digest) -> web.Response:
+    return web.Response(status=201, headers={
+        **httputil.API_HEADERS, "Location": f"/v2/{repo}/blobs/{digest}", "Docker-Content-Digest": digest})
+
+
+def _accepted(repo: str, upload_id: str, size: int, status: int = 202) -> web.Response:
+    return web.Response(status=status, headers={
+        **httputil.API_HEADERS, "Location": f"/v2/{repo}/blobs/uploads/{upload_id}",
+        "Docker-Upload-UUID": upload_id, "Range": httputil.range_header(size), "Content-Length": "0"})
+
+
+@upload_routes.post(_UPLOADS)
+async def start_upload(request: web.Request) -> web.Response:
+    registry, repo = await _authorized(request, frozenset({PULL, PUSH}))
+    if "mount" in request.query:
+        mounted = await _mount(request, registry, repo)
+        if mounted is not None:
+            return _created(repo, mounted)
+    digest_raw = request.query.get("digest")
+    if digest_raw is not None and "mount" not in request.query:
+        digest = httputil.digest_param(digest_raw)
+        info = await registry.store.put_blob(request.content, digest, request.content_length)
+        await registry.meta.link_blob(repo, digest, info.size)
+        return _created(repo, digest)
+    upload_id = await registry.store.start_upload()
+    await registry.meta.begin_upload(upload_id, repo)
+    return _accepted(repo, upload_id, 0)
+
+
+async def _mount(request: web.Request, registry: Registry, repo: str) -> Digest | None:
+    """Link a blob of another repository the client may pull; None: fall back to an upload."""
+    digest = httputil.digest_param(request.query["mount"], "mount")
+    source = request.query.get("from")
+    if source:
+        try:
+            candidates = [parse_repository(source)]
+        except InvalidArgument:
+            return None
+    else:  # anonymous mount: any repository holding the blob that the client may pull
+        candidates = await registry.meta.repositories_with_blob(digest)
+    for src in candidates:
+        if src != repo and await registry.meta.blob_link(src, digest) is None:
+            continue
+        try:
+            await request.app[AUTHORIZER].authorize(request, src, frozenset({PULL}))
+        except (Unauthenticated, PermissionDenied):
+            continue
+        try:
+            info = await registry.store.stat(digest, touch=True)
+        except NotFound:
+            return None
+        await registry.meta.link_blob(repo, digest, info.size)
+        return digest
+    return None
+
+
+async def _session(request: web.Request, actions: frozenset[str]) -> tuple[Registry, str, str]:
+    registry, repo = await _authorized(request, actions)
+    upload_id = request.match_info["upload_id"]
+    if await registry.meta.upload_repository(upload_id) != repo:
+        raise NotFound(f"upload {upload_id} not found in {repo}", detail_code="BLOB_UPLOAD_UNKNOWN")
+    return registry, repo, upload_id
+
+
+def _upload_errors(upload_id: str, err: DockyardError) -> DockyardError:
+    """The layer-store's answer about a session, as the OCI code the client expects."""
+    if isinstance(err, NotFound):
+        return NotFound(f"upload {upload_id} not found", detail_code="BLOB_UPLOAD_UNKNOWN")
+    if isinstance(err, Conflict) or (isinstance(err, InvalidArgument) and err.detail_code == RANGE_INVALID):
+        return InvalidArgument(err.message, detail_code=RANGE_INVALID)
+    return err
+
+
+@upload_routes.patch(_UPLOAD)
+async def patch_upload(request: web.Request) -> web.Response:
+    registry, repo, upload_id = await _session(request, frozenset({PULL, PUSH}))
+    span = httputil.content_range(request)
+    try:
+        size = await registry.store.append(upload_id, request.content, start=span[0] if span else None)
+    except DockyardError as e:
+        raise _upload_errors(upload_id, e) from e
+    return _accepted(repo, upload_id, size)
+
+
+@upload_routes.get(_UPLOAD)
+async def upload_status(request: web.Request) -> web.Response:
+    registry, repo, upload_id = await _session(request, frozenset({PULL, PUSH}))
+    try:
+        size = (await registry.store.upload_status(upload_id)).size
+    except DockyardError as e:
+        raise _upload_errors(upload_id, e) from e
+    return _accepted(repo, upload_id, size, status=204)
+
+
+@upload_routes.put(_UPLOAD)
+async def finish_upload(request: web.Request) -> web.Response:
+    registry, repo, upload_id = await _session(request, frozenset({PULL, PUSH}))
+    digest = httputil.digest_param(request.query.get("digest"))
+    span = httputil.content_range(request)
+    has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
+    try:
+        if span is not None:  # a last chunk at a stated offset: append it where it belongs
+            await registry.store.append(upload_id, request.content, start=span[0])
+            has_body = False
+        info = await registry.store.commit(upload_id, digest, data=request.content if has_body else None)
+    except DockyardError as e:
+        raise _upload_errors(upload_id, e) from e
+    await registry.meta.link_blob(repo, digest, info.size)
+    await registry.meta.end_upload(upload_id)
+    return _created(repo, digest)
+
+
+@upload_routes.delete(_UPLOAD)
+async def cancel_upload(request: web.Request) -> web.Response:
+    registry, repo, upload_id = await _session(request, frozenset({PULL, PUSH}))
+    try:
+        await registry.store.cancel(upload_id)
+    except NotFound:
+        pass  # the layer-store already expired it; forgetting it is all that is left
+    await registry.meta.end_upload(upload_id)
+    return web.Response(status=204, headers=httputil.API_HEADERS)
+

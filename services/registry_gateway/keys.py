@@ -1,0 +1,15 @@
+"""The gateway app's typed keys (what each handler finds on `request.app`)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from services.registry_gateway.authz import Authorizer
+from services.registry_gateway.core import Registry
+
+REGISTRY = web.AppKey("registry", Registry)
+AUTHORIZER = web.AppKey("authorizer", Authorizer)
+# Answer blob GETs with a 307 to the layer-store instead of streaming through:
+# "on", "off", or "auto" (when client and layer-store are both on loopback, so the
+# client surely reaches the layer-store's advertised URL).
+BLOB_REDIRECT = web.AppKey("blob_redirect", str)

@@ -1,0 +1,61 @@
+"""`dockyard serve registry-gateway`: the OCI distribution API plus the image verbs on the bus."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import logging
+
+from aiohttp import web
+
+from shared import bus, subjects
+from shared.config import Config
+from services.registry_gateway import images
+from services.registry_gateway.app import create_app
+from services.registry_gateway.keys import REGISTRY
+
+log = logging.getLogger("dockyard.registry")
+
+
+def split_addr(addr: str) -> tuple[str, int]:
+    host, _, port = addr.rpartition(":")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+async def serve(cfg: Config) -> None:
+    """Serve until cancelled; the bus endpoints start once HTTP listens."""
+    nc = await bus.connect(cfg.nats_url, name=subjects.REGISTRY_GATEWAY)
+    runner: web.AppRunner | None = None
+    service: bus.BusService | None = None
+    try:
+        from services.registry_gateway.auth import open_auth
+        auth = await open_auth(nc, cfg)
+        app = create_app(nc, auth, extra_routes=auth.routes(),
+                         blob_redirect=cfg.env("REGISTRY_BLOB_REDIRECT", "auto").lower())
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        host, port = split_addr(cfg.registry_addr)
+        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        registry = app[REGISTRY]
+        service = bus.BusService(nc, subjects.REGISTRY_GATEWAY, description="OCI distribution API",
+                                 metadata={"url": cfg.registry_base_url})
+        images.register(service, registry)
+        auth.register_bus(service)
+        _register_copy(service, registry, auth, cfg)
+        await service.start()
+        log.info("registry-gateway listening on %s", cfg.registry_addr)
+        await asyncio.Event().wait()
+    finally:
+        if service is not None:
+            await service.stop()
+        if runner is not None:
+            await runner.cleanup()
+        await nc.drain()
+
+
+def _register_copy(service: bus.BusService, registry, auth, cfg: Config) -> None:
+    """The auth engineer's copy verb (push/pull against other registries), when it exists."""
+    if importlib.util.find_spec("services.registry_gateway.copy") is None:
+        return
+    from services.registry_gateway import copy
+    copy.register(service, registry=registry, auth=auth, cfg=cfg)

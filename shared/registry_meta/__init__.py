@@ -1,0 +1,8 @@
+"""Registry metadata in JetStream KV, shared by the registry-gateway and the garbage-collector."""
+
+from shared.registry_meta.records import (BlobLink, ManifestLink, Referrer, RepositoryRecord,
+                                          TagRecord, UploadSession)
+from shared.registry_meta.store import KV_BLOB_LINKS, RegistryMeta
+
+__all__ = ["BlobLink", "KV_BLOB_LINKS", "ManifestLink", "Referrer", "RegistryMeta",
+           "RepositoryRecord", "TagRecord", "UploadSession"]
