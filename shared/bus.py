@@ -345,6 +345,10 @@ class TypedKV:
             await self.kv.delete(key, last=last)
         except nats.js.errors.KeyWrongLastSequenceError as e:
             raise Conflict(f"{key} changed concurrently") from e
+        except nats.js.errors.APIError as e:
+            if getattr(e, "err_code", None) == 10071:
+                raise Conflict(f"{key} changed concurrently") from e
+            raise Unavailable(f"KV delete {key}: {e}") from e
         except nats.errors.Error as e:
             raise Unavailable(f"KV delete {key}: {e}") from e
 

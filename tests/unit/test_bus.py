@@ -88,6 +88,8 @@ async def test_typed_kv_compare_and_set(nc):
     await asyncio.gather(*(kv.mutate(key, lambda v: Pong(n=(v.n if v else 0) + 1)) for _ in range(10)))
     assert (await kv.get(key))[0].n == 13
     assert await kv.keys("repo/name.") == [key]
+    with pytest.raises(Conflict):
+        await kv.delete(key, last=rev)
     await kv.delete(key)
     assert await kv.get(key) is None and await kv.keys() == []
 
