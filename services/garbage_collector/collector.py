@@ -1,0 +1,66 @@
+"""Runs jobs under their lease, records their reports and announces each run."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from shared.messages.gc import GcFinished, JobReport, RunRequest
+from shared.subjects import EVENT_GC_FINISHED
+from services.garbage_collector.jobs import JobContext, Options, expand, run_job
+from services.garbage_collector.lease import Lease, Leases
+
+log = logging.getLogger("dockyard.gc")
+
+
+class Collector:
+    def __init__(self, ctx: JobContext, leases: Leases):
+        self.ctx = ctx
+        self.leases = leases
+
+    async def run(self, req: RunRequest, *, trigger: str = "manual") -> list[JobReport]:
+        """Run the requested jobs in order; each real run holds its job's lease."""
+        opts = Options.of(req, self.ctx.settings)
+        reports = []
+        for job in expand(req.jobs):
+            if opts.dry_run:  # changes nothing: needs no lease, may run beside a real run
+                reports.append(await run_job(self.ctx, job, opts, trigger=trigger))
+                continue
+            async with self.leases.held(job, self.ctx.replica) as lease:
+                if lease is None:
+                    holder = await self.leases.holder(job)
+                    reports.append(JobReport(job=job, trigger=trigger, replica=self.ctx.replica,
+                                             error=f"already running on {holder or 'another replica'}"))
+                    continue
+                reports.append(await self.run_locked(job, opts, lease, trigger=trigger))
+        await self.announce(reports, opts.dry_run, trigger)
+        return reports
+
+    async def run_locked(self, job: str, opts: Options, lease: Lease, *, trigger: str,
+                         tick: float = 0.0) -> JobReport:
+        """Run a job whose lease we hold; stop it if the lease is lost to another replica."""
+        task = asyncio.create_task(run_job(self.ctx, job, opts, trigger=trigger, tick=tick))
+        lost = asyncio.create_task(lease.lost.wait())
+        try:
+            await asyncio.wait({task, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+        if not task.done():
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+            report = JobReport(job=job, trigger=trigger, tick=tick, replica=self.ctx.replica,
+                               error="lost the job's lease to another replica: stopped")
+        else:
+            report = task.result()
+        if not opts.dry_run:
+            await self.ctx.state.put_report(report)
+        log.info("gc %s (%s%s): examined %d, removed %d, freed %d bytes in %.3fs%s", job, trigger,
+                 ", dry run" if opts.dry_run else "", report.examined, report.removed,
+                 report.freed, report.duration, f"; {report.error}" if report.error else "")
+        return report
+
+    async def announce(self, reports: list[JobReport], dry_run: bool, trigger: str) -> None:
+        await self.ctx.bus.publish(EVENT_GC_FINISHED,
+                                   GcFinished(reports=reports, dry_run=dry_run, trigger=trigger))
