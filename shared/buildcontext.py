@@ -32,6 +32,9 @@ from shared.errors import InvalidArgument
 DOCKERIGNORE = ".dockerignore"
 _REGEX_SPECIAL = set(".+()|{}$")
 _CHUNK = 1 << 20
+EXTERNAL_MIN = 1 << 20  # files this big travel as blobs of their own (see pack_context)
+EXTERNAL_BLOB = "DOCKYARD.blob"
+EXTERNAL_SIZE = "DOCKYARD.size"
 
 
 # --------------------------------------------------------------------------- patterns
@@ -254,20 +257,43 @@ def _tarinfo(rel: str, st: os.stat_result, root: str) -> tarfile.TarInfo:
     return ti
 
 
-def pack_context(root: str, out: BinaryIO, excludes: list[str]) -> tuple[str, int]:
-    """Write the context as a deterministic tar to `out`; returns (sha256 digest, size)."""
+def pack_context(root: str, out: BinaryIO, excludes: list[str], *,
+                 external: dict[str, str] | None = None, external_min: int = EXTERNAL_MIN) -> tuple[str, int]:
+    """Write the context as a deterministic tar to `out`; returns (sha256 digest, size).
+
+    With `external` given, regular files of `external_min` bytes or more are not
+    inlined: the tar names them by content digest (PAX `DOCKYARD.blob`, no data)
+    and `external` maps each digest to the file's path, for the caller to upload
+    as blobs of their own. The context's digest still covers their content, and
+    an unchanged big file is not sent again when a small one changes.
+    """
     hw = _HashingWriter(out)
     with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for rel, st in walk_context(root, excludes):
             if stat.S_ISSOCK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
                 continue  # docker skips sockets and pipes too
             ti = _tarinfo(rel, st, root)
-            if ti.type == tarfile.REGTYPE:
+            if ti.type == tarfile.REGTYPE and external is not None and ti.size >= external_min:
+                path = os.path.join(root, rel)
+                digest = _file_digest(path)
+                ti.pax_headers = {EXTERNAL_BLOB: digest, EXTERNAL_SIZE: str(ti.size)}
+                ti.size = 0
+                external[digest] = path
+                tf.addfile(ti)
+            elif ti.type == tarfile.REGTYPE:
                 with open(os.path.join(root, rel), "rb") as f:
                     tf.addfile(ti, f)
             else:
                 tf.addfile(ti)
     return "sha256:" + hw.hash.hexdigest(), hw.size
+
+
+def _file_digest(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            h.update(chunk)
+    return "sha256:" + h.hexdigest()
 
 
 class _HashingWriter(io.RawIOBase):
@@ -295,6 +321,8 @@ class ContextIndex:
     files: dict[str, str] = field(default_factory=dict)  # rel path -> sha256 digest
     links: dict[str, str] = field(default_factory=dict)  # rel path -> symlink target
     dirs: set[str] = field(default_factory=set)
+    # rel path -> (digest, size, mode) of files named by digest, not yet in place (see pack_context)
+    external: dict[str, tuple[str, int, int]] = field(default_factory=dict)
 
 
 def _safe_rel(name: str) -> str:
@@ -337,6 +365,16 @@ def unpack_context(src: BinaryIO, dest: str) -> ContextIndex:
             elif ti.issym():
                 os.symlink(ti.linkname, path)
                 index.links[rel] = ti.linkname
+            elif ti.isreg() and EXTERNAL_BLOB in ti.pax_headers:
+                digest = ti.pax_headers[EXTERNAL_BLOB]
+                if not re.fullmatch(r"sha256:[0-9a-f]{64}", digest):
+                    raise InvalidArgument(f"context: bad blob digest for {rel!r}")
+                try:
+                    size = int(ti.pax_headers.get(EXTERNAL_SIZE, ""))
+                except ValueError as exc:
+                    raise InvalidArgument(f"context: bad blob size for {rel!r}") from exc
+                index.external[rel] = (digest, size, ti.mode & 0o7777)
+                index.files[rel] = digest
             elif ti.isreg():
                 index.files[rel] = _write_file(tf.extractfile(ti), path, ti.mode)
             elif ti.islnk():

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
-import json
 import os
 import shutil
-from datetime import datetime, timezone
+import time
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
@@ -16,41 +15,65 @@ import msgspec
 from shared.buildcontext import ContextIndex, unpack_context
 from shared.errors import InvalidArgument
 from shared.layers.compression import open_compressor, open_decompressed, media_type
-from shared.messages.builder import (CONTEXT_REPOSITORY, BuildReply, BuildRequest, HistoryEntry, HistoryReply,
-                                     HistoryRequest, ImportReply, ImportRequest)
+from shared.messages.builder import (CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned, HistoryEntry,
+                                     HistoryReply, HistoryRequest, ImportReply, ImportRequest)
 from shared.messages.common import Progress
+from shared.messages.gc import PruneReply, PruneRequest
 from shared.oci.digest import Digest, Hasher
-from shared.oci.manifest import Manifest, parse_manifest
 from shared.runtime import Runtime
-from services.builder.executor import scan
+from services.builder.executor import prune, scan
 from services.builder.executor.build import Build, BuildOptions, StageResult, check_image, now_rfc3339
 from services.builder.executor.cache import BuildCache
 from services.builder.executor.images import (LayerRef, Registries, canonical, image_manifest, parse_name,
                                               pull_base, push_image)
+from services.builder.executor.leases import Leases
 from services.builder.executor.store import LocalStore
 from services.builder.frontend import ImageState
 from services.builder.frontend.imagestate import DEFAULT_SHELL
 
 Publish = Callable[[str, Progress], Awaitable[None]]
+Announce = Callable[[CachePruned], Awaitable[None]]
+RUNTIME_STATE_ROOT = Path("/run/dybd")
 MAX_CONTEXTS = 4  # unpacked contexts kept for warm rebuilds
 UNTAGGED_REPOSITORY = "dockyard/untagged"
 CACHE_REPOSITORY = "dockyard/build-cache"
 
 
 class Builder:
-    def __init__(self, store: LocalStore, cache: BuildCache, regs: Registries, publish: Publish):
+    def __init__(self, store: LocalStore, cache: BuildCache, regs: Registries, publish: Publish,
+                 leases: Leases | None = None, announce: Announce | None = None):
         self.store, self.cache, self.regs, self.publish = store, cache, regs, publish
+        self.leases = leases or Leases(None)
+        self.announce = announce  # tells the other replicas what a prune dropped
+        self.active: set[Build] = set()
         self._runtime: Runtime | None = None
         self._runtime_lock = asyncio.Lock()
         self.contexts = store.root / "contexts"
         self.contexts.mkdir(exist_ok=True)
 
+    @property
+    def runtime_state(self) -> Path:
+        """The runtime's state for RUN containers: in /run (gone on reboot), one dir per store."""
+        return RUNTIME_STATE_ROOT / Digest.from_bytes(str(self.store.root).encode()).hex[:12]
+
     async def runtime(self) -> Runtime:
         async with self._runtime_lock:
             if self._runtime is None:
-                self._runtime = await Runtime.probe(Path("/run/dybd") / Digest.from_bytes(
-                    str(self.store.root).encode()).hex[:12])
+                self._runtime = await Runtime.probe(self.runtime_state)
             return self._runtime
+
+    def close(self) -> None:
+        """Remove the runtime state dirs (every RUN container is gone by now: they run in the foreground)."""
+        if self._runtime is None:
+            return
+        # rmdir, never rmtree: a dir that still holds something is a container we must not forget.
+        for d in (self._runtime.runtime_root, self._runtime.containers_dir, self.runtime_state,
+                  RUNTIME_STATE_ROOT):
+            try:
+                os.rmdir(d)
+            except OSError:
+                pass
+        self._runtime = None
 
     # -- contexts ------------------------------------------------------------------
 
@@ -73,6 +96,7 @@ class Builder:
                         return unpack_context(f, str(tmp / "root"))
 
                 index = await asyncio.to_thread(unpack)
+                await self._place_external(index, tmp / "root")
                 os.replace(tmp / "root", dest)
                 index.root = str(dest)
                 meta.write_bytes(msgspec.json.encode(index))
@@ -81,11 +105,34 @@ class Builder:
             self._evict_contexts()
             return index
 
+    async def _place_external(self, index: ContextIndex, root: Path) -> None:
+        """Put the context's big files in place: each fetched once per digest, then hard-linked."""
+        files = self.contexts / "files"
+        files.mkdir(exist_ok=True)
+        client = self.regs.client(self.regs.stack_url)
+
+        async def one(rel: str, digest: str, size: int, mode: int) -> None:
+            cached = files / f"{Digest(digest).hex}-{mode:o}"  # a link shares its mode: one per mode
+            async with self.store.lock("ctxfile:" + cached.name):
+                if not cached.exists():
+                    got = await client.fetch_blob_to(CONTEXT_REPOSITORY, Digest(digest), str(cached))
+                    if got != size:
+                        cached.unlink(missing_ok=True)
+                        raise InvalidArgument(f"context: {rel}: blob {digest} has {got} bytes, not {size}")
+                    os.chmod(cached, mode)
+            os.link(cached, root / rel)
+
+        await asyncio.gather(*(one(rel, *e) for rel, e in index.external.items()))
+        index.external = {}
+
     def _evict_contexts(self) -> None:
         metas = sorted(self.contexts.glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
         for old in metas[MAX_CONTEXTS:]:
             shutil.rmtree(self.contexts / old.stem, ignore_errors=True)
             old.unlink(missing_ok=True)
+        for f in (self.contexts / "files").glob("*"):
+            if f.stat().st_nlink == 1:  # no kept context links it any more
+                f.unlink(missing_ok=True)
 
     # -- build ---------------------------------------------------------------------
 
@@ -106,7 +153,9 @@ class Builder:
                             build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
                             secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
                             network=req.network)
-        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit)
+        lease = self.leases.lease()
+        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit, lease)
+        self.active.add(b)
         try:
             res = await b.run()
             config_bytes, manifest_bytes = compose(res, req.labels)
@@ -131,10 +180,57 @@ class Builder:
             for w in warnings:
                 await emit("warning", w.message)
         finally:
+            self.active.discard(b)
             b.cleanup()
+            await lease.release()
         return BuildReply(digest=digest, config_digest=Digest.from_bytes(config_bytes),
                           tags=[str(t) for t in tags], size=sum(layer.size for layer in res.layers),
                           warnings=warnings, steps=b.reports)
+
+    # -- prune ---------------------------------------------------------------------
+
+    def layers_in_use(self) -> set[str]:
+        return set().union(*(b.in_use for b in self.active))
+
+    async def prune(self, req: PruneRequest) -> PruneReply:
+        """Drop cache records by age and LRU budget, then the layers only they held (see prune.py)."""
+        if req.max_age_seconds is not None and req.max_age_seconds < 0:
+            raise InvalidArgument("max_age_seconds must be >= 0")
+        if req.max_bytes is not None and req.max_bytes < 0:
+            raise InvalidArgument("max_bytes must be >= 0")
+        entries = await self.cache.entries()
+        leased = await self.leases.leased_keys()
+        plan = prune.plan(entries, now=time.time(), max_age=req.max_age_seconds, max_bytes=req.max_bytes,
+                          leased=leased)
+        if req.dry_run:
+            return PruneReply(examined=len(entries), removed=len(plan.remove), freed=plan.freed,
+                              items=[e.item for e in plan.remove])
+        removed = [e for e in plan.remove if await self.cache.remove(e)]
+        # A build that leased a key after the first read may have hit its record: put it back.
+        late = await self.leases.leased_keys()
+        for e in removed:
+            if e.key in late:
+                await self.cache.restore(e)
+        done = prune.Plan(remove=[e for e in removed if e.key not in late],
+                          keep=plan.keep + [e for e in plan.remove if e not in removed or e.key in late])
+        freed = done.freed_layers()
+        await self.drop_local({d: diff for d, (diff, _) in freed.items()})
+        if freed and self.announce is not None:
+            await self.announce(CachePruned(layers=[Digest(d) for d in freed],
+                                            diff_ids=[diff for diff, _ in freed.values()]))
+        return PruneReply(examined=len(entries), removed=len(done.remove), freed=done.freed,
+                          items=[e.item for e in done.remove])
+
+    async def drop_local(self, layers: dict[str, str]) -> int:
+        """Remove this replica's copies of `layers` (digest -> diff_id) that no running build uses."""
+        if not layers:
+            return 0
+        trash = prune.trash_local(self.store, layers, self.layers_in_use())
+        return await asyncio.to_thread(prune.empty_trash, trash)
+
+    async def on_pruned(self, ev: CachePruned) -> None:
+        """Another replica pruned: drop local copies of what it freed."""
+        await self.drop_local({str(d): diff for d, diff in zip(ev.layers, ev.diff_ids)})
 
     # -- import --------------------------------------------------------------------
 

@@ -12,11 +12,14 @@ import logging
 
 from shared import bus, subjects
 from shared.config import Config
-from shared.messages.builder import BuildRequest, HistoryRequest, ImportRequest
+from shared import codec
+from shared.messages.builder import EVENT_CACHE_PRUNED, BuildRequest, CachePruned, HistoryRequest, ImportRequest
+from shared.messages.gc import BUILDER_PRUNE, PruneRequest
 from shared.messages.common import Progress
 from shared.registry.auth import bus_token_provider
 from services.builder.executor.cache import BuildCache
 from services.builder.executor.images import Registries
+from services.builder.executor.leases import Leases
 from services.builder.executor.store import LocalStore
 from services.builder.handlers import Builder
 
@@ -30,20 +33,42 @@ async def serve(cfg: Config) -> None:
     client = bus.BusClient(nc)
     svc = bus.BusService(nc, subjects.BUILDER, description="Dockerfile to image, with a shared layer cache")
     regs = Registries(cfg.registry_base_url, bus_token_provider(client, SERVICE_ACCOUNT))
+    builder: Builder | None = None
+    pruned_sub = None
     try:
         cache = await BuildCache.open(nc, builder_id=cfg.host_id)
+        leases = await Leases.open(nc, builder_id=cfg.host_id)
 
         async def publish(inbox: str, p: Progress) -> None:
             await bus.publish_progress(nc, inbox, p)
 
-        builder = Builder(LocalStore(cfg.service_dir("builder")), cache, regs, publish)
+        async def announce(ev: CachePruned) -> None:
+            await client.publish(EVENT_CACHE_PRUNED, ev)
+
+        builder = Builder(LocalStore(cfg.service_dir("builder")), cache, regs, publish, leases, announce)
         svc.endpoint(subjects.BUILD, BuildRequest, builder.build)
         svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
         svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)
+        svc.endpoint(BUILDER_PRUNE, PruneRequest, builder.prune)
+        pruned_sub = await nc.subscribe(EVENT_CACHE_PRUNED, cb=_on_pruned(builder))
         await svc.start()
         log.info("builder %s serving on %s", svc.id, cfg.nats_url)
         await asyncio.Event().wait()
     finally:
         await svc.stop()
+        if pruned_sub is not None:
+            await pruned_sub.unsubscribe()
+        if builder is not None:
+            builder.close()
         await regs.close()
         await nc.drain()
+
+
+def _on_pruned(builder: Builder):
+    """Every replica drops its local copies of layers a prune (on any replica) freed."""
+    async def cb(msg) -> None:
+        try:
+            await builder.on_pruned(codec.decode(msg.data, CachePruned))
+        except Exception:  # an event must never take the subscription down
+            log.exception("cache-pruned event")
+    return cb

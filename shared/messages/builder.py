@@ -99,3 +99,24 @@ class HistoryReply(msgspec.Struct, kw_only=True):
     image: str
     digest: Digest
     entries: list[HistoryEntry] = []
+
+
+# ---- build-cache pruning (the verb itself, `dockyard.builder.prune`, and its Structs are the
+# garbage-collector's: shared.messages.gc.BUILDER_PRUNE, PruneRequest, PruneReply) ----------
+
+# Leases of running builds: one key per build, listing the cache keys it has used so far.
+# The bucket's TTL expires the lease of a builder that died; a live build renews it.
+KV_BUILD_LEASES = "dockyard-build-leases"
+# Published after a prune removed records, so every replica drops its local copies too.
+EVENT_CACHE_PRUNED = "dockyard.events.builder.cache-pruned"
+
+
+class BuildLease(msgspec.Struct, kw_only=True):
+    builder: str = ""
+    started_at: float = 0.0
+    keys: list[str] = []  # build-cache keys (step chain digests) this build has looked up or written
+
+
+class CachePruned(msgspec.Struct, kw_only=True):
+    layers: list[Digest] = []  # blobs no cache record references any more
+    diff_ids: list[str] = []  # diff_ids[i]: the uncompressed digest of layers[i] (a snapshot's name), or ""

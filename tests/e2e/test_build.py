@@ -138,7 +138,7 @@ async def test_second_builder_hits_the_cache(stack, base, tmp_path):
     ctx = _context(tmp_path)
     _build(stack, ctx)  # through the stack's builder
     with open(tmp_path / "ctx.tar", "wb") as f:
-        digest, _ = pack_context(str(ctx), f, context_excludes((ctx / ".dockerignore").read_text()))
+        digest, _ = pack_context(str(ctx), f, context_excludes((ctx / ".dockerignore").read_text()), external={})
     nc = await bus.connect(stack.nats_url)
     regs = Registries(stack.registry_url, bus_token_provider(bus.BusClient(nc), "builder"))
     try:
@@ -149,6 +149,7 @@ async def test_second_builder_hits_the_cache(stack, base, tmp_path):
         reply = await other.build(BuildRequest(context=digest, dockerfile=DOCKERFILE, tags=["dybd-app:2"],
                                                build_args={"GREETING": "hi"},
                                                secrets=[SecretRef(id="tok", data=SECRET.encode())]))
+        other.close()
     finally:
         await regs.close()
         await nc.drain()

@@ -20,12 +20,12 @@ from shared.buildcontext import ContextIndex
 from shared.errors import InvalidArgument
 from shared.layers.diff import write_layer
 from shared.messages.builder import BuildWarning, StepReport
-from shared.oci.digest import Digest
 from shared.runtime import Runtime
 from services.builder.executor import rootfs, scan, users
 from services.builder.executor.cache import BuildCache, CacheRecord, base_key, chain
 from services.builder.executor.copy import match_sources, stage_copy
 from services.builder.executor.images import LayerRef, Registries, pull_base
+from services.builder.executor.leases import Lease
 from services.builder.executor.run import run_step
 from services.builder.executor.store import LocalStore
 from services.builder.frontend import BuildArgs, ImageState, dispatch_stage, needed_stages, parse, target_stage
@@ -64,8 +64,12 @@ class BuildOptions:
 
 class Build:
     def __init__(self, store: LocalStore, runtime: Callable[[], Awaitable[Runtime]], cache: BuildCache,
-                 regs: Registries, context: ContextIndex, opts: BuildOptions, emit: Emit):
+                 regs: Registries, context: ContextIndex, opts: BuildOptions, emit: Emit,
+                 lease: Lease | None = None):
         self.store, self._runtime, self.cache, self.regs = store, runtime, cache, regs
+        self.lease = lease
+        # Local layers (digests and diff_ids) this build reads or will push: a prune keeps them.
+        self.in_use: set[str] = set()
         self.ctx, self.opts, self.emit = context, opts, emit
         self.results: dict[int, StageResult] = {}
         self.reports: list[StepReport] = []
@@ -89,7 +93,12 @@ class Build:
                 await client.fetch_blob_to(layer.repository, layer.digest, str(p))
         return p
 
+    def use(self, layers: list[LayerRef]) -> None:
+        for layer in layers:
+            self.in_use.update((layer.digest, layer.diff_id))
+
     async def snapshots(self, layers: list[LayerRef]) -> list[Path]:
+        self.use(layers)
         out = []
         for layer in layers:
             if not self.store.has_snapshot(layer.diff_id):
@@ -156,7 +165,11 @@ class Build:
             return
         t0 = time.monotonic()
         key = chain(res.key, step.cache_text, self.contents_digest(step), self.opts.compression)
-        rec = None if self.opts.no_cache else await self.usable(await self.cache.get(key))
+        rec = None
+        if not self.opts.no_cache:
+            if self.lease is not None:
+                await self.lease.add(key)  # before the lookup: see leases.py
+            rec = await self.usable(await self.cache.get(key))
         cached = rec is not None
         await self.emit("step", ("CACHED " if cached else "") + label, self.step_no, self.total_steps)
         if rec is None:
@@ -171,6 +184,7 @@ class Build:
             layer = LayerRef(digest=rec.digest, size=rec.size, media_type=rec.media_type, diff_id=rec.diff_id,
                              index=rec.index, repository=rec.repository, registry=self.regs.stack_url)
             res.layers.append(layer)
+            self.use([layer])
         entry = {"created": rec.created or created, "created_by": step.created_by, "comment": HISTORY_COMMENT}
         if rec.empty:
             entry["empty_layer"] = True
@@ -183,6 +197,7 @@ class Build:
         """A hit is only a hit if its layer can still be had (here, or in the stack registry)."""
         if rec is None or rec.empty:
             return rec
+        self.in_use.update(str(d) for d in (rec.digest, rec.diff_id) if d)  # before any await
         if self.store.has_blob(rec.digest) or self.store.has_snapshot(rec.diff_id) and self.store.has_blob(rec.digest):
             return rec
         if rec.repository and await self.regs.client(self.regs.stack_url).blob_exists(rec.repository, rec.digest) is not None:
@@ -273,6 +288,7 @@ class Build:
             return r
 
         result = await asyncio.to_thread(write)
+        self.in_use.update((result.digest, result.diff_id))
         self.store.adopt_blob(tmp, result.digest)
         snap = self.store.adopt_snapshot(tree, result.diff_id)
         index = await asyncio.to_thread(scan.index_snapshot, snap)

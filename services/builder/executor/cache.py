@@ -14,16 +14,20 @@ from __future__ import annotations
 
 import hashlib
 import time
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from shared import subjects
-from shared.bus import TypedKV, kv_key
-from shared.errors import DockyardError
+from shared.bus import TypedKV, kv_key, kv_key_parts
+from shared.errors import Conflict, DockyardError
 from shared.oci.digest import Digest
 from services.builder.executor.scan import LayerIndex
 
-_TOUCH_AFTER = 300.0  # seconds: refresh last_used at most this often per record
+if TYPE_CHECKING:  # prune imports CacheRecord from here
+    from services.builder.executor.prune import Entry
+
+_TOUCH_AFTER = 10.0  # seconds: refresh last_used (the prune's LRU clock) at most this often per record
 VERSION = "v1"
 
 
@@ -95,3 +99,30 @@ class BuildCache:
             await self.kv.put(self.kv_key(key), rec)
         except DockyardError:
             pass
+
+    # -- pruning ----------------------------------------------------------------------
+
+    async def entries(self) -> list["Entry"]:
+        """Every record with the revision read (Unavailable if the KV cannot be read)."""
+        from services.builder.executor.prune import Entry
+        if self.kv is None:
+            return []
+        return [Entry(kv_key=k, key=kv_key_parts(k)[-1], rec=rec, rev=rev)
+                for k, rec, rev in await self.kv.items(kv_key(VERSION) + ".")]
+
+    async def remove(self, entry: "Entry") -> bool:
+        """Delete a record unless it changed since it was read (a build just touched it)."""
+        assert self.kv is not None
+        try:
+            await self.kv.delete(entry.kv_key, last=entry.rev)
+        except Conflict:
+            return False
+        return True
+
+    async def restore(self, entry: "Entry") -> None:
+        """Put back a removed record that a build leased meanwhile (unless one was rewritten)."""
+        assert self.kv is not None
+        try:
+            await self.kv.create(entry.kv_key, entry.rec)
+        except DockyardError:
+            pass  # a build wrote it again already

@@ -117,3 +117,26 @@ def test_unpack_refuses_unsafe_entries(tmp_path, entries):
     with pytest.raises(InvalidArgument):
         unpack_context(buf, str(tmp_path / "dst"))
     assert not (tmp_path / "evil").exists()
+
+
+def test_big_files_travel_by_digest(tmp_path):
+    import hashlib
+    import io
+
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big").write_bytes(b"b" * 50000)
+    (src / "small").write_bytes(b"s")
+    os.chmod(src / "big", 0o640)
+    external: dict[str, str] = {}
+    out = io.BytesIO()
+    digest, _ = pack_context(str(src), out, [], external=external, external_min=4096)
+    big = "sha256:" + hashlib.sha256(b"b" * 50000).hexdigest()
+    assert external == {big: str(src / "big")}
+    assert len(out.getvalue()) < 50000  # not inlined
+    out.seek(0)
+    idx = unpack_context(out, str(tmp_path / "dst"))
+    assert idx.external == {"big": (big, 50000, 0o640)} and idx.files["big"] == big
+    assert (tmp_path / "dst" / "small").read_bytes() == b"s" and not (tmp_path / "dst" / "big").exists()
+    (src / "big").write_bytes(b"c" * 50000)  # same size, new content: a new context digest
+    assert pack_context(str(src), io.BytesIO(), [], external={}, external_min=4096)[0] != digest
