@@ -4,11 +4,30 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from shared import bus
 from shared.codec import to_builtins
 from shared.config import Config
+
+if TYPE_CHECKING:
+    from shared import bus
+
+
+def _import_bus(nats_url: str) -> Any:
+    """shared.bus, imported without aiohttp unless something already needs it.
+
+    nats-py imports aiohttp only for websocket transports, and that import is half of
+    the CLI's start-up time; `dockyard ps` over nats:// should not pay for it.
+    """
+    if "aiohttp" in sys.modules or nats_url.startswith(("ws://", "wss://")):
+        from shared import bus
+        return bus
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # makes nats' optional import fail
+    try:
+        from shared import bus
+        return bus
+    finally:
+        del sys.modules["aiohttp"]
 
 
 class CliContext:
@@ -16,11 +35,12 @@ class CliContext:
         self.config = config
         self.json_output = json_output
         self._nc = None
-        self._bus: bus.BusClient | None = None
+        self._bus: "bus.BusClient | None" = None
 
-    async def bus(self) -> bus.BusClient:
+    async def bus(self) -> "bus.BusClient":
         """The bus client, connected on first use (commands that need no bus never pay)."""
         if self._bus is None:
+            bus = _import_bus(self.config.nats_url)
             self._nc = await bus.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3)
             self._bus = bus.BusClient(self._nc)
         return self._bus
