@@ -208,10 +208,7 @@ class _Stream:
 
 async def run(args, ctx) -> int:
     from shared import subjects
-    from shared.errors import InvalidArgument
     from shared.messages.agent import VERB_RUN, RunReply, RunRequest
-    if args.rm and args.detach and args.restart not in ("no", ""):
-        raise InvalidArgument("conflicting options: --restart and --rm")
     memory = parse_size(args.memory) if args.memory else None
     swap = parse_size(args.memory_swap, allow_unlimited=True) if args.memory_swap else None
     env = []

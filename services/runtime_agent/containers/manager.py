@@ -1,0 +1,406 @@
+"""Container lifecycle on one host: run, start, stop, kill, rm, restart policies, restore.
+
+Every container has a record (store.py) that is the truth `ps`/`inspect` show; the
+runtime's shim keeps the process alive without us. While a container runs, a monitor
+task waits for its exit, then records it, tears its network down, applies `--rm` or
+the restart policy. After an agent restart, `restore()` re-attaches monitors to the
+containers still running and settles those that exited while the agent was away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import secrets
+import signal as _signal
+from collections import Counter
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+
+import msgspec
+
+from services.runtime_agent.containers import rootfs
+from services.runtime_agent.containers.config import parse_restart, parse_volumes, process_of, resolve_user
+from services.runtime_agent.containers.logs import LogReader, Streamer, follow
+from services.runtime_agent.containers.store import ContainerStore, check_name
+from services.runtime_agent.images import ImageStore, Puller
+from services.runtime_agent.network import Network, parse_publish_all
+from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
+from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
+                                   Port, RunRequest)
+from shared.runtime import BindMount, ContainerSpec, Runtime
+from shared.runtime.jsonlog import rfc3339nano
+
+log = logging.getLogger("dockyard.agent.containers")
+
+_READER_GRACE = 10.0  # seconds an attached reader may take to drain the log after the exit
+_MAX_BACKOFF = 10.0
+
+
+@dataclass
+class Watch:
+    """One run of a container: set when it exits, resolved once its exit is recorded."""
+
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
+    final: asyncio.Future = field(default_factory=lambda: asyncio.get_running_loop().create_future())
+    readers: set[asyncio.Future] = field(default_factory=set)
+    task: asyncio.Task | None = None
+
+
+class Containers:
+    def __init__(self, *, agent_id: str, store: ContainerStore, runtime: Runtime, images: ImageStore,
+                 puller: Puller, network: Network, nc, cgroup_parent: str = "/dockyard"):
+        self.agent_id = agent_id
+        self.store = store
+        self.runtime = runtime
+        self.images = images
+        self.puller = puller
+        self.snapshots = puller.snapshots
+        self.network = network
+        self.nc = nc
+        self.cgroup_parent = cgroup_parent
+        self._watches: dict[str, Watch] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._removing: set[str] = set()
+        self._pinned: Counter[str] = Counter()  # images a run is about to use
+        self._tasks: set[asyncio.Task] = set()
+
+    # ---- queries ---------------------------------------------------------------------
+
+    def list(self, all: bool = False, match: str = "") -> list[Container]:
+        if match:
+            try:
+                c = self.store.find(match)
+            except InvalidArgument:
+                return [c for c in self.store.all() if c.id.startswith(match)]
+            return [c] if c is not None else []
+        return [c for c in self.store.all() if all or c.state.status == "running"]
+
+    def inspect(self, ref: str) -> Container:
+        return self.store.resolve(ref)
+
+    def exited_event(self, cid: str) -> asyncio.Event | None:
+        """Set when the container's current run ends; None if it is not running."""
+        w = self._watches.get(cid)
+        return w.exited if w is not None else None
+
+    def images_in_use(self) -> set[str]:
+        return {c.config.image_digest for c in self.store.all()} | self.pinned_images()
+
+    def pinned_images(self) -> set[str]:
+        """Images a run has resolved but not yet recorded in a container."""
+        return set(self._pinned)
+
+    def reserved_memory(self) -> int:
+        return sum(c.config.limits.memory or 0 for c in self.store.all() if c.state.status == "running")
+
+    # ---- run -------------------------------------------------------------------------
+
+    async def run(self, req: RunRequest) -> Container:
+        streamer = Streamer(self.nc, req.stream_inbox if not req.detach else "")
+        image = self.puller.local(req.image) if req.pull != "always" else None
+        if image is None:
+            if req.pull == "never":
+                raise NotFound(f"no such image on {self.agent_id}: {req.image}")
+            image = await self.puller.pull(req.image, streamer.progress)
+        self._pinned[image.digest] += 1
+        try:
+            c = self._new_container(req, image)
+            self.store.create(c)
+        finally:
+            self._pinned[image.digest] -= 1
+            if self._pinned[image.digest] <= 0:
+                del self._pinned[image.digest]
+        w = Watch()
+        drained = asyncio.get_running_loop().create_future()
+        if not req.detach:
+            w.readers.add(drained)  # the exit waits for the output to be sent
+        try:
+            c = await self._start(c, w)
+        except BaseException:
+            if req.rm:
+                with contextlib.suppress(DockyardError):
+                    await self._remove_stopped(c.id)
+            raise
+        if not req.detach:
+            self._spawn(self._stream_foreground(c.id, w, drained, Streamer(self.nc, req.stream_inbox)))
+        return c
+
+    def _new_container(self, req: RunRequest, image: ImageRecord) -> Container:
+        if req.rm and req.restart not in ("", "no"):
+            raise InvalidArgument("conflicting options: --restart and --rm")
+        cfg = self.images.config(image.digest)
+        proc = process_of(cfg.config, req)
+        cid = secrets.token_hex(32)
+        name = check_name(req.name) if req.name else f"{_ADJ[int(cid[:4], 16) % len(_ADJ)]}_{cid[:8]}"
+        parse_publish_all(req.publish)  # refuse a bad spec before anything exists
+        if req.publish and req.network != "bridge":
+            raise InvalidArgument(f"ports cannot be published with network {req.network}")
+        config = ContainerConfig(
+            image=req.image, image_digest=image.digest, args=proc.args, entrypoint=proc.entrypoint, cmd=proc.cmd,
+            env=proc.env, working_dir=proc.cwd, user=proc.user, hostname=cid[:12],
+            volumes=parse_volumes(req.volumes), network=req.network, publish=list(req.publish),
+            restart=parse_restart(req.restart), auto_remove=req.rm,
+            limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
+            labels=dict(req.labels))
+        c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
+                      log_path=str(self.store.log_path(cid)))
+        self._spec(c, rootfs_path="/", uid=0, gid=0, groups=(), netns="host")  # limits checked now
+        return c
+
+    def _spec(self, c: Container, *, rootfs_path: str, uid: int, gid: int, groups: tuple[int, ...],
+              netns: str) -> ContainerSpec:
+        lim = c.config.limits
+        return ContainerSpec(
+            args=tuple(c.config.args), rootfs=rootfs_path, cgroups_path=f"{self.cgroup_parent}/{c.id}",
+            env=tuple(c.config.env), cwd=c.config.working_dir, uid=uid, gid=gid, additional_gids=groups,
+            hostname=c.config.hostname,
+            mounts=tuple(BindMount(v.source, v.destination, v.readonly) for v in c.config.volumes),
+            network=netns, memory_bytes=lim.memory, memory_swap_bytes=lim.memory_swap,
+            cpu_shares=lim.cpu_shares)
+
+    async def _start(self, c: Container, w: Watch, restart_count: int | None = None) -> Container:
+        """Mount, network, start; the container is then running under its monitor."""
+        cid = c.id
+        try:
+            image = self.images.get(c.config.image_digest)
+            root = await asyncio.to_thread(rootfs.mount, self.snapshots, cid, image.diff_ids)
+            ids = resolve_user(root, c.config.user)
+            for v in c.config.volumes:
+                await asyncio.to_thread(_ensure_dir, v.source)
+            att = await self.network.setup(cid, c.config.network, parse_publish_all(c.config.publish))
+            spec = self._spec(c, rootfs_path=str(root), uid=ids.uid, gid=ids.gid, groups=ids.additional_gids,
+                              netns=att.netns_path or "host")
+            with contextlib.suppress(NotFound):
+                await self.runtime.delete(cid)  # an earlier run's runtime state
+            pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid))
+        except BaseException as e:
+            with contextlib.suppress(Exception):
+                await self.network.teardown(cid)
+            msg = e.message if isinstance(e, DockyardError) else f"{type(e).__name__}: {e}"
+            failed = msgspec.structs.replace(c.state, status="created" if not c.state.started_at else "exited",
+                                             error=msg, pid=0)
+            self.store.save(msgspec.structs.replace(c, state=failed))
+            raise
+        net = NetworkInfo(mode=att.mode, ip=str(att.ip or ""), prefixlen=att.prefixlen or 0,
+                          gateway=str(att.gateway or ""),
+                          ports=[Port(host_ip=str(p.host_ip), host_port=p.host_port,
+                                      container_port=p.container_port, protocol=p.protocol) for p in att.ports])
+        state = ContainerState(status="running", pid=pid, started_at=rfc3339nano(),
+                               restart_count=c.state.restart_count if restart_count is None else restart_count)
+        c = msgspec.structs.replace(c, state=state, network=net)
+        self.store.save(c)
+        self._watch(cid, w)
+        return c
+
+    def _watch(self, cid: str, w: Watch) -> None:
+        self._watches[cid] = w
+        w.task = self._spawn(self._monitor(cid, w))
+
+    async def _stream_foreground(self, cid: str, w: Watch, drained: asyncio.Future, streamer: Streamer) -> None:
+        try:
+            await follow(LogReader(self.store.log_path(cid)), streamer, w.exited)
+        finally:
+            if not drained.done():
+                drained.set_result(None)
+        try:
+            code = await w.final
+        except Exception as e:  # noqa: BLE001 - the requester is told, whatever broke
+            await streamer.end(error=str(e))
+            return
+        await streamer.end(exit_code=code)
+
+    # ---- exits -----------------------------------------------------------------------
+
+    async def _monitor(self, cid: str, w: Watch) -> None:
+        try:
+            try:
+                await self.runtime.wait(cid)
+            except NotFound:
+                pass  # deleted under us (forced rm): settled below
+            w.exited.set()
+            if w.readers:
+                await asyncio.wait(w.readers, timeout=_READER_GRACE)
+            c = await self._settle(cid)
+            if c is not None and c.config.auto_remove and cid not in self._removing:
+                await self._remove_stopped(cid)
+            if not w.final.done():
+                w.final.set_result(c.state.exit_code if c is not None else None)
+            if c is not None and cid not in self._removing and self._should_restart(c):
+                self._spawn(self._restart_later(c))
+        except Exception as e:
+            log.exception("monitor of %s failed", cid)
+            if not w.final.done():
+                w.final.set_exception(e)
+        finally:
+            if self._watches.get(cid) is w:
+                del self._watches[cid]
+
+    async def _settle(self, cid: str) -> Container | None:
+        """Record how a container ended and free its network; None if it has no record."""
+        try:
+            c = self.store.get(cid)
+        except NotFound:
+            return None
+        try:
+            st = await self.runtime.state(cid)
+            code, oom, finished = st.exit_code, st.oom_killed, st.finished_at or rfc3339nano()
+        except NotFound:
+            code, oom, finished = 255, False, rfc3339nano()
+        with contextlib.suppress(Exception):
+            await self.network.teardown(cid)
+        state = msgspec.structs.replace(c.state, status="exited", pid=0, exit_code=code, oom_killed=oom,
+                                        finished_at=finished)
+        c = msgspec.structs.replace(c, state=state, network=NetworkInfo(mode=c.network.mode))
+        if self.store.find(cid) is not None:  # not removed while we waited
+            self.store.save(c)
+        return c
+
+    def _should_restart(self, c: Container) -> bool:
+        p = c.config.restart
+        if c.state.manual_stop or p.name == "no":
+            return False
+        if p.name == "on-failure":
+            return (c.state.exit_code or 0) != 0 and (p.maximum_retry_count == 0
+                                                     or c.state.restart_count < p.maximum_retry_count)
+        return True  # always, unless-stopped
+
+    async def _restart_later(self, c: Container) -> None:
+        await asyncio.sleep(min(0.1 * 2 ** c.state.restart_count, _MAX_BACKOFF))
+        async with self._lock(c.id):
+            try:
+                cur = self.store.get(c.id)
+            except NotFound:
+                return
+            if cur.state.status != "exited" or cur.state.manual_stop or c.id in self._removing:
+                return
+            try:
+                await self._start(cur, Watch(), restart_count=cur.state.restart_count + 1)
+            except DockyardError as e:
+                log.warning("restart of %s failed: %s", c.id[:12], e.message)
+
+    # ---- user verbs ------------------------------------------------------------------
+
+    async def start(self, ref: str) -> Container:
+        c = self.store.resolve(ref)
+        async with self._lock(c.id):
+            c = self.store.get(c.id)
+            if c.state.status == "running":
+                return c
+            c = msgspec.structs.replace(c, state=msgspec.structs.replace(c.state, manual_stop=False, error=""))
+            return await self._start(c, Watch())
+
+    async def stop(self, ref: str, timeout: float = 10.0) -> Container:
+        c = self.store.resolve(ref)
+        async with self._lock(c.id):
+            c = self.store.get(c.id)
+            if c.state.status != "running":
+                return c
+            self.store.save(msgspec.structs.replace(c, state=msgspec.structs.replace(c.state, manual_stop=True)))
+            w = self._watches.get(c.id)
+            with contextlib.suppress(NotFound):
+                await self.runtime.stop(c.id, max(0.0, timeout))
+            if w is not None:
+                await asyncio.shield(w.final)
+        return self.store.find(c.id) or c
+
+    async def kill(self, ref: str, signal: str = "KILL") -> Container:
+        c = self.store.resolve(ref)
+        if c.state.status != "running":
+            raise Conflict(f"container {c.id[:12]} is not running")
+        await self.runtime.kill(c.id, parse_signal(signal))
+        return c
+
+    async def remove(self, ref: str, force: bool = False) -> str:
+        c = self.store.resolve(ref)
+        async with self._lock(c.id):
+            c = self.store.get(c.id)
+            if c.state.status == "running":
+                if not force:
+                    raise Conflict(f"you cannot remove a running container {c.id[:12]}: "
+                                   "stop the container before removing or force remove")
+                self._removing.add(c.id)
+                w = self._watches.get(c.id)
+                with contextlib.suppress(NotFound, Conflict):
+                    await self.runtime.kill(c.id, _signal.SIGKILL)
+                if w is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.shield(w.final)
+            try:
+                await self._remove_stopped(c.id)
+            finally:
+                self._removing.discard(c.id)
+        return c.id
+
+    async def _remove_stopped(self, cid: str) -> None:
+        """Delete everything a container left: runtime state, cgroup, network, rootfs, record."""
+        with contextlib.suppress(NotFound):
+            await self.runtime.delete(cid)
+        await self.network.teardown(cid)
+        await self.snapshots.remove_active(cid)
+        self.store.remove(cid)
+
+    # ---- restore after an agent restart --------------------------------------------
+
+    async def restore(self) -> None:
+        running, exited = [], []
+        for c in self.store.all():
+            if c.state.status not in ("running", "created"):
+                continue
+            try:
+                st = await self.runtime.state(c.id)
+            except NotFound:
+                st = None
+            (running if st is not None and st.status == "running" else exited).append(c)
+        await self.network.restore(keep=[c.id for c in running])
+        for c in running:
+            self._watch(c.id, Watch())
+        for c in exited:
+            if c.state.status == "running":
+                self._watch(c.id, Watch())  # the monitor finds it ended and settles it
+
+    async def close(self) -> None:
+        """Stop watching; the containers keep running (a restarted agent finds them)."""
+        for t in list(self._tasks):
+            t.cancel()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=5)
+
+    # ---- helpers ---------------------------------------------------------------------
+
+    def _lock(self, cid: str) -> asyncio.Lock:
+        return self._locks.setdefault(cid, asyncio.Lock())
+
+    def _spawn(self, coro: Awaitable) -> asyncio.Task:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+        return t
+
+    def spawn(self, coro: Awaitable) -> asyncio.Task:
+        return self._spawn(coro)
+
+
+def parse_signal(text: str) -> int:
+    t = str(text).upper()
+    if t.isdigit():
+        n = int(t)
+    else:
+        name = t if t.startswith("SIG") else f"SIG{t}"
+        try:
+            n = int(_signal.Signals[name])
+        except KeyError:
+            raise InvalidArgument(f"invalid signal: {text}") from None
+    if not 0 < n < 65:
+        raise InvalidArgument(f"invalid signal: {text}")
+    return n
+
+
+def _ensure_dir(path: str) -> None:
+    os.makedirs(path, exist_ok=True)  # docker creates a missing bind source as a directory
+
+
+_ADJ = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "nifty", "quirky", "sharp", "tender",
+        "vivid", "wise", "zen", "bold", "crisp")

@@ -1,0 +1,88 @@
+"""Heartbeats: this host's capacity in the `dockyard-agents` KV bucket, every few seconds.
+
+The bucket's max age (HEARTBEAT_TTL) removes the entry of a host that stopped
+beating; readers also ignore entries older than HEARTBEAT_STALE, so a lost host
+leaves the fleet within 10 s either way. A clean shutdown deletes its entry at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import Callable
+
+from shared import subjects
+from shared.bus import TypedKV, kv_key
+from shared.errors import DockyardError
+from shared.messages.agent import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, Heartbeat
+
+log = logging.getLogger("dockyard.agent.heartbeat")
+
+
+def meminfo() -> dict[str, int]:
+    out = {}
+    with open("/proc/meminfo") as f:
+        for line in f:
+            key, _, rest = line.partition(":")
+            parts = rest.split()
+            if parts:
+                out[key] = int(parts[0]) * 1024
+    return out
+
+
+def capacity(memory_override: int | None, reserved: int) -> tuple[int, int]:
+    """(memory offered to containers, memory not yet promised to running containers' limits)."""
+    info = meminfo()
+    total = memory_override or info.get("MemTotal", 0)
+    available = total if memory_override else min(total, info.get("MemAvailable", total))
+    return total, max(0, available - reserved)
+
+
+async def open_bucket(nc) -> TypedKV:
+    return await TypedKV.open(nc, subjects.KV_AGENTS, Heartbeat, ttl=HEARTBEAT_TTL,
+                              description="runtime-agent heartbeats")
+
+
+class Heartbeats:
+    def __init__(self, kv: TypedKV, agent_id: str, beat: Callable[[], Heartbeat]):
+        self.kv = kv
+        self.key = kv_key(agent_id)
+        self.beat = beat
+        self._task: asyncio.Task | None = None
+
+    async def send(self) -> None:
+        await self.kv.put(self.key, self.beat())
+
+    async def start(self) -> None:
+        await self.send()
+        self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
+            try:
+                await self.send()
+            except DockyardError as e:
+                log.warning("heartbeat not sent: %s", e.message)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        with contextlib.suppress(DockyardError):
+            await self.kv.delete(self.key)
+
+
+def cpus() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except OSError:
+        return os.cpu_count() or 1
+
+
+def now() -> float:
+    return time.time()

@@ -1,0 +1,196 @@
+"""`dockyard serve runtime-agent`: one host's containers and images, driven over the bus.
+
+Per-host verbs are `dockyard.agent.<id>.<verb>`; the fleet-wide listings
+(`dockyard.agent.all.ps|images`) are subscribed with a queue group of this agent's
+own, so a scatter-gather hears every agent. Cancelling `serve` stops answering and
+heartbeating but leaves every container running: a restarted agent finds them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from ipaddress import IPv4Network
+from pathlib import Path
+
+from services.runtime_agent.containers.logs import LogReader, Streamer, follow, tail
+from services.runtime_agent.containers.manager import Containers
+from services.runtime_agent.containers.store import ContainerStore
+from services.runtime_agent.heartbeat import Heartbeats, capacity, cpus, open_bucket
+from services.runtime_agent.images import ImageStore, Puller
+from services.runtime_agent.network import Network, NetworkConfig
+from services.runtime_agent.prune import prune
+from shared import bus, subjects
+from shared.config import Config
+from shared.errors import InvalidArgument
+from shared.layers import SnapshotStore
+from shared.messages import agent as m
+from shared.messages.gc import PruneReply, PruneRequest
+from shared.registry import bus_token_provider
+from shared.runtime import Runtime
+
+log = logging.getLogger("dockyard.agent")
+
+
+def check_agent_id(agent_id: str) -> str:
+    if (not agent_id or agent_id in m.RESERVED_AGENT_IDS
+            or any(c in agent_id for c in ".*> \t/") or len(agent_id) > 64):
+        raise InvalidArgument(f"invalid agent id {agent_id!r}: a single subject token, not 'all' or 'any'")
+    return agent_id
+
+
+def network_config(cfg: Config, state_dir: Path) -> NetworkConfig:
+    """The agent's bridge; DOCKYARD_BRIDGE/_SUBNET/_NET_PREFIX keep two agents on one host apart."""
+    return NetworkConfig(state_dir=state_dir, bridge=cfg.env("BRIDGE", "dockyard0"),
+                         subnet=IPv4Network(cfg.env("SUBNET", "10.88.0.0/16")),
+                         prefix=cfg.env("NET_PREFIX", "dockyard"))
+
+
+class Agent:
+    """The verbs, over the parts that do the work."""
+
+    def __init__(self, cfg: Config, nc, agent_id: str, root: Path, runtime: Runtime, network: Network):
+        self.cfg = cfg
+        self.nc = nc
+        self.id = agent_id
+        self.images = ImageStore(root / "images")
+        snapshots = SnapshotStore(root / "snapshots")
+        self.puller = Puller(self.images, snapshots, root / "downloads", stack_registry=cfg.registry_addr,
+                             token_provider=bus_token_provider(bus.BusClient(nc), f"runtime-agent-{agent_id}"))
+        self.network = network
+        self.runtime = runtime
+        self.containers = Containers(agent_id=agent_id, store=ContainerStore(root / "containers"),
+                                     runtime=runtime, images=self.images, puller=self.puller, network=network,
+                                     nc=nc, cgroup_parent=cfg.env("CGROUP_PARENT", "/dockyard"))
+        mem = cfg.env("AGENT_MEMORY", "")
+        self.memory_override = int(mem) if mem else None
+        self.address = cfg.env("AGENT_ADDRESS", "") or _default_address()
+        self.started_at = time.time()
+
+    def register(self, svc: bus.BusService) -> None:
+        own = f"{subjects.queue(subjects.RUNTIME_AGENT)}.{self.id}"
+        verbs = [
+            (m.VERB_RUN, m.RunRequest, self.run), (m.VERB_START, m.ContainerRef, self.start),
+            (m.VERB_STOP, m.StopRequest, self.stop), (m.VERB_KILL, m.KillRequest, self.kill),
+            (m.VERB_RM, m.RmRequest, self.rm), (m.VERB_INSPECT, m.ContainerRef, self.inspect),
+            (m.VERB_LOGS, m.LogsRequest, self.logs), (m.VERB_PS, m.PsRequest, self.ps),
+            (m.VERB_IMAGES, m.ImagesRequest, self.list_images), (m.VERB_PULL, m.PullRequest, self.pull),
+            (m.VERB_PRUNE, PruneRequest, self.prune),
+        ]
+        for verb, typ, handler in verbs:
+            svc.endpoint(subjects.agent(self.id, verb), typ, handler, queue=own)
+        svc.endpoint(m.fleet(m.VERB_PS), m.PsRequest, self.ps, queue=own)
+        svc.endpoint(m.fleet(m.VERB_IMAGES), m.ImagesRequest, self.list_images, queue=own)
+
+    def heartbeat(self) -> m.Heartbeat:
+        all_ = self.containers.list(all=True)
+        total, free = capacity(self.memory_override, self.containers.reserved_memory())
+        return m.Heartbeat(agent_id=self.id, address=self.address,
+                           runtime=f"{self.runtime.info.name} {self.runtime.info.version}", cpus=cpus(),
+                           memory_total=total, memory_free=free, containers=len(all_),
+                           running=sum(c.state.status == "running" for c in all_), images=len(self.images.list()),
+                           time=time.time(), started_at=self.started_at)
+
+    # ---- verbs -----------------------------------------------------------------------
+
+    async def run(self, req: m.RunRequest) -> m.RunReply:
+        return m.RunReply(container=await self.containers.run(req))
+
+    async def start(self, req: m.ContainerRef) -> m.ContainerReply:
+        return m.ContainerReply(container=await self.containers.start(req.container))
+
+    async def stop(self, req: m.StopRequest) -> m.ContainerReply:
+        return m.ContainerReply(container=await self.containers.stop(req.container, req.timeout))
+
+    async def kill(self, req: m.KillRequest) -> m.ContainerReply:
+        return m.ContainerReply(container=await self.containers.kill(req.container, req.signal))
+
+    async def rm(self, req: m.RmRequest) -> m.RmReply:
+        return m.RmReply(id=await self.containers.remove(req.container, req.force))
+
+    async def inspect(self, req: m.ContainerRef) -> m.ContainerReply:
+        return m.ContainerReply(container=self.containers.inspect(req.container))
+
+    async def ps(self, req: m.PsRequest) -> m.PsReply:
+        return m.PsReply(host=self.id, containers=self.containers.list(req.all, req.match))
+
+    async def list_images(self, req: m.ImagesRequest) -> m.ImagesReply:
+        return m.ImagesReply(host=self.id, images=self.images.list())
+
+    async def pull(self, req: m.PullRequest) -> m.PullReply:
+        streamer = Streamer(self.nc, req.stream_inbox)
+        return m.PullReply(image=await self.puller.pull(req.image, streamer.progress))
+
+    async def prune(self, req: PruneRequest) -> PruneReply:
+        return await prune(req, self.containers, self.images, self.puller)
+
+    async def logs(self, req: m.LogsRequest) -> m.LogsReply:
+        c = self.containers.inspect(req.container)
+        if not req.stream_inbox:
+            raise InvalidArgument("logs need a stream_inbox to send the lines to")
+        streamer = Streamer(self.nc, req.stream_inbox)
+        running = c.state.status == "running"
+        exited = self.containers.exited_event(c.id) if req.follow and running else None
+        self.containers.spawn(self._send_logs(c.log_path, req, streamer, exited))
+        return m.LogsReply(id=c.id, running=running)
+
+    async def _send_logs(self, path: str, req: m.LogsRequest, streamer: Streamer,
+                         exited: asyncio.Event | None) -> None:
+        reader = LogReader(Path(path))
+        try:
+            await streamer.send(tail(reader.read(), req.tail))
+            if exited is not None:
+                await follow(reader, streamer, exited)
+        except Exception as e:  # noqa: BLE001 - the requester hears why its stream ended
+            await streamer.end(error=str(e))
+            raise
+        finally:
+            reader.close()
+        await streamer.end()
+
+
+def _default_address() -> str:
+    import socket
+    return socket.gethostname()
+
+
+async def serve(cfg: Config) -> None:
+    agent_id = check_agent_id(cfg.host_id)
+    root = cfg.service_dir(subjects.RUNTIME_AGENT) / agent_id
+    root.mkdir(parents=True, exist_ok=True)
+    runtime = await Runtime.probe(root / "runtime")
+    log.info("agent %s: runtime %s %s", agent_id, runtime.info.name, runtime.info.version)
+    nc = await bus.connect(cfg.nats_url, name=f"{subjects.RUNTIME_AGENT}-{agent_id}")
+    network = Network(network_config(cfg, root / "network"))
+    agent: Agent | None = None
+    svc: bus.BusService | None = None
+    beats: Heartbeats | None = None
+    try:
+        await network.start()
+        agent = Agent(cfg, nc, agent_id, root, runtime, network)
+        await agent.containers.restore()
+        svc = bus.BusService(nc, subjects.RUNTIME_AGENT, description="containers and images of one host",
+                             metadata={"agent_id": agent_id, "runtime": runtime.info.name})
+        agent.register(svc)
+        beats = Heartbeats(await open_bucket(nc), agent_id, agent.heartbeat)
+        await beats.start()
+        await svc.start()
+        log.info("runtime-agent %s ready", agent_id)
+        await asyncio.Event().wait()
+    finally:
+        if svc is not None:
+            await svc.stop(drain_timeout=5)
+        if beats is not None:
+            with contextlib.suppress(Exception):
+                await beats.stop()
+        idle = agent is not None and not agent.containers.list(all=True)
+        if agent is not None:
+            await agent.containers.close()
+            await agent.puller.close()
+        # An agent with no container leaves no bridge or chain behind; otherwise they
+        # stay for the containers, which outlive the agent.
+        with contextlib.suppress(Exception):
+            await network.close(remove_all=idle)
+        await nc.drain()

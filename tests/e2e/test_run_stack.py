@@ -1,0 +1,29 @@
+"""`dockyard run` against a whole `dockyard up` stack: the agent pulls from the stack's own
+registry (token auth over the bus) an image pushed there by skopeo, and runs it."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from tests.support.images import busybox_layout, skopeo_env
+from tests.e2e.conftest import skopeo
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root and an OCI runtime")]
+
+
+def test_run_an_image_pushed_to_the_stack(stack, tmp_path):
+    layout = tmp_path / "layout"
+    busybox_layout(layout, tmp_path / "work")
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", stack.admin_creds, f"oci:{layout}:latest",
+           f"docker://{stack.registry_addr}/dyag/busybox:1", env=skopeo_env(tmp_path / "home"))
+    p = stack.cli("run", "--rm", "--network", "none", "dyag/busybox:1", "sh", "-c", "echo hi; exit 4",
+                  check=False)
+    assert (p.returncode, p.stdout) == (4, "hi\n"), p.stderr + stack.log("runtime-agent")
+    # the fully qualified name is the same image: no second pull
+    p = stack.cli("run", "--rm", "--network", "none", f"{stack.registry_addr}/dyag/busybox:1", "true")
+    assert "pulling" not in p.stderr
+    agents = stack.cli("agents").stdout
+    assert "runtime-agent" not in agents.splitlines()[0] and len(agents.splitlines()) == 2
