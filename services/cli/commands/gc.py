@@ -19,6 +19,9 @@ def register(sub) -> None:
     r.add_argument("--untagged-retention", help="untagged: keep manifests pushed this recently")
     r.add_argument("--upload-idle", help="uploads: abort sessions idle longer than this")
     r.add_argument("--exited-before", help="agents: remove containers exited longer ago than this")
+    r.add_argument("--cache-max-age", help="build-cache: drop records unused for longer than this")
+    r.add_argument("--cache-max-bytes", type=int,
+                   help="build-cache: drop least recently used records until the cache fits")
     r.set_defaults(func=run)
 
     s = gsub.add_parser("status", help="schedules, last run of each job and what it freed")
@@ -69,7 +72,9 @@ async def run(args, ctx) -> int:
                      grace_seconds=_seconds(args.grace),
                      untagged_retention_seconds=_seconds(args.untagged_retention),
                      upload_idle_seconds=_seconds(args.upload_idle),
-                     exited_before_seconds=_seconds(args.exited_before))
+                     exited_before_seconds=_seconds(args.exited_before),
+                     cache_max_age_seconds=_seconds(args.cache_max_age),
+                     cache_max_bytes=args.cache_max_bytes)
     reply = await (await ctx.bus()).request(subjects.GC_RUN, req, RunReply, timeout=3600)
     if ctx.json_output:
         ctx.print_json(reply)

@@ -142,3 +142,20 @@ def test_policy_does_not_count_index_children_or_artifacts_as_images():
     plan = plan_retention(g, now=1000, untagged_retention=0, policies={"r": Retention(keep_last=1)})
     # the newest image is the index (its children and its signature are not images)
     assert plan.manifests == [("r", d("lone"))]
+
+
+def test_untagged_index_goes_with_its_own_children_but_not_shared_or_nested_ones():
+    g = Graph()
+    for arch in ("amd64", "arm64", "s390x"):
+        g.add(image("r", arch, [f"l-{arch}"], pushed_at=0))
+    # v1 moved from `old` to `new`: both list arm64; `new` reaches s390x through a nested index.
+    g.add(index("r", "old", ["amd64", "arm64"], pushed_at=0))
+    g.add(index("r", "nested", ["s390x"], pushed_at=0))
+    g.add(index("r", "new", ["arm64", "nested"], pushed_at=0))
+    g.tag("r", "v1", d("new"))
+    plan = plan_retention(g, now=1000, untagged_retention=60, policies={})
+    assert plan.manifests == sorted([("r", d("old")), ("r", d("amd64"))])
+    assert {d("l-arm64"), d("l-s390x"), d("nested")} <= plan.kept.blobs
+    assert d("l-amd64") not in plan.kept.blobs
+    # Within the retention window nothing goes, tagged or not (children may precede their index).
+    assert plan_retention(g, now=30, untagged_retention=60, policies={}).manifests == []
