@@ -2,12 +2,17 @@
 
     .venv/bin/python bench/registry.py [--rounds 5] [--mb 200]
 
-Starts `dockyard up` (layer-store + registry-gateway, auth on, admin credentials) and
-`docker-registry serve` on loopback with temporary data dirs, makes an OCI layout with
-one random layer, then alternates the two registries round by round: a push into a
-fresh repository (skopeo's blob-info cache deleted first, so nothing is skipped or
-mounted) and a pull of it into a fresh OCI layout. Prints medians and the ratios
-dockyard/distribution (targets: push <= 0.7, pull <= 1.0).
+Starts `dockyard up` (layer-store + registry-gateway as separate processes, auth on,
+skopeo with the admin credentials) and `docker-registry serve` on loopback with
+temporary data dirs. Each round makes a fresh OCI layout with a new random layer (a
+real gzip stream), so neither registry ever already holds the blob, then runs both
+registries in turn (the order alternating by round): a push into a fresh repository
+(skopeo's blob-info cache deleted first, so nothing is skipped or mounted) and a pull
+of it into a fresh OCI layout. The skopeo flags are the same for both, except for
+credentials (distribution runs without auth). Prints per-round times, the machine's
+load average, medians and the ratios dockyard/distribution (targets: push <= 0.7,
+pull <= 1.0). `--floor` also pushes each layer to a registry that discards what it reads
+(bench/discard_registry.py): the least any registry could make skopeo take.
 """
 
 from __future__ import annotations
@@ -61,6 +66,10 @@ def make_layout(layout: Path, mb: int) -> None:
     (layout / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
         "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
         "annotations": {"org.opencontainers.image.ref.name": "latest"}}]}))
+
+
+def load_average() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
 
 
 def wait_http(url: str, timeout: float = 30.0) -> None:
@@ -147,33 +156,53 @@ def main() -> int:
     ap.add_argument("--mb", type=int, default=200, help="layer size in MiB")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
     ap.add_argument("--env", action="append", default=[], help="NAME=VALUE for dockyard's environment")
+    ap.add_argument("--floor", action="store_true", help="also push to a registry that discards the bytes")
     args = ap.parse_args()
     root = Path(tempfile.mkdtemp(prefix="dyrg-bench-"))
     procs = []
     try:
-        layout = root / "layout"
-        make_layout(layout, args.mb)
         dy_proc, dy = start_dockyard(root, dict(e.split("=", 1) for e in args.env))
         procs.append(dy_proc)
         dist_proc, dist = start_distribution(root)
         procs.append(dist_proc)
         times: dict[str, dict[str, list[float]]] = {t.name: {"push": [], "pull": []} for t in (dy, dist)}
+        floor: list[float] = []
+        sink = None
+        if args.floor:
+            from discard_registry import start as start_sink
+            sink, sink_addr = start_sink()
+            floor_target = Target("discard", sink_addr, None)
+        print(f"load average at start: {load_average()}", flush=True)
         for n in range(args.rounds):
+            layout = root / f"layout-{n}"
+            make_layout(layout, args.mb)  # a new layer: no registry has seen it
+            os.sync()  # its writeback must not land inside a measured push
             order = (dy, dist) if n % 2 == 0 else (dist, dy)
             for target in order:
                 repo = f"bench/r{n}"
                 times[target.name]["push"].append(target.push(layout, repo))
                 times[target.name]["pull"].append(target.pull(repo, root / f"pull-{target.name}-{n}"))
+            if args.floor:
+                floor.append(floor_target.push(layout, f"bench/r{n}"))
+            shutil.rmtree(layout)
             print(f"round {n + 1}: " + "  ".join(
-                f"{t}: push {v['push'][-1]:.2f}s pull {v['pull'][-1]:.2f}s" for t, v in times.items()), flush=True)
+                f"{t}: push {v['push'][-1]:.2f}s pull {v['pull'][-1]:.2f}s" for t, v in times.items())
+                + (f"  discard: push {floor[-1]:.2f}s" if floor else "")
+                + f"  (load {load_average()})", flush=True)
         med = {t: {op: statistics.median(v) for op, v in ops.items()} for t, ops in times.items()}
-        print(f"\n{args.mb} MiB layer, {args.rounds} rounds, median seconds")
+        print(f"\n{args.mb} MiB layer, {args.rounds} rounds, median seconds (load at end {load_average()})")
         print(f"{'':14}{'dockyard':>10}{'distribution':>14}{'ratio':>8}{'target':>8}")
         for op, target in (("push", 0.7), ("pull", 1.0)):
             ratio = med["dockyard"][op] / med["distribution"][op]
             print(f"{op:14}{med['dockyard'][op]:>10.2f}{med['distribution'][op]:>14.2f}{ratio:>8.2f}"
                   f"{'<= ' + str(target):>8}")
+        if floor:
+            best = statistics.median(floor)
+            print(f"push to a registry that discards the bytes: {best:.2f}s, so no registry can reach a "
+                  f"push ratio below {best / med['distribution']['push']:.2f} here")
     finally:
+        if sink is not None:
+            sink.close()
         for p in procs:
             stop(p)
         if args.keep:

@@ -31,7 +31,8 @@ from shared.errors import (Conflict, DockyardError, Internal, InvalidArgument, N
 from shared.messages.common import Empty, ErrorReply, Ok
 from shared.messages.layer_store import (AbortRequest, BlobInfo, DeleteReply, DeleteRequest,
                                          ListReply, ListRequest, LocateReply, StatReply,
-                                         StatRequest, UploadInfo, UploadListReply, UsageReply)
+                                         StartUploadRequest, StatRequest, UploadInfo, UploadListReply,
+                                         UsageReply)
 from shared.oci.digest import Digest
 
 T = TypeVar("T")
@@ -189,13 +190,18 @@ class LayerStoreClient:
         async with self.open_blob(digest) as resp:
             return await resp.read()
 
-    async def start_upload(self, algorithm: str = "sha256") -> str:
-        info = await self._json("POST", "/uploads", UploadInfo, params={"algorithm": algorithm})
+    async def start_upload(self, algorithm: str = "sha256", labels: dict[str, str] | None = None) -> str:
+        """A new session's id; `labels` stay with it (UPLOAD_HOOK_LABEL: OCI-protocol session)."""
+        body = codec.encode(StartUploadRequest(labels=labels)) if labels else None
+        info = await self._json("POST", "/uploads", UploadInfo, params={"algorithm": algorithm},
+                                data=body, headers={"Content-Type": "application/json"} if body else None)
         return info.id
 
-    async def append(self, upload_id: str, data: BodyData, start: int | None = None) -> int:
-        """Append a chunk (at `start`, checked against the session's size); the new size."""
-        headers: dict[str, str] = {}
+    async def append(self, upload_id: str, data: BodyData, start: int | None = None, *,
+                     length: int | None = None) -> int:
+        """Append a chunk (at `start`, checked against the session's size); the new size.
+        `length`: a stream's byte count when known (sent as is, not chunk-encoded)."""
+        headers = _length_header(data, length)
         if start is not None:
             if isinstance(data, (bytes, bytearray, memoryview)):
                 if len(data):
@@ -212,13 +218,15 @@ class LayerStoreClient:
         return await self._json("GET", f"/uploads/{_upload_path(upload_id)}", UploadInfo)
 
     async def commit(self, upload_id: str, digest: Digest | str, size: int | None = None,
-                     data: BodyData | None = None) -> BlobInfo:
-        """Append the optional final body, verify digest (and size), store the blob."""
+                     data: BodyData | None = None, *, length: int | None = None) -> BlobInfo:
+        """Append the optional final body (of `length` bytes, when known), verify digest
+        (and size), store the blob."""
         params = {"digest": str(Digest(digest))}
         if size is not None:
             params["size"] = str(size)
         return await self._json("PUT", f"/uploads/{_upload_path(upload_id)}", BlobInfo,
-                                params=params, data=_body(data), stream=data is not None)
+                                params=params, data=_body(data), stream=data is not None,
+                                headers=_length_header(data, length) if data is not None else None)
 
     async def cancel(self, upload_id: str) -> None:
         resp = await self._send("DELETE", f"/uploads/{_upload_path(upload_id)}")
@@ -228,7 +236,7 @@ class LayerStoreClient:
         """Store a whole blob in one upload session (cancelled if the commit fails)."""
         upload_id = await self.start_upload(Digest(digest).algorithm)
         try:
-            return await self.commit(upload_id, digest, size, data)
+            return await self.commit(upload_id, digest, size, data, length=size)
         except BaseException:
             try:
                 await self.cancel(upload_id)
@@ -241,8 +249,27 @@ _BIG_BODY = 1 << 20
 _BODY_CHUNK = 256 << 10
 
 
+def _length_header(data: BodyData | None, length: int | None) -> dict[str, str]:
+    if length is None or isinstance(data, (bytes, bytearray, memoryview)):
+        return {}  # bytes carry their own length
+    return {"Content-Length": str(length)}
+
+
+async def stream_chunks(stream: aiohttp.StreamReader) -> AsyncIterator[bytes]:
+    """A request's body, each buffer as the socket read it (iter_any would join what is
+    buffered into a new bytes: a copy per read)."""
+    while True:
+        chunk, end_of_http_chunk = await stream.readchunk()
+        if chunk:
+            yield chunk
+        elif not end_of_http_chunk:  # (b"", True) only marks a chunk boundary
+            return
+
+
 def _body(data: BodyData | None) -> Any:
     """What aiohttp sends best: it is slow with one huge bytes body, fast with its chunks."""
+    if isinstance(data, aiohttp.StreamReader):
+        return stream_chunks(data)
     if isinstance(data, (bytes, bytearray, memoryview)) and len(data) > _BIG_BODY:
         view = memoryview(data)
 

@@ -10,12 +10,13 @@ from shared.bus import BusClient, BusService
 from shared.messages.common import Empty, Ok
 from shared.messages.layer_store import (AbortRequest, BlobCommitted, BlobDeleted, BlobInfo,
                                          DeleteReply, DeleteRequest, ListReply, ListRequest,
-                                         LocateReply, StatReply, StatRequest, UploadListReply,
-                                         UsageReply)
+                                         LocateReply, StatReply, StatRequest, UploadCommitted,
+                                         UploadListReply, UploadTaken, UsageReply)
 
 log = logging.getLogger("dockyard.layer_store.bus")
 
 MAX_PAGE = 10_000
+HOOK_TIMEOUT = 10.0
 
 
 class LayerStoreApi:
@@ -67,6 +68,10 @@ class LayerStoreApi:
     async def on_commit(self, info: BlobInfo) -> None:
         await self._publish(subjects.EVENT_BLOB_COMMITTED, BlobCommitted(
             digest=info.digest, size=info.size, committed_at=info.committed_at))
+
+    async def commit_hook(self, subject: str, msg: UploadCommitted) -> UploadTaken:
+        """Ask a session's hook to take a committed blob; its errors come back typed."""
+        return await self.bus.request(subject, msg, UploadTaken, timeout=HOOK_TIMEOUT)
 
     async def _publish(self, subject: str, msg) -> None:
         try:

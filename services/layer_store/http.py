@@ -1,7 +1,7 @@
 """The layer-store's HTTP data plane: blob reads and upload sessions, streamed both ways.
 
-    GET/HEAD /blobs/<digest>        Range (one range; 416 when unsatisfiable), sendfile
-    POST     /uploads[?algorithm=]  201 {UploadInfo}, Location
+    GET/HEAD /blobs/<digest>        Range (one range; 416 when unsatisfiable)
+    POST     /uploads[?algorithm=]  optional body {"labels": {...}}; 201 {UploadInfo}, Location
     PATCH    /uploads/<id>          append the body; `Content-Range: <start>-<end>` or
                                     `Upload-Offset: <start>` must equal the current size
                                     (416 otherwise); 202 {UploadInfo}, `Range: 0-<last>`
@@ -10,6 +10,7 @@
     DELETE   /uploads/<id>          204
 
 Errors are JSON {"code","message","detail_code"} with the status of their class.
+Sessions labelled for it also speak the OCI upload protocol (`oci_uploads`).
 """
 
 from __future__ import annotations
@@ -25,22 +26,24 @@ from services.layer_store.ranges import parse_content_range, parse_range, range_
 from services.layer_store.storage.base import StorageDriver
 from shared import codec
 from shared.errors import DockyardError, Internal, InvalidArgument
-from shared.layer_store_client import UPLOAD_OFFSET_HEADER, RangeNotSatisfiable
+from shared.layer_store_client import UPLOAD_OFFSET_HEADER, RangeNotSatisfiable, stream_chunks
 from shared.messages.common import ErrorReply
-from shared.messages.layer_store import BlobInfo, UploadInfo
+from shared.messages.layer_store import BlobInfo, StartUploadRequest, UploadCommitted, UploadInfo, UploadTaken
 from shared.oci.digest import Digest
 
 log = logging.getLogger("dockyard.layer_store.http")
 
 OnCommit = Callable[[BlobInfo], Awaitable[None]]
+# (subject, request) -> reply: a session's commit hook asked over the bus
+CommitHook = Callable[[str, UploadCommitted], Awaitable[UploadTaken]]
 
 DRIVER = web.AppKey("driver", StorageDriver)
 ON_COMMIT: web.AppKey[OnCommit | None] = web.AppKey("on_commit")
+COMMIT_HOOK: web.AppKey[CommitHook | None] = web.AppKey("commit_hook")
 
 # Bigger than aiohttp's 64 KiB so that the socket keeps being read while a batch is
 # being written and hashed in the worker threads.
 READ_BUFSIZE = 1 << 20
-_SENDFILE_CHUNK = 1 << 20
 DIGEST_HEADER = "Docker-Content-Digest"
 
 
@@ -82,8 +85,8 @@ def _upload_id(request: web.Request) -> str:
     return request.match_info["id"]
 
 
-def _body(request: web.Request) -> AsyncIterator[bytes]:
-    return request.content.iter_any()
+def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
+    return stream_chunks(request.content)
 
 
 def _upload_headers(info: UploadInfo) -> dict[str, str]:
@@ -98,9 +101,9 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     rng = parse_range(request.headers.get("Range"), info.size)
     headers = {DIGEST_HEADER: str(digest), "Content-Type": "application/octet-stream",
                "Accept-Ranges": "bytes"}
-    path = driver.local_path(digest)
-    if path is not None:
-        return web.FileResponse(path, chunk_size=_SENDFILE_CHUNK, headers=headers)
+    # Read and written, not sendfile: on loopback the receiver of sendfile'd page-cache
+    # pages spent more CPU than the whole copy costs here (skopeo pulls of 200 MB took
+    # ~0.95 s against ~0.86 s read-and-write, measured alternately on one machine).
     offset, length = rng or (0, info.size)
     resp = web.StreamResponse(status=206 if rng else 200, headers=headers)
     if rng:
@@ -115,7 +118,12 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
 
 async def start_upload(request: web.Request) -> web.Response:
-    info = await _driver(request).start_upload(request.query.get("algorithm", "sha256"))
+    labels: dict[str, str] = {}
+    if request.body_exists:
+        body = await request.read()
+        if body:
+            labels = codec.decode(body, StartUploadRequest).labels
+    info = await _driver(request).start_upload(request.query.get("algorithm", "sha256"), labels)
     return json_response(info, 201, _upload_headers(info))
 
 
@@ -140,7 +148,7 @@ async def append_upload(request: web.Request) -> web.Response:
     upload_id = _upload_id(request)
     offset = _chunk_offset(request)
     driver = _driver(request)
-    await driver.append(upload_id, _body(request), offset=offset)
+    await driver.append(upload_id, body_chunks(request), offset=offset)
     info = await driver.upload_status(upload_id)
     return json_response(info, 202, _upload_headers(info))
 
@@ -159,20 +167,28 @@ def _size_param(request: web.Request) -> int | None:
     return int(raw)
 
 
-async def commit_upload(request: web.Request) -> web.Response:
+def digest_param(request: web.Request) -> Digest:
     raw = request.query.get("digest")
     if not raw:
         raise InvalidArgument("commit needs ?digest=", detail_code="DIGEST_INVALID")
-    digest = Digest(raw)
-    size = _size_param(request)
-    chunks = _body(request) if request.body_exists else None
-    info = await _driver(request).commit(_upload_id(request), digest, size, chunks)
+    return Digest(raw)
+
+
+async def announce_commit(request: web.Request, info: BlobInfo) -> None:
     on_commit = request.app[ON_COMMIT]
     if on_commit is not None:
         try:
             await on_commit(info)
         except Exception:  # the blob is stored; a lost event must not fail the upload
-            log.exception("blob.committed event for %s not sent", digest)
+            log.exception("blob.committed event for %s not sent", info.digest)
+
+
+async def commit_upload(request: web.Request) -> web.Response:
+    digest = digest_param(request)
+    size = _size_param(request)
+    chunks = body_chunks(request) if request.body_exists else None
+    info = await _driver(request).commit(_upload_id(request), digest, size, chunks)
+    await announce_commit(request, info)
     return json_response(info, 201, {"Location": f"/blobs/{digest}", DIGEST_HEADER: str(digest)})
 
 
@@ -186,11 +202,15 @@ async def _close_driver(app: web.Application) -> AsyncIterator[None]:
     await app[DRIVER].close()
 
 
-def create_app(driver: StorageDriver, *, on_commit: OnCommit | None = None) -> web.Application:
-    """The data-plane app; it owns `driver` and closes it on cleanup."""
+def create_app(driver: StorageDriver, *, on_commit: OnCommit | None = None,
+               commit_hook: CommitHook | None = None) -> web.Application:
+    """The data-plane app; it owns `driver` and closes it on cleanup. Without a
+    `commit_hook` (no bus), OCI upload sessions cannot be committed here."""
+    from services.layer_store import oci_uploads
     app = web.Application(middlewares=[errors_middleware])
     app[DRIVER] = driver
     app[ON_COMMIT] = on_commit
+    app[COMMIT_HOOK] = commit_hook
     app.cleanup_ctx.append(_close_driver)
     app.router.add_get("/blobs/{digest}", get_blob)  # HEAD too
     app.router.add_post("/uploads", start_upload)
@@ -198,4 +218,5 @@ def create_app(driver: StorageDriver, *, on_commit: OnCommit | None = None) -> w
     app.router.add_get("/uploads/{id}", upload_status, allow_head=False)
     app.router.add_put("/uploads/{id}", commit_upload)
     app.router.add_delete("/uploads/{id}", cancel_upload)
+    app.add_routes(oci_uploads.routes)
     return app

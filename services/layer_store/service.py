@@ -46,7 +46,7 @@ async def serve(cfg: Config) -> None:
         host, port = split_addr(cfg.layer_store_addr)
         client = bus.BusClient(nc)
         api = LayerStoreApi(driver, client, "")
-        app = create_app(driver, on_commit=api.on_commit)
+        app = create_app(driver, on_commit=api.on_commit, commit_hook=api.commit_hook)
         runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE)
         await runner.setup()
         site = web.TCPSite(runner, host, port)

@@ -15,7 +15,8 @@ from services.registry_gateway import blobs, httputil, manifests
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import error_middleware
-from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, REGISTRY
+from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, UPLOAD_HOOK
+from shared.messages.registry import UPLOAD_COMMITTED
 
 # Big reads off the socket: blob bodies are copied to the layer-store in as few steps as can be.
 READ_BUFSIZE = 4 << 20
@@ -38,10 +39,11 @@ async def catalog(request: web.Request) -> web.Response:
 
 
 def create_app(nc: NATS, authorizer: Authorizer, *, extra_routes: Iterable[web.AbstractRouteDef] = (),
-               blob_redirect: str = "off", meta_suffix: str = "",
-               layer_store_url: str | None = None) -> web.Application:
+               blob_redirect: str = "off", direct_upload: str = "off", upload_hook: str = UPLOAD_COMMITTED,
+               meta_suffix: str = "", layer_store_url: str | None = None) -> web.Application:
     """The gateway app over one NATS connection; it opens its metadata and layer-store client
-    on start-up and closes them on clean-up. `extra_routes` carries the token endpoint."""
+    on start-up and closes them on clean-up. `extra_routes` carries the token endpoint.
+    Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`)."""
     app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20,
                           handler_args={"read_bufsize": READ_BUFSIZE})
 
@@ -59,6 +61,8 @@ def create_app(nc: NATS, authorizer: Authorizer, *, extra_routes: Iterable[web.A
     app.cleanup_ctx.append(resources)
     app[AUTHORIZER] = authorizer
     app[BLOB_REDIRECT] = blob_redirect
+    app[DIRECT_UPLOAD] = direct_upload
+    app[UPLOAD_HOOK] = upload_hook
     app.router.add_get("/v2/", base)
     app.router.add_get("/v2", base)
     app.router.add_get("/v2/_catalog", catalog)

@@ -2,6 +2,13 @@
 
 An upload session is the layer-store's own session (any gateway replica can continue it);
 the repository it belongs to is kept in KV so a session cannot be continued under another.
+
+Direct uploads: when client and layer-store share loopback (or DIRECT_UPLOAD is "on"),
+the `Location` of a new session is the layer-store's OCI upload URL, so the bytes go
+there without a relay through this process. The layer-store asks this gateway (bus
+subject UPLOAD_HOOK, any replica) to take the committed blob before it answers the
+client's PUT: the blob is linked into the session's repository, and only that one. The
+session can still be continued or committed through this gateway's own URL.
 """
 
 from __future__ import annotations
@@ -11,14 +18,16 @@ import ipaddress
 from aiohttp import web
 from yarl import URL
 
+from shared.bus import BusService
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
+from shared.messages.layer_store import OCI_UPLOAD_PATH, UPLOAD_HOOK_LABEL, UploadCommitted, UploadTaken
 from shared.oci.digest import Digest
 from shared.oci.reference import parse_repository
 from services.registry_gateway import httputil
 from services.registry_gateway.authz import DELETE, PULL, PUSH
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import RANGE_INVALID
-from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, REGISTRY
+from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, UPLOAD_HOOK
 
 routes = web.RouteTableDef()  # blobs
 upload_routes = web.RouteTableDef()  # registered first: `/blobs/uploads` is no digest
@@ -62,7 +71,7 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     await _linked_blob(registry, repo, digest)
     base = await registry.store.locate()
     if _redirect(request, base):
-        # The layer-store sends the file with sendfile: no copy through this process.
+        # The layer-store sends the bytes itself: no copy through this process.
         await _stat(registry, repo, digest)
         raise web.HTTPTemporaryRedirect(f"{base}/blobs/{digest}",
                                         headers={**httputil.API_HEADERS, "Docker-Content-Digest": digest})
@@ -84,7 +93,11 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
 
 
 def _redirect(request: web.Request, layer_store_url: str) -> bool:
-    mode = request.app[BLOB_REDIRECT]
+    return _bypass(request.app[BLOB_REDIRECT], request, layer_store_url)
+
+
+def _bypass(mode: str, request: web.Request, layer_store_url: str) -> bool:
+    """Whether to send the client to the layer-store itself (mode on, off or auto)."""
     if mode == "auto":
         return _loopback(request.remote) and _loopback(URL(layer_store_url).host)
     return mode in ("on", "1", "true")
@@ -140,9 +153,23 @@ async def start_upload(request: web.Request) -> web.Response:
         info = await registry.store.put_blob(request.content, digest, request.content_length)
         await registry.meta.link_blob(repo, digest, info.size)
         return _created(repo, digest)
+    if request.app[DIRECT_UPLOAD] != "off":
+        base = await registry.store.locate()
+        if _bypass(request.app[DIRECT_UPLOAD], request, base):
+            return await _start_direct_upload(request, registry, repo, base)
     upload_id = await registry.store.start_upload()
     await registry.meta.begin_upload(upload_id, repo)
     return _accepted(repo, upload_id, 0)
+
+
+async def _start_direct_upload(request: web.Request, registry: Registry, repo: str,
+                               layer_store_url: str) -> web.Response:
+    """A session whose `Location` is the layer-store's own OCI upload URL (module docstring)."""
+    upload_id = await registry.store.start_upload(labels={UPLOAD_HOOK_LABEL: request.app[UPLOAD_HOOK]})
+    await registry.meta.begin_upload(upload_id, repo, base_url=f"{request.scheme}://{request.host}")
+    resp = _accepted(repo, upload_id, 0)
+    resp.headers["Location"] = layer_store_url + OCI_UPLOAD_PATH.format(id=upload_id)
+    return resp
 
 
 async def _mount(request: web.Request, registry: Registry, repo: str) -> Digest | None:
@@ -194,7 +221,8 @@ async def patch_upload(request: web.Request) -> web.Response:
     registry, repo, upload_id = await _session(request, frozenset({PULL, PUSH}))
     span = httputil.content_range(request)
     try:
-        size = await registry.store.append(upload_id, request.content, start=span[0] if span else None)
+        size = await registry.store.append(upload_id, request.content, start=span[0] if span else None,
+                                           length=request.content_length)
     except DockyardError as e:
         raise _upload_errors(upload_id, e) from e
     return _accepted(repo, upload_id, size)
@@ -218,9 +246,10 @@ async def finish_upload(request: web.Request) -> web.Response:
     has_body = bool(request.content_length) or request.headers.get("Transfer-Encoding") == "chunked"
     try:
         if span is not None:  # a last chunk at a stated offset: append it where it belongs
-            await registry.store.append(upload_id, request.content, start=span[0])
+            await registry.store.append(upload_id, request.content, start=span[0], length=request.content_length)
             has_body = False
-        info = await registry.store.commit(upload_id, digest, data=request.content if has_body else None)
+        info = await registry.store.commit(upload_id, digest, data=request.content if has_body else None,
+                                           length=request.content_length)
     except DockyardError as e:
         raise _upload_errors(upload_id, e) from e
     await registry.meta.link_blob(repo, digest, info.size)
@@ -238,3 +267,21 @@ async def cancel_upload(request: web.Request) -> web.Response:
     await registry.meta.end_upload(upload_id)
     return web.Response(status=204, headers=httputil.API_HEADERS)
 
+
+
+# ---- direct uploads: the layer-store's commit hook -----------------------------------------
+
+async def take_committed_upload(registry: Registry, msg: UploadCommitted) -> UploadTaken:
+    """Link a directly uploaded blob into the repository its session was started for."""
+    session = await registry.meta.upload_session(msg.upload_id)
+    if session is None:
+        raise NotFound(f"upload {msg.upload_id} not found", detail_code="BLOB_UPLOAD_UNKNOWN")
+    await registry.meta.link_blob(session.repository, msg.digest, msg.size)
+    await registry.meta.end_upload(msg.upload_id)
+    return UploadTaken(location=f"{session.base_url}/v2/{session.repository}/blobs/{msg.digest}")
+
+
+def register_upload_hook(service: BusService, registry: Registry, subject: str) -> None:
+    async def handler(msg: UploadCommitted) -> UploadTaken:
+        return await take_committed_upload(registry, msg)
+    service.endpoint(subject, UploadCommitted, handler)

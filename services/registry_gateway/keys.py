@@ -13,3 +13,8 @@ AUTHORIZER = web.AppKey("authorizer", Authorizer)
 # "on", "off", or "auto" (when client and layer-store are both on loopback, so the
 # client surely reaches the layer-store's advertised URL).
 BLOB_REDIRECT = web.AppKey("blob_redirect", str)
+# Send upload sessions' bytes straight to the layer-store (`Location` of the upload is
+# the layer-store's OCI upload URL): same modes and the same loopback rule as above.
+DIRECT_UPLOAD = web.AppKey("direct_upload", str)
+# The bus subject the layer-store asks when a direct upload is committed.
+UPLOAD_HOOK = web.AppKey("upload_hook", str)

@@ -10,9 +10,9 @@ from aiohttp import web
 
 from shared import bus, subjects
 from shared.config import Config
-from services.registry_gateway import images
+from services.registry_gateway import blobs, images
 from services.registry_gateway.app import create_app
-from services.registry_gateway.keys import REGISTRY
+from services.registry_gateway.keys import REGISTRY, UPLOAD_HOOK
 
 log = logging.getLogger("dockyard.registry")
 
@@ -31,7 +31,8 @@ async def serve(cfg: Config) -> None:
         from services.registry_gateway.auth import open_auth
         auth = await open_auth(nc, cfg)
         app = create_app(nc, auth, extra_routes=auth.routes(),
-                         blob_redirect=cfg.env("REGISTRY_BLOB_REDIRECT", "auto").lower())
+                         blob_redirect=cfg.env("REGISTRY_BLOB_REDIRECT", "auto").lower(),
+                         direct_upload=cfg.env("REGISTRY_DIRECT_UPLOAD", "auto").lower())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         host, port = split_addr(cfg.registry_addr)
@@ -40,6 +41,7 @@ async def serve(cfg: Config) -> None:
         service = bus.BusService(nc, subjects.REGISTRY_GATEWAY, description="OCI distribution API",
                                  metadata={"url": cfg.registry_base_url})
         images.register(service, registry)
+        blobs.register_upload_hook(service, registry, app[UPLOAD_HOOK])
         auth.register_bus(service)
         _register_copy(service, registry, auth, cfg)
         await service.start()

@@ -65,6 +65,14 @@ class UploadInfo(msgspec.Struct, kw_only=True):
     size: int
     started_at: float
     updated_at: float
+    # Set by whoever started the session (see UPLOAD_HOOK_LABEL); kept with it on disk.
+    labels: dict[str, str] = {}
+
+
+class StartUploadRequest(msgspec.Struct, kw_only=True):
+    """Optional JSON body of the data plane's `POST /uploads`."""
+
+    labels: dict[str, str] = {}
 
 
 class UploadListReply(msgspec.Struct, kw_only=True):
@@ -73,6 +81,28 @@ class UploadListReply(msgspec.Struct, kw_only=True):
 
 class AbortRequest(msgspec.Struct, kw_only=True):
     id: str
+
+
+# A session started with this label speaks the OCI upload protocol on the data plane
+# (`/oci/uploads/<id>`, for clients sent there directly by the registry-gateway). Its
+# commit is acknowledged only once the service answering this bus subject has taken it
+# (the gateway links the blob into the session's repository): request UploadCommitted,
+# reply UploadTaken.
+UPLOAD_HOOK_LABEL = "oci.commit-hook"
+# Where such a session answers on the data plane (format with id=).
+OCI_UPLOAD_PATH = "/oci/uploads/{id}"
+
+
+class UploadCommitted(msgspec.Struct, kw_only=True):
+    """Request to a session's commit hook: the blob is stored and verified."""
+
+    upload_id: str
+    digest: Digest
+    size: int
+
+
+class UploadTaken(msgspec.Struct, kw_only=True):
+    location: str = ""  # the blob's URL, for the OCI client's `Location`
 
 
 class BlobCommitted(msgspec.Struct, kw_only=True):

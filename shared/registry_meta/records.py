@@ -63,3 +63,5 @@ class UploadSession(msgspec.Struct, kw_only=True):
 
     repository: str
     started_at: float = 0.0
+    # The registry's URL as the client called it: a direct upload's blob Location.
+    base_url: str = ""

@@ -234,12 +234,17 @@ class RegistryMeta:
 
     # ---- upload sessions ---------------------------------------------------------------
 
-    async def begin_upload(self, upload_id: str, repo: str) -> None:
-        await self._uploads.create(kv_key(upload_id), UploadSession(repository=repo, started_at=time.time()))
+    async def begin_upload(self, upload_id: str, repo: str, base_url: str = "") -> None:
+        await self._uploads.create(kv_key(upload_id), UploadSession(
+            repository=repo, started_at=time.time(), base_url=base_url))
+
+    async def upload_session(self, upload_id: str) -> UploadSession | None:
+        got = await self._uploads.get(kv_key(upload_id))
+        return got[0] if got else None
 
     async def upload_repository(self, upload_id: str) -> str | None:
-        got = await self._uploads.get(kv_key(upload_id))
-        return got[0].repository if got else None
+        rec = await self.upload_session(upload_id)
+        return rec.repository if rec else None
 
     async def end_upload(self, upload_id: str) -> None:
         if await self._uploads.get(kv_key(upload_id)) is not None:

@@ -79,8 +79,8 @@ def _secrets(values: list[str]) -> list[Any]:
     return out
 
 
-async def _upload(ctx: Any, blobs: list[tuple[str, str, int]]) -> None:
-    """Push (path, digest, size) blobs to the context repository; those it has are not sent."""
+async def _upload(ctx: Any, *groups: list[tuple[str, str, int]]) -> None:
+    """Push (path, digest, size) blobs to the context repository, group after group; those it has are not sent."""
     import asyncio
 
     import aiohttp
@@ -92,8 +92,9 @@ async def _upload(ctx: Any, blobs: list[tuple[str, str, int]]) -> None:
     async with aiohttp.ClientSession() as session:
         client = RegistryClient(session, ctx.config.registry_base_url,
                                 token_provider=bus_token_provider(b, "cli"))
-        await asyncio.gather(*(client.push_blob(CONTEXT_REPOSITORY, digest, size, path)
-                               for path, digest, size in blobs))
+        for blobs in groups:
+            await asyncio.gather(*(client.push_blob(CONTEXT_REPOSITORY, digest, size, path)
+                                   for path, digest, size in blobs))
 
 
 async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
@@ -119,17 +120,12 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
             ignore = f.read()
     rel = os.path.relpath(dockerfile, root)
     excludes = context_excludes(ignore, rel)
-    import time
-    t0 = time.perf_counter()
     with tempfile.NamedTemporaryFile(prefix="dockyard-context-", suffix=".tar") as tmp:
         external: dict[str, str] = {}
         digest, size = await asyncio.to_thread(pack_context, root, tmp, excludes, external=external)
         tmp.flush()
-        t1 = time.perf_counter()
         # Big files first: the context tar names them, so they must be there when it is.
-        await _upload(ctx, [(p, d, os.path.getsize(p)) for d, p in external.items()])
-        await _upload(ctx, [(tmp.name, digest, size)])
-        t2 = time.perf_counter()
+        await _upload(ctx, [(p, d, os.path.getsize(p)) for d, p in external.items()], [(tmp.name, digest, size)])
     req = BuildRequest(context=digest, dockerfile=text, dockerfile_name=os.path.basename(dockerfile),
                        tags=args.tag, build_args=_pairs(args.build_arg, "--build-arg"), target=args.target,
                        no_cache=args.no_cache, secrets=_secrets(args.secret), compression=args.compression,
@@ -150,8 +146,6 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
 
     b = await ctx.bus()
     reply = await b.request_with_progress(subjects.BUILD, req, BuildReply, show, timeout=3600)
-    if os.environ.get("DYBD_PROF"):
-        sys.stderr.write(f"PROF pack {t1-t0:.3f} upload {t2-t1:.3f} build {time.perf_counter()-t2:.3f}\n")
     if ctx.json_output:
         ctx.print_json(reply)
     else:

@@ -56,8 +56,10 @@ class StorageDriver(Protocol):
         """Counts and bytes of blobs and of upload sessions."""
 
     # ---- upload sessions ------------------------------------------------------------
-    async def start_upload(self, algorithm: str = "sha256") -> UploadInfo:
-        """A new empty session; `algorithm` is the one hashed while appending."""
+    async def start_upload(self, algorithm: str = "sha256",
+                           labels: dict[str, str] | None = None) -> UploadInfo:
+        """A new empty session; `algorithm` is the one hashed while appending. `labels` are
+        kept with the session (upload_status and list_uploads return them)."""
 
     async def append(self, upload_id: str, chunks: AsyncIterable[bytes], *,
                      offset: int | None = None) -> int:

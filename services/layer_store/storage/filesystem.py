@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from services.layer_store.storage.base import Usage
-from services.layer_store.storage.fs_ingest import (DATA, IngestSession, StaleSession,
+from services.layer_store.storage.fs_ingest import (DATA, DROP_BEHIND_MIN, IngestSession, StaleSession,
                                                     unknown_upload, upload_info)
-from services.layer_store.storage.fsutil import (fsync_dir, is_no_space, makedirs_durable,
-                                                 unlink_missing_ok)
+from services.layer_store.storage.fsutil import (UncachedReader, fsync_dir, is_no_space,
+                                                 makedirs_durable, unlink_missing_ok)
 from shared.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from shared.layer_store_client import RangeNotSatisfiable
 from shared.messages.layer_store import BlobInfo, UploadInfo
@@ -43,7 +43,7 @@ TOUCHED = ".touched"
 # syscalls are rare, small enough that the socket keeps being read meanwhile.
 BATCH_BYTES = 4 << 20
 BATCH_BUFFERS = 256
-READ_CHUNK = 1 << 20
+READ_CHUNK = 2 << 20
 # A live session keeps its data file open and its hash in memory; one left idle this
 # long is closed (and re-hashed from disk should its client ever come back).
 IDLE_SESSION_SECONDS = 600.0
@@ -159,20 +159,20 @@ class FilesystemDriver:
     async def read(self, digest: Digest, offset: int = 0,
                    length: int | None = None) -> AsyncIterator[bytes]:
         try:
-            fd = await self._run(os.open, self._path(digest), os.O_RDONLY)
+            reader = await self._run(UncachedReader, self._path(digest), READ_CHUNK, DROP_BEHIND_MIN)
         except FileNotFoundError as e:
             raise blob_unknown(digest) from e
         try:
-            remaining = length if length is not None else os.fstat(fd).st_size - offset
+            remaining = length if length is not None else reader.size() - offset
             while remaining > 0:
-                chunk = await self._run(os.pread, fd, min(READ_CHUNK, remaining), offset)
+                chunk = await self._run(reader.pread, remaining, offset)
                 if not chunk:
                     break
                 offset += len(chunk)
                 remaining -= len(chunk)
                 yield chunk
         finally:
-            os.close(fd)
+            reader.close()
 
     def _walk(self, after: str = "") -> Iterator[tuple[Digest, os.stat_result]]:
         """Blobs in digest order, strictly after the cursor, skipping whole directories."""
@@ -259,13 +259,17 @@ class FilesystemDriver:
             if sess.last_used < cutoff and not self._upload_lock(upload_id).locked():
                 self._drop(upload_id)
 
-    async def start_upload(self, algorithm: str = "sha256") -> UploadInfo:
+    async def start_upload(self, algorithm: str = "sha256",
+                           labels: dict[str, str] | None = None) -> UploadInfo:
         self._close_idle_sessions()
+        # uuid4: 122 random bits, so an id is also an unguessable capability (the OCI
+        # upload URL handed to registry clients is nothing but the id)
         upload_id = uuid.uuid4().hex
-        sess = await self._run(IngestSession.create, self._ingest / upload_id, upload_id, algorithm)
+        sess = await self._run(IngestSession.create, self._ingest / upload_id, upload_id, algorithm,
+                               labels)
         self._sessions[upload_id] = sess
         return UploadInfo(id=upload_id, size=0, started_at=sess.state.started_at,
-                          updated_at=sess.state.started_at)
+                          updated_at=sess.state.started_at, labels=sess.state.labels)
 
     async def _pump(self, sess: IngestSession, chunks: AsyncIterable[bytes]) -> None:
         """Copy chunks into the session, one batch in the writer thread while the next arrives."""
@@ -409,6 +413,7 @@ class FilesystemDriver:
         now = time.time_ns()
         os.utime(sess.fd, ns=(now, now))
         os.fsync(sess.fd)
+        sess.drop_cached_pages()
         makedirs_durable(target.parent, self._blobs)
 
     async def abort(self, upload_id: str) -> None:

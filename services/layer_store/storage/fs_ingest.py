@@ -20,7 +20,7 @@ from pathlib import Path
 
 import msgspec
 
-from services.layer_store.storage.fsutil import start_writeback, write_all, write_file_atomic
+from services.layer_store.storage.fsutil import drop_cache, write_all, write_file_atomic, writeback
 from shared.errors import Conflict, NotFound
 from shared.messages.layer_store import UploadInfo
 from shared.oci.digest import Digest, Hasher
@@ -28,6 +28,7 @@ from shared.oci.digest import Digest, Hasher
 DATA = "data"
 STATE = "state.json"
 _REHASH_CHUNK = 4 << 20
+DROP_BEHIND_MIN = 4 << 20
 
 
 class StaleSession(Exception):
@@ -38,6 +39,7 @@ class IngestState(msgspec.Struct, kw_only=True):
     id: str
     algorithm: str = "sha256"
     started_at: float = 0.0
+    labels: dict[str, str] = {}
 
 
 def unknown_upload(upload_id: str) -> NotFound:
@@ -62,7 +64,7 @@ def upload_info(dir: Path, upload_id: str) -> UploadInfo:
     except FileNotFoundError as e:
         raise unknown_upload(upload_id) from e
     return UploadInfo(id=upload_id, size=st.st_size, started_at=state.started_at,
-                      updated_at=st.st_mtime_ns / 1e9)
+                      updated_at=st.st_mtime_ns / 1e9, labels=state.labels)
 
 
 class IngestSession:
@@ -75,6 +77,7 @@ class IngestSession:
         self.hasher = hasher
         self.size = hasher.size
         self.last_used = time.monotonic()
+        self._last_batch: tuple[int, int] | None = None  # written, its writeback started
 
     @property
     def id(self) -> str:
@@ -85,10 +88,12 @@ class IngestSession:
         return self.dir / DATA
 
     @classmethod
-    def create(cls, dir: Path, upload_id: str, algorithm: str) -> "IngestSession":
+    def create(cls, dir: Path, upload_id: str, algorithm: str,
+               labels: dict[str, str] | None = None) -> "IngestSession":
         hasher = Hasher(algorithm)  # refuses an unknown algorithm before anything is made
         dir.mkdir(parents=True)
-        state = IngestState(id=upload_id, algorithm=algorithm, started_at=time.time())
+        state = IngestState(id=upload_id, algorithm=algorithm, started_at=time.time(),
+                            labels=dict(labels or {}))
         fd = os.open(dir / DATA, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         # The state file is written last (a directory without it is a torn start, ignored).
         # No fsync: a session survives a restart of the process through the page cache;
@@ -145,16 +150,23 @@ class IngestSession:
 
         With a `flush_pool`, writeback of the batch starts there, in the background: the
         commit's fsync then finds little left to do, and a busy disk does not stall
-        the writer (sync_file_range may block on a full device queue)."""
+        the writer (sync_file_range may block on a full device queue). The batch before
+        is then dropped from the page cache (`fsutil.writeback` says why)."""
         hashing = hash_pool.submit(_hash_bufs, self.hasher, bufs)
         try:
             n = write_all(self.fd, bufs)
         finally:
             hashing.result()
         if flush_pool is not None:
-            # a hint only: should the session be closed first, the call fails harmlessly
-            flush_pool.submit(start_writeback, self.fd, self.size, n)
+            flush_pool.submit(writeback, os.dup(self.fd), self.size, n, self._last_batch)
+            self._last_batch = (self.size, n)
         self.size += n
+
+    def drop_cached_pages(self) -> None:
+        """After the commit's fsync: a big blob's pages leave the page cache (small ones,
+        manifests and configs that are read back often, stay)."""
+        if self.size >= DROP_BEHIND_MIN:
+            drop_cache(self.fd)
 
     def digest(self, algorithm: str) -> Digest:
         """The digest of the bytes so far; another algorithm than the session's re-reads them."""

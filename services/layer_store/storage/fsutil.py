@@ -5,10 +5,16 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import mmap
 import os
 from pathlib import Path
 
+_SYNC_FILE_RANGE_WAIT_BEFORE = 1
 _SYNC_FILE_RANGE_WRITE = 2
+_SYNC_FILE_RANGE_WAIT_AFTER = 4
+# O_DIRECT wants file offsets, lengths and buffer addresses aligned to the device's
+# logical block size; 4096 covers every common device (mmap buffers are page-aligned).
+DIRECT_ALIGN = 4096
 
 
 def _load_sync_file_range():
@@ -33,6 +39,92 @@ def start_writeback(fd: int, offset: int, length: int) -> None:
     """
     if _sync_file_range is not None and length > 0:
         _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+
+
+def writeback(fd: int, offset: int, length: int, drop: tuple[int, int] | None = None) -> None:
+    """Start writeback of a range, and drop an earlier range from the page cache once it is
+    on disk; closes `fd` (a dup made for this call, so a closed session cannot be hit).
+
+    Why drop: blob bytes are not read back soon, and filling the page cache costs more
+    than the disk write here (on this project's VMs, a 200 MB ingest spent ~0.5 s CPU
+    copying into never-touched page cache against ~0.05 s with drop-behind)."""
+    try:
+        start_writeback(fd, offset, length)
+        if drop is not None and _sync_file_range is not None:
+            _sync_file_range(fd, drop[0], drop[1], _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE
+                             | _SYNC_FILE_RANGE_WAIT_AFTER)
+            drop_cache(fd, drop[0], drop[1])
+    finally:
+        os.close(fd)
+
+
+def drop_cache(fd: int, offset: int = 0, length: int = 0) -> None:
+    """Forget a range's clean pages (length 0: to the end); a hint, never an error."""
+    if hasattr(os, "posix_fadvise"):
+        try:
+            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
+
+class UncachedReader:
+    """Reads of one file; a big one is read straight from the disk (O_DIRECT, into one
+    aligned buffer), so that a blob streamed once does not fill the page cache (see
+    `writeback`). Small files (manifests, configs, read back often) use the page cache.
+
+    No "cached? then buffered" probe: a RWF_NOWAIT read that misses starts readahead,
+    which fills the cache anyway."""
+
+    def __init__(self, path: Path, chunk: int, direct_from: int):
+        self.fd = os.open(path, os.O_RDONLY)
+        self.chunk = chunk
+        self._direct: int | None = None
+        self._buf: mmap.mmap | None = None
+        if hasattr(os, "O_DIRECT") and os.fstat(self.fd).st_size >= direct_from:
+            try:
+                self._direct = os.open(path, os.O_RDONLY | os.O_DIRECT)
+            except OSError:  # e.g. tmpfs: no direct I/O, the page cache it is
+                self._direct = None
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def pread(self, length: int, offset: int) -> bytes:
+        """Up to min(length, chunk) bytes at `offset` (b"" at the end); blocking."""
+        length = min(length, self.chunk)
+        if self._direct is not None:
+            try:
+                return self._pread_direct(length, offset)
+            except OSError as e:
+                if e.errno != errno.EINVAL:
+                    raise
+                os.close(self._direct)  # alignment the device refuses: buffered from now on
+                self._direct = None
+        return os.pread(self.fd, length, offset)
+
+    def _pread_direct(self, length: int, offset: int) -> bytes:
+        start = offset - offset % DIRECT_ALIGN
+        span = -(-(offset + length - start) // DIRECT_ALIGN) * DIRECT_ALIGN
+        if self._buf is None or len(self._buf) < span:
+            if self._buf is not None:
+                self._buf.close()
+            self._buf = mmap.mmap(-1, span)
+        view = memoryview(self._buf)
+        try:
+            n = os.preadv(self._direct, [view[:span]], start)
+            skip = offset - start
+            return bytes(view[skip:min(n, skip + length)]) if n > skip else b""
+        finally:
+            view.release()
+
+    def close(self) -> None:
+        for fd in (self.fd, self._direct):
+            if fd is not None and fd >= 0:
+                os.close(fd)
+        self.fd, self._direct = -1, None
+        if self._buf is not None:
+            self._buf.close()
+            self._buf = None
 
 
 def fsync_dir(path: Path) -> None:

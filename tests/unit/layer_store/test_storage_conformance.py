@@ -175,6 +175,40 @@ async def test_resume_with_a_new_driver_instance(driver_factory):
         await second.close()
 
 
+async def test_labels_stay_with_the_session(driver_factory):
+    first = driver_factory()
+    up = await first.start_upload(labels={"oci.commit-hook": "a.b", "k": "v"})
+    plain = await first.start_upload()
+    assert up.labels == {"oci.commit-hook": "a.b", "k": "v"} and plain.labels == {}
+    await first.append(up.id, chunks(b"abc"))
+    assert (await first.upload_status(up.id)).labels == up.labels
+    await first.close()
+    second = driver_factory()  # kept on disk with the session, not only in memory
+    try:
+        listed = {u.id: u.labels for u in await second.list_uploads()}
+        assert listed == {up.id: up.labels, plain.id: {}}
+        assert (await second.upload_status(up.id)).labels == up.labels
+    finally:
+        await second.close()
+
+
+async def test_big_blob_reads_back_at_any_offset(driver):
+    """Big enough for several write batches (and whatever a driver does to keep such
+    blobs out of memory caches); ranges at unaligned offsets and lengths."""
+    data = os.urandom((9 << 20) + 123)
+    up = await driver.start_upload()
+    cuts = [0, 1, 70_001, 3 << 20, (5 << 20) + 7, len(data)]
+    for a, b in zip(cuts, cuts[1:]):
+        await driver.append(up.id, chunks(data[a:b]), offset=a)
+    info = await driver.commit(up.id, sha256(data), len(data))
+    assert await read_all(driver, info.digest) == data
+    for offset, length in ((1, 5000), (4095, 4097), ((4 << 20) - 1, (3 << 20) + 5),
+                           (len(data) - 10, None), (0, 1)):
+        end = len(data) if length is None else offset + length
+        assert await read_all(driver, info.digest, offset, length) == data[offset:end], (offset, length)
+    assert await read_all(driver, info.digest) == data  # again, once cached or not
+
+
 async def test_body_broken_off_keeps_what_arrived(driver):
     async def broken():
         yield b"a" * 1000

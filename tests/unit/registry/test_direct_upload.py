@@ -1,0 +1,133 @@
+"""Direct uploads: the gateway hands out the layer-store's OCI upload URL, the layer-store
+asks the gateway (over the bus) to take the committed blob, and the blob is linked into the
+session's repository only. Real layer-store service, real NATS, real HTTP."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+
+import pytest
+import pytest_asyncio
+from aiohttp import web
+from yarl import URL
+
+from shared import bus
+from services.registry_gateway import blobs
+from services.registry_gateway.app import create_app
+from services.registry_gateway.authz import AllowAll
+from services.registry_gateway.keys import REGISTRY
+from tests.unit.registry.ocidata import OCI_MANIFEST, digest
+
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+REPO = "dyrp/direct"
+LAYER = os.urandom(5 << 20)  # more than one write batch in the layer-store
+CONFIG = b'{"architecture": "amd64", "os": "linux"}'
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gateway(module_nc, suffix, layer_store):
+    """A gateway with direct uploads on, and its commit hook on the bus (as the service has)."""
+    hook = "dyrp.test.upload.committed" + suffix
+    app = create_app(module_nc, AllowAll(), meta_suffix=suffix, direct_upload="on", upload_hook=hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    service = bus.BusService(module_nc, "dyrp-test-gateway")
+    blobs.register_upload_hook(service, app[REGISTRY], hook)
+    await service.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    finally:
+        with contextlib.suppress(Exception):
+            await service.stop()
+        await runner.cleanup()
+
+
+async def start(http, gateway: str, repo: str = REPO) -> str:
+    async with http.post(f"{gateway}/v2/{repo}/blobs/uploads/") as r:
+        assert r.status == 202, await r.text()
+        return r.headers["Location"]
+
+
+async def blob_status(http, gateway: str, repo: str, d: str) -> int:
+    async with http.head(f"{gateway}/v2/{repo}/blobs/{d}") as r:
+        return r.status
+
+
+async def test_location_is_the_layer_store(http, gateway, layer_store):
+    location = URL(await start(http, gateway))
+    assert (location.host, location.port) == (URL(layer_store).host, URL(layer_store).port)
+    assert location.path.startswith("/oci/uploads/")
+
+
+async def test_chunked_direct_upload_is_linked_into_its_repository_only(http, gateway):
+    location = await start(http, gateway)
+    half = len(LAYER) // 2
+    async with http.patch(location, data=LAYER[:half], headers={"Content-Range": f"0-{half - 1}"}) as r:
+        assert r.status == 202 and r.headers["Range"] == f"0-{half - 1}"
+        location = str(URL(location).join(URL(r.headers["Location"])))
+    async with http.patch(location, data=LAYER[half:]) as r:
+        assert r.status == 202 and r.headers["Range"] == f"0-{len(LAYER) - 1}"
+    d = digest(LAYER)
+    assert await blob_status(http, gateway, REPO, d) == 404, "not linked before the commit"
+    async with http.put(location, params={"digest": d}) as r:
+        assert r.status == 201, await r.text()
+        assert r.headers["Location"] == f"{gateway}/v2/{REPO}/blobs/{d}"
+        assert r.headers["Docker-Content-Digest"] == d
+    assert await blob_status(http, gateway, REPO, d) == 200
+    assert await blob_status(http, gateway, "dyrp/other", d) == 404
+    async with http.get(f"{gateway}/v2/{REPO}/blobs/{d}") as r:
+        assert r.status == 200 and await r.read() == LAYER
+    # the session is over, on both URLs
+    async with http.get(location) as r:
+        assert r.status == 404
+    async with http.get(f"{gateway}/v2/{REPO}/blobs/uploads/{URL(location).name}") as r:
+        assert r.status == 404
+
+
+async def test_an_upload_continued_through_the_gateway_after_a_direct_chunk(http, gateway):
+    data = os.urandom(300_000)
+    location = await start(http, gateway)
+    upload_id = URL(location).name
+    async with http.patch(location, data=data[:100_000], headers={"Content-Range": "0-99999"}) as r:
+        assert r.status == 202
+    own = f"{gateway}/v2/{REPO}/blobs/uploads/{upload_id}"
+    async with http.get(own) as r:
+        assert r.status == 204 and r.headers["Range"] == "0-99999"
+    async with http.patch(own, data=data[100_000:], headers={"Content-Range": f"100000-{len(data) - 1}"}) as r:
+        assert r.status == 202, await r.text()
+    # not under another repository, though
+    async with http.put(f"{gateway}/v2/dyrp/other/blobs/uploads/{upload_id}", params={"digest": digest(data)}) as r:
+        assert r.status == 404
+    async with http.put(own, params={"digest": digest(data)}) as r:
+        assert r.status == 201, await r.text()
+    assert await blob_status(http, gateway, REPO, digest(data)) == 200
+
+
+async def test_monolithic_put_then_a_manifest_referring_to_it(http, gateway):
+    for blob in (LAYER, CONFIG):
+        location = await start(http, gateway)
+        async with http.put(location, params={"digest": digest(blob)}, data=blob) as r:
+            assert r.status == 201, await r.text()
+    manifest = (b'{"schemaVersion": 2, "mediaType": "%s", "config": {"mediaType": '
+                b'"application/vnd.oci.image.config.v1+json", "digest": "%s", "size": %d}, "layers": '
+                b'[{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": "%s", "size": %d}]}'
+                % (OCI_MANIFEST.encode(), digest(CONFIG).encode(), len(CONFIG), digest(LAYER).encode(), len(LAYER)))
+    async with http.put(f"{gateway}/v2/{REPO}/manifests/v1", data=manifest,
+                        headers={"Content-Type": OCI_MANIFEST}) as r:
+        assert r.status == 201, await r.text()
+    # the same blobs pushed to another repository's session: a manifest there needs its own upload
+    async with http.put(f"{gateway}/v2/dyrp/other/manifests/v1", data=manifest,
+                        headers={"Content-Type": OCI_MANIFEST}) as r:
+        assert r.status == 400 and "MANIFEST_BLOB_UNKNOWN" in await r.text()
+
+
+async def test_a_wrong_digest_links_nothing(http, gateway):
+    location = await start(http, gateway)
+    async with http.put(location, params={"digest": digest(b"something else")}, data=b"the bytes") as r:
+        assert r.status == 400 and (await r.json())["errors"][0]["code"] == "DIGEST_INVALID"
+    assert await blob_status(http, gateway, REPO, digest(b"something else")) == 404
+    assert await blob_status(http, gateway, REPO, digest(b"the bytes")) == 404
