@@ -10,6 +10,7 @@ from aiohttp import web
 
 from services.layer_store.bus_api import LayerStoreApi
 from services.layer_store.http import READ_BUFSIZE, create_app
+from services.layer_store.storage.base import StorageDriver
 from services.layer_store.storage.filesystem import FilesystemDriver
 from shared import bus, subjects
 from shared.config import Config
@@ -36,9 +37,20 @@ def advertised_url(cfg: Config, host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
+def open_driver(cfg: Config) -> "StorageDriver":
+    """The storage driver `DOCKYARD_STORAGE_DRIVER` names: filesystem (default) or s3."""
+    kind = cfg.env("STORAGE_DRIVER", "filesystem")
+    if kind == "s3":
+        from services.layer_store.storage.s3 import S3Driver
+        return S3Driver.from_env()
+    if kind != "filesystem":
+        raise InvalidArgument(f"unknown storage driver {kind!r} (filesystem or s3)")
+    return FilesystemDriver(cfg.service_dir(subjects.LAYER_STORE))
+
+
 async def serve(cfg: Config) -> None:
     """Run until cancelled: HTTP first, then the bus service once it can answer."""
-    driver = FilesystemDriver(cfg.service_dir(subjects.LAYER_STORE))
+    driver = open_driver(cfg)
     nc = await bus.connect(cfg.nats_url, name=subjects.LAYER_STORE)
     runner: web.AppRunner | None = None
     svc: bus.BusService | None = None
