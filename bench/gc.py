@@ -182,7 +182,7 @@ async def main() -> None:
         await wait_for(client, subjects.BLOB_USAGE, UsageReply)
         await wait_for(client, subjects.GC_STATUS, StatusReply)
 
-        # No pushes run here, so no settle wait: the time is the work (default settle: 2 s).
+        # No pushes run here, so no settle wait: the time is the work (default settle: 0 s).
         t = time.monotonic()
         rep = await client.request(subjects.GC_RUN, RunRequest(jobs=["registry"], settle_seconds=0),
                                    RunReply, timeout=600)

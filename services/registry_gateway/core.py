@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from typing import Any
 
@@ -11,7 +12,7 @@ import msgspec
 from shared import subjects
 from shared.bus import BusClient
 from shared.layer_store_client import LayerStoreClient
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import DockyardError, InvalidArgument, NotFound
 from shared.messages.registry import ImageDeleted, ImagePushed
 from shared.oci import mediatypes as mt
 from shared.oci.digest import Digest
@@ -82,7 +83,7 @@ class Registry:
             digest = Digest.from_bytes(body)
         link = await self._verified_link(repo, digest, media_type, len(body), manifest)
         await self._store_small_blob(digest, body)
-        await self.meta.put_manifest(link)
+        await self._commit_link(link)
         if tag:
             await self.meta.tag_manifest(repo, tag, digest)
         if manifest.subject is not None:
@@ -140,6 +141,57 @@ class Registry:
             raise unknown from e
         return child
 
+    async def _commit_link(self, link: ManifestLink) -> None:
+        """Write a manifest link and then hold what it references against a concurrent GC.
+
+        The checks before the write (`_verified_link`) prove the blobs and child manifests
+        existed; these after it make that still true once the link is visible, whatever a
+        garbage-collector run decided from a snapshot that predates the link:
+        - each child manifest's link is bumped (CAS): the untagged job deletes a link only
+          at the revision it read, so it is refused, or it won and the bump finds no link;
+        - the subject's link is bumped the same way, so an untagged subject that a new
+          artifact keeps is not deleted under it; a subject already gone is left dangling,
+          as OCI allows (a referrer may be pushed before its subject);
+        - every blob the link makes the GC mark (layers, config, child manifests' bytes,
+          its own bytes) is touched again. The layer-store serialises touch and delete of a
+          digest: this touch is later than any sweep's T0 that missed the link, so either
+          it lands first and that sweep's `delete(unless_touched_since=T0 - grace)` is
+          refused, or the delete landed first and the touch finds no blob.
+        A child or blob found gone withdraws the link (CAS, at the revision written here)
+        and fails the push with MANIFEST_BLOB_UNKNOWN: never a link to deleted bytes.
+        """
+        repo = link.repository
+        rev = await self.meta.put_manifest(link)
+        try:
+            for child, alive in zip(link.manifests, await asyncio.gather(
+                    *(self.meta.bump_manifest(repo, d) for d in link.manifests))):
+                if not alive:
+                    raise NotFound(f"manifest {child} was removed from {repo} during the push",
+                                   detail_code="MANIFEST_BLOB_UNKNOWN")
+            if link.subject is not None:
+                await self.meta.bump_manifest(repo, link.subject)
+            await self._retouch(link)
+        except Exception:
+            # Any failure (a layer-store outage too) leaves the link unprotected: withdraw it.
+            # If the gateway dies right here instead, the first touch still holds the blobs
+            # for the GC's grace period, which was the whole protection before this one.
+            with contextlib.suppress(DockyardError):  # the push's own error says more
+                await self.meta.withdraw_manifest(repo, link.digest, rev)
+            raise
+
+    async def _retouch(self, link: ManifestLink) -> None:
+        """Touch (not just stat) every blob the link makes the GC mark; NotFound if one is gone."""
+        digests = list(dict.fromkeys([*link.blobs, *link.manifests, link.digest]))
+        results = await asyncio.gather(*(self.store.stat(d, touch=True) for d in digests),
+                                       return_exceptions=True)
+        for d, r in zip(digests, results):
+            if isinstance(r, NotFound):
+                raise NotFound(f"blob {d} of manifest {link.digest} was removed during the push",
+                               detail_code="MANIFEST_BLOB_UNKNOWN") from r
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
+
     async def _store_small_blob(self, digest: Digest, body: bytes) -> None:
         """Keep a manifest's bytes as a blob (touching it if it is there already)."""
         try:
@@ -168,7 +220,7 @@ class Registry:
             if digest != link.digest:
                 await self.meta.link_blob(repo, digest, info.size)
         copied = msgspec.structs.replace(link, repository=repo, pushed_at=time.time())
-        await self.meta.put_manifest(copied)
+        await self._commit_link(copied)
         if link.subject is not None:
             await self.meta.add_referrer(repo, link.subject, Referrer(
                 media_type=link.media_type, digest=link.digest, size=link.size,

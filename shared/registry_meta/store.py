@@ -11,6 +11,11 @@ tag and then bumps the manifest link with a CAS update; whoever deletes an untag
 reads the link's revision, checks that no tag points at it, and deletes with `last=revision`.
 Either the bump sees the link gone (the tag is rolled back) or the delete sees a newer
 revision (it is refused): never a tag pointing at a deleted manifest.
+
+The same bump protects the other references a push creates: a manifest push writes its own
+link and then bumps the link of every child manifest an index lists (a child gone by then:
+the new link is withdrawn and the push fails) and of its subject (gone: allowed, OCI lets
+an artifact's subject dangle).
 """
 
 from __future__ import annotations
@@ -112,17 +117,26 @@ class RegistryMeta:
         key = kv_key(repo, tag)
         previous = await self.get_tag(repo, tag)
         rev = await self._tags.put(key, TagRecord(digest=digest, updated_at=time.time()))
-        # The bump that the untagged-delete protocol relies on (see the module docstring).
-        try:
-            await self._manifests.mutate(kv_key(repo, digest), self._bumped)
-        except _LinkGone:
+        if not await self.bump_manifest(repo, digest):
             try:
                 await self._tags.delete(key, last=rev)
             except Conflict:
                 pass  # someone moved the tag meanwhile: theirs stands
-            raise NotFound(f"manifest {digest} is not in {repo}", detail_code="MANIFEST_UNKNOWN") from None
+            raise NotFound(f"manifest {digest} is not in {repo}", detail_code="MANIFEST_UNKNOWN")
         await self.ensure_repository(repo)
         return previous
+
+    async def bump_manifest(self, repo: str, digest: Digest) -> bool:
+        """Give a link a new revision (CAS), so that a GC delete reading the old one is refused.
+
+        False if the link is gone: the caller must then withdraw the reference it just wrote
+        (see the module docstring).
+        """
+        try:
+            await self._manifests.mutate(kv_key(repo, digest), self._bumped)
+        except _LinkGone:
+            return False
+        return True
 
     @staticmethod
     def _bumped(link: ManifestLink | None) -> ManifestLink:
@@ -158,6 +172,18 @@ class RegistryMeta:
         rev = await self._manifests.put(kv_key(link.repository, link.digest), link)
         await self.ensure_repository(link.repository)
         return rev
+
+    async def withdraw_manifest(self, repo: str, digest: Digest, revision: int) -> bool:
+        """Undo a failed push's `put_manifest`: delete the link only if it is still at `revision`.
+
+        False (and the link stays) if anyone wrote or bumped it since: a re-push of the same
+        manifest is judged by its own push, and a tag or index pointed at it owns it now.
+        """
+        try:
+            await self._manifests.delete(kv_key(repo, digest), last=revision)
+        except Conflict:
+            return False
+        return True
 
     async def manifests(self, repo: str | None = None) -> AsyncIterator[ManifestLink]:
         """Every manifest link (of one repository, or all): what the GC marks from."""

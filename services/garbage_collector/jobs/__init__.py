@@ -26,7 +26,7 @@ class Settings:
     """Defaults of a run, from DOCKYARD_GC_* settings; a RunRequest may override each."""
 
     grace: float = 3600.0
-    settle: float = 2.0
+    settle: float = 0.0
     untagged_retention: float = 24 * 3600.0
     upload_idle: float = 24 * 3600.0
     exited_before: float = 3600.0  # docker-gc's GRACE_PERIOD_SECONDS

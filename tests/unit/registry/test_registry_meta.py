@@ -109,3 +109,15 @@ async def test_two_clients_share_one_registry(meta, nats_url):
         assert len(await meta.list_tags("shared")) == 5
     finally:
         await nc2.drain()
+
+
+async def test_withdraw_only_at_the_revision_written_and_bump_reports_a_gone_link(meta):
+    rev = await meta.put_manifest(link("w/x", D1))
+    assert await meta.bump_manifest("w/x", D1)  # an index or a tag now names it
+    assert not await meta.withdraw_manifest("w/x", D1, rev)
+    assert await meta.get_manifest("w/x", D1) is not None
+    _, rev = await meta.get_manifest_rev("w/x", D1)
+    assert await meta.withdraw_manifest("w/x", D1, rev)
+    assert await meta.get_manifest("w/x", D1) is None
+    assert not await meta.bump_manifest("w/x", D1)
+    assert await meta.get_manifest("w/x", D1) is None  # the bump does not recreate it
