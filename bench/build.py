@@ -116,7 +116,8 @@ class Dockyard:
 
         from shared import bus
         from shared.messages.builder import CONTEXT_REPOSITORY
-        from shared.messages.gc import BUILDER_PRUNE, PruneReply, PruneRequest
+        from shared.messages.gc import PruneReply, PruneRequest
+        from shared.subjects import BUILDER_PRUNE
         from shared.registry.auth import bus_token_provider
         from shared.registry.client import RegistryClient
         from services.builder.handlers import CACHE_REPOSITORY

@@ -13,8 +13,8 @@ import logging
 from shared import bus, subjects
 from shared.config import Config
 from shared import codec
-from shared.messages.builder import EVENT_CACHE_PRUNED, BuildRequest, CachePruned, HistoryRequest, ImportRequest
-from shared.messages.gc import BUILDER_PRUNE, PruneRequest
+from shared.messages.builder import BuildRequest, CachePruned, HistoryRequest, ImportRequest
+from shared.messages.gc import PruneRequest
 from shared.messages.common import Progress
 from shared.registry.auth import bus_token_provider
 from services.builder.executor.cache import BuildCache
@@ -43,14 +43,14 @@ async def serve(cfg: Config) -> None:
             await bus.publish_progress(nc, inbox, p)
 
         async def announce(ev: CachePruned) -> None:
-            await client.publish(EVENT_CACHE_PRUNED, ev)
+            await client.publish(subjects.EVENT_CACHE_PRUNED, ev)
 
         builder = Builder(LocalStore(cfg.service_dir("builder")), cache, regs, publish, leases, announce)
         svc.endpoint(subjects.BUILD, BuildRequest, builder.build)
         svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
         svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)
-        svc.endpoint(BUILDER_PRUNE, PruneRequest, builder.prune)
-        pruned_sub = await nc.subscribe(EVENT_CACHE_PRUNED, cb=_on_pruned(builder))
+        svc.endpoint(subjects.BUILDER_PRUNE, PruneRequest, builder.prune)
+        pruned_sub = await nc.subscribe(subjects.EVENT_CACHE_PRUNED, cb=_on_pruned(builder))
         await svc.start()
         log.info("builder %s serving on %s", svc.id, cfg.nats_url)
         await asyncio.Event().wait()

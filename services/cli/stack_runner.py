@@ -118,11 +118,8 @@ class StackRunner:
         """First start: the `admin` user, with a random password in DATA_DIR/admin-password (0600)."""
         if "registry-gateway" not in self.services:
             return
-        try:
-            from shared.messages.auth import EnsureAdminRequest, EnsureAdminReply
-            from shared.subjects import REGISTRY_ENSURE_ADMIN
-        except ImportError:
-            return
+        from shared.messages.auth import EnsureAdminReply, EnsureAdminRequest
+        from shared.subjects import REGISTRY_ENSURE_ADMIN
         reply = await bus.BusClient(nc).request(
             REGISTRY_ENSURE_ADMIN, EnsureAdminRequest(password_file=str(self.cfg.data_path / "admin-password")),
             EnsureAdminReply, timeout=30)

@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from shared import codec
+from shared import codec, subjects
 from shared.layer_store_client import LayerStoreClient
 from shared.registry_meta import RegistryMeta
 from services.registry_gateway import blobs, httputil, manifests
@@ -16,7 +16,6 @@ from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import error_middleware
 from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, UPLOAD_HOOK
-from shared.messages.registry import UPLOAD_COMMITTED
 
 # Big reads off the socket: blob bodies are copied to the layer-store in as few steps as can be.
 READ_BUFSIZE = 4 << 20
@@ -39,7 +38,7 @@ async def catalog(request: web.Request) -> web.Response:
 
 
 def create_app(nc: NATS, authorizer: Authorizer, *, extra_routes: Iterable[web.AbstractRouteDef] = (),
-               blob_redirect: str = "off", direct_upload: str = "off", upload_hook: str = UPLOAD_COMMITTED,
+               blob_redirect: str = "off", direct_upload: str = "off", upload_hook: str = subjects.UPLOAD_COMMITTED,
                meta_suffix: str = "", layer_store_url: str | None = None) -> web.Application:
     """The gateway app over one NATS connection; it opens its metadata and layer-store client
     on start-up and closes them on clean-up. `extra_routes` carries the token endpoint.

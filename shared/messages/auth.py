@@ -17,8 +17,6 @@ from shared.oci.digest import Digest
 Access = Literal["pull", "push", "none"]
 
 # `dockyard up` asks a gateway to create the admin user on first start. The lead's
-# shared.subjects.REGISTRY_ENSURE_ADMIN, when defined, must hold this same value.
-REGISTRY_ENSURE_ADMIN = "dockyard.registry.user.ensure-admin"
 
 
 class UserAddRequest(msgspec.Struct, kw_only=True):

@@ -106,9 +106,7 @@ class HistoryReply(msgspec.Struct, kw_only=True):
 
 # Leases of running builds: one key per build, listing the cache keys it has used so far.
 # The bucket's TTL expires the lease of a builder that died; a live build renews it.
-KV_BUILD_LEASES = "dockyard-build-leases"
 # Published after a prune removed records, so every replica drops its local copies too.
-EVENT_CACHE_PRUNED = "dockyard.events.builder.cache-pruned"
 
 
 class BuildLease(msgspec.Struct, kw_only=True):

@@ -11,7 +11,6 @@ import msgspec
 
 # ---- prune verbs served by other services ----------------------------------------------
 
-BUILDER_PRUNE = "dockyard.builder.prune"
 AGENT_PRUNE_VERB = "prune"  # per host: shared.subjects.agent(agent_id, AGENT_PRUNE_VERB)
 
 

@@ -9,7 +9,6 @@ from shared.oci.digest import Digest
 
 # The gateway's answer to the layer-store's commit hook of a direct (OCI) upload session:
 # request shared.messages.layer_store.UploadCommitted, reply UploadTaken.
-UPLOAD_COMMITTED = "dockyard.registry.upload.committed"
 
 
 class ImagePushed(msgspec.Struct, kw_only=True):

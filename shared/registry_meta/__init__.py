@@ -2,7 +2,7 @@
 
 from shared.registry_meta.records import (BlobLink, ManifestLink, Referrer, RepositoryRecord,
                                           TagRecord, UploadSession)
-from shared.registry_meta.store import KV_BLOB_LINKS, RegistryMeta
+from shared.registry_meta.store import RegistryMeta
 
-__all__ = ["BlobLink", "KV_BLOB_LINKS", "ManifestLink", "Referrer", "RegistryMeta",
+__all__ = ["BlobLink", "ManifestLink", "Referrer", "RegistryMeta",
            "RepositoryRecord", "TagRecord", "UploadSession"]

@@ -33,7 +33,6 @@ from shared.registry_meta.records import (BlobLink, ManifestLink, Referrer, Repo
                                           TagRecord, UploadSession)
 
 # Not in shared/subjects.py (the lead's): which repositories may serve which blobs.
-KV_BLOB_LINKS = "dockyard-blob-links"
 # Abandoned upload sessions are the layer-store's to expire; their owner records follow.
 UPLOAD_TTL_SECONDS = 7 * 24 * 3600
 
@@ -46,7 +45,7 @@ def _page(names: list[str], last: str, n: int | None) -> list[str]:
 
 
 BUCKETS = (subjects.KV_REPOSITORIES, subjects.KV_TAGS, subjects.KV_MANIFESTS, subjects.KV_REFERRERS,
-           KV_BLOB_LINKS, subjects.KV_UPLOADS)
+           subjects.KV_BLOB_LINKS, subjects.KV_UPLOADS)
 
 
 class RegistryMeta:
@@ -73,7 +72,7 @@ class RegistryMeta:
             await TypedKV.open(nc, subjects.KV_TAGS + suffix, TagRecord),
             await TypedKV.open(nc, subjects.KV_MANIFESTS + suffix, ManifestLink),
             await TypedKV.open(nc, subjects.KV_REFERRERS + suffix, Referrer),
-            await TypedKV.open(nc, KV_BLOB_LINKS + suffix, BlobLink),
+            await TypedKV.open(nc, subjects.KV_BLOB_LINKS + suffix, BlobLink),
             await TypedKV.open(nc, subjects.KV_UPLOADS + suffix, UploadSession, ttl=UPLOAD_TTL_SECONDS),
         )
 

@@ -43,7 +43,8 @@ def _layers(reply: dict) -> set[str]:
 
 async def _prune(stack, **kw):
     from shared import bus
-    from shared.messages.gc import BUILDER_PRUNE, PruneReply, PruneRequest
+    from shared.messages.gc import PruneReply, PruneRequest
+    from shared.subjects import BUILDER_PRUNE
     nc = await bus.connect(stack.nats_url)
     try:
         return await bus.BusClient(nc).request(BUILDER_PRUNE, PruneRequest(**kw), PruneReply, timeout=60)

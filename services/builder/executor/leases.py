@@ -19,7 +19,8 @@ import uuid
 
 from shared.bus import TypedKV, kv_key
 from shared.errors import DockyardError
-from shared.messages.builder import KV_BUILD_LEASES, BuildLease
+from shared.messages.builder import BuildLease
+from shared.subjects import KV_BUILD_LEASES
 
 log = logging.getLogger("dockyard.builder.leases")
 LEASE_TTL = 120.0  # seconds a lease outlives its last renewal

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from shared.messages.gc import BUILDER_PRUNE, JobReport, PruneReply, PruneRequest
+from shared import subjects
+from shared.messages.gc import JobReport, PruneReply, PruneRequest
 from services.garbage_collector.jobs import JobContext, Options
 
 
 async def run(ctx: JobContext, opts: Options, report: JobReport) -> None:
     rep = await ctx.bus.request(
-        BUILDER_PRUNE,
+        subjects.BUILDER_PRUNE,
         PruneRequest(max_age_seconds=opts.cache_max_age, max_bytes=opts.cache_max_bytes,
                      dry_run=opts.dry_run),
         PruneReply, timeout=300)

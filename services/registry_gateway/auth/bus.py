@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from shared import subjects
 from shared.bus import BusService
-from shared.messages.auth import (REGISTRY_ENSURE_ADMIN, EnsureAdminReply, EnsureAdminRequest, GrantReply, GrantRequest, TokenReply, TokenRequest, UserAddRequest,
+from shared.messages.auth import (EnsureAdminReply, EnsureAdminRequest, GrantReply, GrantRequest, TokenReply, TokenRequest, UserAddRequest,
                                   UserReply, UserRmRequest, VisibilityReply, VisibilityRequest)
 from shared.errors import InvalidArgument
 from shared.messages.common import Ok
@@ -48,7 +48,7 @@ def register(service: BusService, auth: Auth) -> None:
             raise InvalidArgument("password_file is required")
         return EnsureAdminReply(created=await ensure_admin_in(store, Path(req.password_file)) is not None)
 
-    service.endpoint(getattr(subjects, "REGISTRY_ENSURE_ADMIN", REGISTRY_ENSURE_ADMIN), EnsureAdminRequest,
+    service.endpoint(subjects.REGISTRY_ENSURE_ADMIN, EnsureAdminRequest,
                      ensure_admin)
     service.endpoint(subjects.REGISTRY_USER_ADD, UserAddRequest, user_add)
     service.endpoint(subjects.REGISTRY_USER_RM, UserRmRequest, user_rm)

@@ -11,7 +11,7 @@ from aiohttp import web
 from shared import subjects
 from shared.bus import BusClient, BusService
 from shared.errors import DockyardError, NotFound
-from shared.messages.auth import (REGISTRY_ENSURE_ADMIN, EnsureAdminReply, EnsureAdminRequest, GrantReply, GrantRequest, TokenReply, TokenRequest, UserAddRequest,
+from shared.messages.auth import (EnsureAdminReply, EnsureAdminRequest, GrantReply, GrantRequest, TokenReply, TokenRequest, UserAddRequest,
                                   UserReply, UserRmRequest, VisibilityReply, VisibilityRequest)
 from shared.messages.common import Ok
 
@@ -158,10 +158,10 @@ async def test_bus_verbs(auth, nc, client, tmp_path):
         assert (await client.get("/v2/team/app/pull", headers=basic("carol", "cpw"))).status == 401
         # The fixture's admin exists already: nothing created, no file written.
         pwfile = tmp_path / "admin-password"
-        r = await b.request(REGISTRY_ENSURE_ADMIN, EnsureAdminRequest(password_file=str(pwfile)), EnsureAdminReply)
+        r = await b.request(subjects.REGISTRY_ENSURE_ADMIN, EnsureAdminRequest(password_file=str(pwfile)), EnsureAdminReply)
         assert not r.created and not pwfile.exists()
         await auth.store.users.delete("admin")
-        r = await b.request(REGISTRY_ENSURE_ADMIN, EnsureAdminRequest(password_file=str(pwfile)), EnsureAdminReply)
+        r = await b.request(subjects.REGISTRY_ENSURE_ADMIN, EnsureAdminRequest(password_file=str(pwfile)), EnsureAdminReply)
         assert r.created and (await client.get("/v2/x/y/pull", headers=basic("admin", pwfile.read_text().strip()))).status == 200
     finally:
         await svc.stop()
