@@ -21,6 +21,8 @@ from shared.messages.agent import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, Heartbeat
 
 log = logging.getLogger("dockyard.agent.heartbeat")
 
+POKE_DELAY = 0.05  # seconds from a container's start or exit to the heartbeat that shows it
+
 
 def meminfo() -> dict[str, int]:
     out = {}
@@ -52,6 +54,8 @@ class Heartbeats:
         self.key = kv_key(agent_id)
         self.beat = beat
         self._task: asyncio.Task | None = None
+        self._poked: asyncio.Task | None = None
+        self._dirty = False
 
     async def send(self) -> None:
         await self.kv.put(self.key, self.beat())
@@ -59,6 +63,23 @@ class Heartbeats:
     async def start(self) -> None:
         await self.send()
         self._task = asyncio.create_task(self._loop())
+
+    def poke(self) -> None:
+        """Beat soon, off the beat: a container started or stopped, `agents` should say so."""
+        self._dirty = True
+        if self._task is not None and (self._poked is None or self._poked.done()):
+            self._poked = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        # A short pause lets the reply to the verb go first and folds a burst of
+        # changes (a `run --rm` of `true` starts and ends within it) into one write.
+        await asyncio.sleep(POKE_DELAY)
+        while self._dirty:
+            self._dirty = False
+            try:
+                await self.send()
+            except DockyardError as e:
+                log.warning("heartbeat not sent: %s", e.message)
 
     async def _loop(self) -> None:
         while True:
@@ -69,10 +90,12 @@ class Heartbeats:
                 log.warning("heartbeat not sent: %s", e.message)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for t in (self._task, self._poked):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
+        self._task = None
         with contextlib.suppress(DockyardError):
             await self.kv.delete(self.key)
 

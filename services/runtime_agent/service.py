@@ -161,6 +161,7 @@ async def serve(cfg: Config) -> None:
     root = cfg.service_dir(subjects.RUNTIME_AGENT) / agent_id
     root.mkdir(parents=True, exist_ok=True)
     runtime = await Runtime.probe(root / "runtime")
+    runtime.warm()
     log.info("agent %s: runtime %s %s", agent_id, runtime.info.name, runtime.info.version)
     nc = await bus.connect(cfg.nats_url, name=f"{subjects.RUNTIME_AGENT}-{agent_id}")
     network = Network(network_config(cfg, root / "network"))
@@ -176,6 +177,7 @@ async def serve(cfg: Config) -> None:
         agent.register(svc)
         beats = Heartbeats(await open_bucket(nc), agent_id, agent.heartbeat)
         await beats.start()
+        agent.containers.on_change = beats.poke
         await svc.start()
         log.info("runtime-agent %s ready", agent_id)
         await asyncio.Event().wait()
@@ -187,8 +189,10 @@ async def serve(cfg: Config) -> None:
                 await beats.stop()
         idle = agent is not None and not agent.containers.list(all=True)
         if agent is not None:
+            agent.containers.on_change = None
             await agent.containers.close()
             await agent.puller.close()
+        runtime.close()
         # An agent with no container leaves no bridge or chain behind; otherwise they
         # stay for the containers, which outlive the agent.
         with contextlib.suppress(Exception):

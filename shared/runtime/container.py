@@ -14,14 +14,13 @@ import os
 import shutil
 import signal as _signal
 import subprocess
-import sys
 from pathlib import Path
 from typing import Literal
 
 import msgspec
 
 from shared.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
-from shared.runtime import cgroups, foreground, records
+from shared.runtime import cgroups, foreground, records, shimctl
 from shared.runtime.foreground import OutputCallback
 from shared.runtime.jsonlog import rfc3339nano
 from shared.runtime.probe import RuntimeInfo, probe_runtime
@@ -29,7 +28,6 @@ from shared.runtime.records import ExitRecord, Meta, ShimRecord
 from shared.runtime.spec import ContainerSpec, build_config
 
 DEFAULT_STATE_ROOT = Path("/run/dockyard/runtime")
-SHIM = Path(__file__).with_name("shim.py")
 _START_TIMEOUT = 60.0
 UNKNOWN_EXIT = 255  # docker's exit code when the real one was lost
 
@@ -56,10 +54,33 @@ class Runtime:
         self.containers_dir = self.state_root / "containers"
         self.containers_dir.mkdir(parents=True, exist_ok=True)
         self.runtime_root.mkdir(parents=True, exist_ok=True)
+        self._spare: shimctl.Spare | None = None
+        self._unreaped: list[subprocess.Popen] = []
+        self._exits: dict[str, asyncio.Future] = {}  # set once a shim we started says "exit"
+        self._exit_pipes: dict[str, shimctl.LineReader] = {}
 
     @classmethod
     async def probe(cls, state_root: str | os.PathLike = DEFAULT_STATE_ROOT) -> Runtime:
         return cls(await asyncio.to_thread(probe_runtime), state_root)
+
+    def warm(self) -> None:
+        """Boot a spare shim now, so that even the first start skips the shim's boot.
+
+        After each start a new spare is booted anyway; only a caller that will start
+        detached containers (not one that only runs to completion) should warm up.
+        """
+        self._new_spare()
+
+    def close(self) -> None:
+        """Let the spare shim go and stop listening for exits (containers keep running)."""
+        spare, self._spare = self._spare, None
+        if spare is not None:
+            spare.discard()
+        for cid in list(self._exits):
+            self._forget_exit(cid)
+        for p in self._unreaped:
+            p.wait()  # first halves of shims: they exit as soon as they have forked
+        self._unreaped = []
 
     def command(self, *args: str) -> list[str]:
         return self.info.command(self.runtime_root, *args)
@@ -95,32 +116,75 @@ class Runtime:
     async def _spawn_shim(self, cid: str, sdir: Path, bundle: Path, log_path: Path,
                           cgroups_path: str) -> int:
         memcg = cgroups.controller_dir("memory", cgroups_path)
-        sync_r, sync_w = os.pipe()
+        args = [cid, str(bundle), str(log_path), str(sdir), str(memcg) if memcg else "-", *self.command()]
+        sync_r = self._use_spare(args)
+        spare = sync_r is not None
+        if sync_r is None:
+            sync_r = self._cold_shim(sdir, args)
+        asyncio.get_running_loop().call_soon(self._new_spare)  # for the next start
+        pid = await self._started(cid, sync_r)
+        if pid is None and spare and not shimctl.log_tail(sdir) and not (sdir / "shim.json").exists():
+            # The spare died between its boot and our hand-off (it never got to the
+            # container: no log, no record): once more, with a shim of its own.
+            pid = await self._started(cid, self._cold_shim(sdir, args))
+        if pid is None:
+            raise Unavailable(f"container shim for {cid} died before reporting: {shimctl.log_tail(sdir)}")
+        return pid
+
+    async def _started(self, cid: str, sync_r: int) -> int | None:
+        """The container's pid once its shim reports `ok`; None if the shim died first."""
+        pipe = shimctl.LineReader(sync_r)
         try:
-            with open(sdir / "shim.log", "ab") as shim_log:
-                # -S -I: no site, no environment; the shim needs the stdlib only.
-                proc = subprocess.Popen(
-                    [sys.executable, "-S", "-I", str(SHIM), str(sync_w), cid, str(bundle),
-                     str(log_path), str(sdir), str(memcg) if memcg else "-", *self.command()],
-                    pass_fds=(sync_w,), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                    stderr=shim_log, start_new_session=True)
-        except OSError as e:
-            os.close(sync_r)
-            raise Unavailable(f"cannot start the container shim: {e}") from e
-        finally:
-            os.close(sync_w)
-        try:
-            line = await asyncio.wait_for(_read_line(sync_r), _START_TIMEOUT)
-        finally:
-            os.close(sync_r)
-            proc.wait()  # the shim's first half: it exits right after its fork
+            line = await asyncio.wait_for(pipe.line(), _START_TIMEOUT)
+        except BaseException:
+            pipe.close()
+            raise
         verb, _, rest = line.partition(" ")
         if verb == "ok":
+            self._listen_for_exit(cid, pipe)  # the pipe stays open for `exit <code>`
             return int(rest.split()[0])
+        pipe.close()
         if verb == "error":
             raise InvalidArgument(f"container {cid} did not start: {rest}")
-        log = (sdir / "shim.log").read_text(errors="replace")[-2000:]
-        raise Unavailable(f"container shim for {cid} died before reporting: {log}")
+        return None
+
+    def _cold_shim(self, sdir: Path, args: list[str]) -> int:
+        """Start a shim for `args` now; the read end of its sync pipe."""
+        proc, sync_r = shimctl.start_cold(sdir, args)
+        self._unreap(proc)
+        return sync_r
+
+    def _new_spare(self) -> None:
+        if self._spare is None:
+            self._spare = shimctl.Spare.boot()
+
+    def _use_spare(self, args: list[str]) -> int | None:
+        """Hand `args` to the spare shim; the read end of its sync pipe, None if there is none."""
+        spare, self._spare = self._spare, None
+        if spare is None or not spare.hand(args):
+            return None  # none, or it died (killed?): start one the slow way
+        self._unreap(spare.proc)
+        return spare.sync_r
+
+    def _unreap(self, proc: subprocess.Popen) -> None:
+        # A shim's first half exits once Python has booted and forked: a spare made a
+        # moment ago may not have yet, and the loop must not block on it. Reaped later.
+        self._unreaped = [p for p in (*self._unreaped, proc) if p.poll() is None]
+
+    def _listen_for_exit(self, cid: str, pipe: shimctl.LineReader) -> None:
+        """Resolve `_exits[cid]` when the shim reports the exit (or its pipe closes)."""
+        fut = asyncio.get_running_loop().create_future()
+        self._exits[cid] = fut
+        self._exit_pipes[cid] = pipe
+        pipe.on_line(lambda line: fut.done() or fut.set_result(line))
+
+    def _forget_exit(self, cid: str) -> None:
+        fut = self._exits.pop(cid, None)
+        if fut is not None and not fut.done() and not fut.get_loop().is_closed():
+            fut.cancel()
+        pipe = self._exit_pipes.pop(cid, None)
+        if pipe is not None:
+            pipe.close()
 
     # -- inspect ----------------------------------------------------------
 
@@ -180,6 +244,15 @@ class Runtime:
         sdir = self._existing_dir(cid)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
+        fut = self._exits.get(cid)
+        if fut is not None:
+            # Our own shim tells us when exit.json is written, before it deletes the
+            # container from the runtime and exits: that is the earliest moment.
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), timeout)
+            except asyncio.CancelledError:
+                if not fut.cancelled():
+                    raise
         while True:
             ex = records.read(sdir / "exit.json", ExitRecord)
             if ex is not None:
@@ -243,6 +316,8 @@ class Runtime:
             except Conflict:
                 pass
             await self.wait(cid, 30.0)
+        self._forget_exit(cid)
+        await shimctl.wait_shim_gone(sdir)
         root = meta.runtime_root if meta else self.runtime_root
         if records.runtime_has(root, cid):  # the shim deletes it on exit: spare an exec
             await self._run_runtime(sdir, "delete", "--force", cid, check=False)
@@ -312,28 +387,3 @@ def _alive(pid: int, start: int) -> bool:
         return False
     os.close(fd)
     return True
-
-
-async def _read_line(fd: int) -> str:
-    """One line from a pipe, without blocking the loop; '' on EOF before a newline."""
-    loop = asyncio.get_running_loop()
-    os.set_blocking(fd, False)
-    buf = bytearray()
-    got = loop.create_future()
-
-    def readable() -> None:
-        try:
-            chunk = os.read(fd, 4096)
-        except BlockingIOError:
-            return
-        buf.extend(chunk)
-        if not chunk or b"\n" in buf:
-            if not got.done():
-                got.set_result(None)
-
-    loop.add_reader(fd, readable)
-    try:
-        await got
-    finally:
-        loop.remove_reader(fd)
-    return buf.split(b"\n", 1)[0].decode(errors="replace") if b"\n" in buf else ""

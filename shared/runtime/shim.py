@@ -11,6 +11,14 @@ output into a docker json-file log, reaps the container, records its exit in
 argv: SYNC_FD ID BUNDLE LOG_PATH STATE_DIR MEMORY_CGROUP_DIR|- RUNTIME_ARGV...
 The caller reads one line from SYNC_FD: `ok <container pid> <shim pid>` or
 `error <message>`; EOF without a line means the shim died (see shim.log).
+After `ok` the pipe stays open: once the exit is recorded in exit.json the shim
+writes `exit <code>`, so a caller still listening learns of the exit before the
+runtime's `delete` and the shim's own exit (a restarted caller waits on the shim).
+
+A spare (`--spare CTL_FD SYNC_FD`) starts the same way, then waits for its
+arguments (ID BUNDLE ... RUNTIME_ARGV, NUL-separated, one line) on CTL_FD: the
+caller keeps one ready so that a start does not wait for Python to boot. EOF on
+CTL_FD (the caller is gone or does not need it) ends the spare.
 """
 
 import os
@@ -24,14 +32,25 @@ _CHUNK = 64 * 1024
 
 
 def main(argv):
-    sync_fd = int(argv[1])
-    cid, bundle, log_path, state_dir, memcg = argv[2:7]
-    runtime = argv[7:]
-    os.set_inheritable(sync_fd, False)  # never let the container hold the caller's pipe
+    if argv[1] == "--spare":
+        ctl_fd, sync_fd = int(argv[2]), int(argv[3])
+        args = None
+    else:
+        ctl_fd, sync_fd = -1, int(argv[1])
+        args = argv[2:]
+    for fd in (sync_fd, ctl_fd):
+        if fd >= 0:
+            os.set_inheritable(fd, False)  # never let the container hold the caller's pipes
     if os.fork():
         os._exit(0)  # the caller reaps this at once; the grandchild lives on under init
     os.setsid()
     _set_subreaper()
+    if args is None:
+        args = _wait_for_work(ctl_fd)
+        if args is None:
+            return 0  # not needed after all
+    cid, bundle, log_path, state_dir, memcg = args[:5]
+    runtime = args[5:]
     try:
         # Opened before the start, so that a caller finds the log once started.
         log = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
@@ -47,7 +66,10 @@ def main(argv):
     _atomic_write(os.path.join(state_dir, "shim.json"),
                   '{"pid": %d, "pid_start": %d, "shim_pid": %d, "shim_start": %d, "started_at": "%s"}'
                   % (pid, _start_ticks(pid), os.getpid(), _start_ticks(os.getpid()), started_at))
-    _report(sync_fd, "ok %d %d" % (pid, os.getpid()))
+    try:
+        _report(sync_fd, "ok %d %d" % (pid, os.getpid()), close=False)
+    except OSError:
+        pass  # the caller died meanwhile: the container is ours to keep all the same
     _copy_logs(log, out_r, err_r)
     status = _reap(pid)
     code = os.waitstatus_to_exitcode(status)
@@ -57,8 +79,28 @@ def main(argv):
     _atomic_write(os.path.join(state_dir, "exit.json"),
                   '{"pid": %d, "exit_code": %d, "oom_killed": %s, "started_at": "%s", "finished_at": "%s"}'
                   % (pid, code, "true" if oom else "false", started_at, _now()))
+    try:
+        _report(sync_fd, "exit %d" % code)
+    except OSError:
+        pass  # the caller restarted since: it waits on our pid instead
     _run(runtime + ["delete", "--force", cid])
     return 0
+
+
+def _wait_for_work(ctl_fd):
+    """A spare's arguments from the caller; None on EOF. Its stderr then goes to shim.log."""
+    buf = b""
+    while not buf.endswith(b"\n"):
+        chunk = os.read(ctl_fd, 65536)
+        if not chunk:
+            return None
+        buf += chunk
+    os.close(ctl_fd)
+    args = [a.decode("utf-8", "surrogateescape") for a in buf[:-1].split(b"\0")]
+    err = os.open(os.path.join(args[3], "shim.log"), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+    os.dup2(err, 2)
+    os.close(err)
+    return args
 
 
 class _StartError(Exception):
@@ -193,9 +235,12 @@ def _run(argv):
     return os.waitpid(pid, 0)[1]
 
 
-def _report(fd, line):
-    os.write(fd, (line + "\n").encode())
-    os.close(fd)
+def _report(fd, line, close=True):
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        if close:
+            os.close(fd)
 
 
 def _atomic_write(path, text):

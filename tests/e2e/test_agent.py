@@ -126,6 +126,23 @@ def test_stop_kills_a_pid1_that_ignores_term_after_the_timeout(fleet):
     fleet.cli("rm", "-f", "stubborn")
 
 
+def test_heartbeats_follow_container_starts_and_exits(fleet):
+    import json
+
+    def running() -> dict[str, int]:
+        return {b["agent_id"]: b["running"] for b in json.loads(fleet.cli("--json", "agents").stdout)}
+
+    before = running()
+    fleet.cli("run", "-d", "--name", "beat", "--network", "none", "busybox", "sleep", "600")
+    host = fleet.inspect("beat")["Host"]
+    # Well inside the 2 s heartbeat interval: the start itself refreshed the fleet's view.
+    time.sleep(0.3)
+    assert running()[host] == before[host] + 1
+    fleet.cli("rm", "-f", "beat")
+    time.sleep(0.3)
+    assert running()[host] == before[host]
+
+
 def test_restart_policy_on_failure(fleet):
     fleet.cli("run", "-d", "--name", "flaky", "--network", "none", "--restart", "on-failure:2", "busybox",
               "sh", "-c", "exit 1")

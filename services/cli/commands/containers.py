@@ -104,18 +104,29 @@ def register(sub: Any) -> None:
 
 async def fleet(ctx) -> list:
     """Live agents from their heartbeats, freshest first."""
+    from shared import codec, subjects
+    from shared.messages.agent import HEARTBEAT_STALE, Heartbeat
+    client = await ctx.bus()
+    if hasattr(client, "kv_entries"):  # shared.bus_lite: the whole bucket in one round trip
+        dec = codec.decoder(Heartbeat)
+        beats = [dec.decode(v) for _, v in await client.kv_entries(subjects.KV_AGENTS)]
+    else:
+        beats = await _fleet_nats(client)
+    now = time.time()
+    return sorted((b for b in beats if now - b.time < HEARTBEAT_STALE), key=lambda b: -b.time)
+
+
+async def _fleet_nats(client) -> list:
+    """Heartbeats through nats-py's KV (the full client: TLS or websocket URLs)."""
     import nats.js.errors
     from shared import subjects
     from shared.bus import TypedKV
-    from shared.messages.agent import HEARTBEAT_STALE, Heartbeat
-    client = await ctx.bus()
+    from shared.messages.agent import Heartbeat
     try:
         kv = await client.nc.jetstream().key_value(subjects.KV_AGENTS)
     except nats.js.errors.BucketNotFoundError:
         return []
-    now = time.time()
-    beats = [v for _, v, _ in await TypedKV(kv, Heartbeat).items()]
-    return sorted((b for b in beats if now - b.time < HEARTBEAT_STALE), key=lambda b: -b.time)
+    return [v for _, v, _ in await TypedKV(kv, Heartbeat).items()]
 
 
 def place(agents: list, memory: int | None):

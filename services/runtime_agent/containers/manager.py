@@ -16,7 +16,7 @@ import os
 import secrets
 import signal as _signal
 from collections import Counter
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 import msgspec
@@ -66,6 +66,7 @@ class Containers:
         self._removing: set[str] = set()
         self._pinned: Counter[str] = Counter()  # images a run is about to use
         self._tasks: set[asyncio.Task] = set()
+        self.on_change: Callable[[], None] | None = None  # a container started or ended
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -166,11 +167,15 @@ class Containers:
         cid = c.id
         try:
             image = self.images.get(c.config.image_digest)
-            root = await asyncio.to_thread(rootfs.mount, self.snapshots, cid, image.diff_ids)
-            ids = resolve_user(root, c.config.user)
-            for v in c.config.volumes:
-                await asyncio.to_thread(_ensure_dir, v.source)
-            att = await self.network.setup(cid, c.config.network, parse_publish_all(c.config.publish))
+            # The rootfs (a thread) and the network (its own processes) do not wait on each other.
+            net = asyncio.ensure_future(self.network.setup(cid, c.config.network,
+                                                           parse_publish_all(c.config.publish)))
+            try:
+                root = await asyncio.to_thread(_mount_rootfs, self.snapshots, cid, image.diff_ids,
+                                               [v.source for v in c.config.volumes])
+                ids = resolve_user(root, c.config.user)
+            finally:
+                att = await net  # even on failure: its teardown below must find it settled
             spec = self._spec(c, rootfs_path=str(root), uid=ids.uid, gid=ids.gid, groups=ids.additional_gids,
                               netns=att.netns_path or "host")
             with contextlib.suppress(NotFound):
@@ -193,7 +198,12 @@ class Containers:
         c = msgspec.structs.replace(c, state=state, network=net)
         self.store.save(c)
         self._watch(cid, w)
+        self._changed()
         return c
+
+    def _changed(self) -> None:
+        if self.on_change is not None:
+            self.on_change()
 
     def _watch(self, cid: str, w: Watch) -> None:
         self._watches[cid] = w
@@ -256,6 +266,7 @@ class Containers:
         c = msgspec.structs.replace(c, state=state, network=NetworkInfo(mode=c.network.mode))
         if self.store.find(cid) is not None:  # not removed while we waited
             self.store.save(c)
+        self._changed()
         return c
 
     def _should_restart(self, c: Container) -> bool:
@@ -336,11 +347,22 @@ class Containers:
 
     async def _remove_stopped(self, cid: str) -> None:
         """Delete everything a container left: runtime state, cgroup, network, rootfs, record."""
-        with contextlib.suppress(NotFound):
-            await self.runtime.delete(cid)
-        await self.network.teardown(cid)
-        await self.snapshots.remove_active(cid)
+        async def runtime_state() -> None:
+            with contextlib.suppress(NotFound):
+                await self.runtime.delete(cid)
+
+        async def host_side() -> None:
+            await self.network.teardown(cid)
+            await self.snapshots.remove_active(cid)
+
+        # The process has exited: its network and rootfs need not wait for the
+        # runtime's `delete` (which mostly waits for the shim to finish its own).
+        results = await asyncio.gather(runtime_state(), host_side(), return_exceptions=True)
+        for r in results:
+            if isinstance(r, BaseException):
+                raise r
         self.store.remove(cid)
+        self._changed()
 
     # ---- restore after an agent restart --------------------------------------------
 
@@ -398,8 +420,10 @@ def parse_signal(text: str) -> int:
     return n
 
 
-def _ensure_dir(path: str) -> None:
-    os.makedirs(path, exist_ok=True)  # docker creates a missing bind source as a directory
+def _mount_rootfs(snapshots, cid: str, diff_ids: list[str], bind_sources: list[str]):
+    for source in bind_sources:
+        os.makedirs(source, exist_ok=True)  # docker creates a missing bind source as a directory
+    return rootfs.mount(snapshots, cid, diff_ids)
 
 
 _ADJ = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "nifty", "quirky", "sharp", "tender",

@@ -104,6 +104,7 @@ def cleanup():
 
 def force_cleanup(rt: Runtime) -> None:
     """Whatever a failed test left: kill and delete through the runtime, rmdir cgroups."""
+    rt.close()  # the spare shim, the exit listeners
     if not rt.containers_dir.exists():
         return
     for d in rt.containers_dir.iterdir():

@@ -224,3 +224,72 @@ def test_probe_override_and_errors(runtime_info):
     with pytest.raises(InvalidArgument):
         probe_runtime({"DOCKYARD_RUNTIME": "youki"})
     assert isinstance(runtime_info, RuntimeInfo) and runtime_info.name in ("crun", "runc")
+
+
+async def test_spare_shims_start_containers_and_report_exits(new_id, runtime, make_spec, bundle, tmp_path):
+    first, second = new_id(), new_id()
+    assert runtime._spare is None
+    await runtime.create_and_start(first, bundle, make_spec(first, "sh", "-c", "exit 3"), tmp_path / "1.log")
+    await asyncio.sleep(0)  # the refill runs right after a start
+    spare = runtime._spare
+    assert spare is not None
+    bundle2 = tmp_path / "bundle2"
+    bundle2.mkdir()
+    await runtime.create_and_start(second, bundle2, make_spec(second, "sh", "-c", "echo spare; exit 5"),
+                                   tmp_path / "2.log")
+    assert runtime._spare is not spare  # used up, and replaced
+    assert await runtime.wait(first, 10) == 3
+    assert await runtime.wait(second, 10) == 5
+    assert _log(tmp_path / "2.log") == [("stdout", "spare\n")]
+    for cid in (first, second):
+        await runtime.delete(cid)
+        assert not (runtime.runtime_root / cid).exists()  # the shim's own `delete` ran first
+    await asyncio.sleep(0)
+    holders = await _spare_pids(runtime._spare)
+    assert len(holders) == 1
+    runtime.close()  # a spare that is not needed goes away (EOF on its control pipe)
+    assert runtime._spare is None
+    deadline = time.monotonic() + 5
+    while _alive(holders[0]) and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    assert not _alive(holders[0])
+
+
+async def _spare_pids(spare) -> list[int]:
+    """The booted spare: the process holding the write end of its sync pipe."""
+    want = f"pipe:[{os.fstat(spare.sync_r).st_ino}]"
+    for _ in range(100):
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            if int(pid) in (os.getpid(), spare.proc.pid):  # the half that exits after the fork
+                continue
+            try:
+                fds = os.listdir(f"/proc/{pid}/fd")
+                if any(os.readlink(f"/proc/{pid}/fd/{fd}") == want for fd in fds):
+                    found.append(int(pid))
+            except OSError:
+                continue
+        if found:
+            return found
+        await asyncio.sleep(0.02)
+    return []
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+async def test_a_dead_spare_falls_back_to_a_new_shim(new_id, runtime, make_spec, bundle, tmp_path):
+    runtime._new_spare()
+    pids = await _spare_pids(runtime._spare)
+    assert len(pids) == 1
+    os.kill(pids[0], signal.SIGKILL)
+    # Dead or dying at the hand-off (SIGKILL takes a moment): the start goes on either way.
+    cid = new_id()
+    await runtime.create_and_start(cid, bundle, make_spec(cid, "true"), tmp_path / "c.log")
+    assert await runtime.wait(cid, 10) == 0
+    await runtime.delete(cid)

@@ -1,0 +1,36 @@
+"""Bus reply decoding without nats-py: the error-reply headers and `decode_reply`.
+
+`shared.bus` (nats-py) and `shared.bus_lite` (the CLI's lean client) both turn a
+reply into the typed value or the typed error a service raised; this module holds
+that one rule so that importing it costs msgspec only.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import msgspec
+
+from shared import codec
+from shared.errors import from_code
+from shared.messages.common import ErrorReply
+
+Rep = TypeVar("Rep")
+
+ERROR_CODE_HEADER = "Nats-Service-Error-Code"
+ERROR_HEADER = "Nats-Service-Error"
+DETAIL_HEADER = "Dockyard-Error-Detail"
+
+
+def decode_reply(resp: Any, reply_type: type[Rep]) -> Rep:
+    """The reply's value, or the DockyardError its error headers carry (`resp`: .headers, .data)."""
+    headers = resp.headers or {}
+    code = headers.get(ERROR_CODE_HEADER)
+    if code:
+        try:
+            err = codec.decoder(ErrorReply).decode(resp.data)
+            raise from_code(err.code, err.message, err.detail_code)
+        except msgspec.DecodeError:
+            raise from_code(code if not code.isdigit() else "INTERNAL",
+                            headers.get(ERROR_HEADER, "error"), headers.get(DETAIL_HEADER) or None)
+    return codec.decode(resp.data, reply_type)
