@@ -24,8 +24,9 @@ from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, ServiceConfig
 
 from shared import codec
+from shared.bus_reply import DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, decode_reply  # noqa: F401
 from shared.errors import (AlreadyExists, Conflict, DockyardError, Internal, InvalidArgument,
-                           NotFound, Unavailable, from_code)
+                           NotFound, Unavailable)
 from shared.messages.common import ErrorReply, Progress
 
 log = logging.getLogger("dockyard.bus")
@@ -34,9 +35,6 @@ Req = TypeVar("Req", bound=msgspec.Struct)
 Rep = TypeVar("Rep")
 Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
 
-ERROR_CODE_HEADER = "Nats-Service-Error-Code"
-ERROR_HEADER = "Nats-Service-Error"
-DETAIL_HEADER = "Dockyard-Error-Detail"
 
 
 async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5) -> NATS:
@@ -220,19 +218,6 @@ class BusClient:
                 yield dec.decode(m.data)
         finally:
             await sub.unsubscribe()
-
-
-def decode_reply(resp: Any, reply_type: type[Rep]) -> Rep:
-    headers = resp.headers or {}
-    code = headers.get(ERROR_CODE_HEADER)
-    if code:
-        try:
-            err = codec.decoder(ErrorReply).decode(resp.data)
-            raise from_code(err.code, err.message, err.detail_code)
-        except msgspec.DecodeError:
-            raise from_code(code if not code.isdigit() else "INTERNAL",
-                            headers.get(ERROR_HEADER, "error"), headers.get(DETAIL_HEADER) or None)
-    return codec.decode(resp.data, reply_type)
 
 
 async def publish_progress(nc: NATS, inbox: str, progress: Progress) -> None:

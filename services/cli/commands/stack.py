@@ -56,6 +56,8 @@ def setup_logging(level: str, name: str) -> None:
 
 
 async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
+    import gc
+    gc.enable()  # main turns it off for short commands; a service runs for days
     cfg = _config(args, ctx)
     setup_logging(cfg.log_level, args.service)
     mod = importlib.import_module(f"services.{SERVICES[args.service]}.service")
@@ -71,6 +73,8 @@ async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
 
 
 async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
+    import gc
+    gc.enable()
     from services.cli.stack_runner import StackRunner
     cfg = _config(args, ctx)
     setup_logging(cfg.log_level, "up")
