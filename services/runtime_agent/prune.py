@@ -57,25 +57,28 @@ async def prune(req: PruneRequest, containers: Containers, images: ImageStore, p
                 removed += 1
     in_use = {c.config.image_digest for c in containers.list(all=True)
               if c.id not in doomed_containers} | containers.pinned_images()
-    doomed_images = []
-    for img in images.list():
-        examined += 1
-        if img.digest in in_use or _excluded(img.references, req.exclude, puller.stack_registry):
-            continue
-        doomed_images.append(img)
+    doomed_images = [img for img in images.list()
+                     if not (img.digest in in_use or _excluded(img.references, req.exclude, puller.stack_registry))]
+    examined += len(images.list())
+    if not req.dry_run:
+        # a run may have begun using one of them since the plan was made: it stays
+        busy = containers.images_in_use()
+        doomed_images = [img for img in doomed_images if img.digest not in busy]
+        for img in doomed_images:
+            images.remove(img.digest)
+    for img in doomed_images:
         items.append(f"image {(img.references or [img.digest])[0]} {Digest(img.digest).short}")
         removed += 1
         freed += img.size
-    if req.dry_run:
-        return PruneReply(examined=examined, removed=removed, freed=freed, items=items)
-    for img in doomed_images:
-        if img.digest not in containers.images_in_use():  # a run may have begun meanwhile
-            images.remove(img.digest)
+    # Snapshots no remaining image uses go with them; a dry run counts exactly those bytes too.
     if not puller.busy:
-        keep = {d for img in images.list() for d in img.diff_ids}
+        gone = {img.digest for img in doomed_images}
+        keep = {d for img in images.list() if img.digest not in gone for d in img.diff_ids}
         for d in puller.snapshots.list():
-            if str(d) not in keep:
-                freed += _du(puller.snapshots.path(d))
+            if str(d) in keep:
+                continue
+            freed += _du(puller.snapshots.path(d))
+            if not req.dry_run:
                 try:
                     await puller.snapshots.remove(d)
                 except NotFound:
