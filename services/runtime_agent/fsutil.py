@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import msgspec
 
 from shared import codec
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Stage next to `path`, fsync, rename: readers see the old or the new file, never half."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+from shared.fsutil import write_atomic
 
 
 def write_record(path: Path, value: msgspec.Struct) -> None:

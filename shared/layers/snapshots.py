@@ -24,6 +24,7 @@ import shutil
 from pathlib import Path
 from typing import AsyncIterator, Awaitable, BinaryIO, Callable, NamedTuple
 
+from shared.fsutil import fsync_dir
 from shared.errors import AlreadyExists, InvalidArgument, NotFound
 from shared.layers import overlay
 from shared.layers.unpack import DEFAULT_MAX_SIZE, UnpackResult, unpack_layer
@@ -100,7 +101,7 @@ class SnapshotStore:
                 if not final.is_dir():
                     raise
                 shutil.rmtree(staging)  # another process committed it first
-            _fsync_dir(final.parent)
+            fsync_dir(final.parent)
             return result
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -221,11 +222,4 @@ def _syncfs(path: Path) -> None:
     finally:
         os.close(fd)
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 

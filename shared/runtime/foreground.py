@@ -13,7 +13,7 @@ import inspect
 import os
 import signal
 import subprocess
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec

@@ -9,6 +9,8 @@ import mmap
 import os
 from pathlib import Path
 
+from shared.fsutil import fsync_dir  # noqa: F401  (the storage code imports it from here)
+
 _SYNC_FILE_RANGE_WAIT_BEFORE = 1
 _SYNC_FILE_RANGE_WRITE = 2
 _SYNC_FILE_RANGE_WAIT_AFTER = 4
@@ -125,15 +127,6 @@ class UncachedReader:
         if self._buf is not None:
             self._buf.close()
             self._buf = None
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a directory's entries (a rename, link or unlink in it) durable."""
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def makedirs_durable(path: Path, root: Path) -> None:

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 from shared.errors import Internal, Unavailable
+from shared.fsutil import write_atomic
 
 
 class Ipam:
@@ -118,7 +118,7 @@ class Ipam:
         }
         data = json.dumps(state, indent=1).encode()
         try:
-            await asyncio.to_thread(_write_atomic, self.path, data)
+            await asyncio.to_thread(_write_state, self.path, data)
         except OSError as e:
             raise Internal(f"cannot write IPAM state {self.path}: {e}") from e
 
@@ -128,16 +128,6 @@ class Ipam:
         self._used.clear()
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
+def _write_state(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    write_atomic(path, data)
