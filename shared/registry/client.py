@@ -286,7 +286,8 @@ class RegistryClient:
         loc = resp.headers.get("Location")
         if not loc:
             raise Unavailable(f"{what}: the registry sent no upload Location")
-        return self.base_url.join(URL(loc, encoded=True))
+        # Relative to the URL that answered (RFC 9110): an upload may have moved to another host.
+        return resp.url.join(URL(loc, encoded=True))
 
     # ---- listings -----------------------------------------------------------------------
 

@@ -92,3 +92,24 @@ def test_push_without_credentials_gets_no_upload(stack, layout, tmp_path):
                f"docker://{stack.registry_addr}/dyrp/anon:v1", env=env, check=False)
     assert p.returncode != 0
     assert _head(stack, "dyrp/anon", _layer_digest(layout)) == 404
+
+
+async def test_our_client_streams_a_big_blob_through_the_direct_upload_path(stack):
+    """A streamed PATCH answered by the layer-store: its relative Location is resolved
+    against the layer-store's URL, not the registry's (a 404 before the fix)."""
+    import aiohttp
+
+    from shared.oci.digest import Digest
+    from shared.registry.client import MONOLITHIC_MAX, RegistryClient
+
+    data = os.urandom(MONOLITHIC_MAX + 1_000_003)
+    digest = Digest.from_bytes(data)
+    async with aiohttp.ClientSession() as session:
+        rc = RegistryClient(session, stack.registry_addr, credentials=("admin", stack.admin_password))
+        assert await rc.push_blob("dyrp/big", digest, len(data), data) == "uploaded"
+        assert await rc.blob_exists("dyrp/big", digest) == len(data)
+        got = bytearray()
+        async with rc.open_blob("dyrp/big", digest) as chunks:
+            async for c in chunks:
+                got += c
+        assert bytes(got) == data
