@@ -27,3 +27,13 @@ def test_run_an_image_pushed_to_the_stack(stack, tmp_path):
     assert "pulling" not in p.stderr
     agents = stack.cli("agents").stdout
     assert "runtime-agent" not in agents.splitlines()[0] and len(agents.splitlines()) == 2
+    # what that agent now holds, by its id, as the garbage-collector will see it
+    import json
+    agent_id = json.loads(stack.cli("agents", "--json").stdout)[0]["agent_id"]
+    held = json.loads(stack.cli("images", "--host", agent_id, "--json").stdout)
+    assert any(f"{stack.registry_addr}/dyag/busybox:1" in r["references"] for r in held), held
+    table = stack.cli("images", "--host", agent_id).stdout
+    assert table.splitlines()[0].split() == ["REFERENCE", "IMAGE", "ID", "CREATED", "SIZE"]
+    assert "dyag/busybox:1" in table
+    missing = stack.cli("images", "--host", "no-such-agent", check=False)
+    assert missing.returncode != 0 and "no-such-agent" in missing.stderr

@@ -17,6 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("repository", nargs="?", default="")
     p.add_argument("-a", "--all", action="store_true", help="also untagged (dangling) images")
     p.add_argument("--digests", action="store_true", help="show manifest digests")
+    p.add_argument("--host", metavar="AGENT", help="the images a runtime-agent has pulled, instead of the registry's")
     p.set_defaults(func=images)
 
     p = sub.add_parser("tag", help="give an image another name (copying it if in another registry)")
@@ -134,6 +135,8 @@ async def _stack_digest(ctx, ref) -> str:
 # ---- verbs ---------------------------------------------------------------------------
 
 async def images(args, ctx) -> int:
+    if args.host:
+        return await _agent_images(args, ctx)
     from shared import subjects
     from shared.messages.registry import ImagesReply, ImagesRequest
     from shared.registry.stackref import is_stack
@@ -154,6 +157,24 @@ async def images(args, ctx) -> int:
             row.append(img.digest)
         row += [(img.image_id or img.digest).short, human_ago(img.created), human_size(img.size)]
         rows.append(row)
+    ctx.print_table(headers, rows)
+    return 0
+
+
+async def _agent_images(args, ctx) -> int:
+    """`images --host AGENT`: what that agent holds locally (the garbage-collector prunes these)."""
+    from services.cli.commands.containers import agent_images
+    from shared.oci.digest import Digest
+    records = await agent_images(ctx, args.host)
+    if ctx.json_output:
+        ctx.print_json(records)
+        return 0
+    headers = ["REFERENCE"] + (["DIGEST"] if args.digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
+    rows = []
+    for r in records:
+        for name in r.references or ["<none>"]:
+            row = [name] + ([r.digest] if args.digests else [])
+            rows.append(row + [Digest(r.config_digest or r.digest).short, human_ago(r.created), human_size(r.size)])
     ctx.print_table(headers, rows)
     return 0
 
