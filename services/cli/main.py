@@ -45,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    # `dockyard up --nats URL --data-dir DIR` as well as `dockyard --nats URL up`
+    args.nats_url = args.nats_url or getattr(args, "cmd_nats_url", None)
+    args.data_dir = args.data_dir or getattr(args, "cmd_data_dir", None)
     from shared import config as config_mod
     from shared.errors import DockyardError
     from services.cli.context import CliContext

@@ -77,3 +77,29 @@ def test_up_exits_zero_on_sigterm_and_keeps_the_admin_password(tmp_path):
         assert json.loads(again.cli("status", "--json").stdout)["missing"] == []
     finally:
         assert stop_stack(again) == 0
+
+
+def test_up_joins_an_existing_nats_given_after_the_command(tmp_path, nats_url):
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import REPO_ROOT
+    data = tmp_path / "data"
+    env = {k: v for k, v in os.environ.items() if k != "DOCKYARD_NATS_URL"}
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "up", "--nats", nats_url,
+                             "--data-dir", str(data), "--only", "layer-store"], env=env, cwd=REPO_ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (data / "stack.json").exists():
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read().decode()
+            time.sleep(0.1)
+        info = json.loads((data / "stack.json").read_text())
+        assert info["nats_url"] == nats_url and info["services"] == ["layer-store"]
+        assert not (data / "nats").exists()  # no embedded server of its own
+        status = subprocess.run([sys.executable, "-m", "services.cli.main", "status", "--nats", nats_url,
+                                 "--data-dir", str(data)], env=env, capture_output=True, text=True, timeout=60)
+        assert status.returncode == 0 and "layer-store" in status.stdout, status.stdout + status.stderr
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0

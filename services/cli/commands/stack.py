@@ -28,19 +28,28 @@ def available_services() -> list[str]:
     return [name for name, pkg in SERVICES.items() if (root / pkg / "service.py").exists()]
 
 
+def _stack_options(p: argparse.ArgumentParser) -> None:
+    """The global --nats/--data-dir, accepted after these commands too (main merges them)."""
+    p.add_argument("--nats", dest="cmd_nats_url", metavar="URL", help="use this NATS instead of an embedded one")
+    p.add_argument("--data-dir", dest="cmd_data_dir", metavar="DIR", help="default ~/.local/share/dockyard")
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start NATS (embedded) and every service on this machine")
+    _stack_options(p)
     p.add_argument("--registry-addr", help="where the registry listens (default 127.0.0.1:5000)")
     p.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (0: a free one)")
     p.add_argument("--only", action="append", choices=list(SERVICES), help="start only these services")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("serve", help="run one service in this process")
+    _stack_options(p)
     p.add_argument("service", choices=list(SERVICES))
     p.add_argument("--registry-addr", help="registry-gateway listen address")
     p.set_defaults(func=cmd_serve)
 
     p = sub.add_parser("status", help="list the services answering on the bus")
+    _stack_options(p)
     p.set_defaults(func=cmd_status)
 
 
