@@ -43,7 +43,8 @@ from examples.busybox import busybox_rootfs, tar_dir  # noqa: E402
 from shared.natsserver import free_port  # noqa: E402
 from tests.e2e.conftest import Stack, start_stack, stop_stack  # noqa: E402
 
-PEERS = Path("/work/shared/peers")
+# the peer config templates of ../shared/PEERS.md, beside the checkout
+PEERS = Path(os.environ.get("DOCKYARD_PEERS_DIR", Path(__file__).resolve().parents[2] / "shared" / "peers"))
 TAG = "dybd-bench:latest"
 SMALL_FILES = 500
 BIG_BYTES = 50 << 20

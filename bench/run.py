@@ -39,7 +39,8 @@ sys.path.insert(0, str(REPO))
 from examples.busybox import busybox_layout, busybox_rootfs, skopeo_env, tar_dir  # noqa: E402
 from shared.natsserver import EmbeddedNats, free_port  # noqa: E402
 
-PEERS = Path("/work/shared/peers")
+# the peer config templates of ../shared/PEERS.md, beside the checkout
+PEERS = Path(os.environ.get("DOCKYARD_PEERS_DIR", Path(__file__).resolve().parents[2] / "shared" / "peers"))
 # The installed command, as users run it (no runpy); `-m` where it is not installed.
 _SCRIPT = Path(sys.executable).with_name("dockyard")
 DOCKYARD = [str(_SCRIPT)] if _SCRIPT.exists() else [sys.executable, "-m", "services.cli.main"]
