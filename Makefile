@@ -4,9 +4,11 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEBIAN_PACKAGES := crun runc busybox-static iptables skopeo docker-registry iproute2 umoci curl
+# the peers the benchmarks measure against (../shared/PEERS.md)
+BENCH_PACKAGES := podman buildah uidmap fuse-overlayfs
 PYTEST_ARGS ?=
 
-.PHONY: demo test deps venv bench clean
+.PHONY: demo test deps apt venv bench clean
 
 demo: deps venv
 	bash examples/demo.sh
@@ -18,7 +20,10 @@ test: deps venv
 
 # Debian packages the services and tests use (installed only when missing; needs root).
 deps:
-	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	@$(MAKE) -s apt PACKAGES="$(DEBIAN_PACKAGES)"
+
+apt:
+	@missing=""; for p in $(PACKAGES); do \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "ok installed" || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
@@ -37,6 +42,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 bench: deps venv
+	@$(MAKE) -s apt PACKAGES="$(BENCH_PACKAGES)"
 	$(PY) bench/registry.py
 	$(PY) bench/run.py
 	$(PY) bench/build.py
