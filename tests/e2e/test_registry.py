@@ -3,7 +3,6 @@ two registry-gateway processes on one NATS."""
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import io
 import json
@@ -20,38 +19,20 @@ import pytest
 
 from shared.natsserver import free_port
 from tests.e2e.conftest import REPO_ROOT, skopeo
+from tests.support.images import oci_layout
 
 pytestmark = pytest.mark.e2e
 BUSYBOX = Path("/bin/busybox")
 
 
-def _blob(layout: Path, data: bytes) -> dict:
-    d = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / d).write_bytes(data)
-    return {"digest": f"sha256:{d}", "size": len(data)}
-
-
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory) -> Path:
     """An OCI layout (tag `v1`) whose one layer holds the static busybox."""
-    root = tmp_path_factory.mktemp("dyrg-layout")
-    (root / "blobs" / "sha256").mkdir(parents=True)
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w") as tar:
         tar.add(BUSYBOX if BUSYBOX.exists() else sys.executable, arcname="bin/busybox")
-    layer = _blob(root, gzip.compress(raw.getvalue(), compresslevel=1, mtime=0))
-    config = _blob(root, json.dumps({
-        "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
-        "config": {"Cmd": ["/bin/busybox", "sh"]},
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw.getvalue()).hexdigest()]}}).encode())
-    manifest = _blob(root, json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}]}).encode())
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
-        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))
+    root = tmp_path_factory.mktemp("dyrg-layout")
+    oci_layout(root, [raw.getvalue()], tag="v1", cmd=["/bin/busybox", "sh"])
     return root
 
 

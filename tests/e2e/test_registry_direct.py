@@ -5,8 +5,6 @@ byte for byte; the blob belongs to the repository it was pushed to, and only to 
 from __future__ import annotations
 
 import base64
-import gzip
-import hashlib
 import json
 import os
 import re
@@ -17,34 +15,16 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import skopeo
+from tests.support.images import oci_layout
 
 pytestmark = pytest.mark.e2e
 
 
-def _blob(layout: Path, data: bytes) -> dict:
-    d = hashlib.sha256(data).hexdigest()
-    (layout / "blobs" / "sha256" / d).write_bytes(data)
-    return {"digest": f"sha256:{d}", "size": len(data)}
-
-
 @pytest.fixture(scope="module")
 def layout(tmp_path_factory) -> Path:
-    """An OCI layout (tag `v1`) with one 6 MiB random gzip layer: several write batches."""
+    """An OCI layout (tag `v1`) with one 6 MiB random layer: several write batches."""
     root = tmp_path_factory.mktemp("dyrp-layout")
-    (root / "blobs" / "sha256").mkdir(parents=True)
-    (root / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
-    raw = os.urandom(6 << 20)
-    layer = _blob(root, gzip.compress(raw, compresslevel=0, mtime=0))
-    config = _blob(root, json.dumps({
-        "architecture": "amd64", "os": "linux", "created": "2024-01-01T00:00:00Z",
-        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + hashlib.sha256(raw).hexdigest()]}}).encode())
-    manifest = _blob(root, json.dumps({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", **layer}]}).encode())
-    (root / "index.json").write_text(json.dumps({"schemaVersion": 2, "manifests": [{
-        "mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
-        "annotations": {"org.opencontainers.image.ref.name": "v1"}}]}))
+    oci_layout(root, [os.urandom(6 << 20)], tag="v1")
     return root
 
 
