@@ -5,11 +5,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEMO="$PWD/.demo"
 export DOCKYARD_DATA_DIR="$DEMO/data"
-export DOCKYARD_REGISTRY_ADDR="${DOCKYARD_REGISTRY_ADDR:-127.0.0.1:5000}"
+# docker's usual ports, or free ones when something else holds them
+free_or() { python3 -c 'import socket,sys
+s=socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+try: s.bind(("127.0.0.1", int(sys.argv[1])))
+except OSError: s.bind(("127.0.0.1", 0))
+print(s.getsockname()[1])' "$1"; }
+export DOCKYARD_REGISTRY_ADDR="${DOCKYARD_REGISTRY_ADDR:-127.0.0.1:$(free_or 5000)}"
 export DOCKER_CONFIG="$DEMO/docker-config"
 export PATH="$PWD/.venv/bin:$PATH"
 REG="$DOCKYARD_REGISTRY_ADDR"
-PORT="${DEMO_PORT:-8080}"
+PORT="${DEMO_PORT:-$(free_or 8080)}"
 rm -rf "$DEMO" && mkdir -p "$DEMO/work" "$DOCKYARD_DATA_DIR"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
