@@ -158,6 +158,7 @@ class RunRequest(msgspec.Struct, kw_only=True):
     detach: bool = True
     pull: Literal["missing", "always", "never"] = "missing"
     labels: dict[str, str] = {}
+    hostname: str = ""  # the container's host name; empty: its short id, like docker
     stream_inbox: str = ""
 
 

@@ -126,6 +126,74 @@ def test_stop_kills_a_pid1_that_ignores_term_after_the_timeout(fleet):
     fleet.cli("rm", "-f", "stubborn")
 
 
+def test_foreground_run_forwards_sigint_and_keeps_the_trap_exit_code(fleet):
+    run = subprocess.Popen([*_cli(fleet), "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                            'trap "exit 7" INT; echo ready; while :; do sleep 0.1; done'],
+                           env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline() == "ready\n", run.stderr.read() if run.poll() is not None else ""
+        run.send_signal(signal.SIGINT)
+        assert run.wait(10) == 7, run.stderr.read()  # the container's handler, not the CLI, decided
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert fleet.cli("ps", "-a", "-q").stdout == ""  # --rm removed it
+
+
+def test_foreground_run_forwards_sigterm(fleet):
+    run = subprocess.Popen([*_cli(fleet), "run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                            'trap "exit 9" TERM; echo ready; while :; do sleep 0.1; done'],
+                           env=fleet.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert run.stdout.readline() == "ready\n"
+        run.send_signal(signal.SIGTERM)
+        assert run.wait(10) == 9, run.stderr.read()
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    assert fleet.cli("ps", "-a", "-q").stdout == ""
+
+
+def test_etc_hosts_hostname_and_resolv_conf_of_a_bridged_container(fleet):
+    script = ("hostname; cat /etc/hostname; echo --; cat /etc/hosts; echo --; cat /etc/resolv.conf; echo --; "
+              "(echo x > /etc/hosts) 2>/dev/null || echo read-only; sleep 600")
+    cid = fleet.cli("run", "-d", "--name", "dyap-etc", "--hostname", "dyap-web", "busybox",
+                    "sh", "-c", script).stdout.strip()
+    info = fleet.inspect(cid)
+    agent = next(a for a in fleet.agents if a.id == info["Host"])
+    ip = info["NetworkSettings"]["IPAddress"]
+    assert ip and info["Config"]["Hostname"] == "dyap-web"
+    deadline = time.monotonic() + 5
+    while "read-only" not in (out := fleet.cli("logs", cid).stdout) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert out.count("--\n") == 3, out
+    name, hosts, resolv, tail = out.split("--\n")
+    assert name == "dyap-web\ndyap-web\n", out
+    assert "127.0.0.1\tlocalhost" in hosts.splitlines() and f"{ip}\tdyap-web" in hosts.splitlines(), hosts
+    host_servers = [ln.split()[1] for ln in Path("/etc/resolv.conf").read_text().splitlines()
+                    if ln.startswith("nameserver")]
+    servers = [ln.split()[1] for ln in resolv.splitlines() if ln.startswith("nameserver")]
+    assert servers and not any(s.startswith("127.") or s == "::1" for s in servers), resolv
+    assert set(servers) <= set(host_servers) | {"8.8.8.8", "8.8.4.4"}
+    assert tail == "read-only\n"
+    etc = [d for d in (fleet.root / "data").rglob(f"{cid}/etc")]
+    assert len(etc) == 1 and f"{ip}\tdyap-web\n" in (etc[0] / "hosts").read_text()
+    fleet.cli("rm", "-f", cid)
+    assert not etc[0].exists() and leftovers(cid, agent) == []
+
+
+def test_default_hostname_is_the_short_id_and_network_none_has_no_nameserver(fleet):
+    p = fleet.cli("run", "--rm", "--network", "none", "busybox", "sh", "-c",
+                  "hostname; cat /etc/hosts; echo --; cat /etc/resolv.conf")
+    name, rest = p.stdout.split("\n", 1)
+    hosts, resolv = rest.split("--\n")
+    assert len(name) == 12 and all(c in "0123456789abcdef" for c in name), p.stdout
+    assert hosts.startswith("127.0.0.1\tlocalhost\n") and name not in hosts  # no address to name
+    assert "nameserver" not in resolv
+
+
 def test_heartbeats_follow_container_starts_and_exits(fleet):
     import json
 

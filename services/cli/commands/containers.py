@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import time
 from typing import Any
+
+from services.cli.container_streams import SignalProxy, Stream
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
 
@@ -41,6 +42,7 @@ def register(sub: Any) -> None:
     p.add_argument("-d", "--detach", action="store_true", help="run in the background, print the id")
     p.add_argument("--rm", action="store_true", help="remove the container when it exits")
     p.add_argument("--name")
+    p.add_argument("--hostname", help="the container's host name (default: its short id)")
     p.add_argument("-p", "--publish", action="append", default=[], metavar="[IP:]HOST:CTR[/PROTO]")
     p.add_argument("-m", "--memory", help="memory limit (e.g. 200m)")
     p.add_argument("--memory-swap", help="memory + swap limit (e.g. 1g), -1 unlimited")
@@ -171,50 +173,6 @@ async def agent_images(ctx, host: str) -> list:
     return reply.images
 
 
-# ---- streams ---------------------------------------------------------------------------
-
-class _Stream:
-    """Output the agent sends to our inbox; answers its pings; done at `end`."""
-
-    def __init__(self, client, *, timestamps: bool = False, progress: bool = True):
-        import asyncio
-        self.client = client
-        self.inbox = client.nc.new_inbox()
-        self.timestamps = timestamps
-        self.progress = progress
-        self.done = asyncio.get_running_loop().create_future()
-        self.sub = None
-
-    async def __aenter__(self) -> "_Stream":
-        from shared import codec
-        from shared.messages.agent import StreamMessage
-        dec = codec.decoder(StreamMessage)
-        out, err = sys.stdout.buffer, sys.stderr.buffer
-
-        async def on_msg(msg) -> None:
-            sm = dec.decode(msg.data)
-            if sm.kind == "output":
-                for ln in sm.lines:
-                    f = err if ln.stream == "stderr" else out
-                    f.write(((ln.time + " ") if self.timestamps else "").encode() + ln.line.encode())
-                out.flush()
-                err.flush()
-            elif sm.kind == "progress" and self.progress:
-                err.write(sm.message.encode() + b"\n")
-                err.flush()
-            elif sm.kind == "ping" and msg.reply:
-                await msg.respond(b"")
-            elif sm.kind == "end" and not self.done.done():
-                self.done.set_result(sm)
-
-        self.sub = await self.client.nc.subscribe(self.inbox, cb=on_msg)
-        return self
-
-    async def __aexit__(self, *exc) -> None:
-        if self.sub is not None:
-            await self.sub.unsubscribe()
-
-
 # ---- handlers --------------------------------------------------------------------------
 
 async def run(args, ctx) -> int:
@@ -233,7 +191,8 @@ async def run(args, ctx) -> int:
                      entrypoint=[args.entrypoint] if args.entrypoint is not None else None, env=env,
                      workdir=args.workdir or "", user=args.user or "", publish=args.publish, memory=memory,
                      memory_swap=swap, cpu_shares=args.cpu_shares, volumes=args.volume, network=args.network,
-                     restart=args.restart, rm=args.rm, detach=args.detach, pull=args.pull, labels=labels)
+                     restart=args.restart, rm=args.rm, detach=args.detach, pull=args.pull, labels=labels,
+                     hostname=args.hostname or "")
     client = await ctx.bus()
     host = args.host or place(await fleet(ctx), memory).agent_id
     subject = subjects.agent(host, VERB_RUN)
@@ -244,11 +203,13 @@ async def run(args, ctx) -> int:
         else:
             print(reply.container.id)
         return 0
-    async with _Stream(client) as stream:
+    async with Stream(client) as stream:
         import msgspec
-        await client.request(subject, msgspec.structs.replace(req, stream_inbox=stream.inbox), RunReply,
-                             timeout=600)
-        end = await stream.done
+        # Signals are the container's to handle from here on; its exit code becomes ours.
+        with SignalProxy(client, host, ctx) as proxy:
+            await proxy.start(client.request(subject, msgspec.structs.replace(req, stream_inbox=stream.inbox),
+                                             RunReply, timeout=600))
+            end = await stream.done
     if end.error:
         ctx.error(end.error)
         return 125
@@ -298,7 +259,7 @@ async def logs(args, ctx) -> int:
         raise InvalidArgument(f"invalid --tail {args.tail!r}: a number or 'all'")
     host, c = await find(ctx, args.container)
     client = await ctx.bus()
-    async with _Stream(client, timestamps=args.timestamps) as stream:
+    async with Stream(client, timestamps=args.timestamps) as stream:
         await client.request(subjects.agent(host, VERB_LOGS),
                              LogsRequest(container=c.id, follow=args.follow, tail=n, timestamps=args.timestamps,
                                          stream_inbox=stream.inbox), LogsReply)

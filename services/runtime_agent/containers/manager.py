@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from services.runtime_agent.containers import rootfs
+from services.runtime_agent.containers import etcfiles, rootfs
 from services.runtime_agent.containers.config import parse_restart, parse_volumes, process_of, resolve_user
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.store import ContainerStore, check_name
@@ -141,7 +141,8 @@ class Containers:
             raise InvalidArgument(f"ports cannot be published with network {req.network}")
         config = ContainerConfig(
             image=req.image, image_digest=image.digest, args=proc.args, entrypoint=proc.entrypoint, cmd=proc.cmd,
-            env=proc.env, working_dir=proc.cwd, user=proc.user, hostname=cid[:12],
+            env=proc.env, working_dir=proc.cwd, user=proc.user,
+            hostname=etcfiles.check_hostname(req.hostname) if req.hostname else cid[:12],  # docker's default
             volumes=parse_volumes(req.volumes), network=req.network, publish=list(req.publish),
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
@@ -152,13 +153,14 @@ class Containers:
         return c
 
     def _spec(self, c: Container, *, rootfs_path: str, uid: int, gid: int, groups: tuple[int, ...],
-              netns: str) -> ContainerSpec:
+              netns: str, etc: tuple[BindMount, ...] = ()) -> ContainerSpec:
         lim = c.config.limits
         return ContainerSpec(
             args=tuple(c.config.args), rootfs=rootfs_path, cgroups_path=f"{self.cgroup_parent}/{c.id}",
             env=tuple(c.config.env), cwd=c.config.working_dir, uid=uid, gid=gid, additional_gids=groups,
             hostname=c.config.hostname,
-            mounts=tuple(BindMount(v.source, v.destination, v.readonly) for v in c.config.volumes),
+            # The /etc files first: a user's volume over one of them wins, as with docker.
+            mounts=etc + tuple(BindMount(v.source, v.destination, v.readonly) for v in c.config.volumes),
             network=netns, memory_bytes=lim.memory, memory_swap_bytes=lim.memory_swap,
             cpu_shares=lim.cpu_shares)
 
@@ -176,8 +178,10 @@ class Containers:
                 ids = resolve_user(root, c.config.user)
             finally:
                 att = await net  # even on failure: its teardown below must find it settled
+            etc = etcfiles.write(self.store.dir(cid) / "etc", hostname=c.config.hostname, mode=att.mode,
+                                 ip=att.ip)
             spec = self._spec(c, rootfs_path=str(root), uid=ids.uid, gid=ids.gid, groups=ids.additional_gids,
-                              netns=att.netns_path or "host")
+                              netns=att.netns_path or "host", etc=etc.mounts())
             with contextlib.suppress(NotFound):
                 await self.runtime.delete(cid)  # an earlier run's runtime state
             pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid))
