@@ -19,15 +19,19 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
 import posixpath
 import re
 import stat
-import tarfile
+import time
 from dataclasses import dataclass, field
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 from shared.errors import InvalidArgument
+
+if TYPE_CHECKING:
+    import tarfile  # imported where used: a warm `dockyard build` packs no tar
 
 DOCKERIGNORE = ".dockerignore"
 _REGEX_SPECIAL = set(".+()|{}$")
@@ -239,6 +243,7 @@ def walk_context(root: str, excludes: list[str]) -> Iterator[tuple[str, os.stat_
 
 
 def _tarinfo(rel: str, st: os.stat_result, root: str) -> tarfile.TarInfo:
+    import tarfile
     ti = tarfile.TarInfo(rel)
     ti.mode = stat.S_IMODE(st.st_mode)
     ti.uid = ti.gid = 0
@@ -258,16 +263,20 @@ def _tarinfo(rel: str, st: os.stat_result, root: str) -> tarfile.TarInfo:
 
 
 def pack_context(root: str, out: BinaryIO, excludes: list[str], *,
-                 external: dict[str, str] | None = None, external_min: int = EXTERNAL_MIN) -> tuple[str, int]:
+                 external: dict[str, str] | None = None, external_min: int = EXTERNAL_MIN,
+                 digests: "DigestCache | None" = None) -> tuple[str, int]:
     """Write the context as a deterministic tar to `out`; returns (sha256 digest, size).
 
     With `external` given, regular files of `external_min` bytes or more are not
     inlined: the tar names them by content digest (PAX `DOCKYARD.blob`, no data)
     and `external` maps each digest to the file's path, for the caller to upload
     as blobs of their own. The context's digest still covers their content, and
-    an unchanged big file is not sent again when a small one changes.
+    an unchanged big file is not sent again when a small one changes. `digests`
+    remembers those files' digests by stat, so an unchanged one is not re-read.
     """
+    import tarfile
     hw = _HashingWriter(out)
+    hashed: set[str] = set()
     with tarfile.open(fileobj=hw, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for rel, st in walk_context(root, excludes):
             if stat.S_ISSOCK(st.st_mode) or stat.S_ISFIFO(st.st_mode):
@@ -275,7 +284,8 @@ def pack_context(root: str, out: BinaryIO, excludes: list[str], *,
             ti = _tarinfo(rel, st, root)
             if ti.type == tarfile.REGTYPE and external is not None and ti.size >= external_min:
                 path = os.path.join(root, rel)
-                digest = _file_digest(path)
+                digest = digests.digest(path, st) if digests is not None else _file_digest(path)
+                hashed.add(path)
                 ti.pax_headers = {EXTERNAL_BLOB: digest, EXTERNAL_SIZE: str(ti.size)}
                 ti.size = 0
                 external[digest] = path
@@ -285,6 +295,8 @@ def pack_context(root: str, out: BinaryIO, excludes: list[str], *,
                     tf.addfile(ti, f)
             else:
                 tf.addfile(ti)
+    if digests is not None:
+        digests.retain(hashed)
     return "sha256:" + hw.hash.hexdigest(), hw.size
 
 
@@ -294,6 +306,109 @@ def _file_digest(path: str) -> str:
         while chunk := f.read(_CHUNK):
             h.update(chunk)
     return "sha256:" + h.hexdigest()
+
+
+_RACY_NS = 2_000_000_000  # file times this close to the hash may hide a later same-tick write
+
+
+def _stat_key(st: os.stat_result) -> list:
+    return [st.st_mode, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev]
+
+
+def _racy(st: os.stat_result, start_ns: int) -> bool:
+    return start_ns - max(st.st_mtime_ns, st.st_ctime_ns) <= _RACY_NS
+
+
+def context_signature(root: str, excludes: list[str], external_min: int = EXTERNAL_MIN) -> tuple[str, bool]:
+    """A digest of the stat of every entry `pack_context` would send, and whether one is racy.
+
+    Equal signatures mean an unchanged context (see DigestCache), so its tar
+    need not be written nor hashed again; a racy one must not be remembered.
+    """
+    start = time.time_ns()
+    h = hashlib.sha256(json.dumps([root, excludes, external_min]).encode())
+    racy = False
+    for rel, st in walk_context(root, excludes):
+        h.update(json.dumps([rel, *_stat_key(st)]).encode())
+        racy = racy or _racy(st, start)
+    return h.hexdigest(), racy
+
+
+class DigestCache:
+    """What a context held when last packed, trusted while its stat is unchanged (git's index).
+
+    Two records: each big file's content digest, and the last packed context
+    (its signature, tar digest and size, and the big files it names). The key
+    is (mode, size, mtime_ns, ctime_ns, inode, dev): an edit changes mtime and
+    ctime, restoring the mtime (`touch -d`) still moves ctime, replacing the
+    file changes the inode. As in git, a stat whose times are within `_RACY_NS`
+    of the hash is not kept: timestamps are coarse (a kernel tick), so a write
+    later in the same tick would leave the stat as it was. A lost or corrupt
+    cache only costs a re-hash; it is rewritten atomically.
+    """
+
+    def __init__(self, path: str | None):
+        self.path = path
+        self.files: dict[str, list] = {}  # path -> [stat key, digest]
+        self.last: dict = {}  # signature, digest, size, external
+        self.dirty = False
+        if path:
+            try:
+                with open(path, "rb") as f:
+                    loaded = json.load(f)
+                if isinstance(loaded, dict) and isinstance(loaded.get("files"), dict):
+                    self.files = loaded["files"]
+                    self.last = loaded.get("context") if isinstance(loaded.get("context"), dict) else {}
+            except (OSError, ValueError):
+                pass
+
+    def digest(self, path: str, st: os.stat_result) -> str:
+        key = _stat_key(st)
+        hit = self.files.get(path)
+        if isinstance(hit, list) and len(hit) == 2 and hit[0] == key:
+            return hit[1]
+        start = time.time_ns()
+        digest = _file_digest(path)
+        stable = _stat_key(os.lstat(path)) == key  # not written to while we read it
+        if stable and not _racy(st, start):
+            self.files[path] = [key, digest]
+            self.dirty = True
+        elif self.files.pop(path, None) is not None:
+            self.dirty = True
+        return digest
+
+    def retain(self, paths: set[str]) -> None:
+        """Forget files no longer in the context (the cache stays the context's size)."""
+        for p in set(self.files) - paths:
+            del self.files[p]
+            self.dirty = True
+
+    def packed(self, signature: str) -> tuple[str, int, dict[str, str]] | None:
+        """(digest, size, external) of the context last packed with this signature."""
+        last = self.last
+        if last.get("signature") != signature:
+            return None
+        try:
+            return str(last["digest"]), int(last["size"]), {str(k): str(v) for k, v in last["external"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+
+    def remember(self, signature: str, digest: str, size: int, external: dict[str, str]) -> None:
+        self.last = {"signature": signature, "digest": digest, "size": size, "external": dict(external)}
+        self.dirty = True
+
+    def save(self) -> None:
+        if not (self.path and self.dirty):
+            return
+        try:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            tmp = f"{self.path}.{os.getpid()}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({"files": self.files, "context": self.last}, f)
+            os.replace(tmp, self.path)
+            self.dirty = False
+        except OSError:
+            pass  # a cache we cannot write is a cache we do without
 
 
 class _HashingWriter(io.RawIOBase):
@@ -332,13 +447,19 @@ def _safe_rel(name: str) -> str:
     return rel
 
 
-def unpack_context(src: BinaryIO, dest: str) -> ContextIndex:
+def unpack_context(src: BinaryIO, dest: str, donor: ContextIndex | None = None) -> ContextIndex:
     """Unpack a context tar into `dest`, hashing files as they are written.
 
     The stream is untrusted: paths that leave `dest`, entries under a symlink,
     devices and hard links to outside are refused; nothing is written through
     a symlink (O_NOFOLLOW, and parents are checked against the links made).
+
+    `donor`, an earlier unpacked context (immutable, like this one), lends its
+    small files: one whose path, content digest and mode are the same here is
+    hard-linked, not written. Creating a file costs ~30 times a link, and a
+    rebuild after a one-file edit would otherwise write the whole context again.
     """
+    import tarfile
     os.makedirs(dest, exist_ok=True)
     index = ContextIndex(root=dest)
     try:
@@ -375,6 +496,8 @@ def unpack_context(src: BinaryIO, dest: str) -> ContextIndex:
                     raise InvalidArgument(f"context: bad blob size for {rel!r}") from exc
                 index.external[rel] = (digest, size, ti.mode & 0o7777)
                 index.files[rel] = digest
+            elif ti.isreg() and donor is not None and rel in donor.files and ti.size <= _CHUNK:
+                index.files[rel] = _link_or_write(tf.extractfile(ti), path, ti.mode, donor, rel)
             elif ti.isreg():
                 index.files[rel] = _write_file(tf.extractfile(ti), path, ti.mode)
             elif ti.islnk():
@@ -395,6 +518,21 @@ def _mkdirs(dest: str, rel: str, index: ContextIndex) -> None:
         if sub not in index.dirs:
             os.makedirs(os.path.join(dest, sub), exist_ok=True)
             index.dirs.add(sub)
+
+
+def _link_or_write(f: BinaryIO | None, path: str, mode: int, donor: ContextIndex, rel: str) -> str:
+    data = f.read() if f is not None else b""
+    digest = "sha256:" + hashlib.sha256(data).hexdigest()
+    if donor.files.get(rel) == digest and rel not in donor.external:
+        other = os.path.join(donor.root, rel)
+        try:
+            st = os.lstat(other)
+            if stat.S_ISREG(st.st_mode) and stat.S_IMODE(st.st_mode) == mode & 0o7777 and st.st_size == len(data):
+                os.link(other, path, follow_symlinks=False)
+                return digest
+        except OSError:
+            pass  # the donor was evicted meanwhile: write it
+    return _write_file(io.BytesIO(data), path, mode)
 
 
 def _write_file(f: BinaryIO | None, path: str, mode: int) -> str:

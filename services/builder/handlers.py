@@ -15,8 +15,9 @@ import msgspec
 from shared.buildcontext import ContextIndex, unpack_context
 from shared.errors import InvalidArgument
 from shared.layers.compression import open_compressor, open_decompressed, media_type
-from shared.messages.builder import (CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned, HistoryEntry,
-                                     HistoryReply, HistoryRequest, ImportReply, ImportRequest)
+from shared.messages.builder import (CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned,
+                                     ContextMissingReply, ContextMissingRequest, HistoryEntry, HistoryReply,
+                                     HistoryRequest, ImportReply, ImportRequest)
 from shared.messages.common import Progress
 from shared.messages.gc import PruneReply, PruneRequest
 from shared.oci.digest import Digest, Hasher
@@ -93,7 +94,7 @@ class Builder:
 
                 def unpack() -> ContextIndex:
                     with open(blob, "rb") as f:
-                        return unpack_context(f, str(tmp / "root"))
+                        return unpack_context(f, str(tmp / "root"), donor=self._donor())
 
                 index = await asyncio.to_thread(unpack)
                 await self._place_external(index, tmp / "root")
@@ -104,6 +105,32 @@ class Builder:
                 shutil.rmtree(tmp, ignore_errors=True)
             self._evict_contexts()
             return index
+
+    def _donor(self) -> ContextIndex | None:
+        """The context used last: a rebuild's new context mostly holds the same files (see unpack_context)."""
+        metas = []
+        for m in self.contexts.glob("*.json"):
+            try:
+                metas.append((m.stat().st_mtime_ns, m))
+            except OSError:
+                pass  # evicted meanwhile
+        for _, meta in sorted(metas, reverse=True)[:1]:
+            try:
+                index = msgspec.json.decode(meta.read_bytes(), type=ContextIndex)
+            except (OSError, msgspec.ValidationError, msgspec.DecodeError):
+                return None
+            if index.root == str(self.contexts / meta.stem):  # only contexts this builder unpacked
+                return index
+        return None
+
+    async def context_missing(self, req: ContextMissingRequest) -> ContextMissingReply:
+        """The blobs of `req` the stack registry lacks (asked there, not here: any replica may build)."""
+        if len(req.digests) > 1024:
+            raise InvalidArgument("context_missing: at most 1024 digests a request")
+        client = self.regs.client(self.regs.stack_url)
+        digests = [Digest(d) for d in req.digests]
+        sizes = await asyncio.gather(*(client.blob_exists(CONTEXT_REPOSITORY, d) for d in digests))
+        return ContextMissingReply(missing=[d for d, n in zip(digests, sizes) if n is None])
 
     async def _place_external(self, index: ContextIndex, root: Path) -> None:
         """Put the context's big files in place: each fetched once per digest, then hard-linked."""

@@ -1,4 +1,4 @@
-"""The builder service on the bus: `dockyard.builder.build|import|history`, any replica answers.
+"""The builder service on the bus: `dockyard.builder.build|import|history|context.missing`, any replica answers.
 
 Builds stream Progress to the request's `progress_inbox`; layers and unpacked
 snapshots live under `<data_dir>/builder`, the cache records in the
@@ -13,7 +13,8 @@ import logging
 from shared import bus, subjects
 from shared.config import Config
 from shared import codec
-from shared.messages.builder import BuildRequest, CachePruned, HistoryRequest, ImportRequest
+from shared.messages.builder import (CONTEXT_MISSING, BuildRequest, CachePruned, ContextMissingRequest,
+                                     HistoryRequest, ImportRequest)
 from shared.messages.gc import PruneRequest
 from shared.messages.common import Progress
 from shared.registry.auth import bus_token_provider
@@ -50,6 +51,7 @@ async def serve(cfg: Config) -> None:
         svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
         svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)
         svc.endpoint(subjects.BUILDER_PRUNE, PruneRequest, builder.prune)
+        svc.endpoint(CONTEXT_MISSING, ContextMissingRequest, builder.context_missing)
         pruned_sub = await nc.subscribe(subjects.EVENT_CACHE_PRUNED, cb=_on_pruned(builder))
         await svc.start()
         log.info("builder %s serving on %s", svc.id, cfg.nats_url)

@@ -13,6 +13,9 @@ from shared.oci.digest import Digest
 
 # Where the CLI uploads contexts and import tarballs (a repository of the stack registry).
 CONTEXT_REPOSITORY = "dockyard/build-contexts"
+# Which context blobs the stack registry lacks: lets the CLI skip its HTTP client
+# (and the upload) when a rebuild sends nothing new. Any replica answers.
+CONTEXT_MISSING = "dockyard.builder.context.missing"
 
 
 class SecretRef(msgspec.Struct, kw_only=True, frozen=True):
@@ -35,6 +38,14 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     network: str = "default"  # default (none) | host: the default for RUN steps
     labels: dict[str, str] = {}
     progress_inbox: str = ""
+
+
+class ContextMissingRequest(msgspec.Struct, kw_only=True):
+    digests: list[Digest]  # blobs of CONTEXT_REPOSITORY the caller means to name
+
+
+class ContextMissingReply(msgspec.Struct, kw_only=True):
+    missing: list[Digest]  # those the stack registry does not hold, in request order
 
 
 class BuildWarning(msgspec.Struct, kw_only=True, frozen=True):

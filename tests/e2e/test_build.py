@@ -164,3 +164,50 @@ def test_bad_dockerfile_names_line(stack, base, tmp_path):
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nRUN true\nFROBNICATE x\n")
     p = stack.cli("build", "-t", "dybd-bad:1", str(ctx), check=False)
     assert p.returncode != 0 and "Dockerfile:3: FROBNICATE: unknown instruction" in p.stderr
+
+
+async def test_rebuild_uploads_a_context_the_registry_lost(stack, base, tmp_path):
+    """An unchanged context is not re-sent, unless the registry no longer has it (GC, a cold cache)."""
+    import hashlib
+    import time
+
+    import aiohttp
+
+    from shared import bus
+    from shared.messages.builder import (CONTEXT_MISSING, CONTEXT_REPOSITORY, ContextMissingReply,
+                                         ContextMissingRequest)
+    from shared.registry.auth import bus_token_provider
+    from shared.registry.client import RegistryClient
+
+    ctx = _context(tmp_path)
+    made = time.time()
+    first = _build(stack, ctx)
+    time.sleep(max(0.0, made + 2.2 - time.time()))  # past the racy window: the CLI remembers the context
+    assert all(s["cached"] for s in _build(stack, ctx)["steps"])
+    name = hashlib.sha256(str(ctx).encode()).hexdigest()[:32]
+    xdg = stack.env.get("XDG_CACHE_HOME")
+    base_dir = Path(xdg) / "dockyard" if xdg else stack.data_dir / "cli-cache"
+    remembered = json.loads((base_dir / "context-digests" / f"{name}.json").read_text())
+    blobs = [remembered["context"]["digest"], *remembered["context"]["external"]]
+    assert len(blobs) == 2  # the tar and big.bin
+    nc = await bus.connect(stack.nats_url)
+    try:
+        b = bus.BusClient(nc)
+
+        async def missing() -> list[str]:
+            r = await b.request(CONTEXT_MISSING, ContextMissingRequest(digests=blobs), ContextMissingReply, timeout=30)
+            return [str(d) for d in r.missing]
+
+        assert await missing() == []
+        async with aiohttp.ClientSession() as session:
+            rc = RegistryClient(session, stack.registry_url, token_provider=bus_token_provider(b, "test"))
+            for d in blobs:
+                resp = await rc._send("DELETE", f"/v2/{CONTEXT_REPOSITORY}/blobs/{d}",
+                                      [f"repository:{CONTEXT_REPOSITORY}:delete"], ok=(202,), what="unlink")
+                resp.release()
+        assert await missing() == blobs
+        again = _build(stack, ctx)  # the CLI must notice and send both again
+        assert await missing() == []
+    finally:
+        await nc.drain()
+    assert [s["layer"] for s in again["steps"]] == [s["layer"] for s in first["steps"]]

@@ -50,6 +50,9 @@ class BaseImage:
     layers: list[LayerRef] = field(default_factory=list)
 
 
+MAX_CONFIGS = 64
+
+
 class Registries:
     """One RegistryClient per registry; the stack's own gets service tokens over the bus."""
 
@@ -58,6 +61,20 @@ class Registries:
         self.token_provider = token_provider
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, RegistryClient] = {}
+        # Image configs by digest (content-addressed, verified when fetched): a rebuild
+        # re-resolves its base's tag but need not fetch the same config again.
+        self._configs: dict[str, bytes] = {}
+
+    async def config_blob(self, client: RegistryClient, repo: str, digest: Digest) -> bytes:
+        raw = self._configs.pop(str(digest), None)
+        if raw is None:
+            buf = io.BytesIO()
+            await client.fetch_blob_to(repo, digest, buf)
+            raw = buf.getvalue()
+        self._configs[str(digest)] = raw  # most recent last
+        while len(self._configs) > MAX_CONFIGS:
+            del self._configs[next(iter(self._configs))]
+        return raw
 
     def url_for(self, ref: Reference) -> str:
         return self.stack_url if ref.domain is None else ref.domain
@@ -106,9 +123,7 @@ async def pull_base(regs: Registries, name: str, os_: str, arch: str) -> BaseIma
         digest = got.digest
         media, manifest = parse_manifest(got.body, got.media_type)
     assert isinstance(manifest, Manifest)
-    buf = io.BytesIO()
-    await client.fetch_blob_to(ref.path, manifest.config.digest, buf)
-    config = json.loads(buf.getvalue())
+    config = json.loads(await regs.config_blob(client, ref.path, manifest.config.digest))
     diff_ids = (config.get("rootfs") or {}).get("diff_ids") or []
     if len(diff_ids) != len(manifest.layers):
         raise InvalidArgument(f"base image {name}: config lists {len(diff_ids)} diff_ids for "
@@ -166,7 +181,10 @@ async def push_image(regs: Registries, tags: list[Reference], layers: list[Layer
             # A mount the registry declines becomes an upload fed by chunks().
             await client.push_blob(ref.path, layer.digest, layer.size, chunks, mount_from=mount)
 
-        await asyncio.gather(*(one(layer) for layer in layers))
-        await client.push_blob(ref.path, Digest.from_bytes(config_bytes), len(config_bytes), config_bytes)
+        # The config (new on every build: it holds the creation time) needs no HEAD first, and
+        # travels while the layers are checked: the manifest waits for both.
+        await asyncio.gather(*(one(layer) for layer in layers),
+                             client.push_blob(ref.path, Digest.from_bytes(config_bytes), len(config_bytes),
+                                              config_bytes, check_exists=False))
         await client.put_manifest(ref.path, ref.tag or ref.reference, manifest_bytes, mt.OCI_MANIFEST)
     return digest

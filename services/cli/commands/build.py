@@ -2,7 +2,10 @@
 
 The context is packed here (respecting `.dockerignore`), uploaded once to the
 stack registry as a blob (an unchanged context has the same digest and is not
-sent again), and the build request names it. Heavy imports wait until a
+sent again), and the build request names it. A per-context cache (by stat, see
+`DigestCache`) spares an unchanged context its tar and its big files their
+hashing; the builder says which blobs the registry lacks, so a rebuild that
+sends nothing never loads the HTTP client. Heavy imports wait until a
 handler runs, so `dockyard ps` never pays for them.
 """
 
@@ -79,6 +82,54 @@ def _secrets(values: list[str]) -> list[Any]:
     return out
 
 
+SMALL_UPLOAD = 16 << 20  # blobs up to this size go in one POST (see _post_blob)
+
+
+async def _post_blob(ctx: Any, path: str, digest: str, size: int) -> bool:
+    """A monolithic upload (one `POST ?digest=`) over a bare HTTP/1.1 connection; False: use the full client.
+
+    A changed context is a small tar: importing aiohttp and running the
+    HEAD/POST/PUT dance would cost more than sending it. Anything unusual (TLS,
+    a challenge, a redirect, a registry without monolithic POST) is left to
+    RegistryClient, which handles it.
+    """
+    import asyncio
+    from urllib.parse import urlsplit
+
+    from shared import subjects
+    from shared.messages.auth import TokenReply, TokenRequest
+    from shared.messages.builder import CONTEXT_REPOSITORY
+    url = urlsplit(ctx.config.registry_base_url)
+    if url.scheme != "http" or size > SMALL_UPLOAD or not url.hostname:
+        return False
+    b = await ctx.bus()
+    token = await b.request(subjects.REGISTRY_TOKEN, TokenRequest(
+        account="cli", scopes=[f"repository:{CONTEXT_REPOSITORY}:pull,push"]), TokenReply)
+    with open(path, "rb") as f:
+        body = f.read()
+    if len(body) != size:
+        return False
+    head = (f"POST {url.path.rstrip('/')}/v2/{CONTEXT_REPOSITORY}/blobs/uploads/?digest={digest} HTTP/1.1\r\n"
+            f"Host: {url.netloc}\r\nAuthorization: Bearer {token.token}\r\n"
+            f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n"
+            "Connection: close\r\n\r\n").encode()
+
+    async def send() -> bytes:
+        reader, writer = await asyncio.open_connection(url.hostname, url.port or 80)
+        try:
+            writer.write(head + body)
+            await writer.drain()
+            return await reader.readline()
+        finally:
+            writer.close()
+
+    try:
+        status = (await asyncio.wait_for(send(), timeout=120)).split(b" ", 2)
+    except (OSError, asyncio.TimeoutError):
+        return False
+    return len(status) > 1 and status[1] == b"201"
+
+
 async def _upload(ctx: Any, *groups: list[tuple[str, str, int]]) -> None:
     """Push (path, digest, size) blobs to the context repository, group after group; those it has are not sent."""
     import asyncio
@@ -97,13 +148,65 @@ async def _upload(ctx: Any, *groups: list[tuple[str, str, int]]) -> None:
                                    for path, digest, size in blobs))
 
 
-async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
-    import asyncio
+def _digest_cache_path(ctx: Any, root: str) -> str | None:
+    """One digest cache per context dir: `$XDG_CACHE_HOME/dockyard`, else the CLI's data dir."""
+    import hashlib
+    base = os.environ.get("XDG_CACHE_HOME")
+    base = os.path.join(base, "dockyard") if base else os.path.join(str(ctx.config.data_dir), "cli-cache")
+    name = hashlib.sha256(root.encode()).hexdigest()[:32]
+    return os.path.join(base, "context-digests", name + ".json")
 
+
+async def _missing(ctx: Any, digests: list[str]) -> list[str]:
+    """The blobs the stack registry lacks, asked over the bus (no HTTP client needed when none)."""
+    from shared.messages.builder import CONTEXT_MISSING, ContextMissingReply, ContextMissingRequest
+    b = await ctx.bus()
+    reply = await b.request(CONTEXT_MISSING, ContextMissingRequest(digests=digests), ContextMissingReply,
+                            timeout=60)
+    return [str(d) for d in reply.missing]
+
+
+def _pack(root: str, out: Any, excludes: list[str], cache: Any) -> tuple[str, int, dict[str, str]]:
+    """Write the context tar to `out`: (digest, size, the big files it names by digest)."""
+    from shared.buildcontext import pack_context
+    out.seek(0)
+    out.truncate()
+    external: dict[str, str] = {}
+    digest, size = pack_context(root, out, excludes, external=external, digests=cache)
+    out.flush()
+    return digest, size, external
+
+
+async def _send_context(ctx: Any, root: str, excludes: list[str], cache: Any, signature: str, racy: bool,
+                        packed: tuple[str, int, dict[str, str]] | None) -> str:
+    """Make sure the stack registry holds the context and the big files it names; its digest."""
+    with tempfile.NamedTemporaryFile(prefix="dockyard-context-", suffix=".tar") as tmp:
+        if packed is None:
+            digest, size, external = _pack(root, tmp, excludes, cache)
+            if not racy:
+                cache.remember(signature, digest, size, external)
+            cache.save()
+        else:  # unchanged since it was last packed: the tar is only written if it must travel
+            digest, size, external = packed
+        missing = set(await _missing(ctx, [*external, digest]))
+        if digest in missing and packed is not None:
+            digest, size, external = _pack(root, tmp, excludes, cache)
+            cache.save()
+            missing = set(await _missing(ctx, [*external, digest]))
+        big = [(p, d, os.path.getsize(p)) for d, p in external.items() if d in missing]
+        if big:  # first: the context tar names them, so they must be there when it is
+            await _upload(ctx, big)
+        if digest in missing and not await _post_blob(ctx, tmp.name, digest, size):
+            await _upload(ctx, [(tmp.name, digest, size)])
+    return digest
+
+
+async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
     from shared import subjects
-    from shared.buildcontext import DOCKERIGNORE, context_excludes, pack_context
+    from shared.buildcontext import DOCKERIGNORE, DigestCache, context_excludes, context_signature
     from shared.errors import InvalidArgument
     from shared.messages.builder import BuildReply, BuildRequest
+    from shared.oci.digest import Digest
 
     root = os.path.abspath(args.context)
     if not os.path.isdir(root):
@@ -120,16 +223,10 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
             ignore = f.read()
     rel = os.path.relpath(dockerfile, root)
     excludes = context_excludes(ignore, rel)
-    with tempfile.NamedTemporaryFile(prefix="dockyard-context-", suffix=".tar") as tmp:
-        external: dict[str, str] = {}
-        digest, size = await asyncio.to_thread(pack_context, root, tmp, excludes, external=external)
-        tmp.flush()
-        # Big files first: the context tar names them, so they must be there when it is.
-        await _upload(ctx, [(p, d, os.path.getsize(p)) for d, p in external.items()], [(tmp.name, digest, size)])
-    req = BuildRequest(context=digest, dockerfile=text, dockerfile_name=os.path.basename(dockerfile),
-                       tags=args.tag, build_args=_pairs(args.build_arg, "--build-arg"), target=args.target,
-                       no_cache=args.no_cache, secrets=_secrets(args.secret), compression=args.compression,
-                       network=args.network, labels=_pairs(args.label, "--label"))
+    fields = dict(dockerfile=text, dockerfile_name=os.path.basename(dockerfile), tags=args.tag,
+                  build_args=_pairs(args.build_arg, "--build-arg"), target=args.target, no_cache=args.no_cache,
+                  secrets=_secrets(args.secret), compression=args.compression, network=args.network,
+                  labels=_pairs(args.label, "--label"))
     quiet = args.quiet or ctx.json_output
 
     def show(p: Any) -> None:
@@ -144,8 +241,12 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
         else:
             sys.stderr.write(f"{p.message}\n")
 
+    cache = DigestCache(_digest_cache_path(ctx, root))
+    signature, racy = context_signature(root, excludes)
+    digest = await _send_context(ctx, root, excludes, cache, signature, racy, cache.packed(signature))
     b = await ctx.bus()
-    reply = await b.request_with_progress(subjects.BUILD, req, BuildReply, show, timeout=3600)
+    reply = await b.request_with_progress(subjects.BUILD, BuildRequest(context=Digest(digest), **fields),
+                                          BuildReply, show, timeout=3600)
     if ctx.json_output:
         ctx.print_json(reply)
     else:
