@@ -49,6 +49,7 @@ REGISTRY_REPO_VISIBILITY = "dockyard.registry.repo.visibility"
 BUILD = "dockyard.builder.build"
 BUILD_IMPORT = "dockyard.builder.import"
 BUILD_HISTORY = "dockyard.builder.history"
+BUILD_CONTEXT_MISSING = "dockyard.builder.context.missing"  # which context blobs must travel
 
 # runtime-agent: fleet-wide and per-host
 AGENT_PREFIX = "dockyard.agent"

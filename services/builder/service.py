@@ -13,7 +13,7 @@ import logging
 from shared import bus, subjects
 from shared.config import Config
 from shared import codec
-from shared.messages.builder import (CONTEXT_MISSING, BuildRequest, CachePruned, ContextMissingRequest,
+from shared.messages.builder import (BuildRequest, CachePruned, ContextMissingRequest,
                                      HistoryRequest, ImportRequest)
 from shared.messages.gc import PruneRequest
 from shared.messages.common import Progress
@@ -51,7 +51,7 @@ async def serve(cfg: Config) -> None:
         svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
         svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)
         svc.endpoint(subjects.BUILDER_PRUNE, PruneRequest, builder.prune)
-        svc.endpoint(CONTEXT_MISSING, ContextMissingRequest, builder.context_missing)
+        svc.endpoint(subjects.BUILD_CONTEXT_MISSING, ContextMissingRequest, builder.context_missing)
         pruned_sub = await nc.subscribe(subjects.EVENT_CACHE_PRUNED, cb=_on_pruned(builder))
         await svc.start()
         log.info("builder %s serving on %s", svc.id, cfg.nats_url)

@@ -15,7 +15,6 @@ from shared.oci.digest import Digest
 CONTEXT_REPOSITORY = "dockyard/build-contexts"
 # Which context blobs the stack registry lacks: lets the CLI skip its HTTP client
 # (and the upload) when a rebuild sends nothing new. Any replica answers.
-CONTEXT_MISSING = "dockyard.builder.context.missing"
 
 
 class SecretRef(msgspec.Struct, kw_only=True, frozen=True):

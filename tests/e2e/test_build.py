@@ -173,8 +173,8 @@ async def test_rebuild_uploads_a_context_the_registry_lost(stack, base, tmp_path
 
     import aiohttp
 
-    from shared import bus
-    from shared.messages.builder import (CONTEXT_MISSING, CONTEXT_REPOSITORY, ContextMissingReply,
+    from shared import bus, subjects
+    from shared.messages.builder import (CONTEXT_REPOSITORY, ContextMissingReply,
                                          ContextMissingRequest)
     from shared.registry.auth import bus_token_provider
     from shared.registry.client import RegistryClient
@@ -195,7 +195,7 @@ async def test_rebuild_uploads_a_context_the_registry_lost(stack, base, tmp_path
         b = bus.BusClient(nc)
 
         async def missing() -> list[str]:
-            r = await b.request(CONTEXT_MISSING, ContextMissingRequest(digests=blobs), ContextMissingReply, timeout=30)
+            r = await b.request(subjects.BUILD_CONTEXT_MISSING, ContextMissingRequest(digests=blobs), ContextMissingReply, timeout=30)
             return [str(d) for d in r.missing]
 
         assert await missing() == []

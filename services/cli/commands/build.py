@@ -159,9 +159,10 @@ def _digest_cache_path(ctx: Any, root: str) -> str | None:
 
 async def _missing(ctx: Any, digests: list[str]) -> list[str]:
     """The blobs the stack registry lacks, asked over the bus (no HTTP client needed when none)."""
-    from shared.messages.builder import CONTEXT_MISSING, ContextMissingReply, ContextMissingRequest
+    from shared.messages.builder import ContextMissingReply, ContextMissingRequest
+    from shared.subjects import BUILD_CONTEXT_MISSING
     b = await ctx.bus()
-    reply = await b.request(CONTEXT_MISSING, ContextMissingRequest(digests=digests), ContextMissingReply,
+    reply = await b.request(BUILD_CONTEXT_MISSING, ContextMissingRequest(digests=digests), ContextMissingReply,
                             timeout=60)
     return [str(d) for d in reply.missing]
 
