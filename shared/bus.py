@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import msgspec
@@ -24,7 +24,8 @@ from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, ServiceConfig
 
 from shared import codec
-from shared.bus_reply import DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, decode_reply  # noqa: F401
+from shared.bus_reply import (DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, TypedEvents,  # noqa: F401
+                              decode_reply)
 from shared.errors import (AlreadyExists, Conflict, DockyardError, Internal, InvalidArgument,
                            NotFound, Unavailable)
 from shared.messages.common import ErrorReply, Progress
@@ -138,7 +139,7 @@ async def _respond_error(req: MicroRequest, e: DockyardError) -> None:
         log.warning("could not send error reply on %s", req.subject)
 
 
-class BusClient:
+class BusClient(TypedEvents):
     """Typed requests and events over one NATS connection."""
 
     def __init__(self, nc: NATS):
@@ -205,19 +206,6 @@ class BusClient:
             task.cancel()
             await sub.unsubscribe()
         return replies
-
-    async def publish(self, subject: str, msg: msgspec.Struct) -> None:
-        await self.nc.publish(subject, codec.encode(msg))
-
-    async def subscribe(self, subject: str, msg_type: type[Rep]) -> AsyncIterator[Rep]:
-        """Iterate over decoded messages (events) on `subject`."""
-        sub = await self.nc.subscribe(subject)
-        dec = codec.decoder(msg_type)
-        try:
-            async for m in sub.messages:
-                yield dec.decode(m.data)
-        finally:
-            await sub.unsubscribe()
 
 
 async def publish_progress(nc: NATS, inbox: str, progress: Progress) -> None:

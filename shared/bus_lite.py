@@ -22,7 +22,7 @@ from typing import Any, TypeVar
 import msgspec
 
 from shared import codec
-from shared.bus_reply import decode_reply
+from shared.bus_reply import TypedEvents, decode_reply
 from shared.errors import DockyardError, InvalidArgument, Unavailable
 from shared.messages.common import Progress
 
@@ -366,7 +366,7 @@ def _parse_headers(raw: bytes) -> tuple[dict[str, str], int]:
     return headers, status
 
 
-class LiteBusClient:
+class LiteBusClient(TypedEvents):
     """`shared.bus.BusClient`'s interface over a `Connection` (`.nc`, like nats-py's client)."""
 
     def __init__(self, nc: Connection):
@@ -426,19 +426,6 @@ class LiteBusClient:
         finally:
             await sub.unsubscribe()
         return replies
-
-    async def publish(self, subject: str, msg: msgspec.Struct) -> None:
-        await self.nc.publish(subject, codec.encode(msg))
-
-    async def subscribe(self, subject: str, msg_type: type[Rep]) -> AsyncIterator[Rep]:
-        """Iterate over decoded messages (events) on `subject`."""
-        sub = await self.nc.subscribe(subject)
-        dec = codec.decoder(msg_type)
-        try:
-            async for m in sub.messages:
-                yield dec.decode(m.data)
-        finally:
-            await sub.unsubscribe()
 
     async def kv_entries(self, bucket: str, *, timeout: float = 2.0) -> list[tuple[str, bytes]]:
         """The live (key, value) pairs of a JetStream KV bucket; [] if it does not exist.

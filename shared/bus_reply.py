@@ -1,4 +1,4 @@
-"""Bus reply decoding without nats-py: the error-reply headers and `decode_reply`.
+"""Bus reply decoding without nats-py: the error-reply headers, `decode_reply`, typed events.
 
 `shared.bus` (nats-py) and `shared.bus_lite` (the CLI's lean client) both turn a
 reply into the typed value or the typed error a service raised; this module holds
@@ -7,6 +7,7 @@ that one rule so that importing it costs msgspec only.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -34,3 +35,22 @@ def decode_reply(resp: Any, reply_type: type[Rep]) -> Rep:
             raise from_code(code if not code.isdigit() else "INTERNAL",
                             headers.get(ERROR_HEADER, "error"), headers.get(DETAIL_HEADER) or None)
     return codec.decode(resp.data, reply_type)
+
+
+class TypedEvents:
+    """Typed publish/subscribe over `self.nc`, for both bus clients (nats-py's and the lean one)."""
+
+    nc: Any
+
+    async def publish(self, subject: str, msg: msgspec.Struct) -> None:
+        await self.nc.publish(subject, codec.encode(msg))
+
+    async def subscribe(self, subject: str, msg_type: type[Rep]) -> AsyncIterator[Rep]:
+        """Iterate over decoded messages (events) on `subject`."""
+        sub = await self.nc.subscribe(subject)
+        dec = codec.decoder(msg_type)
+        try:
+            async for m in sub.messages:
+                yield dec.decode(m.data)
+        finally:
+            await sub.unsubscribe()
