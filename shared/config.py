@@ -9,6 +9,8 @@ from typing import Any
 
 import msgspec
 
+from shared.errors import InvalidArgument
+
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "dockyard"
 DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
 DEFAULT_REGISTRY_ADDR = "127.0.0.1:5000"
@@ -47,6 +49,14 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     def env(self, name: str, default: str = "") -> str:
         """A service-specific setting, `DOCKYARD_<NAME>` in the environment."""
         return os.environ.get(f"DOCKYARD_{name.upper()}", default)
+
+
+def split_host_port(addr: str) -> tuple[str, int]:
+    """`host:port` (IPv6 as `[::1]:port`, empty host = all addresses); port 0 means any free port."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or int(port) > 65535:
+        raise InvalidArgument(f"invalid address {addr!r}: want HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def load(**flags: Any) -> Config:

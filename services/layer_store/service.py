@@ -13,18 +13,10 @@ from services.layer_store.http import READ_BUFSIZE, create_app
 from services.layer_store.storage.base import StorageDriver
 from services.layer_store.storage.filesystem import FilesystemDriver
 from shared import bus, subjects
-from shared.config import Config
+from shared.config import Config, split_host_port
 from shared.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger("dockyard.layer_store")
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    """`host:port` (IPv6 as `[::1]:port`); port 0 means any free port."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit():
-        raise InvalidArgument(f"invalid layer-store address {addr!r}: want HOST:PORT")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 def advertised_url(cfg: Config, host: str, port: int) -> str:
@@ -55,7 +47,7 @@ async def serve(cfg: Config) -> None:
     runner: web.AppRunner | None = None
     svc: bus.BusService | None = None
     try:
-        host, port = split_addr(cfg.layer_store_addr)
+        host, port = split_host_port(cfg.layer_store_addr)
         client = bus.BusClient(nc)
         api = LayerStoreApi(driver, client, "")
         app = create_app(driver, on_commit=api.on_commit, commit_hook=api.commit_hook)

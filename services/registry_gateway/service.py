@@ -3,23 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import logging
 
 from aiohttp import web
 
 from shared import bus, subjects
-from shared.config import Config
-from services.registry_gateway import blobs, images
+from shared.config import Config, split_host_port
+from services.registry_gateway import blobs, copy, images
 from services.registry_gateway.app import create_app
 from services.registry_gateway.keys import REGISTRY, UPLOAD_HOOK
 
 log = logging.getLogger("dockyard.registry")
-
-
-def split_addr(addr: str) -> tuple[str, int]:
-    host, _, port = addr.rpartition(":")
-    return host.strip("[]") or "0.0.0.0", int(port)
 
 
 async def serve(cfg: Config) -> None:
@@ -35,7 +29,7 @@ async def serve(cfg: Config) -> None:
                          direct_upload=cfg.env("REGISTRY_DIRECT_UPLOAD", "auto").lower())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        host, port = split_addr(cfg.registry_addr)
+        host, port = split_host_port(cfg.registry_addr)
         await web.TCPSite(runner, host, port, reuse_address=True).start()
         registry = app[REGISTRY]
         service = bus.BusService(nc, subjects.REGISTRY_GATEWAY, description="OCI distribution API",
@@ -43,7 +37,7 @@ async def serve(cfg: Config) -> None:
         images.register(service, registry)
         blobs.register_upload_hook(service, registry, app[UPLOAD_HOOK])
         auth.register_bus(service)
-        _register_copy(service, registry, auth, cfg)
+        copy.register(service, registry=registry, auth=auth, cfg=cfg)
         await service.start()
         log.info("registry-gateway listening on %s", cfg.registry_addr)
         await asyncio.Event().wait()
@@ -53,11 +47,3 @@ async def serve(cfg: Config) -> None:
         if runner is not None:
             await runner.cleanup()
         await nc.drain()
-
-
-def _register_copy(service: bus.BusService, registry, auth, cfg: Config) -> None:
-    """The auth engineer's copy verb (push/pull against other registries), when it exists."""
-    if importlib.util.find_spec("services.registry_gateway.copy") is None:
-        return
-    from services.registry_gateway import copy
-    copy.register(service, registry=registry, auth=auth, cfg=cfg)

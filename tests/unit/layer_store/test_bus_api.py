@@ -8,7 +8,8 @@ import time
 import aiohttp
 import pytest
 
-from services.layer_store.service import serve, split_addr
+from services.layer_store.service import serve
+from shared.config import split_host_port
 from shared import bus, subjects
 from shared.config import Config
 from shared.errors import Conflict, InvalidArgument, NotFound
@@ -110,9 +111,11 @@ async def test_bus_verbs_and_events(service):
     assert committed == digests and deleted == [digests[1]]
 
 
-def test_split_addr():
-    assert split_addr("127.0.0.1:0") == ("127.0.0.1", 0)
-    assert split_addr("[::1]:8080") == ("::1", 8080)
-    assert split_addr(":5001") == ("0.0.0.0", 5001)
+def test_split_host_port():
+    assert split_host_port("127.0.0.1:0") == ("127.0.0.1", 0)
+    assert split_host_port("[::1]:8080") == ("::1", 8080)
+    assert split_host_port(":5001") == ("0.0.0.0", 5001)
     with pytest.raises(InvalidArgument):
-        split_addr("localhost")
+        split_host_port("localhost")
+    with pytest.raises(InvalidArgument):
+        split_host_port("127.0.0.1:70000")
