@@ -1,6 +1,6 @@
 """Authorization as a pluggable dependency of the gateway app.
 
-The real authorizer is the auth engineer's (`services.registry_gateway.auth.open_auth`);
+The real authorizer is `services.registry_gateway.auth.open_auth`'s;
 every route calls `authorize(request, repository, actions)` with the repository it acts on
 (None for the catalog) and the actions it needs.
 """

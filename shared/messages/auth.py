@@ -16,8 +16,6 @@ from shared.oci.digest import Digest
 
 Access = Literal["pull", "push", "none"]
 
-# `dockyard up` asks a gateway to create the admin user on first start. The lead's
-
 
 class UserAddRequest(msgspec.Struct, kw_only=True):
     username: str

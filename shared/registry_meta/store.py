@@ -32,7 +32,6 @@ from shared.oci.digest import Digest
 from shared.registry_meta.records import (BlobLink, ManifestLink, Referrer, RepositoryRecord,
                                           TagRecord, UploadSession)
 
-# Not in shared/subjects.py (the lead's): which repositories may serve which blobs.
 # Abandoned upload sessions are the layer-store's to expire; their owner records follow.
 UPLOAD_TTL_SECONDS = 7 * 24 * 3600
 
