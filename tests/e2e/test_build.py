@@ -211,3 +211,26 @@ async def test_rebuild_uploads_a_context_the_registry_lost(stack, base, tmp_path
     finally:
         await nc.drain()
     assert [s["layer"] for s in again["steps"]] == [s["layer"] for s in first["steps"]]
+
+
+def test_onbuild_triggers_run_in_the_child(stack, base, tmp_path):
+    """A base's `ONBUILD COPY` runs in the child's context; the child does not inherit the trigger."""
+    base_ctx = tmp_path / "onbase"
+    base_ctx.mkdir()
+    (base_ctx / "Dockerfile").write_text("FROM busybox:latest\nONBUILD COPY hello.txt /hello.txt\n")
+    stack.cli("build", "-t", "dybd-onbase:1", str(base_ctx))
+    child_ctx = tmp_path / "onchild"
+    child_ctx.mkdir()
+    (child_ctx / "Dockerfile").write_text("FROM dybd-onbase:1\nRUN cat /hello.txt > /seen.txt\n")
+    (child_ctx / "hello.txt").write_text("hello from the child context\n")
+    out = json.loads(stack.cli("build", "--json", "-t", "dybd-onchild:1", str(child_ctx)).stdout)
+    assert [s["instruction"].split(" #")[0] for s in out["steps"]][:1] == ["COPY hello.txt /hello.txt"]
+
+    (tmp_path / "b").mkdir()
+    (tmp_path / "c").mkdir()
+    base_config, _ = _layers(stack, tmp_path / "b", "dybd-onbase:1")
+    assert base_config["config"]["OnBuild"] == ["COPY hello.txt /hello.txt"]
+    config, layers = _layers(stack, tmp_path / "c", "dybd-onchild:1")
+    assert "OnBuild" not in config["config"]
+    assert layers[-2]["hello.txt"] == b"hello from the child context\n"
+    assert layers[-1]["seen.txt"] == b"hello from the child context\n"  # the trigger ran before RUN

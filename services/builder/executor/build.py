@@ -150,6 +150,13 @@ class Build:
             await self.emit("step", "FROM scratch", self.step_no, self.total_steps)
             res = StageResult([], [], ImageState.scratch(), base_key("scratch"))
         plan = dispatch_stage(df, stage, res.config, args)
+        # The base's ONBUILD triggers are only known now: count their steps, and
+        # build any stage a trigger's COPY --from names that the graph could not see.
+        self.total_steps += len(plan.steps) - len(stage.instructions)
+        for step in plan.steps:
+            if isinstance(step, st.CopyStep) and step.from_stage is not None and step.from_stage not in self.results:
+                self.total_steps += len(df.stages[step.from_stage].instructions) + 1
+                self.results[step.from_stage] = await self.build_stage(df, df.stages[step.from_stage], args)
         for step in plan.steps:
             self.step_no += 1
             await self.execute(stage.index, step, res)

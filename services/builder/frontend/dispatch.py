@@ -17,6 +17,7 @@ from services.builder.frontend import instructions as ins
 from services.builder.frontend import steps as st
 from services.builder.frontend.graph import BuildArgs, copy_from_ref, stage_base
 from services.builder.frontend.imagestate import ImageState
+from services.builder.frontend.parser import parse_triggers
 from services.builder.frontend.shell import expand_or_raise, expand_words
 
 _PORT_RE = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.I)
@@ -27,7 +28,7 @@ class _StageState:
     def __init__(self, df: ins.Dockerfile, stage: ins.Stage, base: ImageState, args: BuildArgs):
         self.df, self.stage, self.args = df, stage, args
         self.cfg = base.clone()
-        self.cfg.onbuild = []
+        self.cfg.onbuild = []  # the base's triggers run in this stage; only its own ONBUILD lines stay
         self.stage_args: dict[str, str] = {}  # ARGs declared in this stage that have a value
         self.cmd_set = False
 
@@ -58,8 +59,11 @@ def dispatch_stage(df: ins.Dockerfile, stage: ins.Stage, base: ImageState, args:
     base_text = (f"stage:{base_ref.stage}" if base_ref.stage is not None
                  else base_ref.image if base_ref.image else "scratch")
     plan = st.StagePlan(index=stage.index, name=stage.name, base=base_text)
+    # docker runs the base's ONBUILD triggers right after FROM, as if written
+    # there; _StageState then drops them so the child does not inherit them.
+    triggers = parse_triggers(base.onbuild, base_text) if base.onbuild else []
     s = _StageState(df, stage, base, args)
-    for instr in stage.instructions:
+    for instr in [*triggers, *stage.instructions]:
         step = _HANDLERS[type(instr)](s, instr)
         if step is not None:
             plan.steps.append(step)

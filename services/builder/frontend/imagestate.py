@@ -71,8 +71,9 @@ class ImageState:
             volumes=dict(c.get("Volumes") or {}),
             stop_signal=c.get("StopSignal") or "",
             healthcheck=c.get("Healthcheck"),
-            # A base image's ONBUILD triggers are not inherited by the child's config.
-            onbuild=[],
+            # The base's ONBUILD triggers: dispatch runs them right after FROM and
+            # clears them, so the child's config never inherits them.
+            onbuild=list(c.get("OnBuild") or []),
             shell=c.get("Shell"),
             author=doc.get("author") or "",
             os=doc.get("os") or "linux",

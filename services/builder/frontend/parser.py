@@ -76,9 +76,9 @@ def parse(text: str, file: str = "Dockerfile") -> ins.Dockerfile:
     return ins.Dockerfile(file=file, escape=escape, meta_args=meta_args, stages=stages)
 
 
-def _convert(c: dockerfile.Command, file: str, escape: str) -> ins.Instruction:
+def _convert(c: dockerfile.Command, file: str, escape: str, src: ins.Source | None = None) -> ins.Instruction:
     cmd = c.cmd.upper()
-    src = ins.Source(file=file, line=c.start_line, end_line=c.end_line, original=c.original)
+    src = src or ins.Source(file=file, line=c.start_line, end_line=c.end_line, original=c.original)
     where = src.where(cmd)
     fn = _CONVERTERS.get(cmd)
     if fn is None:
@@ -253,13 +253,44 @@ def _healthcheck(c, src, flags, where) -> ins.Healthcheck:
                            start_interval=durations["start-interval"], retries=retries)
 
 
+def _refuse_trigger(cmd: str, where: str) -> None:
+    """The instructions docker never lets a trigger be (checked when written and when run)."""
+    if cmd == "ONBUILD":
+        raise InvalidArgument(f"{where}: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed")
+    if cmd in ("FROM", "MAINTAINER"):
+        raise InvalidArgument(f"{where}: {cmd} isn't allowed as an ONBUILD trigger")
+
+
 def _onbuild(c, src, flags, where) -> ins.Onbuild:
     sub = (c.sub_cmd or "").upper()
-    if sub in ("ONBUILD", "FROM", "MAINTAINER"):
-        raise InvalidArgument(f"{where}: {sub} isn't allowed as an ONBUILD trigger")
     if not sub:
         raise InvalidArgument(f"{where}: ONBUILD requires an instruction")
+    _refuse_trigger(sub, where)
     return ins.Onbuild(src, expression=c.original.split(None, 1)[1].strip())
+
+
+def parse_triggers(triggers: list[str], origin: str) -> list[ins.Instruction]:
+    """A base image's ONBUILD triggers as instructions, parsed with the same grammar.
+
+    Each trigger is its own one-instruction document (as BuildKit's
+    `initOnBuildTriggers` parses it), so a config written by another tool is
+    checked as strictly as our own ONBUILD lines. `origin` names the base image in
+    errors; a trigger's "line" is its position in the base's OnBuild list.
+    """
+    out: list[ins.Instruction] = []
+    for n, text in enumerate(triggers, start=1):
+        file = f"{origin} ONBUILD trigger"
+        try:
+            commands = dockerfile.parse_string(text)
+        except dockerfile.GoParseError as exc:
+            raise InvalidArgument(f"{file}:{n}: {exc}") from exc
+        if len(commands) != 1:
+            raise InvalidArgument(f"{file}:{n}: an ONBUILD trigger must be a single instruction: {text!r}")
+        c = commands[0]
+        src = ins.Source(file=file, line=n, end_line=n, original=c.original)
+        _refuse_trigger(c.cmd.upper(), src.where("ONBUILD"))
+        out.append(_convert(c, file, "\\", src))
+    return out
 
 
 _CONVERTERS = {

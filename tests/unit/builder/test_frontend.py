@@ -203,3 +203,53 @@ def test_bad_dockerfiles(text, message):
 def test_unknown_target():
     with pytest.raises(InvalidArgument, match="target stage 'nope' could not be found"):
         plan("FROM a\n", target="nope")
+
+
+ONBUILD_BASE = {"config": {"Env": ["PATH=/bin"], "OnBuild": ["ENV A=1", "RUN echo x > /t"]}}
+
+
+def test_base_onbuild_triggers_run_first_and_are_not_inherited():
+    base = ImageState.from_oci(ONBUILD_BASE)
+    _, final, _ = plan("FROM base\nRUN echo $A\nONBUILD RUN own\n", base=base)
+    env_a, trig_run, own_run, own_onbuild = final.steps
+    assert env_a.created_by == "ENV A=1"
+    assert isinstance(trig_run, st.RunStep) and trig_run.argv == ("/bin/sh", "-c", "echo x > /t")
+    assert "A=1" in trig_run.env  # the trigger's ENV is in effect for what follows it
+    assert isinstance(own_run, st.RunStep) and "A=1" in own_run.env
+    assert own_onbuild.created_by == "ONBUILD RUN own"
+    cfg = final.config.to_oci_config()
+    assert cfg["OnBuild"] == ["RUN own"] and "A=1" in cfg["Env"]
+    _, plain, _ = plan("FROM base\n", base=base)
+    assert "OnBuild" not in plain.config.to_oci_config()
+
+
+def test_stage_onbuild_triggers_run_in_a_stage_built_from_it():
+    plans, final, _ = plan("FROM scratch AS a\nONBUILD COPY x /x\nFROM a\nRUN true\n")
+    copy, run = final.steps
+    assert isinstance(copy, st.CopyStep) and copy.dest == "/x" and isinstance(run, st.RunStep)
+    assert plans[0].config.to_oci_config()["OnBuild"] == ["COPY x /x"]
+    assert "OnBuild" not in final.config.to_oci_config()
+
+
+@pytest.mark.parametrize("trigger,message", [
+    ("ONBUILD RUN x", "base ONBUILD trigger:1: ONBUILD: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
+    ("FROM busybox", "base ONBUILD trigger:1: ONBUILD: FROM isn't allowed as an ONBUILD trigger"),
+    ("MAINTAINER me", "base ONBUILD trigger:1: ONBUILD: MAINTAINER isn't allowed as an ONBUILD trigger"),
+    ("COPY onlyone", "base ONBUILD trigger:1: COPY: COPY requires at least two arguments"),
+    ("BOGUS x", "base ONBUILD trigger:1: BOGUS: unknown instruction"),
+])
+def test_bad_base_triggers_are_refused(trigger, message):
+    base = ImageState.from_oci({"config": {"OnBuild": [trigger]}})
+    with pytest.raises(InvalidArgument) as e:
+        plan("FROM base\n", base=base)
+    assert message in str(e.value)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("FROM a\nONBUILD ONBUILD RUN x\n", "Dockerfile:2: ONBUILD: Chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed"),
+    ("FROM a\nONBUILD MAINTAINER me\n", "Dockerfile:2: ONBUILD: MAINTAINER isn't allowed as an ONBUILD trigger"),
+])
+def test_refused_onbuild_lines(text, message):
+    with pytest.raises(InvalidArgument) as e:
+        plan(text)
+    assert message in str(e.value)
