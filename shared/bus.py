@@ -155,28 +155,6 @@ class BusClient(TypedEvents):
             raise Unavailable(f"no reply on {subject} within {timeout:g}s") from e
         return decode_reply(resp, reply_type)
 
-    async def request_with_progress(self, subject: str, msg: msgspec.Struct, reply_type: type[Rep],
-                                    on_progress: Callable[[Progress], Any], *,
-                                    timeout: float = 600.0) -> Rep:
-        """Send a request whose `progress_inbox` field receives Progress while it runs."""
-        inbox = self.nc.new_inbox()
-        dec = codec.decoder(Progress)
-
-        async def cb(m: Any) -> None:
-            try:
-                r = on_progress(dec.decode(m.data))
-                if asyncio.iscoroutine(r):
-                    await r
-            except msgspec.DecodeError:
-                log.warning("bad progress message on %s", inbox)
-
-        sub = await self.nc.subscribe(inbox, cb=cb)
-        try:
-            return await self.request(subject, msgspec.structs.replace(msg, progress_inbox=inbox),
-                                      reply_type, timeout=timeout)
-        finally:
-            await sub.unsubscribe()
-
     async def gather(self, subject: str, msg: msgspec.Struct | None, reply_type: type[Rep], *,
                      timeout: float = 0.5, expect: int | None = None) -> list[Rep]:
         """Scatter-gather: every responder's reply within `timeout` (or once `expect` came)."""

@@ -24,7 +24,6 @@ import msgspec
 from shared import codec
 from shared.bus_reply import TypedEvents, decode_reply
 from shared.errors import DockyardError, InvalidArgument, Unavailable
-from shared.messages.common import Progress
 
 Rep = TypeVar("Rep")
 
@@ -376,28 +375,6 @@ class LiteBusClient(TypedEvents):
                       timeout: float = 10.0) -> Rep:
         resp = await self.nc.request(subject, codec.encode(msg), timeout=timeout)
         return decode_reply(resp, reply_type)
-
-    async def request_with_progress(self, subject: str, msg: msgspec.Struct, reply_type: type[Rep],
-                                    on_progress: Callable[[Progress], Any], *,
-                                    timeout: float = 600.0) -> Rep:
-        """Send a request whose `progress_inbox` field receives Progress while it runs."""
-        inbox = self.nc.new_inbox()
-        dec = codec.decoder(Progress)
-
-        async def cb(m: Msg) -> None:
-            try:
-                r = on_progress(dec.decode(m.data))
-            except msgspec.DecodeError:
-                return  # not a Progress: nothing to show
-            if asyncio.iscoroutine(r):
-                await r
-
-        sub = await self.nc.subscribe(inbox, cb=cb)
-        try:
-            return await self.request(subject, msgspec.structs.replace(msg, progress_inbox=inbox),
-                                      reply_type, timeout=timeout)
-        finally:
-            await sub.unsubscribe()  # progress sent before the reply is shown first
 
     async def gather(self, subject: str, msg: msgspec.Struct | None, reply_type: type[Rep], *,
                      timeout: float = 0.5, expect: int | None = None) -> list[Rep]:

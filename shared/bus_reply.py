@@ -7,16 +7,19 @@ that one rule so that importing it costs msgspec only.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
 import msgspec
 
 from shared import codec
 from shared.errors import from_code
-from shared.messages.common import ErrorReply
+from shared.messages.common import ErrorReply, Progress
 
 Rep = TypeVar("Rep")
+log = logging.getLogger("dockyard.bus")
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
@@ -38,9 +41,33 @@ def decode_reply(resp: Any, reply_type: type[Rep]) -> Rep:
 
 
 class TypedEvents:
-    """Typed publish/subscribe over `self.nc`, for both bus clients (nats-py's and the lean one)."""
+    """What both bus clients (nats-py's and the lean one) build the same way over `self.nc`
+    and their own `request`: progress streams and typed events."""
 
     nc: Any
+
+    async def request_with_progress(self, subject: str, msg: msgspec.Struct, reply_type: type[Rep],
+                                    on_progress: Callable[[Progress], Any], *,
+                                    timeout: float = 600.0) -> Rep:
+        """Send a request whose `progress_inbox` field receives Progress while it runs."""
+        inbox = self.nc.new_inbox()
+        dec = codec.decoder(Progress)
+
+        async def cb(m: Any) -> None:
+            try:
+                r = on_progress(dec.decode(m.data))
+            except msgspec.DecodeError:
+                log.warning("bad progress message on %s", inbox)
+                return
+            if asyncio.iscoroutine(r):
+                await r
+
+        sub = await self.nc.subscribe(inbox, cb=cb)
+        try:
+            return await self.request(subject, msgspec.structs.replace(msg, progress_inbox=inbox),
+                                      reply_type, timeout=timeout)
+        finally:
+            await sub.unsubscribe()  # progress sent before the reply was handled first
 
     async def publish(self, subject: str, msg: msgspec.Struct) -> None:
         await self.nc.publish(subject, codec.encode(msg))
