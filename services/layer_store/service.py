@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from pathlib import Path
 
 from aiohttp import web
 
@@ -15,8 +16,10 @@ from services.layer_store.storage.filesystem import FilesystemDriver
 from shared import bus, subjects
 from shared.config import Config, split_host_port
 from shared.errors import InvalidArgument, Unavailable
+from shared.fsutil import write_atomic
 
 log = logging.getLogger("dockyard.layer_store")
+PORT_FILE = "http-port"
 
 
 def advertised_url(cfg: Config, host: str, port: int) -> str:
@@ -40,6 +43,30 @@ def open_driver(cfg: Config) -> "StorageDriver":
     return FilesystemDriver(cfg.service_dir(subjects.LAYER_STORE))
 
 
+async def listen(runner: web.AppRunner, host: str, port: int, port_file: Path) -> int:
+    """Bind the data plane; returns the port. With port 0, the port of the previous run is
+    tried first: clients hold URLs on it (direct upload sessions, blob redirects) that must
+    still answer after a restart, so that an interrupted upload can resume."""
+    try:
+        candidates = [port] if port else [int(port_file.read_text()), 0]
+    except (OSError, ValueError):
+        candidates = [0]
+    for i, p in enumerate(candidates):
+        site = web.TCPSite(runner, host, p)
+        try:
+            await site.start()
+            break
+        except OSError as e:
+            await site.stop()  # unregisters the site that never listened
+            if i == len(candidates) - 1:
+                raise Unavailable(f"layer-store cannot listen on {host}:{p}: {e}") from e
+            log.warning("port %d of the previous run is taken (%s): listening on a new one", p, e)
+    bound = runner.addresses[0][1]
+    if not port:
+        write_atomic(port_file, str(bound).encode())
+    return bound
+
+
 async def serve(cfg: Config) -> None:
     """Run until cancelled: HTTP first, then the bus service once it can answer."""
     driver = open_driver(cfg)
@@ -53,12 +80,7 @@ async def serve(cfg: Config) -> None:
         app = create_app(driver, on_commit=api.on_commit, commit_hook=api.commit_hook)
         runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE)
         await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as e:
-            raise Unavailable(f"layer-store cannot listen on {cfg.layer_store_addr}: {e}") from e
-        bound = runner.addresses[0][1]
+        bound = await listen(runner, host, port, cfg.service_dir(subjects.LAYER_STORE) / PORT_FILE)
         api.url = advertised_url(cfg, host, bound)
         svc = bus.BusService(nc, subjects.LAYER_STORE, description="blob bytes, content-addressed",
                              metadata={"url": api.url, "driver": driver.name})

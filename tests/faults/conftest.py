@@ -1,0 +1,45 @@
+"""One whole stack for the kill -9 tests, with its agent isolated like tests/e2e/test_gc_jobs.py's."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.e2e.conftest import start_stack, stop_stack
+from tests.e2e.test_gc import env
+
+AGENT = f"dyfk{os.getpid()}"
+CGROUP_PARENT = "/dyfk-test"
+# A dead collector's lease blocks its jobs this long (the default is 60 s).
+GC_LEASE_TTL = "3"
+
+
+@pytest.fixture(scope="module")
+def fstack(tmp_path_factory):
+    root = tmp_path_factory.mktemp("dyfk")
+    with env(DOCKYARD_AGENT_ID=AGENT, DOCKYARD_BRIDGE=f"dyfkb{os.getpid() % 10000}",
+             DOCKYARD_SUBNET=f"10.235.{os.getpid() % 250}.0/24",
+             DOCKYARD_NET_PREFIX=f"dyfk{os.getpid() % 100000}", DOCKYARD_CGROUP_PARENT=CGROUP_PARENT,
+             DOCKYARD_GC_LEASE_TTL=GC_LEASE_TTL):
+        s = start_stack(root / "data")
+    s.restarted_nats: list[subprocess.Popen] = []  # nats-servers a test started in up's place
+    try:
+        yield s
+    finally:
+        ids = s.cli("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+        if ids:
+            s.cli("rm", "-f", *ids, check=False)
+        code = stop_stack(s)
+        for p in s.restarted_nats:
+            p.send_signal(signal.SIGTERM)
+            p.wait(10)
+        for hier in Path("/sys/fs/cgroup").iterdir():
+            try:
+                os.rmdir(hier / CGROUP_PARENT.lstrip("/"))
+            except OSError:
+                pass
+    assert code == 0, (s.data_dir / "up.log").read_text(errors="replace")

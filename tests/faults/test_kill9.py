@@ -1,0 +1,208 @@
+"""kill -9 loses nothing: each service of a real `dockyard up` (and its nats-server) is
+killed in the middle of a push, a pull, a build or a GC run, `up` restarts it, and then:
+what was acknowledged before the kill reads back and verifies; nothing half-written is
+served; interrupted uploads resume from their reported Range or are cleaned by GC; the
+build reruns from its cache; containers started before the kill still run.
+
+"The middle" is a byte count or an event the test waits for, never a sleep: request
+bodies pause after N bytes (tests/faults/oci.py `Paused`) until the kill is done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import tarfile
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import pytest
+
+from examples.busybox import busybox_rootfs, tar_dir
+from shared import bus, subjects
+from shared.errors import NotFound
+from shared.messages.layer_store import StatReply, StatRequest, UploadListReply
+from shared.messages.common import Empty
+from tests.faults import procs
+from tests.faults.oci import Image, Paused, Registry, make_image, sha256
+
+pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root and an OCI runtime")]
+
+MiB = 1 << 20
+BIG = 50 * MiB
+CHUNK = 8 * MiB
+# The layer-store writes an upload in batches of 4 MiB: a session's Range grows by batches.
+BATCH = 4 * MiB
+WAIT = 30.0
+
+
+async def until(what: str, probe: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
+    deadline = time.monotonic() + timeout
+    while not await probe():
+        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
+        await asyncio.sleep(0.02)
+
+
+def tar_file(name: str, data: bytes) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = 0o644
+        tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+class Images:
+    """The test images (busybox base plus one layer each) and those acknowledged so far."""
+
+    def __init__(self, work: Path):
+        self.base = tar_dir(busybox_rootfs(work / "rootfs"))
+        self.acked: dict[str, Image] = {}  # "repo:tag" -> image whose push was acknowledged
+
+    def with_layer(self, name: str, data: bytes) -> Image:
+        return make_image([self.base, tar_file(name, data)], env=["PATH=/bin", f"FAULTS={name}"])
+
+    async def push(self, reg: Registry, repo: str, tag: str, img: Image) -> None:
+        await reg.push_image(repo, tag, img)
+        self.acked[f"{repo}:{tag}"] = img
+
+    async def verify_acked(self, reg: Registry) -> None:
+        for ref, img in self.acked.items():
+            repo, tag = ref.rsplit(":", 1)
+            await reg.verify(repo, tag, img)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> Images:
+    return Images(tmp_path_factory.mktemp("dyfk-images"))
+
+
+@pytest.fixture
+async def reg(fstack):
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        user, password = fstack.admin_creds.split(":", 1)
+        yield Registry(http, fstack.registry_addr, (user, password))
+
+
+@pytest.fixture
+async def client(fstack):
+    nc = await bus.connect(fstack.nats_url, name="faults-test")
+    yield bus.BusClient(nc)
+    await nc.close()
+
+
+def blob_file(stack, digest: str) -> Path:
+    hex_ = digest.removeprefix("sha256:")
+    return stack.data_dir / "layer-store" / "blobs" / "sha256" / hex_[:2] / hex_
+
+
+def assert_every_stored_blob_verifies(stack) -> None:
+    """No file under the layer-store's blobs/ holds other bytes than its name says."""
+    root = stack.data_dir / "layer-store" / "blobs" / "sha256"
+    for path in root.glob("*/*"):
+        if len(path.name) == 64:
+            assert sha256(path.read_bytes()) == "sha256:" + path.name, f"{path} does not verify"
+
+
+async def assert_not_served(stack, reg: Registry, client, repo: str, digest: str) -> None:
+    """A blob whose upload never completed: not on disk, not over HTTP, not over the bus."""
+    assert not blob_file(stack, digest).exists(), f"{digest} was stored from a partial upload"
+    assert await reg.blob_status(repo, digest) == 404
+    with pytest.raises(NotFound):
+        await client.request(subjects.BLOB_STAT, StatRequest(digest=digest), StatReply)
+
+
+async def uploads(client) -> dict[str, int]:
+    """The layer-store's upload sessions: id -> bytes held."""
+    listing = await client.request(subjects.UPLOAD_LIST, Empty(), UploadListReply)
+    return {u.id: u.size for u in listing.uploads}
+
+
+def upload_id(loc) -> str:
+    return loc.path.rstrip("/").rsplit("/", 1)[1]
+
+
+# ---- layer-store -----------------------------------------------------------------------------
+
+async def test_layer_store_kill9_mid_chunked_push_monolithic_push_and_pull(fstack, reg, client, images):
+    s = fstack
+    acked = images.with_layer("acked.bin", os.urandom(16 * MiB))
+    await images.push(reg, "faults/acked", "1", acked)
+    big = images.with_layer("big.bin", os.urandom(BIG))
+    big_layer = big.blobs[big.layers[1]]
+
+    # chunked: three chunks acknowledged
+    loc = await reg.start_upload("faults/big")
+    offset = 0
+    for _ in range(3):
+        loc, offset = await reg.patch("faults/big", loc, big_layer[offset:offset + CHUNK], offset)
+    assert offset == 3 * CHUNK
+    # monolithic: a PUT whose body stops after 6 MiB of 12
+    mono = os.urandom(12 * MiB)
+    mono_loc = await reg.start_upload("faults/mono")
+    body = Paused(mono, 6 * MiB)
+    put = asyncio.create_task(reg.finish("faults/mono", mono_loc, sha256(mono), body))
+    # a pull that has read 1 MiB of a 16 MiB layer
+    pulled = bytearray()
+    layer = acked.layers[1]
+    pull = await reg.open_blob("faults/acked", layer, await reg._headers("faults/acked")).__aenter__()
+    pulled += await pull.content.readexactly(MiB)
+
+    async def mono_landed() -> bool:
+        return (await uploads(client)).get(upload_id(mono_loc), 0) >= BATCH
+    await until("the monolithic upload's first batch on disk", mono_landed)
+
+    old = procs.kill9(s, "layer-store")
+    body.release()
+    with pytest.raises((aiohttp.ClientError, AssertionError)):
+        await put
+    with pytest.raises(aiohttp.ClientError):
+        while chunk := await pull.content.read(MiB):
+            pulled += chunk
+    pull.release()
+    assert len(pulled) < len(acked.blobs[layer]), "the pull finished before the kill"
+    await procs.wait_restarted(s, "layer-store", old)
+
+    # nothing half-written is served
+    await assert_not_served(s, reg, client, "faults/mono", sha256(mono))
+    await assert_not_served(s, reg, client, "faults/big", big.layers[1])
+    assert_every_stored_blob_verifies(s)
+    # what was acknowledged is there
+    await images.verify_acked(reg)
+    # the pull resumes where it broke off
+    async with reg.open_blob("faults/acked", layer, await reg._headers(
+            "faults/acked", Range=f"bytes={len(pulled)}-")) as r:
+        assert r.status == 206, await r.text()
+        pulled += await r.read()
+    assert sha256(bytes(pulled)) == layer
+    # the chunked upload resumes from the Range its session reports
+    offset = await reg.upload_size("faults/big", loc)
+    assert offset == 3 * CHUNK
+    while offset < BIG:
+        loc, offset = await reg.patch("faults/big", loc, big_layer[offset:offset + CHUNK], offset)
+    await reg.finish("faults/big", loc, big.layers[1])
+    await images.push(reg, "faults/big", "1", big)
+    await reg.verify("faults/big", "1", big)
+    # the broken monolithic session is the uploads job's to clean
+    held = (await uploads(client))[upload_id(mono_loc)]
+    assert BATCH <= held < len(mono)
+    report = gc_run(s, "--job", "uploads", "--upload-idle", "0s")
+    assert upload_id(mono_loc) in report["items"]
+    assert upload_id(mono_loc) not in await uploads(client)
+    assert not (s.data_dir / "layer-store" / "ingest" / upload_id(mono_loc)).exists()
+    # ... and a new push of the same blob goes through
+    assert await reg.push_blob("faults/mono", mono) == sha256(mono)
+    assert await reg.get_blob("faults/mono", sha256(mono)) == mono
+
+
+def gc_run(stack, *args: str) -> dict:
+    out = json.loads(stack.cli("gc", "run", *args, "--json").stdout)
+    [report] = out["reports"]
+    assert report["error"] == "", report
+    return report
