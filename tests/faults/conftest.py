@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.conftest import start_stack, stop_stack
+from tests.faults import procs
 from tests.e2e.test_gc import env
 
 AGENT = f"dyfk{os.getpid()}"
@@ -34,6 +35,9 @@ def fstack(tmp_path_factory):
         if ids:
             s.cli("rm", "-f", *ids, check=False)
         code = stop_stack(s)
+        # a service killed -9 cannot unmount what it mounted (test_kill9's builder case)
+        for m in sorted(procs.mounts_under(root), reverse=True):
+            subprocess.run(["umount", "-l", m], check=False)
         for p in s.restarted_nats:
             p.send_signal(signal.SIGTERM)
             p.wait(10)

@@ -101,3 +101,8 @@ def restart_nats_like_up(argv: list[str], log_file: Path) -> subprocess.Popen:
     with open(log_file, "ab") as out:
         return subprocess.Popen(argv, stdout=out, stderr=out, stdin=subprocess.DEVNULL,
                                 start_new_session=True)
+
+
+def mounts_under(root: Path) -> list[str]:
+    with open("/proc/self/mounts") as f:
+        return [m for m in (line.split()[1] for line in f) if m.startswith(str(root) + "/")]
