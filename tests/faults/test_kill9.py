@@ -14,6 +14,7 @@ import asyncio
 import io
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -23,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
+import nats.js.errors
 import pytest
 
 from examples.busybox import busybox_rootfs, tar_dir
@@ -30,8 +32,9 @@ from shared import bus, subjects
 from shared.errors import NotFound
 from shared.messages.layer_store import StatReply, StatRequest, UploadListReply
 from shared.messages.common import Empty
+from shared.messages.gc import RunReply, RunRequest, StatusReply
 from tests.faults import procs
-from tests.faults.conftest import AGENT
+from tests.faults.conftest import AGENT, GC_LEASE_TTL
 from tests.faults.oci import Image, Paused, Registry, make_image, sha256
 from tests.faults.upstream import Upstream
 
@@ -373,3 +376,139 @@ async def test_runtime_agent_kill9_mid_pull_keeps_running_containers(fstack, reg
     assert not procs.alive(pid)
     s.cli("rm", "faults-sleeper")
     await images.verify_acked(reg)
+
+
+# ---- garbage-collector -----------------------------------------------------------------------
+
+async def running_on(client, job: str) -> str:
+    status = await client.request(subjects.GC_STATUS, Empty(), StatusReply)
+    return next(j.running_on for j in status.jobs if j.job == job)
+
+
+async def test_garbage_collector_kill9_mid_run_then_a_new_run_finishes_the_sweep(fstack, reg, client, images):
+    s = fstack
+    await images.push(reg, "faults/kept", "1", images.with_layer("kept.bin", os.urandom(MiB)))
+    garbage = [await reg.push_blob("faults/garbage", os.urandom(64 * 1024)) for _ in range(5)]
+    # A registry run that has listed the blobs and waits out its settle time, lease held.
+    run = asyncio.create_task(client.request(
+        subjects.GC_RUN, RunRequest(jobs=["registry"], grace_seconds=0, settle_seconds=600), RunReply,
+        timeout=600))
+    try:
+        async def holding() -> bool:
+            return await running_on(client, "registry") != ""
+        await until("the registry job's lease taken", holding)
+        dead = await running_on(client, "registry")
+        old = procs.kill9(s, "garbage-collector")
+    finally:
+        run.cancel()
+    await procs.wait_restarted(s, "garbage-collector", old)
+    await images.verify_acked(reg)
+
+    # The dead replica's lease expires (DOCKYARD_GC_LEASE_TTL); then a run takes the job over.
+    deadline = time.monotonic() + 10 * float(GC_LEASE_TTL)
+    while True:
+        [report] = (await client.request(subjects.GC_RUN, RunRequest(jobs=["registry"], grace_seconds=0,
+                                                                     settle_seconds=0), RunReply)).reports
+        if not report.error.startswith("already running"):
+            break
+        assert dead in report.error, report
+        assert time.monotonic() < deadline, f"the lease of {dead} never expired: {report}"
+        await asyncio.sleep(0.2)
+    assert report.error == "" and report.replica != dead, report
+    assert set(garbage) <= set(report.items), report
+    for d in garbage:
+        assert not blob_file(s, d).exists()
+        assert await reg.blob_status("faults/garbage", d) == 404
+    assert_every_stored_blob_verifies(s)
+    await images.verify_acked(reg)  # nothing tagged was swept
+
+
+# ---- nats-server -----------------------------------------------------------------------------
+
+async def kv_state(stack) -> dict[str, dict[str, bytes]]:
+    """Every JetStream KV bucket: key -> value."""
+    nc = await bus.connect(stack.nats_url, name="faults-kv")
+    try:
+        js = nc.jetstream()
+        out: dict[str, dict[str, bytes]] = {}
+        for info in await js.streams_info():
+            if not info.config.name.startswith("KV_"):
+                continue
+            bucket = info.config.name.removeprefix("KV_")
+            kv = await js.key_value(bucket)
+            try:
+                keys = await kv.keys()
+            except nats.js.errors.NoKeysError:
+                keys = []
+            out[bucket] = {k: (await kv.get(k)).value for k in keys}
+        return out
+    finally:
+        await nc.close()
+
+
+async def all_services_answer(stack) -> bool:
+    nc = await bus.connect(stack.nats_url, name="faults-ping")
+    try:
+        for name in json.loads((stack.data_dir / "stack.json").read_text())["services"]:
+            await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
+        return True
+    except Exception:
+        return False
+    finally:
+        await nc.close()
+
+
+def kill9_nats(stack) -> None:
+    """kill -9 of the stack's nats-server, and its restart with the same command line (same
+    port, store dir and config): by `dockyard up` where it supervises nats-server (its pid is
+    in stack.json), else here, as `up` would."""
+    pids = procs.service_pids(stack)
+    supervised = pids.get("nats-server") or pids.get("nats")
+    pid = supervised or procs.embedded_nats_pid(stack)
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    host, port = stack.nats_url.removeprefix("nats://").rsplit(":", 1)
+    os.kill(pid, signal.SIGKILL)
+    procs.wait_port(host, int(port), open_=False)
+    if not supervised:
+        stack.restarted_nats.append(procs.restart_nats_like_up(argv, stack.data_dir / "logs" / "nats.log"))
+    procs.wait_port(host, int(port), open_=True)
+
+
+async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, reg, client, images):
+    s = fstack
+    await images.push(reg, "faults/nats", "1", images.with_layer("nats.bin", os.urandom(MiB)))
+    # a registry run in its settle wait holds its lease across the outage
+    run = asyncio.create_task(client.request(
+        subjects.GC_RUN, RunRequest(jobs=["registry"], grace_seconds=0, settle_seconds=600), RunReply,
+        timeout=600))
+    try:
+        async def holding() -> bool:
+            return await running_on(client, "registry") != ""
+        await until("the registry job's lease taken", holding)
+        holder = await running_on(client, "registry")
+        before = await kv_state(s)
+        assert AGENT in before["dockyard-agents"] and "admin" in str(before["dockyard-users"].keys())
+
+        kill9_nats(s)
+        await until("every service answering on the restarted nats-server", lambda: all_services_answer(s))
+        after = await kv_state(s)
+        for bucket, entries in before.items():
+            assert bucket in after, f"KV bucket {bucket} lost"
+            if bucket == "dockyard-agents":  # heartbeats: rewritten all the time
+                assert entries.keys() <= after[bucket].keys(), bucket
+                continue
+            assert {k: after[bucket].get(k) for k in entries} == entries, f"KV bucket {bucket} changed"
+        assert await running_on(client, "registry") == holder
+
+        async def heartbeat_after_restart() -> bool:
+            return (await kv_state(s))["dockyard-agents"][AGENT] != after["dockyard-agents"][AGENT]
+        await until("a new heartbeat of the agent", heartbeat_after_restart)
+        # users: a fresh login; tags and manifests: every acknowledged image
+        user, password = s.admin_creds.split(":", 1)
+        fresh = Registry(reg.http, s.registry_addr, (user, password))
+        await images.verify_acked(fresh)
+        assert "faults/nats" in s.cli("images").stdout
+    finally:
+        run.cancel()
+    # the run holding the lease would hold it for its whole settle time: end it the hard way
+    await procs.kill9_and_wait(s, "garbage-collector")
