@@ -512,3 +512,27 @@ async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, 
         run.cancel()
     # the run holding the lease would hold it for its whole settle time: end it the hard way
     await procs.kill9_and_wait(s, "garbage-collector")
+
+
+async def test_layer_store_kill9_inside_a_commit_never_lets_the_blob_grow(fstack, reg, client, images):
+    """A commit links the session's file as the blob, then unlinks it from the session; a kill
+    between the two (a window of microseconds, so the test makes the state it leaves by hand,
+    after a real kill -9) must not let a resumed session append to the blob's bytes."""
+    s = fstack
+    data = os.urandom(2 * MiB)
+    digest = sha256(data)
+    loc = await reg.start_upload("faults/torn")
+    loc, size = await reg.patch("faults/torn", loc, data, 0)
+    await procs.kill9_and_wait(s, "layer-store")
+    session = s.data_dir / "layer-store" / "ingest" / upload_id(loc) / "data"
+    blob = blob_file(s, digest)
+    blob.parent.mkdir(parents=True, exist_ok=True)
+    os.link(session, blob)  # what the killed commit had done
+
+    with pytest.raises(AssertionError, match="409"):
+        await reg.patch("faults/torn", loc, b"more bytes", size)
+    assert sha256(blob.read_bytes()) == digest
+    await reg.finish("faults/torn", loc, digest)  # the retried commit completes
+    assert await reg.get_blob("faults/torn", digest) == data
+    assert not session.exists()
+    assert_every_stored_blob_verifies(s)

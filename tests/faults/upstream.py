@@ -26,6 +26,9 @@ class Upstream:
         """Every download from now on runs to the end."""
         self._go.set()
 
+    async def _ping(self, _: web.Request) -> web.Response:
+        return web.json_response({})
+
     async def _manifest(self, request: web.Request) -> web.Response:
         ref = request.match_info["ref"]
         if request.match_info["name"] != self.repo or ref not in (self.tag, self.image.digest):
@@ -56,7 +59,7 @@ class Upstream:
     @contextlib.asynccontextmanager
     async def serving(self) -> AsyncIterator["Upstream"]:
         app = web.Application()
-        app.router.add_get("/v2/", lambda _: web.json_response({}))
+        app.router.add_get("/v2/", self._ping)
         app.router.add_get("/v2/{name:.+}/manifests/{ref}", self._manifest)
         app.router.add_get("/v2/{name:.+}/blobs/{digest}", self._blob)
         runner = web.AppRunner(app, access_log=None)

@@ -401,6 +401,11 @@ class FilesystemDriver:
                     return self._stat_blocking(digest)
                 except FileExistsError:
                     pass
+            if _same_file(sess.fd, target):
+                # Linked by a commit killed before it unlinked the session's name. Touching
+                # would wait forever for the flock this session holds on the same inode.
+                self._stage_for_link(sess, target)
+                return self._stat_blocking(digest)
             try:
                 # Already stored: this commit counts as a use, for the GC fence.
                 return self._touch_blocking(digest)
@@ -444,6 +449,13 @@ class FilesystemDriver:
         self._io.shutdown(wait=False, cancel_futures=True)
         self._hash.shutdown(wait=False, cancel_futures=True)
         self._flush.shutdown(wait=False, cancel_futures=True)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
 
 
 def _listdir(path: Path) -> list[str]:

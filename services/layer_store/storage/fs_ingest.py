@@ -152,6 +152,11 @@ class IngestSession:
         commit's fsync then finds little left to do, and a busy disk does not stall
         the writer (sync_file_range may block on a full device queue). The batch before
         is then dropped from the page cache (`fsutil.writeback` says why)."""
+        if os.fstat(self.fd).st_nlink > 1:
+            # A commit linked this file as the blob and was killed before unlinking it from
+            # the session: the bytes are the blob's now, and appending would change a blob
+            # under its digest. The session can still be committed (or aborted).
+            raise Conflict(f"upload {self.id} was already committed", detail_code="BLOB_UPLOAD_INVALID")
         hashing = hash_pool.submit(_hash_bufs, self.hasher, bufs)
         try:
             n = write_all(self.fd, bufs)
