@@ -139,11 +139,6 @@ class Registry:
                                  headers=await self._headers(repo, **{"Content-Type": MANIFEST})) as r:
             assert r.status == 201, f"PUT manifest {repo}:{tag}: {r.status} {await r.text()}"
 
-    async def push_image(self, repo: str, tag: str, img: Image) -> None:
-        for data in img.blobs.values():
-            await self.push_blob(repo, data)
-        await self.put_manifest(repo, tag, img.manifest)
-
     # ---- pull ---------------------------------------------------------------------------
 
     async def blob_status(self, repo: str, digest: str) -> int:
