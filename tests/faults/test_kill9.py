@@ -578,7 +578,8 @@ async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, 
             assert entries.keys() <= after[bucket].keys(), f"keys of KV bucket {bucket} lost"
             kept = {k: v for k, v in entries.items() if not rewritten(bucket, k)}
             assert {k: after[bucket][k] for k in kept} == kept, f"KV bucket {bucket} changed"
-        assert await running_on(client, "registry") == holder
+        lease = json.loads(after[subjects.KV_GC][kv_key("lease", "registry")])
+        assert lease["holder"] == holder, lease
 
         async def heartbeat_after_restart() -> bool:
             return (await kv_state(s))[subjects.KV_AGENTS][AGENT] != after[subjects.KV_AGENTS][AGENT]
