@@ -82,7 +82,7 @@ class Registry:
         self.base = f"http://{addr}"
         self.auth = RegistryAuth(http, addr, creds)
 
-    async def _headers(self, repo: str, **extra: str) -> dict[str, str]:
+    async def headers(self, repo: str, **extra: str) -> dict[str, str]:
         scopes = [f"repository:{repo}:pull,push"]
         if (h := await self.auth.header(scopes)) is None:
             async with self.http.get(f"{self.base}/v2/") as r:
@@ -91,7 +91,7 @@ class Registry:
             h = await self.auth.header(scopes)
         return {**({"Authorization": h} if h else {}), **extra}
 
-    def _abs(self, location: str, against: URL | None = None) -> URL:
+    def resolve(self, location: str, against: URL | None = None) -> URL:
         """A Location header resolved against the URL that answered it (RFC 9110)."""
         return (against or URL(self.base)).join(URL(location))
 
@@ -99,29 +99,29 @@ class Registry:
 
     async def start_upload(self, repo: str) -> URL:
         async with self.http.post(f"{self.base}/v2/{repo}/blobs/uploads/",
-                                  headers=await self._headers(repo)) as r:
+                                  headers=await self.headers(repo)) as r:
             assert r.status == 202, f"POST upload to {repo}: {r.status} {await r.text()}"
-            return self._abs(r.headers["Location"])
+            return self.resolve(r.headers["Location"])
 
     async def patch(self, repo: str, loc: URL, data: bytes | Paused, offset: int) -> tuple[URL, int]:
         """Append a chunk at `offset`; the new Location and the size the session reports."""
         size = len(data.data) if isinstance(data, Paused) else len(data)
-        headers = await self._headers(repo, **{"Content-Type": "application/octet-stream",
+        headers = await self.headers(repo, **{"Content-Type": "application/octet-stream",
                                                "Content-Range": f"{offset}-{offset + size - 1}",
                                                "Content-Length": str(size)})
         body = data.body() if isinstance(data, Paused) else data
         async with self.http.patch(loc, data=body, headers=headers) as r:
             assert r.status == 202, f"PATCH {loc}: {r.status} {await r.text()}"
-            return self._abs(r.headers["Location"], loc), range_size(r.headers["Range"])
+            return self.resolve(r.headers["Location"], loc), range_size(r.headers["Range"])
 
     async def upload_size(self, repo: str, loc: URL) -> int:
         """The bytes an upload session holds, from its `Range` (the OCI resume protocol)."""
-        async with self.http.get(loc, headers=await self._headers(repo)) as r:
+        async with self.http.get(loc, headers=await self.headers(repo)) as r:
             assert r.status == 204, f"GET {loc}: {r.status} {await r.text()}"
             return range_size(r.headers["Range"])
 
     async def finish(self, repo: str, loc: URL, digest: str, data: bytes | Paused | None = None) -> None:
-        headers = await self._headers(repo, **{"Content-Type": "application/octet-stream"})
+        headers = await self.headers(repo, **{"Content-Type": "application/octet-stream"})
         body = None
         if data is not None:
             headers["Content-Length"] = str(len(data.data) if isinstance(data, Paused) else len(data))
@@ -136,27 +136,27 @@ class Registry:
 
     async def put_manifest(self, repo: str, tag: str, body: bytes) -> None:
         async with self.http.put(f"{self.base}/v2/{repo}/manifests/{tag}", data=body,
-                                 headers=await self._headers(repo, **{"Content-Type": MANIFEST})) as r:
+                                 headers=await self.headers(repo, **{"Content-Type": MANIFEST})) as r:
             assert r.status == 201, f"PUT manifest {repo}:{tag}: {r.status} {await r.text()}"
 
     # ---- pull ---------------------------------------------------------------------------
 
     async def blob_status(self, repo: str, digest: str) -> int:
         async with self.http.head(f"{self.base}/v2/{repo}/blobs/{digest}",
-                                  headers=await self._headers(repo)) as r:
+                                  headers=await self.headers(repo)) as r:
             return r.status
 
     def open_blob(self, repo: str, digest: str, headers: dict[str, str]):
         return self.http.get(f"{self.base}/v2/{repo}/blobs/{digest}", headers=headers)
 
     async def get_blob(self, repo: str, digest: str) -> bytes:
-        async with self.open_blob(repo, digest, await self._headers(repo)) as r:
+        async with self.open_blob(repo, digest, await self.headers(repo)) as r:
             assert r.status == 200, f"GET blob {repo}@{digest}: {r.status} {await r.text()}"
             return await r.read()
 
     async def get_manifest(self, repo: str, ref: str) -> bytes:
         async with self.http.get(f"{self.base}/v2/{repo}/manifests/{ref}",
-                                 headers=await self._headers(repo, Accept=MANIFEST)) as r:
+                                 headers=await self.headers(repo, Accept=MANIFEST)) as r:
             assert r.status == 200, f"GET manifest {repo}:{ref}: {r.status} {await r.text()}"
             return await r.read()
 

@@ -110,3 +110,19 @@ def restart_nats_like_up(argv: list[str], log_file: Path) -> subprocess.Popen:
 def mounts_under(root: Path) -> list[str]:
     with open("/proc/self/mounts") as f:
         return [m for m in (line.split()[1] for line in f) if m.startswith(str(root) + "/")]
+
+
+def kill9_nats(stack) -> None:
+    """kill -9 of the stack's nats-server, and its restart with the same command line (same
+    port, store dir and config): by `dockyard up` where it supervises nats-server (its pid is
+    in stack.json), else here, as `up` would."""
+    pids = service_pids(stack)
+    supervised = pids.get("nats-server") or pids.get("nats")
+    pid = supervised or embedded_nats_pid(stack)
+    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
+    host, port = stack.nats_url.removeprefix("nats://").rsplit(":", 1)
+    os.kill(pid, signal.SIGKILL)
+    wait_port(host, int(port), open_=False)
+    if not supervised:
+        stack.restarted_nats.append(restart_nats_like_up(argv, stack.data_dir / "logs" / "nats.log"))
+    wait_port(host, int(port), open_=True)

@@ -12,32 +12,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import io
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import nats.js.errors
 import pytest
 
-from examples.busybox import busybox_rootfs, tar_dir
-from shared import bus, subjects
+from shared import subjects
 from shared.bus import kv_key
-from shared.errors import NotFound
-from shared.messages.layer_store import StatReply, StatRequest, UploadListReply
 from shared.messages.common import Empty
 from shared.messages.gc import RunReply, RunRequest, StatusReply
 from tests.faults import procs
+from tests.faults.checks import (WAIT, all_services_answer, assert_not_served, assert_nothing_lost,
+                                 blob_file, kv_state, small_receive_buffer, until, upload_id, uploads)
 from tests.faults.conftest import AGENT, GC_LEASE_TTL
-from tests.faults.oci import Image, Paused, Registry, make_image, sha256
+from tests.faults.oci import Paused, Registry, sha256
 from tests.faults.upstream import Upstream
 
 pytestmark = [pytest.mark.faults, pytest.mark.e2e, pytest.mark.root,
@@ -48,150 +42,6 @@ BIG = 50 * MiB
 CHUNK = 8 * MiB
 # The layer-store writes an upload in batches of 4 MiB: a session's Range grows by batches.
 BATCH = 4 * MiB
-WAIT = 30.0
-
-
-async def until(what: str, probe: Callable[[], Awaitable[bool]], timeout: float = WAIT) -> None:
-    deadline = time.monotonic() + timeout
-    while not await probe():
-        assert time.monotonic() < deadline, f"timed out after {timeout:.0f}s waiting for {what}"
-        await asyncio.sleep(0.02)
-
-
-def tar_file(name: str, data: bytes) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = 0o644
-        tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
-
-
-class Images:
-    """The test images (busybox base plus one layer each) and those acknowledged so far."""
-
-    def __init__(self, work: Path):
-        self.base = tar_dir(busybox_rootfs(work / "rootfs"))
-        self.acked: dict[str, Image] = {}  # "repo:tag" -> image whose push was acknowledged
-
-    def with_layer(self, name: str, data: bytes) -> Image:
-        return make_image([self.base, tar_file(name, data)], env=["PATH=/bin", f"FAULTS={name}"])
-
-    async def push(self, reg: Registry, repo: str, tag: str, img: Image, *, have: set[str] = frozenset()) -> None:
-        """Push the blobs not in `have` (already in the repository), then the manifest."""
-        for digest, data in img.blobs.items():
-            if digest not in have:
-                await reg.push_blob(repo, data)
-        await reg.put_manifest(repo, tag, img.manifest)
-        self.acked[f"{repo}:{tag}"] = img
-
-    async def verify_acked(self, reg: Registry) -> None:
-        for ref, img in self.acked.items():
-            repo, tag = ref.rsplit(":", 1)
-            await reg.verify(repo, tag, img)
-
-
-@pytest.fixture(scope="module")
-def images(tmp_path_factory) -> Images:
-    return Images(tmp_path_factory.mktemp("dyfk-images"))
-
-
-@pytest.fixture
-async def reg(fstack):
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
-        user, password = fstack.admin_creds.split(":", 1)
-        yield Registry(http, fstack.registry_addr, (user, password))
-
-
-@pytest.fixture
-async def client(fstack):
-    nc = await bus.connect(fstack.nats_url, name="faults-test")
-    yield bus.BusClient(nc)
-    await nc.close()
-
-
-def inspect(stack, name: str) -> dict:
-    return json.loads(stack.cli("inspect", name).stdout)[0]
-
-
-class Survivor:
-    """A container started before any kill, serving on a published port: every test checks
-    at its end that it still runs, whatever was killed."""
-
-    def __init__(self, stack, name: str):
-        self.name = name
-        info = inspect(stack, name)
-        assert info["State"]["Running"], info
-        self.pid = info["State"]["Pid"]
-        self.url = f"http://127.0.0.1:{info['NetworkSettings']['Ports'][0]['host_port']}/passwd"
-
-    async def assert_runs(self, stack, http: aiohttp.ClientSession) -> None:
-        info = inspect(stack, self.name)
-        assert info["State"]["Running"] and info["State"]["Pid"] == self.pid, info
-        assert procs.alive(self.pid)
-        async with http.get(self.url) as r:
-            assert r.status == 200 and (await r.read()).startswith(b"root:x:0:0")
-
-
-@pytest.fixture(scope="module")
-def survivor(fstack, images) -> Survivor:
-    async def push() -> None:
-        async with aiohttp.ClientSession() as http:
-            await images.push(Registry(http, fstack.registry_addr, tuple(fstack.admin_creds.split(":", 1))),
-                              "faults/bb", "1", make_image([images.base]))
-    asyncio.run(push())
-    fstack.cli("run", "-d", "--name", "faults-web", "--publish", "127.0.0.1::8080", "faults/bb:1",
-               "sh", "-c", "echo started; exec httpd -f -p 8080 -h /etc")
-    return Survivor(fstack, "faults-web")
-
-
-def small_receive_buffer(addr_info) -> socket.socket:
-    """A client socket whose receive window stays small (no autotuning), so that a server
-    killed mid-response cannot have sent all of a big blob already."""
-    family, type_, proto, _, _ = addr_info
-    sock = socket.socket(family, type_, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 128 * 1024)
-    return sock
-
-
-def blob_file(stack, digest: str) -> Path:
-    hex_ = digest.removeprefix("sha256:")
-    return stack.data_dir / "layer-store" / "blobs" / "sha256" / hex_[:2] / hex_
-
-
-def assert_every_stored_blob_verifies(stack) -> None:
-    """No file under the layer-store's blobs/ holds other bytes than its name says."""
-    root = stack.data_dir / "layer-store" / "blobs" / "sha256"
-    for path in root.glob("*/*"):
-        if len(path.name) == 64:
-            assert sha256(path.read_bytes()) == "sha256:" + path.name, f"{path} does not verify"
-
-
-async def assert_nothing_lost(stack, reg: Registry, images: Images, survivor: Survivor) -> None:
-    """What no kill may break: the stored blobs verify, every acknowledged image reads back
-    and verifies, the container started before the kills still runs."""
-    assert_every_stored_blob_verifies(stack)
-    await images.verify_acked(reg)
-    await survivor.assert_runs(stack, reg.http)
-
-
-async def assert_not_served(stack, reg: Registry, client, repo: str, digest: str) -> None:
-    """A blob whose upload never completed: not on disk, not over HTTP, not over the bus."""
-    assert not blob_file(stack, digest).exists(), f"{digest} was stored from a partial upload"
-    assert await reg.blob_status(repo, digest) == 404
-    with pytest.raises(NotFound):
-        await client.request(subjects.BLOB_STAT, StatRequest(digest=digest), StatReply)
-
-
-async def uploads(client) -> dict[str, int]:
-    """The layer-store's upload sessions: id -> bytes held."""
-    listing = await client.request(subjects.UPLOAD_LIST, Empty(), UploadListReply)
-    return {u.id: u.size for u in listing.uploads}
-
-
-def upload_id(loc) -> str:
-    return loc.path.rstrip("/").rsplit("/", 1)[1]
 
 
 # ---- layer-store -----------------------------------------------------------------------------
@@ -220,8 +70,8 @@ async def test_layer_store_kill9_mid_chunked_push_monolithic_push_and_pull(fstac
     async with contextlib.AsyncExitStack() as pulling:
         slow = await pulling.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(socket_factory=small_receive_buffer)))
-        pull = await pulling.enter_async_context(Registry(slow, s.registry_addr, reg.auth.credentials()).open_blob(
-            "faults/acked", layer, await reg._headers("faults/acked")))
+        pull = await pulling.enter_async_context(Registry(slow, s.registry_addr, ("admin", s.admin_password)).open_blob(
+            "faults/acked", layer, await reg.headers("faults/acked")))
         pulled += await pull.content.readexactly(MiB)
 
         async def mono_landed() -> bool:
@@ -243,7 +93,7 @@ async def test_layer_store_kill9_mid_chunked_push_monolithic_push_and_pull(fstac
     await assert_not_served(s, reg, client, "faults/big", big.layers[1])
     await assert_nothing_lost(s, reg, images, survivor)
     # the pull resumes where it broke off
-    async with reg.open_blob("faults/acked", layer, await reg._headers(
+    async with reg.open_blob("faults/acked", layer, await reg.headers(
             "faults/acked", Range=f"bytes={len(pulled)}-")) as r:
         assert r.status == 206, await r.text()
         pulled += await r.read()
@@ -308,7 +158,7 @@ async def test_registry_gateway_kill9_mid_relayed_chunk(fstack, reg, client, ima
     blob = os.urandom(16 * MiB)
     direct = await reg.start_upload("faults/gw-chunked")
     # the session continued through the gateway's own URL: the gateway relays the bytes
-    loc = reg._abs(f"/v2/faults/gw-chunked/blobs/uploads/{upload_id(direct)}")
+    loc = reg.resolve(f"/v2/faults/gw-chunked/blobs/uploads/{upload_id(direct)}")
     loc, offset = await reg.patch("faults/gw-chunked", loc, blob[:4 * MiB], 0)
     body = Paused(blob[offset:], 6 * MiB)
     patch = asyncio.create_task(reg.patch("faults/gw-chunked", loc, body, offset))
@@ -501,58 +351,9 @@ async def test_garbage_collector_kill9_mid_run_then_a_new_run_finishes_the_sweep
 
 # ---- nats-server -----------------------------------------------------------------------------
 
-async def kv_state(stack) -> dict[str, dict[str, bytes]]:
-    """Every JetStream KV bucket: key -> value."""
-    nc = await bus.connect(stack.nats_url, name="faults-kv")
-    try:
-        js = nc.jetstream()
-        out: dict[str, dict[str, bytes]] = {}
-        for info in await js.streams_info():
-            if not info.config.name.startswith("KV_"):
-                continue
-            bucket = info.config.name.removeprefix("KV_")
-            kv = await js.key_value(bucket)
-            try:
-                keys = await kv.keys()
-            except nats.js.errors.NoKeysError:
-                keys = []
-            out[bucket] = {k: (await kv.get(k)).value for k in keys}
-        return out
-    finally:
-        await nc.close()
-
-
 def rewritten(bucket: str, key: str) -> bool:
     """Entries renewed all the time while the stack runs (heartbeats, held leases)."""
     return bucket in (subjects.KV_AGENTS, subjects.KV_BUILD_LEASES) or key.startswith("lease.")
-
-
-async def all_services_answer(stack) -> bool:
-    nc = await bus.connect(stack.nats_url, name="faults-ping")
-    try:
-        for name in json.loads((stack.data_dir / "stack.json").read_text())["services"]:
-            await nc.request(f"$SRV.PING.{name}", b"", timeout=0.5)
-        return True
-    except Exception:
-        return False
-    finally:
-        await nc.close()
-
-
-def kill9_nats(stack) -> None:
-    """kill -9 of the stack's nats-server, and its restart with the same command line (same
-    port, store dir and config): by `dockyard up` where it supervises nats-server (its pid is
-    in stack.json), else here, as `up` would."""
-    pids = procs.service_pids(stack)
-    supervised = pids.get("nats-server") or pids.get("nats")
-    pid = supervised or procs.embedded_nats_pid(stack)
-    argv = [a.decode() for a in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]]
-    host, port = stack.nats_url.removeprefix("nats://").rsplit(":", 1)
-    os.kill(pid, signal.SIGKILL)
-    procs.wait_port(host, int(port), open_=False)
-    if not supervised:
-        stack.restarted_nats.append(procs.restart_nats_like_up(argv, stack.data_dir / "logs" / "nats.log"))
-    procs.wait_port(host, int(port), open_=True)
 
 
 async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, reg, client, images, survivor):
@@ -570,7 +371,7 @@ async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, 
         before = await kv_state(s)
         assert AGENT in before[subjects.KV_AGENTS] and kv_key("admin") in before[subjects.KV_USERS]
 
-        kill9_nats(s)
+        procs.kill9_nats(s)
         await until("every service answering on the restarted nats-server", lambda: all_services_answer(s))
         after = await kv_state(s)
         for bucket, entries in before.items():
@@ -585,12 +386,10 @@ async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, 
             return (await kv_state(s))[subjects.KV_AGENTS][AGENT] != after[subjects.KV_AGENTS][AGENT]
         await until("a new heartbeat of the agent", heartbeat_after_restart)
         # users: a fresh login; tags and manifests: every acknowledged image
-        user, password = s.admin_creds.split(":", 1)
-        fresh = Registry(reg.http, s.registry_addr, (user, password))
+        fresh = Registry(reg.http, s.registry_addr, ("admin", s.admin_password))
         await assert_nothing_lost(s, fresh, images, survivor)
         assert "faults/nats" in s.cli("images").stdout
     finally:
         run.cancel()
     # the run holding the lease would hold it for its whole settle time: end it the hard way
     await procs.kill9_and_wait(s, "garbage-collector")
-
