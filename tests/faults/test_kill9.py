@@ -18,6 +18,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import aiohttp
@@ -70,8 +71,9 @@ async def test_layer_store_kill9_mid_chunked_push_monolithic_push_and_pull(fstac
     async with contextlib.AsyncExitStack() as pulling:
         slow = await pulling.enter_async_context(aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(socket_factory=small_receive_buffer)))
-        pull = await pulling.enter_async_context(Registry(slow, s.registry_addr, ("admin", s.admin_password)).open_blob(
-            "faults/acked", layer, await reg.headers("faults/acked")))
+        puller = Registry(slow, s.registry_addr, ("admin", s.admin_password))
+        pull = await pulling.enter_async_context(
+            puller.open_blob("faults/acked", layer, await reg.headers("faults/acked")))
         pulled += await pull.content.readexactly(MiB)
 
         async def mono_landed() -> bool:
@@ -235,7 +237,8 @@ def killed_build(fstack, images, tmp_path_factory) -> tuple[str, dict]:
         gate.close()
 
 
-async def test_builder_kill9_mid_run_step_then_the_rerun_hits_the_cache(fstack, reg, images, killed_build, survivor):
+async def test_builder_kill9_mid_run_step_then_the_rerun_hits_the_cache(fstack, reg, images, killed_build,
+                                                                       survivor):
     mark, again = killed_build
     steps = again["steps"]
     # COPY and the first RUN had completed before the kill: cached; the killed step runs again
@@ -312,11 +315,10 @@ async def running_on(client, job: str) -> str:
     return next(j.running_on for j in status.jobs if j.job == job)
 
 
-async def test_garbage_collector_kill9_mid_run_then_a_new_run_finishes_the_sweep(fstack, reg, client, images, survivor):
-    s = fstack
-    await images.push(reg, "faults/kept", "1", images.with_layer("kept.bin", os.urandom(MiB)))
-    garbage = [await reg.push_blob("faults/garbage", os.urandom(64 * 1024)) for _ in range(5)]
-    # A registry run that has listed the blobs and waits out its settle time, lease held.
+@contextlib.asynccontextmanager
+async def registry_lease_held(client) -> AsyncIterator[str]:
+    """A registry run that has listed the blobs and waits out a long settle time, holding the
+    job's lease; yields the replica holding it. Its reply is not waited for."""
     run = asyncio.create_task(client.request(
         subjects.GC_RUN, RunRequest(jobs=["registry"], grace_seconds=0, settle_seconds=600), RunReply,
         timeout=600))
@@ -324,10 +326,17 @@ async def test_garbage_collector_kill9_mid_run_then_a_new_run_finishes_the_sweep
         async def holding() -> bool:
             return await running_on(client, "registry") != ""
         await until("the registry job's lease taken", holding)
-        dead = await running_on(client, "registry")
-        old = procs.kill9(s, "garbage-collector")
+        yield await running_on(client, "registry")
     finally:
         run.cancel()
+
+
+async def test_garbage_collector_kill9_mid_run_then_a_new_run_sweeps(fstack, reg, client, images, survivor):
+    s = fstack
+    await images.push(reg, "faults/kept", "1", images.with_layer("kept.bin", os.urandom(MiB)))
+    garbage = [await reg.push_blob("faults/garbage", os.urandom(64 * 1024)) for _ in range(5)]
+    async with registry_lease_held(client) as dead:
+        old = procs.kill9(s, "garbage-collector")
     await procs.wait_restarted(s, "garbage-collector", old)
     await images.verify_acked(reg)
 
@@ -359,15 +368,7 @@ def rewritten(bucket: str, key: str) -> bool:
 async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, reg, client, images, survivor):
     s = fstack
     await images.push(reg, "faults/nats", "1", images.with_layer("nats.bin", os.urandom(MiB)))
-    # a registry run in its settle wait holds its lease across the outage
-    run = asyncio.create_task(client.request(
-        subjects.GC_RUN, RunRequest(jobs=["registry"], grace_seconds=0, settle_seconds=600), RunReply,
-        timeout=600))
-    try:
-        async def holding() -> bool:
-            return await running_on(client, "registry") != ""
-        await until("the registry job's lease taken", holding)
-        holder = await running_on(client, "registry")
+    async with registry_lease_held(client) as holder:  # a lease held across the outage
         before = await kv_state(s)
         assert AGENT in before[subjects.KV_AGENTS] and kv_key("admin") in before[subjects.KV_USERS]
 
@@ -389,7 +390,5 @@ async def test_nats_server_kill9_keeps_users_tags_leases_and_heartbeats(fstack, 
         fresh = Registry(reg.http, s.registry_addr, ("admin", s.admin_password))
         await assert_nothing_lost(s, fresh, images, survivor)
         assert "faults/nats" in s.cli("images").stdout
-    finally:
-        run.cancel()
     # the run holding the lease would hold it for its whole settle time: end it the hard way
     await procs.kill9_and_wait(s, "garbage-collector")
