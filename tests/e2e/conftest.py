@@ -90,6 +90,21 @@ def stop_stack(stack: Stack) -> int:
     return stack.proc.returncode
 
 
+def stop_agent_stack(stack: Stack, cgroup_parent: str) -> int:
+    """stop_stack for a stack whose runtime-agent is a test's own: its containers and its
+    cgroup parent go too."""
+    ids = stack.cli("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
+    if ids:
+        stack.cli("rm", "-f", *ids, check=False)
+    code = stop_stack(stack)
+    for hier in Path("/sys/fs/cgroup").iterdir():
+        try:
+            os.rmdir(hier / cgroup_parent.lstrip("/"))
+        except OSError:
+            pass
+    return code
+
+
 @pytest.fixture(scope="session")
 def stack(tmp_path_factory) -> Stack:
     """One whole stack (embedded NATS + every service) shared by the e2e tests."""

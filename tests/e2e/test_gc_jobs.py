@@ -23,7 +23,7 @@ from shared import bus, codec, subjects
 from shared.messages.agent import (VERB_IMAGES, VERB_PS, ImagesReply, ImagesRequest, PsReply,
                                   PsRequest)
 from shared.messages.gc import GcFinished
-from tests.e2e.conftest import skopeo, start_stack, stop_stack
+from tests.e2e.conftest import skopeo, start_stack, stop_agent_stack
 from tests.e2e.test_gc import env
 from tests.support.images import skopeo_env
 
@@ -47,15 +47,7 @@ def full_stack(tmp_path_factory):
     try:
         yield s
     finally:
-        ids = s.cli("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
-        if ids:
-            s.cli("rm", "-f", *ids, check=False)
-        code = stop_stack(s)
-        for hier in Path("/sys/fs/cgroup").iterdir():
-            try:
-                os.rmdir(hier / CGROUP_PARENT.lstrip("/"))
-            except OSError:
-                pass
+        code = stop_agent_stack(s, CGROUP_PARENT)
     assert code == 0, (s.data_dir / "up.log").read_text(errors="replace")
 
 

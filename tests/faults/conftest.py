@@ -7,13 +7,12 @@ import asyncio
 import os
 import signal
 import subprocess
-from pathlib import Path
 
 import aiohttp
 import pytest
 
 from shared import bus
-from tests.e2e.conftest import start_stack, stop_stack
+from tests.e2e.conftest import start_stack, stop_agent_stack
 from tests.faults import procs
 from tests.faults.checks import Images, Survivor
 from tests.faults.oci import Registry, make_image
@@ -37,21 +36,13 @@ def fstack(tmp_path_factory):
     try:
         yield s
     finally:
-        ids = s.cli("ps", "-a", "-q", "--no-trunc", check=False).stdout.split()
-        if ids:
-            s.cli("rm", "-f", *ids, check=False)
-        code = stop_stack(s)
+        code = stop_agent_stack(s, CGROUP_PARENT)
         # a service killed -9 cannot unmount what it mounted (test_kill9's builder case)
         for m in sorted(procs.mounts_under(root), reverse=True):
             subprocess.run(["umount", "-l", m], check=False)
         for p in s.restarted_nats:
             p.send_signal(signal.SIGTERM)
             p.wait(10)
-        for hier in Path("/sys/fs/cgroup").iterdir():
-            try:
-                os.rmdir(hier / CGROUP_PARENT.lstrip("/"))
-            except OSError:
-                pass
     assert code == 0, (s.data_dir / "up.log").read_text(errors="replace")
 
 
