@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from shared import subjects
 from shared.bus import BusService
 from shared.messages.auth import (EnsureAdminReply, EnsureAdminRequest, GrantReply, GrantRequest, TokenReply, TokenRequest, UserAddRequest,
@@ -9,6 +11,7 @@ from shared.messages.auth import (EnsureAdminReply, EnsureAdminRequest, GrantRep
 from shared.errors import InvalidArgument
 from shared.messages.common import Ok
 
+from .admin import ensure_admin_in
 from .core import Auth
 from .scopes import GRANT_ACTIONS, parse_scopes
 
@@ -41,9 +44,6 @@ def register(service: BusService, auth: Auth) -> None:
         return TokenReply(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at)
 
     async def ensure_admin(req: EnsureAdminRequest) -> EnsureAdminReply:
-        from pathlib import Path
-
-        from . import ensure_admin_in
         if not req.password_file:
             raise InvalidArgument("password_file is required")
         return EnsureAdminReply(created=await ensure_admin_in(store, Path(req.password_file)) is not None)
