@@ -11,7 +11,7 @@ from nats.aio.client import Client as NATS
 from shared import codec, subjects
 from shared.layer_store_client import LayerStoreClient
 from shared.registry_meta import RegistryMeta
-from services.registry_gateway import blobs, httputil, manifests
+from services.registry_gateway import accesslog, blobs, httputil, manifests
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import error_middleware
@@ -43,7 +43,7 @@ def create_app(nc: NATS, authorizer: Authorizer, *, extra_routes: Iterable[web.A
     """The gateway app over one NATS connection; it opens its metadata and layer-store client
     on start-up and closes them on clean-up. `extra_routes` carries the token endpoint.
     Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20,
+    app = web.Application(middlewares=[*accesslog.middlewares(), error_middleware], client_max_size=1 << 20,
                           handler_args={"read_bufsize": READ_BUFSIZE})
 
     async def resources(app: web.Application) -> AsyncIterator[None]:

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 
 from services.registry_gateway.auth import open_auth
+from services.registry_gateway.errors import error_response
 from shared.config import Config
 from shared.errors import DockyardError, PermissionDenied, Unauthenticated
 from shared.oci import mediatypes as mt
@@ -51,9 +52,7 @@ async def guarded(auth, cncf_registry, aiohttp_server):
         try:
             await auth.authorize(request, repo, actions)
         except DockyardError as e:
-            headers = {"WWW-Authenticate": e.detail["www_authenticate"]} if isinstance(e.detail, dict) else {}
-            return web.json_response({"errors": [{"code": e.detail_code, "message": e.message}]},
-                                     status=e.http_status, headers=headers)
+            return error_response(e, head=request.method == "HEAD")  # the gateway's own mapping
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "authorization")}
         async with session.request(request.method, f"http://{upstream.addr}{request.path_qs}", headers=headers,
                                    data=await request.read(), allow_redirects=False) as up:
