@@ -29,7 +29,8 @@ async def access_log(request: web.Request, handler):
     status, size = 500, 0
     try:
         resp = await handler(request)
-        status, size = resp.status, resp.body_length
+        # A streamed reply has been written by now; a plain one is written after we return.
+        status, size = resp.status, resp.body_length if resp.prepared else (resp.content_length or 0)
         return resp
     except web.HTTPException as e:
         status = e.status

@@ -1,6 +1,7 @@
 """Failed-login throttling, per user name and per client address.
 
-After FREE_FAILURES failures in a row, each further failure blocks the user (and the address)
+After FREE_FAILURES failures in a row for a user name (FREE_CLIENT_FAILURES for an address,
+which many people and CI jobs may share), each further failure blocks that name (or address)
 for twice as long as the last, up to MAX_DELAY; the check runs before the password hash, so a
 throttled guesser costs no bcrypt. A success clears the user's count, not the address's (one
 valid login must not reset an address that guesses at others); an address's count fades after
@@ -21,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 FREE_FAILURES = 5
+FREE_CLIENT_FAILURES = 20
 BASE_DELAY = 1.0
 MAX_DELAY = 900.0
 FORGET_AFTER = 900.0
@@ -36,9 +38,10 @@ class _Record:
 
 class LoginThrottle:
     def __init__(self, *, clock: Callable[[], float] = time.monotonic, free_failures: int = FREE_FAILURES,
-                 base_delay: float = BASE_DELAY, max_delay: float = MAX_DELAY):
+                 free_client_failures: int = FREE_CLIENT_FAILURES, base_delay: float = BASE_DELAY,
+                 max_delay: float = MAX_DELAY):
         self._clock = clock
-        self._free = free_failures
+        self._free = {"user": free_failures, "client": free_client_failures}
         self._base = base_delay
         self._max = max_delay
         self._records: OrderedDict[tuple[str, str], _Record] = OrderedDict()
@@ -65,8 +68,9 @@ class LoginThrottle:
             rec = self._get(key, now) or _Record()
             rec.failures += 1
             rec.last = now
-            if rec.failures >= self._free:
-                delay = min(self._base * 2.0 ** min(rec.failures - self._free, 32), self._max)
+            free = self._free[key[0]]
+            if rec.failures >= free:
+                delay = min(self._base * 2.0 ** min(rec.failures - free, 32), self._max)
                 rec.blocked_until = now + delay
                 block = max(block, delay)
             self._records[key] = rec
