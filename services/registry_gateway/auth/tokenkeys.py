@@ -231,7 +231,14 @@ class Signer:
     def __init__(self, data_dir: str | os.PathLike):
         d = credentials_dir(data_dir)
         load_or_create(data_dir)
-        self._key = _Watched([d / KEY_FILE], lambda: _read_private(d / KEY_FILE))
+
+        def load() -> SigningKey:
+            # Whoever notices a new key republishes its .pub, so the files converge even when
+            # a replica starting during a rotation wrote the old one back.
+            key = _read_private(d / KEY_FILE)
+            _publish(d, key)
+            return key
+        self._key = _Watched([d / KEY_FILE], load)
 
     @property
     def key(self) -> SigningKey:

@@ -160,6 +160,20 @@ def test_a_verifier_learns_a_new_key_at_its_first_token(tmp_path):
     assert verifier.verify(issuer(tmp_path).issue("gina", PULL_APP, 60).token).subject == "gina"
 
 
+def test_a_stale_pub_file_is_repaired_and_does_not_lock_out_the_gateway(tmp_path):
+    gateway = issuer(tmp_path)
+    d = tmp_path / "credentials"
+    old_pub = (d / "registry-token.pub").read_bytes()
+    tokenkeys.rotate(tmp_path)
+    # A replica that read the old key just before the rotation writes its .pub back.
+    (d / "registry-token.pub").write_bytes(old_pub)
+    time.sleep(1.1)
+    tok = gateway.issue("gina", PULL_APP, 60).token
+    assert gateway.verify(tok).subject == "gina"
+    assert (d / "registry-token.pub").read_bytes() != old_pub
+    assert TokenVerifier(PublicKeys(tmp_path)).verify(tok).subject == "gina"
+
+
 def test_rotate_command(tmp_path, capsys):
     first = Signer(tmp_path).key.kid
     assert tokenkeys.main(["rotate", str(tmp_path)]) == 0
