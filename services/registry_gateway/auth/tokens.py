@@ -110,6 +110,8 @@ class TokenIssuer(TokenVerifier):
         return key.private_key.public_key() if kid == key.kid else super()._public_key(kid)
 
     def issue(self, subject: str, scopes: list[Scope], ttl: int) -> IssuedToken:
+        """A token for `subject` with `scopes`, living `ttl` seconds (at most MAX_TOKEN_TTL)."""
+        ttl = min(ttl, MAX_TOKEN_TTL)
         now = int(time.time())
         claims = {
             "iss": self.issuer, "aud": self.service, "sub": subject, "iat": now, "nbf": now - 1,

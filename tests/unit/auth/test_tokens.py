@@ -179,3 +179,10 @@ def test_rotate_command(tmp_path, capsys):
     assert tokenkeys.main(["rotate", str(tmp_path)]) == 0
     assert Signer(tmp_path).key.kid != first and "new registry token key" in capsys.readouterr().out
     assert tokenkeys.main([]) == 2
+
+
+def test_no_token_outlives_the_longest_lifetime(tmp_path):
+    iss = issuer(tmp_path)
+    issued = iss.issue("svc", PULL_APP, 10 * 24 * 3600)
+    assert issued.expires_in == tokenkeys.MAX_TOKEN_TTL
+    assert iss.verify(issued.token).expires_at <= time.time() + tokenkeys.MAX_TOKEN_TTL + 1
