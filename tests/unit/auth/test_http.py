@@ -189,71 +189,74 @@ def records(name: str, *actions: str, typ: str = "repository") -> list[dict]:
     return [{"Type": typ, "Class": "", "Name": name, "Action": a} for a in actions]
 
 
+def expected_challenge(client, scope: str | None = None, error: str = "") -> str:
+    """The exact WWW-Authenticate distribution would send (realm, service, scope, error in that order)."""
+    h = f'Bearer realm="http://{client.host}:{client.port}/token",service="dockyard"'
+    return h + (f',scope="{scope}"' if scope else "") + (f',error="{error}"' if error else "")
+
+
+async def assert_challenged(r, client, scope: str | None, error: str, detail) -> None:
+    """A 401 exactly as distribution sends it: the challenge header and the UNAUTHORIZED body."""
+    assert r.status == 401
+    assert r.headers["WWW-Authenticate"] == expected_challenge(client, scope, error)
+    assert await r.json() == unauthorized(detail)
+
+
+async def get_token(client, scope: str, creds: dict[str, str] | None = None) -> str:
+    r = await client.get("/token", params={"service": "dockyard", "scope": scope}, headers=creds or {})
+    assert r.status == 200
+    return (await r.json())["token"]
+
+
 def unauthorized(detail) -> dict:
     """distribution's body for every 401: errcode.ErrorCodeUnauthorized.WithDetail(accessRecords)."""
     return {"errors": [{"code": "UNAUTHORIZED", "message": "authentication required", "detail": detail}]}
 
 
 async def test_no_authorization_header_gets_the_plain_challenge(client):
-    realm = f"http://{client.host}:{client.port}/token"
-    r = await client.get("/v2/")
-    assert r.status == 401
-    assert r.headers["WWW-Authenticate"] == f'Bearer realm="{realm}",service="dockyard"'
-    assert await r.json() == unauthorized(None)
-    r = await client.get("/v2/shared/lib/pull")
-    assert r.headers["WWW-Authenticate"] == f'Bearer realm="{realm}",service="dockyard",scope="repository:shared/lib:pull"'
-    assert await r.json() == unauthorized(records("shared/lib", "pull"))
-    r = await client.post("/v2/public/app/push")
-    assert r.headers["WWW-Authenticate"] == \
-        f'Bearer realm="{realm}",service="dockyard",scope="repository:public/app:pull,push"'
-    assert await r.json() == unauthorized(records("public/app", "pull", "push"))
+    await assert_challenged(await client.get("/v2/"), client, None, "", None)
+    await assert_challenged(await client.get("/v2/shared/lib/pull"), client, "repository:shared/lib:pull", "",
+                            records("shared/lib", "pull"))
+    await assert_challenged(await client.post("/v2/public/app/push"), client, "repository:public/app:pull,push",
+                            "", records("public/app", "pull", "push"))
 
 
 async def test_a_valid_token_without_the_access_gets_insufficient_scope(client):
-    realm = f"http://{client.host}:{client.port}/token"
     # docker's anonymous pull of a private repository: the token endpoint grants nothing.
-    anon = (await (await client.get("/token", params={"service": "dockyard",
-                                                      "scope": "repository:shared/lib:pull"})).json())["token"]
-    r = await client.get("/v2/shared/lib/pull", headers=bearer(anon))
-    assert r.status == 401
-    assert r.headers["WWW-Authenticate"] == (f'Bearer realm="{realm}",service="dockyard",'
-                                             f'scope="repository:shared/lib:pull",error="insufficient_scope"')
-    assert await r.json() == unauthorized(records("shared/lib", "pull"))
+    anon = await get_token(client, "repository:shared/lib:pull")
+    await assert_challenged(await client.get("/v2/shared/lib/pull", headers=bearer(anon)), client,
+                            "repository:shared/lib:pull", "insufficient_scope", records("shared/lib", "pull"))
     # A valid anonymous token passes the base check, as any valid token does in distribution.
     assert (await client.get("/v2/", headers=bearer(anon))).status == 200
     # An under-privileged user's token: the same answer for a push alice may not make.
-    tok = (await (await client.get("/token", params={"scope": "repository:shared/lib:pull,push"},
-                                   headers=basic("alice", "alicepw"))).json())["token"]
-    r = await client.post("/v2/shared/lib/push", headers=bearer(tok))
-    assert r.status == 401
-    assert r.headers["WWW-Authenticate"] == (f'Bearer realm="{realm}",service="dockyard",'
-                                             f'scope="repository:shared/lib:pull,push",error="insufficient_scope"')
-    assert await r.json() == unauthorized(records("shared/lib", "pull", "push"))
-    r = await client.get("/v2/_catalog", headers=bearer(tok))
-    assert r.headers["WWW-Authenticate"] == (f'Bearer realm="{realm}",service="dockyard",'
-                                             f'scope="registry:catalog:*",error="insufficient_scope"')
-    assert await r.json() == unauthorized(records("catalog", "*", typ="registry"))
+    tok = await get_token(client, "repository:shared/lib:pull,push", basic("alice", "alicepw"))
+    await assert_challenged(await client.post("/v2/shared/lib/push", headers=bearer(tok)), client,
+                            "repository:shared/lib:pull,push", "insufficient_scope",
+                            records("shared/lib", "pull", "push"))
+    await assert_challenged(await client.get("/v2/_catalog", headers=bearer(tok)), client, "registry:catalog:*",
+                            "insufficient_scope", records("catalog", "*", typ="registry"))
     # A token for one repository does not open another.
-    r = await client.get("/v2/alice/app/pull", headers=bearer(tok))
-    assert r.status == 401 and challenge(r)["error"] == "insufficient_scope"
+    await assert_challenged(await client.get("/v2/alice/app/pull", headers=bearer(tok)), client,
+                            "repository:alice/app:pull", "insufficient_scope", records("alice/app", "pull"))
+    # A token with fewer actions than asked does not open the one it lacks, though alice may push.
+    pull_only = await get_token(client, "repository:alice/app:pull", basic("alice", "alicepw"))
+    assert (await client.get("/v2/alice/app/pull", headers=bearer(pull_only))).status == 200
+    await assert_challenged(await client.post("/v2/alice/app/push", headers=bearer(pull_only)), client,
+                            "repository:alice/app:pull,push", "insufficient_scope",
+                            records("alice/app", "pull", "push"))
 
 
-async def test_bad_tokens_get_invalid_token(client, auth, tmp_path):
+async def test_bad_tokens_get_invalid_token(client, auth):
     import jwt as pyjwt
     from cryptography.hazmat.primitives.asymmetric import ec
-    realm = f"http://{client.host}:{client.port}/token"
-    good = (await (await client.get("/token", params={"scope": "repository:alice/app:pull"},
-                                    headers=basic("alice", "alicepw"))).json())["token"]
+    good = await get_token(client, "repository:alice/app:pull", basic("alice", "alicepw"))
     kid = pyjwt.get_unverified_header(good)["kid"]
     claims = pyjwt.decode(good, options={"verify_signature": False})
     other = pyjwt.encode(claims, ec.generate_private_key(ec.SECP256R1()), algorithm="ES256", headers={"kid": kid})
     expired = auth.issuer.issue("alice", [], -60).token
     for tok in (other, expired, "forged.token.here", good[:-6] + "AAAAAA"):
-        r = await client.get("/v2/alice/app/pull", headers=bearer(tok))
-        assert r.status == 401
-        assert r.headers["WWW-Authenticate"] == (f'Bearer realm="{realm}",service="dockyard",'
-                                                 f'scope="repository:alice/app:pull",error="invalid_token"')
-        assert await r.json() == unauthorized(records("alice/app", "pull"))
+        await assert_challenged(await client.get("/v2/alice/app/pull", headers=bearer(tok)), client,
+                                "repository:alice/app:pull", "invalid_token", records("alice/app", "pull"))
     assert (await client.get("/v2/alice/app/pull", headers=bearer(good))).status == 200
 
 
@@ -343,8 +346,7 @@ async def test_failed_logins_throttle_the_client_address_across_user_names(clien
 async def test_refusals_are_logged_without_secrets(client, caplog):
     import logging
     caplog.set_level(logging.INFO, logger="dockyard.registry")
-    tok = (await (await client.get("/token", params={"scope": "repository:alice/app:pull"},
-                                   headers=basic("alice", "alicepw"))).json())["token"]
+    tok = await get_token(client, "repository:alice/app:pull", basic("alice", "alicepw"))
     assert (await client.get("/v2/shared/lib/pull", headers=bearer(tok))).status == 401
     assert (await client.get("/v2/alice/app/pull", headers=basic("alice", "s3cret-guess"))).status == 401
     assert (await client.post("/v2/bob/app/push", headers=basic("alice", "alicepw"))).status == 403
