@@ -59,9 +59,8 @@ def credentials_dir(data_dir: str | os.PathLike) -> Path:
 def kid_of(public_key: ec.EllipticCurvePublicKey) -> str:
     """The RFC 7638 JWK thumbprint of a P-256 public key (base64url, no padding)."""
     nums = public_key.public_numbers()
-    coord = lambda v: _b64(v.to_bytes(32, "big"))  # noqa: E731
-    jwk = json.dumps({"crv": "P-256", "kty": "EC", "x": coord(nums.x), "y": coord(nums.y)},
-                     separators=(",", ":"), sort_keys=True)
+    x, y = (_b64(v.to_bytes(32, "big")) for v in (nums.x, nums.y))
+    jwk = json.dumps({"crv": "P-256", "kty": "EC", "x": x, "y": y}, separators=(",", ":"), sort_keys=True)
     return _b64(hashlib.sha256(jwk.encode()).digest())
 
 
@@ -101,8 +100,15 @@ def _read_private(path: Path) -> SigningKey:
 
 
 def read_public(path: Path) -> ec.EllipticCurvePublicKey:
+    """The P-256 public key in `path`; FileNotFoundError if there is none."""
     try:
-        key = serialization.load_pem_public_key(path.read_bytes())
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise Unavailable(f"cannot read the registry token public key {path}: {e}") from e
+    try:
+        key = serialization.load_pem_public_key(data)
     except (ValueError, TypeError, UnsupportedAlgorithm) as e:
         raise Unavailable(f"cannot read the registry token public key {path}: {e}") from e
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
@@ -136,6 +142,8 @@ def load_or_create(data_dir: str | os.PathLike) -> SigningKey:
         finally:
             tmp.unlink()
         fsync_dir(d)
+    if os.stat(path).st_mode & 0o077:
+        os.chmod(path, 0o600)  # a copy from another host may have come without its mode
     key = _read_private(path)
     _publish(d, key)
     return key
