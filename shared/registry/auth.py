@@ -132,6 +132,9 @@ class RegistryAuth:
                     who = f"as {creds.username!r}" if creds else "anonymously"
                     raise Unauthenticated(f"{self._registry}: login {who} refused by {realm}",
                                           detail_code="UNAUTHORIZED")
+                if resp.status == 429:
+                    raise Unavailable(f"{self._registry}: too many failed logins, retry in "
+                                      f"{resp.headers.get('Retry-After', 'a few')} s", detail_code="TOOMANYREQUESTS")
                 if resp.status != 200:
                     raise Unavailable(f"token endpoint {realm} answered {resp.status}")
                 body = await resp.json(content_type=None)
