@@ -43,7 +43,9 @@ TOUCHED = ".touched"
 # syscalls are rare, small enough that the socket keeps being read meanwhile.
 BATCH_BYTES = 4 << 20
 BATCH_BUFFERS = 256
-READ_CHUNK = 2 << 20
+# Blob reads bypass the page cache (fsutil.UncachedReader), one at a time: 8 MiB direct
+# reads ran at ~900 MB/s against ~650 MB/s for 2 MiB on this project's VMs (dd iflag=direct).
+READ_CHUNK = 8 << 20
 # A live session keeps its data file open and its hash in memory; one left idle this
 # long is closed (and re-hashed from disk should its client ever come back).
 IDLE_SESSION_SECONDS = 600.0
