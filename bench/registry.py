@@ -194,7 +194,8 @@ def main() -> int:
                 + f"  (load {load_average()})", flush=True)
         med = {t: {op: statistics.median(v) for op, v in ops.items()} for t, ops in times.items()}
         print(f"\n{args.mb} MiB layer, {args.rounds} rounds, median seconds (load at end {load_average()})")
-        print(f"{'':14}{'dockyard':>10}{'distribution':>14}{'dy/dist':>9}" + (f"{'floor':>8}{'dy/floor':>10}" if floor else ""))
+        print(f"{'':14}{'dockyard':>10}{'distribution':>14}{'dy/dist':>9}"
+              + (f"{'floor':>8}{'dy/floor':>10}" if floor else ""))
         best = statistics.median(floor) if floor else None
         for op in ("push", "pull"):
             dy_t, dist_t = med["dockyard"][op], med["distribution"][op]

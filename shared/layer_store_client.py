@@ -60,7 +60,8 @@ class RangeNotSatisfiable(InvalidArgument):
 
 
 _BY_STATUS: dict[int, type[DockyardError]] = {
-    400: InvalidArgument, 403: PermissionDenied, 404: NotFound, 409: Conflict, 416: RangeNotSatisfiable, 503: Unavailable,
+    400: InvalidArgument, 403: PermissionDenied, 404: NotFound, 409: Conflict, 416: RangeNotSatisfiable,
+    503: Unavailable,
 }
 
 BodyData = bytes | AsyncIterable[bytes] | aiohttp.StreamReader

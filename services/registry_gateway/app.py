@@ -16,7 +16,8 @@ from services.registry_gateway import blobs, httputil, manifests
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import error_middleware
-from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER, UPLOAD_HOOK
+from services.registry_gateway.keys import (AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER,
+                                            UPLOAD_HOOK)
 
 # Big reads off the socket: blob bodies are copied to the layer-store in as few steps as can be.
 READ_BUFSIZE = 4 << 20
@@ -38,8 +39,9 @@ async def catalog(request: web.Request) -> web.Response:
                         headers=headers)
 
 
-def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner, extra_routes: Iterable[web.AbstractRouteDef] = (),
-               blob_redirect: str = "off", direct_upload: str = "off", upload_hook: str = subjects.UPLOAD_COMMITTED,
+def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
+               extra_routes: Iterable[web.AbstractRouteDef] = (), blob_redirect: str = "off",
+               direct_upload: str = "off", upload_hook: str = subjects.UPLOAD_COMMITTED,
                meta_suffix: str = "", layer_store_url: str | None = None) -> web.Application:
     """The gateway app over one NATS connection; it opens its metadata and layer-store client
     on start-up and closes them on clean-up. `extra_routes` carries the token endpoint;

@@ -32,7 +32,8 @@ from services.registry_gateway import httputil
 from services.registry_gateway.authz import DELETE, PULL, PUSH
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import RANGE_INVALID
-from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER, UPLOAD_HOOK
+from services.registry_gateway.keys import (AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER,
+                                            UPLOAD_HOOK)
 
 routes = web.RouteTableDef()  # blobs
 upload_routes = web.RouteTableDef()  # registered first: `/blobs/uploads` is no digest

@@ -4,33 +4,21 @@ a blob by digest (no manifest read first) succeed on their first try. Real proce
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import signal
 import time
-import urllib.error
-import urllib.request
 
 import pytest
 from yarl import URL
 
 from shared.oci.digest import Digest
 from tests.e2e.conftest import Stack, start_stack, stop_stack
+from tests.support.plainhttp import basic_auth, request
 
 pytestmark = pytest.mark.e2e
 
 REPO = "dyrs/restart"
-
-
-def request(url: str | URL, method: str = "GET", data: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(str(url), data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
 
 
 @pytest.fixture(scope="module")
@@ -38,11 +26,6 @@ def stack(tmp_path_factory):
     s = start_stack(tmp_path_factory.mktemp("dyrs-stack"), only=["layer-store", "registry-gateway"])
     yield s
     assert stop_stack(s) == 0, (s.data_dir / "up.log").read_text(errors="replace")
-
-
-@pytest.fixture(scope="module")
-def auth(stack) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(stack.admin_creds.encode()).decode()}
 
 
 def start_upload(stack: Stack, auth: dict[str, str]) -> URL:
@@ -80,7 +63,8 @@ def kill_layer_store(stack: Stack) -> None:
         time.sleep(0.1)
 
 
-def test_urls_handed_out_after_a_restart_answer(stack, auth):
+def test_urls_handed_out_after_a_restart_answer(stack):
+    auth = basic_auth(stack.admin_creds)
     kept = os.urandom(3 << 20)
     first = push(stack, auth, kept)
     assert first.port != URL(stack.registry_url).port, "on loopback uploads go to the layer-store"
@@ -88,7 +72,8 @@ def test_urls_handed_out_after_a_restart_answer(stack, auth):
     # a push interrupted by the kill, between its chunks
     interrupted = os.urandom(2 << 20)
     location = start_upload(stack, auth)
-    status, _, _ = request(location, "PATCH", interrupted[:1 << 20], {**auth, "Content-Range": f"0-{(1 << 20) - 1}"})
+    status, _, _ = request(location, "PATCH", interrupted[:1 << 20],
+                           {**auth, "Content-Range": f"0-{(1 << 20) - 1}"})
     assert status == 202
     kill_layer_store(stack)
 

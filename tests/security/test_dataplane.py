@@ -7,7 +7,6 @@ refusal is the signature's doing."""
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import stat
@@ -21,22 +20,13 @@ from yarl import URL
 from shared.dataplane_sign import DataplaneSigner, key_path, load_key
 from shared.oci.digest import Digest
 from tests.e2e.conftest import start_stack, stop_stack
+from tests.support.plainhttp import basic_auth, request
 
 pytestmark = pytest.mark.e2e
 
 REPO = "dysec/private"
 LAYER = os.urandom(100_000)
 DIGEST = str(Digest.from_bytes(LAYER))
-
-
-def request(url: str | URL, method: str = "GET", data: bytes | None = None,
-            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], bytes]:
-    req = urllib.request.Request(str(url), data=data, method=method, headers=headers or {})
-    try:
-        with urllib.request.urlopen(req, timeout=20) as r:
-            return r.status, dict(r.headers), r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read()
 
 
 class NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -53,7 +43,7 @@ def stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def auth(stack) -> dict[str, str]:
-    return {"Authorization": "Basic " + base64.b64encode(stack.admin_creds.encode()).decode()}
+    return basic_auth(stack.admin_creds)
 
 
 @pytest.fixture(scope="module")

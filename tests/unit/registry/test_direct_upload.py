@@ -90,7 +90,8 @@ async def test_a_direct_upload_url_opens_nothing_else(http, gateway, layer_store
     other = location.with_path(location.path.replace(REPO, "dyrp/other"))  # same signature
     async with http.patch(other, data=b"x") as r:
         assert r.status == 403
-    async with http.get(URL(layer_store).join(URL(f"/uploads/{location.name}")).with_query(location.query)) as r:
+    own_route = URL(layer_store).join(URL(f"/uploads/{location.name}")).with_query(location.query)
+    async with http.get(own_route) as r:
         assert r.status == 403, "a session URL is not a key to the layer-store's own routes"
 
 
