@@ -48,6 +48,8 @@ def load_key(data_dir: Path | str) -> bytes:
     """The data-plane key, made on first use (0600 in a 0700 dir; the first writer wins a race)."""
     path = key_path(data_dir)
     path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    if path.parent.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        path.parent.chmod(0o700)  # made by someone else (e.g. a container volume's 0755)
     try:
         return _read_key(path)
     except FileNotFoundError:

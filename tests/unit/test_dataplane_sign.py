@@ -87,6 +87,12 @@ def test_key_file_is_made_once_private_and_shared(tmp_path):
     assert [p.name for p in path.parent.iterdir()] == ["dataplane.key"]  # no staging file left
 
 
+def test_a_credentials_dir_open_to_others_is_closed(tmp_path):
+    (tmp_path / "credentials").mkdir(mode=0o755)
+    load_key(tmp_path)
+    assert stat.S_IMODE((tmp_path / "credentials").stat().st_mode) == 0o700
+
+
 def test_a_key_open_to_others_is_refused(tmp_path):
     load_key(tmp_path)
     key_path(tmp_path).chmod(0o644)
