@@ -114,8 +114,8 @@ class DataplaneSigner:
         if not exp or not sig:
             raise PermissionDenied("the data plane answers only URLs signed by the registry",
                                    detail_code=DENIED)
-        if not exp.isdigit():
-            raise PermissionDenied("malformed signature expiry", detail_code=DENIED)
+        if not (len(exp) <= 12 and exp.isascii() and exp.isdigit() and sig.isascii()):
+            raise PermissionDenied("malformed signature", detail_code=DENIED)
         expected = self.signature(method, path, digest, int(exp))
         if not hmac.compare_digest(expected, sig):
             raise PermissionDenied("signature does not match the request", detail_code=DENIED)

@@ -48,7 +48,8 @@ def test_replay_after_expiry_is_refused(signer):
 def test_missing_malformed_or_foreign_signatures_are_refused(signer):
     q = signer.sign("GET", PATH, DIGEST)
     for exp, sig in ((None, None), (q["exp"], None), (None, q["sig"]), ("-1", q["sig"]),
-                     ("soon", q["sig"]), (q["exp"], q["sig"][:-1]), (q["exp"], "")):
+                     ("soon", q["sig"]), ("\u00b2", q["sig"]), ("9" * 5000, q["sig"]), (q["exp"], q["sig"][:-1]),
+                     (q["exp"], "\u00e9" * 64), (q["exp"], "")):
         with pytest.raises(PermissionDenied):
             signer.verify("GET", PATH, DIGEST, exp, sig)
     forger = DataplaneSigner(os.urandom(32))  # same scheme, another key
