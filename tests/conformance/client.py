@@ -61,6 +61,10 @@ class Client:
         """Where a reply's `Location` sends the next request, in this client's way."""
         raw = reply.headers.get("Location")
         assert raw, f"{reply.status} reply without Location"
+        return self.resolve(raw, reply)
+
+    def resolve(self, raw: str, reply: Reply) -> URL:
+        """A URI reference a reply handed out (`Location`, a `Link` target), in this client's way."""
         loc = URL(raw, encoded=True)
         if self.mode == ABSOLUTE:
             return reply.url.join(loc)
