@@ -27,6 +27,15 @@ async def pulled(seeder):
     return SimpleNamespace(c=c, repo=repo, tag=tags[0])
 
 
+async def test_api_version_check(seeder, http, target):
+    """`GET /v2/`: 200, or 401 with a challenge to someone who has not authenticated."""
+    async with http.get(f"{target.url}/v2/") as anonymous:
+        assert anonymous.status in (200, 401)
+        if anonymous.status == 401:
+            assert anonymous.headers["WWW-Authenticate"].split()[0] in ("Bearer", "Basic")
+    assert (await seeder.request("GET", "/v2/")).status == 200
+
+
 async def test_head_blob(seeder, pulled):
     c, repo = pulled.c, pulled.repo
     missing = await get_blob(seeder, repo, c.dummy_digest, "HEAD")
