@@ -113,6 +113,15 @@ async def test_out_of_order_chunk_is_416(client, repo):
     assert reply.status == 416, (reply.status, reply.body)
 
 
+async def test_416_body_is_the_spec_error_list(client, repo):
+    """A JSON error body's code "MUST be one of" the spec's table, a 416's too."""
+    session = await _start(client, repo, **{"Content-Length": "0"})
+    chunked = _chunked_for(session)
+    reply = await client.request("PATCH", client.location(session), data=chunked.second,
+                                 headers=_chunk_headers(chunked.second, chunked.second_range))
+    assert_error(reply, 416)
+
+
 async def _first_chunk(client: Client, repo: str):
     session = await _start(client, repo, **{"Content-Length": "0"})
     chunked = _chunked_for(session)
