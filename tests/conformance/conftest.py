@@ -63,7 +63,8 @@ DEVIATIONS: dict[tuple[str, str | None, str], str] = {
     **{(DISTRIBUTION, None, name): NO_REFERRERS for name in (
         "test_manifest_with_subject_answers_oci_subject", "test_referrers_of_unknown_digest_is_empty",
         "test_referrers_list", "test_referrers_filtered_by_artifact_type",
-        "test_referrers_of_a_subject_never_pushed", "test_referrers_bad_digest_is_400")},
+        "test_referrers_of_a_subject_never_pushed", "test_referrers_bad_digest_is_400",
+        "test_referrers_drop_a_deleted_manifest")},
     **{(DISTRIBUTION, None, name): "distribution 2.8 takes a malformed digest for a tag and answers 500 UNKNOWN"
        for name in ("test_put_under_invalid_digest_is_400", "test_bad_digest_reference_is_400_or_404")},
     (DISTRIBUTION, None, "test_tags_list"): "distribution 2.8 lists tags in directory order, not lexical order",

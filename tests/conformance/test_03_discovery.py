@@ -144,6 +144,17 @@ async def test_referrers_bad_digest_is_400(seeder, discovered):
     assert_error(await seeder.request("GET", f"/v2/{discovered.repo}/referrers/sha256:nothex"), 400)
 
 
+async def test_referrers_drop_a_deleted_manifest(seeder, discovered):
+    """A referrer is a manifest of the repository: once deleted, the list no longer names it."""
+    c, repo = discovered.c, discovered.repo
+    extra = c.ref_b_config.replace(b"test config b", b"test config b, deleted")
+    assert (await put_manifest(seeder, repo, digest(extra), extra)).status == 201
+    url = f"/v2/{repo}/referrers/{digest(c.manifests[4])}"
+    assert digest(extra) in [m["digest"] for m in _index(await seeder.request("GET", url))]
+    assert (await seeder.request("DELETE", f"/v2/{repo}/manifests/{digest(extra)}")).status == 202
+    assert sorted(m["digest"] for m in _index(await seeder.request("GET", url))) == sorted(c.referrers_of_subject())
+
+
 async def test_teardown_deletes(seeder, discovered):
     c, repo = discovered.c, discovered.repo
     for body in (c.ref_index, c.manifests[2], c.manifests[4], c.ref_a_config, c.ref_a_layer, c.ref_b_config,
