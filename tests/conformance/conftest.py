@@ -128,7 +128,11 @@ def _start_distribution(root: Path) -> tuple[subprocess.Popen, str]:
 @pytest.fixture(scope="package", params=[DOCKYARD, DISTRIBUTION])
 def target(request, tmp_path_factory) -> Target:
     if request.param == DOCKYARD:
-        stack = start_stack(tmp_path_factory.mktemp("dyconf-stack"))
+        with pytest.MonkeyPatch.context() as env:
+            # The default configuration, whatever the caller's environment sets.
+            for name in ("DOCKYARD_REGISTRY_DIRECT_UPLOAD", "DOCKYARD_REGISTRY_BLOB_REDIRECT", "DOCKYARD_AUTH_REALM"):
+                env.delenv(name, raising=False)
+            stack = start_stack(tmp_path_factory.mktemp("dyconf-stack"))
         try:
             _wait_http(stack.registry_url + "/v2/", stack.proc, stack.data_dir / "up.log")
             yield Target(DOCKYARD, stack.registry_url, ("admin", stack.admin_password), automatic_crossmount=True)
