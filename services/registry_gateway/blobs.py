@@ -225,7 +225,8 @@ def _upload_errors(upload_id: str, err: DockyardError) -> DockyardError:
     if isinstance(err, NotFound):
         return NotFound(f"upload {upload_id} not found", detail_code="BLOB_UPLOAD_UNKNOWN")
     if isinstance(err, Conflict) or (isinstance(err, InvalidArgument) and err.detail_code == RANGE_INVALID):
-        return InvalidArgument(err.message, detail_code=RANGE_INVALID)
+        # A chunk out of order is 416, with a code from the spec's table (as distribution does).
+        return Conflict(err.message, detail_code="BLOB_UPLOAD_INVALID")
     return err
 
 

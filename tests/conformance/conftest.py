@@ -40,24 +40,8 @@ class Target:
 
 # ---- known deviations: (target, client mode or None for both, test name) -> reason --------------
 
-LOCATION_ON_LAYER_STORE = (
-    "default config (REGISTRY_DIRECT_UPLOAD=auto): for a loopback client the upload Location is the "
-    "layer-store's own URL (/oci/uploads/<id> on another port); its path sent to the registry's host "
-    "answers 404 (issue 14, the upload/redirect data-plane fix)")
 NO_REFERRERS = "distribution 2.8 has no referrers API (404) and ignores `subject`: no OCI-Subject header"
 DEVIATIONS: dict[tuple[str, str | None, str], str] = {
-    **{(DOCKYARD, PATH, name): LOCATION_ON_LAYER_STORE for name in (
-        "test_streamed_upload", "test_monolithic_post_then_put", "test_single_post_falls_back_to_put",
-        "test_chunked_upload", "test_chunked_last_chunk_in_put", "test_out_of_order_chunk_is_416",
-        "test_chunk_retried_at_the_first_location",
-        "test_mount_of_unknown_blob_starts_a_session")},
-    (DOCKYARD, None, "test_mount_with_a_token_for_the_target_only"): (
-        "a mount the token may not read from falls back to a session, and in the default config its "
-        "Location is the layer-store's /oci/uploads/<id>, not under /v2/<name>/blobs/uploads/ as the "
-        "suite checks (issue 14: keep upload locations under /v2/)"),
-    (DOCKYARD, PATH, "test_416_body_is_the_spec_error_list"): LOCATION_ON_LAYER_STORE + (
-        "; and where the gateway answers an upload itself (a client off loopback, or after that fix) its "
-        "416 carries code RANGE_INVALID, which is not in the spec's error table (blobs.py)"),
     (DISTRIBUTION, None, "test_416_body_is_the_spec_error_list"):
         "distribution 2.8 ignores a PATCH's Content-Range: no 416 at all",
     **{(DISTRIBUTION, None, name): NO_REFERRERS for name in (

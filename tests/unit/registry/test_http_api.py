@@ -297,9 +297,6 @@ async def test_index_needs_its_manifests(http, registry_url, seeded):
         assert r.status == 400 and (await r.json())["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
 
 
-@pytest.mark.xfail(strict=True, reason="blobs.py answers an out-of-order chunk 416 with code RANGE_INVALID, "
-                                       "which is not in the spec's table (the layer-store's own upload URL "
-                                       "says BLOB_UPLOAD_INVALID)")
 async def test_out_of_order_chunk_code_is_the_specs(http, registry_url, seeded):
     async with http.post(f"{registry_url}/v2/{REPO}/blobs/uploads/") as r:
         loc = registry_url + r.headers["Location"]
