@@ -105,7 +105,6 @@ class BusService:
         self._config = ServiceConfig(name=name, version=version, description=description,
                                      metadata=metadata or {}, queue_group=f"dockyard.{name}")
         self._endpoints: list[EndpointConfig] = []
-        self.endpoints: list[Endpoint] = []
         self._inflight: set[asyncio.Task] = set()
         self._service: nats.micro.Service | None = None
 
@@ -136,7 +135,6 @@ class BusService:
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
-        self.endpoints.append(ep)
         self._endpoints.append(EndpointConfig(name=name[:60], subject=subject, handler=on_msg,
                                               queue_group=queue, metadata=ep.metadata()))
 

@@ -124,7 +124,8 @@ def test_every_declared_subject_is_served_and_so_fuzzed(endpoints):
     assert sorted(v for v in verbs if subjects.agent(agent, v) not in served) == []
     assert {agent_messages.fleet(agent_messages.VERB_PS), agent_messages.fleet(agent_messages.VERB_IMAGES)} <= served
     # Every endpoint is a declared subject, an agent verb or a fleet listing: none is unaccounted for.
-    assert sorted(s for s in served if s not in declared.values() and not s.startswith(subjects.AGENT_PREFIX + ".")) == []
+    per_agent = subjects.AGENT_PREFIX + "."
+    assert sorted(s for s in served if s not in declared.values() and not s.startswith(per_agent)) == []
 
 
 # ---- garbage ---------------------------------------------------------------------------------

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from pathlib import Path
 
 import pytest
 
@@ -13,7 +12,7 @@ from services.runtime_agent.containers.config import confine_volumes, parse_volu
 from shared import bus, subjects
 from shared.errors import InvalidArgument, PermissionDenied
 from shared.messages.agent import VERB_RUN, VOLUME_OUTSIDE_ROOTS, RunReply, RunRequest
-from tests.e2e.test_agent_fleet import Fleet, push_busybox, remove_test_cgroup_parent, start_registry
+from tests.e2e.test_agent_fleet import running_fleet
 
 GiB = 1 << 30
 
@@ -69,20 +68,8 @@ def fleet(nats_url, tmp_path_factory):
     (roots / "data" / "f").write_text("from a volume root\n")
     (base / "elsewhere").mkdir()
     (base / "elsewhere" / "g").write_text("from outside the roots\n")
-    reg_proc, registry = start_registry(base / "registry")
-    push_busybox(base, registry)
-    env = {**os.environ, "DOCKYARD_NATS_URL": nats_url, "DOCKYARD_REGISTRY_ADDR": registry,
-           "DOCKYARD_DATA_DIR": str(base / "data"), "PYTHONUNBUFFERED": "1",
-           "DOCKYARD_AGENT_VOLUME_ROOTS": str(roots)}
-    f = Fleet(base, env, registry)
-    try:
-        f.add_agent(3, 2 * GiB)
+    with running_fleet(base, nats_url, {3: 2 * GiB}, {"DOCKYARD_AGENT_VOLUME_ROOTS": str(roots)}) as f:
         yield f
-    finally:
-        f.remove_everything()
-        reg_proc.terminate()
-        reg_proc.wait(10)
-        remove_test_cgroup_parent()
 
 
 async def _run(nats_url: str, subject: str, volumes: list[str]) -> RunReply:
