@@ -15,6 +15,7 @@ from services.layer_store.storage.base import StorageDriver
 from services.layer_store.storage.filesystem import FilesystemDriver
 from shared import bus, subjects
 from shared.config import Config, split_host_port
+from shared.dataplane_sign import DataplaneSigner, load_key
 from shared.errors import InvalidArgument, Unavailable
 from shared.fsutil import write_atomic
 
@@ -69,6 +70,7 @@ async def listen(runner: web.AppRunner, host: str, port: int, port_file: Path) -
 
 async def serve(cfg: Config) -> None:
     """Run until cancelled: HTTP first, then the bus service once it can answer."""
+    signer = DataplaneSigner(load_key(cfg.data_path))
     driver = open_driver(cfg)
     nc = await bus.connect(cfg.nats_url, name=subjects.LAYER_STORE)
     runner: web.AppRunner | None = None
@@ -77,7 +79,7 @@ async def serve(cfg: Config) -> None:
         host, port = split_host_port(cfg.layer_store_addr)
         client = bus.BusClient(nc)
         api = LayerStoreApi(driver, client, "")
-        app = create_app(driver, on_commit=api.on_commit, commit_hook=api.commit_hook)
+        app = create_app(driver, signer, on_commit=api.on_commit, commit_hook=api.commit_hook)
         runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE)
         await runner.setup()
         bound = await listen(runner, host, port, cfg.service_dir(subjects.LAYER_STORE) / PORT_FILE)
