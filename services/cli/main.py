@@ -19,6 +19,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description="Build, push, pull and run container images.")
     parser.add_argument("--nats", dest="nats_url", help="NATS URL (env DOCKYARD_NATS_URL)")
     parser.add_argument("--data-dir", dest="data_dir", help="data directory (env DOCKYARD_DATA_DIR)")
+    parser.add_argument("--creds", help="bus credentials file (env DOCKYARD_CREDS; default: the data "
+                                        "dir's admin.creds if readable)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = [MODULES[only]] if only in MODULES else sorted(set(MODULES.values()))
@@ -49,10 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     args.nats_url = args.nats_url or getattr(args, "cmd_nats_url", None)
     args.data_dir = args.data_dir or getattr(args, "cmd_data_dir", None)
     from shared import config as config_mod
-    from shared.errors import DockyardError
+    from shared.errors import DockyardError, PermissionDenied
     from services.cli.context import CliContext
 
-    cfg = config_mod.load(nats_url=args.nats_url, data_dir=args.data_dir)
+    cfg = config_mod.load(nats_url=args.nats_url, data_dir=args.data_dir, creds=args.creds)
     ctx = CliContext(cfg, json_output=json_output)
 
     async def run() -> int:
@@ -63,11 +65,21 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return asyncio.run(run())
+    except PermissionDenied as e:
+        CliContext.error(_refusal(args.command, e))
+        return 125
     except DockyardError as e:
         CliContext.error(e.message)
         return 125 if e.code != "NOT_FOUND" else 1
     except KeyboardInterrupt:
         return 130
+
+
+def _refusal(verb: str, e: Exception) -> str:
+    """`permission denied: run needs role operator`, when the bus refused a subject of that role."""
+    from shared.permissions import required_role
+    needed = required_role(str(getattr(e, "detail", "") or ""))
+    return f"permission denied: {verb} needs role {needed}" if needed else str(getattr(e, "message", e))
 
 
 if __name__ == "__main__":
