@@ -146,12 +146,12 @@ class Authority:
 
     def __init__(self, cred_dir: Path, *, signing_only: bool = False):
         import nkeys
-        self.dir = cred_dir
-        self.signing = _load_or_create(cred_dir / _KEY_FILES["signing"], nkeys.PREFIX_BYTE_ACCOUNT)
         if signing_only:
             # The gateway issues users: it needs the signing key and the account's public key only.
+            self.signing = nkeys.from_seed(bytearray((cred_dir / _KEY_FILES["signing"]).read_bytes().strip()))
             self.account_pub = (cred_dir / "account.pub").read_text().strip()
             return
+        self.signing = _load_or_create(cred_dir / _KEY_FILES["signing"], nkeys.PREFIX_BYTE_ACCOUNT)
         self.operator = _load_or_create(cred_dir / _KEY_FILES["operator"], nkeys.PREFIX_BYTE_OPERATOR)
         self.sys = _load_or_create(cred_dir / _KEY_FILES["sys"], nkeys.PREFIX_BYTE_ACCOUNT)
         self.account = _load_or_create(cred_dir / _KEY_FILES["account"], nkeys.PREFIX_BYTE_ACCOUNT)

@@ -28,7 +28,6 @@ AUTH_STATE = (s.KV_USERS, s.KV_ACL)  # users, grants and token keys: the gateway
 
 EVENTS = f"{s.PREFIX}.events.>"
 AGENT_VERB_EXEC = "exec"
-REGISTRY_USER_CREDS = "dockyard.registry.user.creds"
 
 
 @dataclass(frozen=True)
@@ -135,7 +134,7 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("rmi", [s.REGISTRY_RMI]), ("tag", [s.REGISTRY_TAG, s.REGISTRY_UNTAG]),
     ],
     "admin": [
-        ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),
+        ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),
         ("grant", [s.REGISTRY_GRANT]), ("repo", [s.REGISTRY_REPO_VISIBILITY]),
         ("gc", ["dockyard.gc.>"]), ("fleet", ["dockyard.fleet.>"]),
     ],
