@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     json_output = "--json" in argv
     argv = [a for a in argv if a != "--json"]
     # Import only the module of the command asked for: start-up time is part of every command.
-    first = next((a for a in argv if not a.startswith("-")), None)
+    first = _verb(argv)
     parser = build_parser(first)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -66,13 +66,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return asyncio.run(run())
     except PermissionDenied as e:
-        CliContext.error(_refusal(args.command, e))
+        CliContext.error(_refusal(first or "", e))
         return 125
     except DockyardError as e:
         CliContext.error(e.message)
         return 125 if e.code != "NOT_FOUND" else 1
     except KeyboardInterrupt:
         return 130
+
+
+def _verb(argv: list[str]) -> str | None:
+    """The command's name: the first word that is not a global option or its value."""
+    words = iter(argv)
+    for a in words:
+        if a in ("--nats", "--data-dir", "--creds"):
+            next(words, None)
+        elif not a.startswith("-"):
+            return a
+    return None
 
 
 def _refusal(verb: str, e: Exception) -> str:
