@@ -120,10 +120,8 @@ class UserCreds:
 
     def sign(self, nonce: bytes) -> str:
         """The CONNECT `sig`: the nonce signed with the user's nkey (base64url, no padding)."""
-        # cryptography's Ed25519 imports in a third of PyNaCl's time: this runs in every CLI command.
-        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-        raw = base64.b32decode(self.seed + "=" * (-len(self.seed) % 8))
-        return _b64(Ed25519PrivateKey.from_private_bytes(raw[2:34]).sign(nonce))
+        import nkeys  # ~8 ms of every CLI command (PyNaCl); bench/bus_connect.py measures it
+        return _b64(nkeys.from_seed(bytearray(self.seed.encode())).sign(nonce))
 
 
 def read_creds(path: str | Path) -> UserCreds:
