@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     # `dockyard up --nats URL --data-dir DIR` as well as `dockyard --nats URL up`
     args.nats_url = args.nats_url or getattr(args, "cmd_nats_url", None)
     args.data_dir = args.data_dir or getattr(args, "cmd_data_dir", None)
+    args.creds = args.creds or getattr(args, "cmd_creds", None)
     from shared import config as config_mod
     from shared.errors import DockyardError, PermissionDenied
     from services.cli.context import CliContext
