@@ -51,8 +51,7 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
     creds = creds if creds is not None else ("" if "@" in url else os.environ.get("DOCKYARD_CREDS", ""))
     if creds:
         from shared.credentials import read_creds
-        from shared.permissions import inbox_prefix
-        auth = {"user_credentials": creds, "inbox_prefix": inbox_prefix(read_creds(creds).name)}
+        auth = {"user_credentials": creds, "inbox_prefix": read_creds(creds).inbox}
     connected = False
     refused: list[str] = []
 

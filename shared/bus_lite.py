@@ -145,7 +145,7 @@ class Connection(asyncio.Protocol):
         self.name = name
         self.creds = creds
         # A principal may subscribe only under its own prefix (shared/permissions.py).
-        self._inbox = f"_INBOX.{creds.name}." if creds is not None else "_INBOX."
+        self._inbox = (creds.inbox if creds is not None else "_INBOX") + "."
         self.info: dict[str, Any] = {}
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()

@@ -34,6 +34,11 @@ _KEY_FILES = {"operator": "operator.nk", "sys": "sys-account.nk", "account": "ac
               "signing": "account-signing.nk"}
 
 
+def inbox_prefix(principal: str) -> str:
+    """The reply-subject prefix of `principal`: the only inboxes its credential may subscribe to."""
+    return f"_INBOX.{principal}"
+
+
 def credentials_dir(data_dir: Path) -> Path:
     """DATA_DIR/credentials, created 0700 (and tightened if it was looser)."""
     d = Path(data_dir) / CREDENTIALS_DIR
@@ -117,6 +122,10 @@ class UserCreds:
     @property
     def name(self) -> str:
         return jwt_claims(self.jwt).get("name", "")
+
+    @property
+    def inbox(self) -> str:
+        return inbox_prefix(self.name)
 
     def sign(self, nonce: bytes) -> str:
         """The CONNECT `sig`: the nonce signed with the user's nkey (base64url, no padding)."""

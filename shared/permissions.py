@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared import subjects as s
+from shared.credentials import inbox_prefix
 from shared.messages.agent import (FLEET_PREFIX, VERB_IMAGES, VERB_INSPECT, VERB_KILL, VERB_LOGS, VERB_PS,
                                    VERB_PULL, VERB_RM, VERB_RUN, VERB_START, VERB_STOP)
 from shared.messages.gc import AGENT_PRUNE_VERB
@@ -34,11 +35,6 @@ AGENT_VERB_EXEC = "exec"
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
-
-
-def inbox_prefix(name: str) -> str:
-    """The reply-subject prefix of principal `name` (a single subject token)."""
-    return f"_INBOX.{name}"
 
 
 def principal(kind: str, agent_id: str = "") -> str:

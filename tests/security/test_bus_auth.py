@@ -163,7 +163,7 @@ async def test_an_agent_cannot_listen_to_another_agent(stack, service_creds):
     c = await bus_lite.connect(stack.nats_url, creds=service_creds[subjects.RUNTIME_AGENT])
     try:
         await c.nc.subscribe(subjects.agent("someone-else", ">"))
-        await c.nc.subscribe(permissions.inbox_prefix(permissions.person("admin")) + ".>")
+        await c.nc.subscribe(credentials.inbox_prefix(permissions.person("admin")) + ".>")
         await c.nc.flush()
         await asyncio.sleep(0.2)  # the -ERR of the second SUB may follow the PONG
         assert "permissions violation for subscription" in c.nc._error.lower()
