@@ -169,10 +169,12 @@ class Authority:
         """A `.creds` text for principal `name` with exactly `perms` (no expiry; see docs/security.md)."""
         import nkeys
         user = _new_key(nkeys.PREFIX_BYTE_USER)
-        claims = {"name": name, "sub": _pub(user), "nats": {
-            "pub": {"allow": list(perms.publish)}, "sub": {"allow": list(perms.subscribe)},
-            "subs": -1, "data": -1, "payload": -1, "issuer_account": self.account_pub,
-            "type": "user", "version": 2}}
+        nats = {"pub": {"allow": list(perms.publish)}, "sub": {"allow": list(perms.subscribe)},
+                "subs": -1, "data": -1, "payload": -1, "issuer_account": self.account_pub,
+                "type": "user", "version": 2}
+        if perms.responses:
+            nats["resp"] = {"max": 1, "ttl": 0}  # one reply per message received, default expiry
+        claims = {"name": name, "sub": _pub(user), "nats": nats}
         return format_creds(encode_jwt(claims, self.signing), bytes(user.seed))
 
     def server_config(self) -> str:

@@ -35,6 +35,9 @@ AGENT_VERB_EXEC = "exec"
 class Permissions:
     publish: tuple[str, ...]
     subscribe: tuple[str, ...]
+    # may answer a message it received (NATS allow_responses), wherever its reply subject is:
+    # people answer an agent's keep-alive pings while a container's output streams to them
+    responses: bool = False
 
 
 def principal(kind: str, agent_id: str = "") -> str:
@@ -142,7 +145,7 @@ def role(username: str, role_name: str) -> Permissions:
     if role_name not in ROLES:
         raise ValueError(f"unknown role {role_name!r}: one of {', '.join(ROLES)}")
     pub = [subj for r in ROLES[:ROLES.index(role_name) + 1] for _, subs in _ROLE_VERBS[r] for subj in subs]
-    return Permissions(tuple(dict.fromkeys(pub)), (inbox_prefix(person(username)) + ".>", EVENTS))
+    return Permissions(tuple(dict.fromkeys(pub)), (inbox_prefix(person(username)) + ".>", EVENTS), responses=True)
 
 
 def matches(pattern: str, subject: str) -> bool:

@@ -224,3 +224,30 @@ def test_a_role_can_change(stack, people, tmp_path):
     # the old credential keeps the role it was issued with
     p = stack.cli("--creds", people["reader"], "rmi", "nothing", check=False)
     assert "permission denied: rmi needs role operator" in p.stderr
+
+
+async def test_a_person_answers_what_a_service_sent_it_and_nothing_else(stack, service_creds):
+    """An agent's keep-alive ping to a streaming CLI: the person may reply to it, but may not
+    publish into a service's inbox on its own."""
+    agent = await bus_lite.connect(stack.nats_url, creds=service_creds[subjects.RUNTIME_AGENT])
+    person = await bus_lite.connect(stack.nats_url,
+                                    creds=str(credentials.creds_path(stack.data_dir, credentials.ADMIN)))
+    try:
+        cli_inbox = person.nc.new_inbox()
+        got: asyncio.Future = asyncio.get_running_loop().create_future()
+
+        async def on_ping(m) -> None:
+            await m.respond(b"pong")
+            await person.nc.publish(m.reply.rsplit(".", 1)[0] + ".forged", b"x")
+            got.set_result(m.reply)
+        await person.nc.subscribe(cli_inbox, cb=on_ping)
+        await person.nc.flush()
+        pong = await agent.nc.request(cli_inbox, b"ping", timeout=10)
+        assert pong.data == b"pong"
+        await got
+        await person.nc.flush()
+        await asyncio.sleep(0.2)
+        assert "permissions violation for publish" in person.nc._error.lower()
+    finally:
+        await agent.close()
+        await person.close()
