@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -71,7 +72,9 @@ def _seed_authority(data_dir: Path) -> None:
     """
     global _test_authority
     if _test_authority is None:
-        _test_authority = Path(tempfile.mkdtemp(prefix="dyauth-")) / credentials.CREDENTIALS_DIR
+        root = tempfile.mkdtemp(prefix="dyauth-")
+        atexit.register(shutil.rmtree, root, True)
+        _test_authority = Path(root) / credentials.CREDENTIALS_DIR
         authority = credentials.Authority(credentials.credentials_dir(_test_authority.parent))
         test_creds = _test_authority / "test.creds"
         credentials.write_secret(test_creds, authority.issue("test", Permissions((">",), (">",))).encode())

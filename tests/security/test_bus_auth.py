@@ -187,6 +187,13 @@ def people(stack, tmp_path_factory):
     return out
 
 
+def test_the_first_admin_user_is_admin_on_the_bus(stack, tmp_path):
+    path = tmp_path / "admin.creds"
+    path.write_text(stack.cli("user", "creds", "admin").stdout)
+    out = stack.cli("--creds", str(path), "user", "add", "zed", "--password-stdin", input="pw").stdout
+    assert "user zed added" in out
+
+
 def test_a_new_user_has_no_bus_role(stack):
     stack.cli("user", "add", "nobody", "--password-stdin", input="pw")
     p = stack.cli("user", "creds", "nobody", check=False)
