@@ -53,12 +53,8 @@ def creds_path(data_dir: Path, principal: str) -> Path:
 
 
 def write_secret(path: Path, data: bytes) -> None:
-    """An atomic write that is 0600 from its first byte."""
-    old = os.umask(0o177)
-    try:
-        write_atomic(path, data)
-    finally:
-        os.umask(old)
+    """An atomic write that is 0600 from its creation on."""
+    write_atomic(path, data, mode=0o600)
 
 
 def _b64(data: bytes) -> str:
