@@ -88,9 +88,9 @@ def _use_service_creds(cfg: Any, service: str) -> None:
     DOCKYARD_CREDS, else the one `dockyard up` made for it in the data dir (shared.bus.connect
     reads DOCKYARD_CREDS)."""
     from shared import credentials, permissions
-    own = cfg.creds or str(credentials.creds_path(cfg.data_path, permissions.principal(service, cfg.host_id)))
-    if os.access(own, os.R_OK):
-        os.environ["DOCKYARD_CREDS"] = own
+    own = str(credentials.creds_path(cfg.data_path, permissions.principal(service, cfg.host_id)))
+    if cfg.creds or os.access(own, os.R_OK):
+        os.environ["DOCKYARD_CREDS"] = cfg.creds or own  # an unreadable --creds fails the connect, loudly
 
 
 async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
