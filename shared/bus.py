@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -27,7 +29,7 @@ from shared import codec
 from shared.bus_reply import (DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, TypedEvents,  # noqa: F401
                               decode_reply)
 from shared.errors import (AlreadyExists, Conflict, DockyardError, Internal, InvalidArgument,
-                           NotFound, Unavailable)
+                           NotFound, Unauthenticated, Unavailable)
 from shared.messages.common import ErrorReply, Progress
 
 log = logging.getLogger("dockyard.bus")
@@ -38,24 +40,43 @@ Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
 
 
 
-async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5) -> NATS:
-    """Connect, reconnecting forever once connected; a server not there at first is Unavailable."""
+async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5,
+                  creds: str | None = None) -> NATS:
+    """Connect, reconnecting forever once connected; a server not there at first is Unavailable.
 
+    `creds` is a NATS credentials file (default `$DOCKYARD_CREDS`, unless the URL carries a
+    user and password); its principal's replies arrive under its own inbox prefix.
+    """
+    auth: dict[str, Any] = {}
+    creds = creds if creds is not None else ("" if "@" in url else os.environ.get("DOCKYARD_CREDS", ""))
+    if creds:
+        from shared.credentials import read_creds
+        auth = {"user_credentials": creds, "inbox_prefix": read_creds(creds).inbox}
     connected = False
+    refused: list[str] = []
 
     async def on_error(e: Exception) -> None:
         # Before the first connection the caller gets one Unavailable instead of a log per try.
         (log.warning if connected else log.debug)("NATS %s: %s", url, str(e) or type(e).__name__)
+        if not connected and "authorization violation" in str(e).lower():
+            refused.append(str(e))
 
     try:
         # nats-py retries the first connect forever when reconnects are unlimited: bound it.
         nc = await asyncio.wait_for(nats.connect(
             url, name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error), connect_timeout)
+            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error, **auth), connect_timeout)
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
-        raise Unavailable(f"cannot reach NATS at {url}: {str(e) or 'timed out'}") from e
+        if refused:
+            raise Unauthenticated(f"NATS at {_without_password(url)} refused the credentials: "
+                                  "Authorization Violation") from e
+        raise Unavailable(f"cannot reach NATS at {_without_password(url)}: {str(e) or 'timed out'}") from e
     connected = True
     return nc
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"[^,/@]*@", "", url)
 
 
 # Most requests are a few hundred bytes; a subject that needs more says so where it is

@@ -9,6 +9,7 @@ from typing import Any
 
 import msgspec
 
+from shared.credentials import ADMIN, creds_path
 from shared.errors import InvalidArgument
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "dockyard"
@@ -19,6 +20,8 @@ DEFAULT_REGISTRY_ADDR = "127.0.0.1:5000"
 class Config(msgspec.Struct, kw_only=True, frozen=True):
     data_dir: str = str(DEFAULT_DATA_DIR)
     nats_url: str = DEFAULT_NATS_URL
+    # the bus credentials (a NATS .creds file); empty: the data dir's admin.creds if readable
+    creds: str = ""
     # where the registry-gateway listens, and how others reach it
     registry_addr: str = DEFAULT_REGISTRY_ADDR
     registry_url: str = ""
@@ -37,6 +40,14 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         p = self.data_path / service
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+    @property
+    def bus_creds(self) -> str:
+        """The credentials file to connect with: `creds`, else the local administrator's if readable."""
+        if self.creds:
+            return self.creds
+        admin = creds_path(self.data_path, ADMIN)
+        return str(admin) if os.access(admin, os.R_OK) else ""
 
     @property
     def registry_base_url(self) -> str:

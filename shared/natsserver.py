@@ -34,11 +34,12 @@ class EmbeddedNats:
     """A nats-server child process; JetStream stores under `store_dir`."""
 
     def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
-                 log_file: Path | None = None):
+                 log_file: Path | None = None, config_file: Path | None = None):
         self.store_dir = Path(store_dir)
         self.host = host
         self.port = port or free_port(host)
         self.log_file = log_file
+        self.config_file = config_file  # its authorization is demanded of every client
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -48,8 +49,11 @@ class EmbeddedNats:
     def start(self, timeout: float = 10.0) -> "EmbeddedNats":
         self.store_dir.mkdir(parents=True, exist_ok=True)
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
+        args = [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
+        if self.config_file is not None:
+            args += ["-c", str(self.config_file)]
         self.proc = subprocess.Popen(
-            [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)],
+            args,
             stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -42,6 +42,7 @@ REGISTRY_COPY = "dockyard.registry.copy"  # push/pull between the stack registry
 REGISTRY_USER_ADD = "dockyard.registry.user.add"
 REGISTRY_ENSURE_ADMIN = "dockyard.registry.user.ensure-admin"  # `up` on first start
 REGISTRY_USER_RM = "dockyard.registry.user.rm"
+REGISTRY_USER_CREDS = "dockyard.registry.user.creds"  # a person's bus credentials (admins only)
 REGISTRY_GRANT = "dockyard.registry.grant"
 REGISTRY_REPO_VISIBILITY = "dockyard.registry.repo.visibility"
 

@@ -45,12 +45,12 @@ class CliContext:
         if self._bus is None:
             from shared import bus_lite
             try:
-                self._bus = await bus_lite.connect(self.config.nats_url, name="dockyard-cli",
-                                                   connect_timeout=3)  # type: ignore[assignment]
+                self._bus = await bus_lite.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3,
+                                                   creds=self.config.bus_creds)  # type: ignore[assignment]
             except bus_lite.NeedFullClient:
                 bus = _import_bus(self.config.nats_url)
                 self._bus = bus.BusClient(await bus.connect(self.config.nats_url, name="dockyard-cli",
-                                                            connect_timeout=3))
+                                                            connect_timeout=3, creds=self.config.bus_creds))
         return self._bus
 
     async def close(self) -> None:

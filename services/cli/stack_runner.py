@@ -15,7 +15,7 @@ from typing import Any
 
 import msgspec
 
-from shared import bus
+from shared import bus, credentials, permissions
 from shared.config import Config
 from shared.errors import Unavailable
 from shared.natsserver import EmbeddedNats, free_port
@@ -54,15 +54,21 @@ class StackRunner:
         self.procs: dict[str, subprocess.Popen] = {}
         self.exit_code = 0
         self.logs = cfg.data_path / "logs"
+        self.creds: dict[str, Path] = {}  # principal -> its .creds file
 
     async def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.nats_port is not None:
+            conf = await asyncio.to_thread(self._issue_credentials)
             self.nats = EmbeddedNats(self.cfg.data_path / "nats", port=self.nats_port or free_port(),
-                                     log_file=self.logs / "nats.log")
+                                     log_file=self.logs / "nats.log", config_file=conf)
             await asyncio.to_thread(self.nats.start)
             self.cfg = msgspec.structs.replace(self.cfg, nats_url=self.nats.url)
-        nc = await bus.connect(self.cfg.nats_url, name="dockyard-up")
+        else:  # someone else's NATS: the credentials they put in the data dir, if any
+            for p in (self.cfg.data_path / credentials.CREDENTIALS_DIR).glob("*.creds"):
+                self.creds[p.stem] = p
+        nc = await bus.connect(self.cfg.nats_url, name="dockyard-up",
+                               creds=str(self.creds.get(permissions.SUPERVISOR, self.cfg.bus_creds)))
         try:
             await self._wait_jetstream(nc)
             for name in self.services:
@@ -73,9 +79,31 @@ class StackRunner:
             await nc.drain()
         self._write_stack_file()
 
+    def _issue_credentials(self) -> Path:
+        """Each service's credential, the supervisor's and the local administrator's, from the
+        permission table, and the server config that demands them. Keys are made on first start;
+        the JWTs are signed again on every start, so a changed table applies after an upgrade."""
+        cdir = credentials.credentials_dir(self.cfg.data_path)
+        authority = credentials.Authority(cdir)
+        grants = {permissions.principal(n, self.cfg.host_id): permissions.service(n, agent_id=self.cfg.host_id)
+                  for n in self.services}
+        grants[permissions.SUPERVISOR] = permissions.service(permissions.SUPERVISOR)
+        for principal, perms in grants.items():
+            path = credentials.creds_path(self.cfg.data_path, principal)
+            credentials.write_secret(path, authority.issue(principal, perms).encode())
+            self.creds[principal] = path
+        credentials.write_secret(credentials.creds_path(self.cfg.data_path, credentials.ADMIN), authority.issue(
+            permissions.person(credentials.ADMIN), permissions.role(credentials.ADMIN, "admin")).encode())
+        conf = cdir / "nats-server.conf"
+        credentials.write_secret(conf, authority.server_config().encode())
+        return conf
+
     def _spawn(self, name: str) -> None:
         env = {**os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
                "DOCKYARD_DATA_DIR": self.cfg.data_dir, "DOCKYARD_REGISTRY_ADDR": self.cfg.registry_addr}
+        own = self.creds.get(permissions.principal(name, self.cfg.host_id))
+        if own is not None:
+            env["DOCKYARD_CREDS"] = str(own)
         with open(self.logs / f"{name}.log", "ab") as out:
             self.procs[name] = subprocess.Popen(
                 [sys.executable, "-m", "services.cli.main", "serve", name], env=env,

@@ -10,7 +10,7 @@ from aiohttp import web
 from shared import bus, subjects
 from shared.config import Config, split_host_port
 from shared.dataplane_sign import DataplaneSigner, load_key
-from services.registry_gateway import blobs, copy, images
+from services.registry_gateway import blobs, bus_credentials, copy, images
 from services.registry_gateway.app import create_app
 from services.registry_gateway.keys import REGISTRY, UPLOAD_HOOK
 
@@ -39,6 +39,7 @@ async def serve(cfg: Config) -> None:
         images.register(service, registry)
         blobs.register_upload_hook(service, registry, app[UPLOAD_HOOK])
         auth.register_bus(service)
+        bus_credentials.register(service, auth.store, cfg)
         copy.register(service, registry=registry, auth=auth, cfg=cfg)
         await service.start()
         log.info("registry-gateway listening on %s", cfg.registry_addr)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from shared import credentials
 from shared.natsserver import free_port
+from shared.permissions import Permissions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -54,11 +59,39 @@ class Stack:
             return ""
 
 
+_test_authority: Path | None = None
+
+
+def _seed_authority(data_dir: Path) -> None:
+    """Give the stack the session's operator and account keys before its first start.
+
+    `up` then makes its own service and admin credentials as on any first start; the test
+    process itself connects (bus.connect(stack.nats_url)) with one all-permissions test
+    credential from the same keys, in DOCKYARD_CREDS, which every stack of the session trusts.
+    The CLI runs without it and finds the data dir's admin.creds, as a user's would.
+    """
+    global _test_authority
+    if _test_authority is None:
+        root = tempfile.mkdtemp(prefix="dyauth-")
+        atexit.register(shutil.rmtree, root, True)
+        _test_authority = Path(root) / credentials.CREDENTIALS_DIR
+        authority = credentials.Authority(credentials.credentials_dir(_test_authority.parent))
+        test_creds = _test_authority / "test.creds"
+        credentials.write_secret(test_creds, authority.issue("test", Permissions((">",), (">",))).encode())
+        os.environ["DOCKYARD_CREDS"] = str(test_creds)
+    target = credentials.credentials_dir(data_dir)
+    for p in _test_authority.iterdir():
+        if p.suffix in (".nk", ".pub"):
+            shutil.copy2(p, target / p.name)
+
+
 def start_stack(data_dir: Path, *, only: list[str] | None = None, timeout: float = 90) -> Stack:
     registry_addr = f"127.0.0.1:{free_port()}"
+    _seed_authority(data_dir)
     env = {**os.environ, "DOCKYARD_DATA_DIR": str(data_dir), "DOCKYARD_REGISTRY_ADDR": registry_addr,
            "DOCKER_CONFIG": str(data_dir / "docker-config"), "PYTHONUNBUFFERED": "1"}
     env.pop("DOCKYARD_NATS_URL", None)
+    env.pop("DOCKYARD_CREDS", None)
     args = [sys.executable, "-m", "services.cli.main", "up", "--nats-port", "0"]
     for s in only or []:
         args += ["--only", s]

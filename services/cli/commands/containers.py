@@ -283,7 +283,7 @@ async def logs(args, ctx) -> int:
 
 async def _each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0) -> int:
     from shared import subjects
-    from shared.errors import DockyardError
+    from shared.errors import DockyardError, PermissionDenied
     client = await ctx.bus()
     agents = await fleet(ctx)
     rc = 0
@@ -292,6 +292,8 @@ async def _each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0
             host, c = await find(ctx, ref, agents)
             await client.request(subjects.agent(host, verb), make(c.id), reply_type, timeout=timeout)
             print(ref)
+        except PermissionDenied:
+            raise  # the verb is refused, not this container
         except DockyardError as e:
             ctx.error(e.message)
             rc = 1

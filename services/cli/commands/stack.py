@@ -32,6 +32,7 @@ def _stack_options(p: argparse.ArgumentParser) -> None:
     """The global --nats/--data-dir, accepted after these commands too (main merges them)."""
     p.add_argument("--nats", dest="cmd_nats_url", metavar="URL", help="use this NATS instead of an embedded one")
     p.add_argument("--data-dir", dest="cmd_data_dir", metavar="DIR", help="default ~/.local/share/dockyard")
+    p.add_argument("--creds", dest="cmd_creds", metavar="FILE", help="bus credentials (env DOCKYARD_CREDS)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,7 +56,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _config(args: argparse.Namespace, ctx: Any) -> Any:
     from shared import config
-    return config.load(nats_url=args.nats_url, data_dir=args.data_dir,
+    return config.load(nats_url=args.nats_url, data_dir=args.data_dir, creds=args.creds,
                        registry_addr=getattr(args, "registry_addr", None))
 
 
@@ -69,6 +70,7 @@ async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
     gc.enable()  # main turns it off for short commands; a service runs for days
     cfg = _config(args, ctx)
     setup_logging(cfg.log_level, args.service)
+    _use_service_creds(cfg, args.service)
     mod = importlib.import_module(f"services.{SERVICES[args.service]}.service")
     task = asyncio.create_task(mod.serve(cfg))
     loop = asyncio.get_running_loop()
@@ -79,6 +81,16 @@ async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
     except asyncio.CancelledError:
         pass
     return 0
+
+
+def _use_service_creds(cfg: Any, service: str) -> None:
+    """Every bus connection of this process uses the service's credential: --creds or
+    DOCKYARD_CREDS, else the one `dockyard up` made for it in the data dir (shared.bus.connect
+    reads DOCKYARD_CREDS)."""
+    from shared import credentials, permissions
+    own = str(credentials.creds_path(cfg.data_path, permissions.principal(service, cfg.host_id)))
+    if cfg.creds or os.access(own, os.R_OK):
+        os.environ["DOCKYARD_CREDS"] = cfg.creds or own  # an unreadable --creds fails the connect, loudly
 
 
 async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:

@@ -22,8 +22,8 @@ def register(service: BusService, auth: Auth) -> None:
     store = auth.store
 
     async def user_add(req: UserAddRequest) -> UserReply:
-        rec = await store.add_user(req.username, req.password, update=req.update)
-        return UserReply(username=rec.username, created_at=rec.created_at)
+        rec = await store.add_user(req.username, req.password, update=req.update, role=req.role)
+        return UserReply(username=rec.username, created_at=rec.created_at, role=rec.role)
 
     async def user_rm(req: UserRmRequest) -> Ok:
         await store.remove_user(req.username)
