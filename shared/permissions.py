@@ -136,6 +136,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),
         ("grant", [s.REGISTRY_GRANT]), ("repo", [s.REGISTRY_REPO_VISIBILITY]),
         ("gc", ["dockyard.gc.>"]), ("fleet", ["dockyard.fleet.>"]),
+        # a host bind outside DOCKYARD_AGENT_VOLUME_ROOTS: root on that host, so admins only
+        ("run -v HOSTDIR", _agent_verbs(s.AGENT_RUN_HOST_BIND)),
     ],
 }
 

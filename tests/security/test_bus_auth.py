@@ -90,7 +90,9 @@ def test_credentials_live_in_a_private_directory(stack):
     files = list(cdir.iterdir())
     assert {"admin.creds", "registry-gateway.creds", "layer-store.creds", "supervisor.creds",
             "nats-server.conf", "account-signing.nk"} <= {p.name for p in files}
-    assert all(p.stat().st_mode & 0o777 == 0o600 for p in files)
+    secrets = [p for p in files if p.suffix != ".pub"]  # public keys are meant to be read
+    assert {p.name: oct(p.stat().st_mode & 0o777) for p in secrets} == {p.name: "0o600" for p in secrets}
+    assert all(p.stat().st_mode & 0o022 == 0 for p in files)
 
 
 # ---- least privilege, table-driven over every service kind -----------------------------------
@@ -204,6 +206,27 @@ def test_a_reader_reads_but_cannot_run(stack, people):
     p = stack.cli("--creds", people["reader"], "run", "--host", AGENT_ID, "busybox", "true", check=False)
     assert p.returncode != 0
     assert "permission denied: run needs role operator" in p.stderr
+
+
+async def test_only_an_admin_may_bind_outside_the_volume_roots(stack, people):
+    """An operator credential is not root on every host: the agent verb that binds any host
+    path is refused by the server for operators (and readers), whatever the agent would say."""
+    host_bind = subjects.agent(AGENT_ID, subjects.AGENT_RUN_HOST_BIND)
+    assert permissions.required_role(host_bind) == "admin"
+    for role in ("reader", "operator"):
+        c = await bus_lite.connect(stack.nats_url, creds=people[role])
+        try:
+            with pytest.raises(PermissionDenied):
+                await c.nc.request(host_bind, b"{}", timeout=10)
+        finally:
+            await c.close()
+    c = await bus_lite.connect(stack.nats_url, creds=people["admin"])
+    try:  # allowed: no agent of that id runs here, so nobody answers, but the server lets it through
+        with pytest.raises(Exception) as ei:
+            await c.nc.request(host_bind, b"{}", timeout=2)
+        assert not isinstance(ei.value, PermissionDenied), ei.value
+    finally:
+        await c.close()
 
 
 def test_an_operator_cannot_add_users(stack, people):

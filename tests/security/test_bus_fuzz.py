@@ -27,7 +27,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from shared import bus, codec, subjects
+from shared import bus, codec, credentials, subjects
 from shared.errors import InvalidArgument
 from shared.messages import agent as agent_messages
 from shared.messages.common import ErrorReply
@@ -277,8 +277,8 @@ def test_over_max_payload_the_server_refuses_the_publisher(stack, nc, loop):
         reader, writer = await asyncio.open_connection(url.hostname, url.port or 4222)
         try:
             info = json.loads((await reader.readline()).split(b" ", 1)[1])
-            auth = {"user": url.username, "pass": url.password} if url.password else (
-                {"auth_token": url.username} if url.username else {})
+            admin = credentials.read_creds(credentials.creds_path(stack.data_dir, credentials.ADMIN))
+            auth = {"jwt": admin.jwt, "sig": admin.sign(info["nonce"].encode())}
             writer.write(b"CONNECT " + json.dumps({"verbose": False, "pedantic": False, **auth}).encode()
                          + b"\r\nPING\r\n")
             assert (await reader.readline()).startswith(b"PONG"), "the fuzzer could not connect"
