@@ -43,7 +43,8 @@ async def wait_restarted(stack: Stack, service: str, old_pid: int) -> int:
     nc = await bus.connect(stack.nats_url, name="faults-wait")
     try:
         while True:
-            assert stack.proc.poll() is None, f"dockyard up exited:\n{stack.data_dir / 'up.log'}"
+            assert stack.proc.poll() is None, \
+                f"dockyard up exited:\n{(stack.data_dir / 'up.log').read_text(errors='replace')[-3000:]}"
             pid = service_pids(stack).get(service, old_pid)
             if pid != old_pid and alive(pid):
                 try:
