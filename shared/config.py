@@ -59,9 +59,10 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def load(**flags: Any) -> Config:
-    """Defaults, overridden by `DOCKYARD_*` env vars, overridden by non-None flags."""
-    values: dict[str, Any] = {}
+def load(*, under: dict[str, str] | None = None, **flags: Any) -> Config:
+    """Defaults, overridden by `under` (what a running stack recorded, see shared.stackfile),
+    by `DOCKYARD_*` env vars, then by non-None flags."""
+    values: dict[str, Any] = dict(under or {})
     for field in Config.__struct_fields__:
         env = os.environ.get(f"DOCKYARD_{field.upper()}")
         if env is not None:

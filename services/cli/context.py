@@ -30,8 +30,11 @@ def _import_bus(nats_url: str) -> Any:
 
 
 class CliContext:
-    def __init__(self, config: Config, *, json_output: bool = False):
+    """`context` names the stack `config` came from (services.cli.contexts)."""
+
+    def __init__(self, config: Config, *, json_output: bool = False, context: str = "default"):
         self.config = config
+        self.context = context
         self.json_output = json_output
         self._bus: "bus.BusClient | None" = None
 
