@@ -78,20 +78,31 @@ def selected(flag: str | None, *, explicit: bool, current: str) -> str:
 
 def settings(name: str, f: ContextFile, *, nats_url: str | None = None,
              data_dir: str | None = None) -> config.Config:
-    """The configuration of context `name`: its pinned values, then its data dir's running stack."""
+    """The configuration of context `name`: its pinned values, then its data dir's running stack.
+
+    A data dir named on purpose (flag, env, context) with no stack running leaves the NATS
+    URL empty rather than the default: a command must not reach whatever else listens there.
+    """
     if name == DEFAULT:
         cfg = config.load(nats_url=nats_url, data_dir=data_dir)
+        chosen = bool(data_dir or os.environ.get("DOCKYARD_DATA_DIR"))
         stack = stackfile.read(cfg.data_path)
+        if stack is None and (not chosen or nats_url or os.environ.get("DOCKYARD_NATS_URL")):
+            return cfg
         # flags and DOCKYARD_* env still win over what the stack recorded
-        return config.load(under=stack.addresses(), nats_url=nats_url, data_dir=data_dir) if stack else cfg
+        return config.load(under=_recorded(stack), nats_url=nats_url, data_dir=data_dir)
     c = f.contexts.get(name)
     if c is None:
         raise NotFound(f"context {name!r} does not exist (see `dockyard context ls`)")
     pinned = {k: v for k, v in (("data_dir", c.data_dir), ("nats_url", c.nats_url), ("registry_addr", c.registry))
               if v}
-    stack = stackfile.read(Path(c.data_dir)) if c.data_dir else None
+    recorded = _recorded(stackfile.read(Path(c.data_dir))) if c.data_dir else {}
     # a named context wins over the environment, as docker's --context does
-    return config.load(**{**(stack.addresses() if stack else {}), **pinned})
+    return config.load(**{**recorded, **pinned})
+
+
+def _recorded(stack: stackfile.StackInfo | None) -> dict[str, str]:
+    return stack.addresses() if stack else {"nats_url": ""}
 
 
 def resolve(*, context: str | None, nats_url: str | None, data_dir: str | None) -> tuple[str, config.Config]:

@@ -89,7 +89,7 @@ async def ls(args, ctx) -> int:
         ctx.print_json(rows)
     else:
         ctx.print_table(["NAME", "DATA DIR", "NATS", "REGISTRY", "STATE", "DESCRIPTION"],
-                        [[r["name"] + (" *" if r["current"] else ""), r["data_dir"] or "-", r["nats_url"],
+                        [[r["name"] + (" *" if r["current"] else ""), r["data_dir"] or "-", r["nats_url"] or "-",
                           r["registry"], r["state"], r["description"]] for r in rows])
     return 0
 
