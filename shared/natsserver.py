@@ -30,7 +30,7 @@ def find_binary() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A port that was free a moment ago: only for clients that must be refused, never to start a server on."""
+    """A port that was free a moment ago; racy, so prefer a server that binds 0 and says which port it got."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]

@@ -19,7 +19,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description="Build, push, pull and run container images.")
     parser.add_argument("--nats", dest="nats_url", help="NATS URL (env DOCKYARD_NATS_URL)")
     parser.add_argument("--data-dir", dest="data_dir", help="data directory (env DOCKYARD_DATA_DIR)")
-    parser.add_argument("--context", help="the stack to talk to (env DOCKYARD_CONTEXT; see `dockyard context`)")
+    parser.add_argument("--context", dest="context_name", help="the stack to talk to (env DOCKYARD_CONTEXT; see `dockyard context`)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = [MODULES[only]] if only in MODULES else sorted(set(MODULES.values()))
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from services.cli.context import CliContext
 
     try:
-        name, cfg = contexts.resolve(context=args.context, nats_url=args.nats_url, data_dir=args.data_dir)
+        name, cfg = contexts.resolve(context=args.context_name, nats_url=args.nats_url, data_dir=args.data_dir)
     except DockyardError as e:
         CliContext.error(e.message)
         return 125

@@ -38,10 +38,10 @@ class Stack:
     def admin_creds(self) -> str:
         return f"admin:{self.admin_password}"
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess:
-        """Run `dockyard ARGS` against this stack, as a user would."""
-        p = subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=self.env,
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `dockyard ARGS` against this stack, as a user would (`env`: settings of that user)."""
+        p = subprocess.run([sys.executable, "-m", "services.cli.main", *args], env={**self.env, **(env or {})},
                            input=input, capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"dockyard {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")

@@ -11,10 +11,8 @@ import datetime as dt
 import hashlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 import uuid
 import xml.etree.ElementTree as ET
@@ -24,6 +22,7 @@ from urllib.parse import urlencode
 
 from services.layer_store.storage.s3_client import S3Config
 from services.layer_store.storage.s3_sigv4 import Credentials, sign
+from tests.support.ports import address_from_log
 
 _ADMIN_POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
 _UNAUTHENTICATED_SETUP_CALLS = 3
@@ -37,25 +36,6 @@ class S3Server(NamedTuple):
 
     def config(self, bucket: str) -> S3Config:
         return S3Config(self.endpoint, bucket, self.access_key, self.secret_key, self.region)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("moto_server did not start listening")
 
 
 def _iam(endpoint: str, params: dict[str, str]) -> ET.Element:
@@ -79,15 +59,15 @@ def _text(root: ET.Element, name: str) -> str:
 
 def start_moto(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
     exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    port = _free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_UNAUTHENTICATED_SETUP_CALLS)}
+    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_UNAUTHENTICATED_SETUP_CALLS),
+           "PYTHONUNBUFFERED": "1"}
     log = open(workdir / "moto.log", "wb")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
+    # port 0: werkzeug binds, then prints the address it got
+    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", "0"], stdout=log, stderr=subprocess.STDOUT,
                             env=env, cwd=workdir, start_new_session=True)
     log.close()
     try:
-        _wait_listening(port, proc)
-        endpoint = f"http://127.0.0.1:{port}"
+        endpoint = "http://" + address_from_log(workdir / "moto.log", r"Running on http://(127\.0\.0\.1:\d+)", proc)
         user = f"dys3-{uuid.uuid4().hex[:8]}"
         _iam(endpoint, {"Action": "CreateUser", "UserName": user})
         _iam(endpoint, {"Action": "PutUserPolicy", "UserName": user, "PolicyName": "all",
