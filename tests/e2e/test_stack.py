@@ -146,3 +146,35 @@ def test_a_killed_nats_server_comes_back_with_its_port_and_state(tmp_path):
     finally:
         assert stop_stack(s) == 0, (s.data_dir / "up.log").read_text()
     assert not _alive(info["nats_pid"])
+
+
+async def test_taken_default_ports_become_free_ones_that_up_reports(tmp_path):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from services.cli.stack_runner import StackRunner
+    from shared import config
+    with socket.create_server(("127.0.0.1", 0)) as nats_taken, socket.create_server(("127.0.0.1", 0)) as reg_taken:
+        np, rp = nats_taken.getsockname()[1], reg_taken.getsockname()[1]
+        cfg = config.load(data_dir=str(tmp_path / "data"), registry_addr=f"127.0.0.1:{rp}")
+        runner = StackRunner(cfg, services=["layer-store", "registry-gateway"], nats_port=np,
+                             nats_fallback=True, registry_fallback=True)
+        try:
+            await runner.start()
+            info = json.loads((tmp_path / "data" / "stack.json").read_text())
+            nats_port = int(info["nats_url"].rpartition(":")[2])
+            reg_port = int(info["registry"].rpartition(":")[2])
+            assert nats_port not in (0, np) and reg_port not in (0, rp)
+            banner = runner.banner()
+            assert f"NATS port {np} is taken; NATS listens on {nats_port}" in banner
+            assert f"registry port 127.0.0.1:{rp} is taken; the registry listens on 127.0.0.1:{reg_port}" in banner
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{reg_port}/v2/", timeout=10)
+            except urllib.error.HTTPError as e:
+                assert e.code == 401  # the gateway answers on the port up bound for it
+            else:
+                raise AssertionError("/v2/ answered without asking for credentials")
+        finally:
+            await runner.stop()
+    assert not (tmp_path / "data" / "stack.json").exists()
