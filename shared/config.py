@@ -12,7 +12,8 @@ import msgspec
 from shared.errors import InvalidArgument
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "dockyard"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_NATS_PORT = 4222
+DEFAULT_NATS_URL = f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
 DEFAULT_REGISTRY_ADDR = "127.0.0.1:5000"
 
 

@@ -19,7 +19,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dockyard", description="Build, push, pull and run container images.")
     parser.add_argument("--nats", dest="nats_url", help="NATS URL (env DOCKYARD_NATS_URL)")
     parser.add_argument("--data-dir", dest="data_dir", help="data directory (env DOCKYARD_DATA_DIR)")
-    parser.add_argument("--context", dest="context_name", help="the stack to talk to (env DOCKYARD_CONTEXT; see `dockyard context`)")
+    parser.add_argument("--context", dest="context_name",
+                        help="the stack to talk to (env DOCKYARD_CONTEXT; see `dockyard context`)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = [MODULES[only]] if only in MODULES else sorted(set(MODULES.values()))
@@ -67,21 +68,15 @@ def main(argv: list[str] | None = None) -> int:
     from services.cli import contexts
     from services.cli.context import CliContext
 
-    try:
-        name, cfg = contexts.resolve(context=args.context_name, nats_url=args.nats_url, data_dir=args.data_dir)
-    except DockyardError as e:
-        CliContext.error(e.message)
-        return 125
-    ctx = CliContext(cfg, json_output=json_output, context=name)
-
-    async def run() -> int:
+    async def run(ctx: CliContext) -> int:
         try:
             return await args.func(args, ctx) or 0
         finally:
             await ctx.close()
 
     try:
-        return asyncio.run(run())
+        name, cfg = contexts.resolve(context=args.context_name, nats_url=args.nats_url, data_dir=args.data_dir)
+        return asyncio.run(run(CliContext(cfg, json_output=json_output, context=name)))
     except DockyardError as e:
         CliContext.error(e.message)
         return 125 if e.code != "NOT_FOUND" else 1

@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-DEFAULT_NATS_PORT = 4222
 # service name (as on the bus) -> package under services/
 SERVICES = {
     "layer-store": "layer_store",
@@ -88,13 +87,15 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
     import gc
     gc.enable()
     from services.cli.stack_runner import StackRunner
+    from shared.config import DEFAULT_NATS_PORT
     cfg = _config(args, ctx)
     setup_logging(cfg.log_level, "up")
-    embedded = args.nats_url is None and "DOCKYARD_NATS_URL" not in os.environ
+    nats_port = None  # join the NATS of --nats / DOCKYARD_NATS_URL
+    if args.nats_url is None and "DOCKYARD_NATS_URL" not in os.environ:
+        nats_port = DEFAULT_NATS_PORT if args.nats_port is None else args.nats_port
     # Ports nobody asked for by name may move when taken; ones asked for fail loudly instead.
-    runner = StackRunner(cfg, services=args.only or available_services(),
-                         nats_port=(DEFAULT_NATS_PORT if args.nats_port is None else args.nats_port)
-                         if embedded else None, nats_fallback=args.nats_port is None,
+    runner = StackRunner(cfg, services=args.only or available_services(), nats_port=nats_port,
+                         nats_fallback=args.nats_port is None,
                          registry_fallback=args.registry_addr is None and "DOCKYARD_REGISTRY_ADDR" not in os.environ)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
