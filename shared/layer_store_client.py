@@ -1,6 +1,7 @@
 """Client of the layer-store: its bus verbs and its HTTP data plane, for other services.
 
-    client = LayerStoreClient(nc, session)          # nc: a NATS connection or a BusClient
+    client = LayerStoreClient(nc, session, signer=DataplaneSigner(load_key(data_dir)))
+                                                    # nc: a NATS connection or a BusClient
     info = await client.stat(digest, touch=True)    # NotFound (BLOB_UNKNOWN) when absent
     async with client.open_blob(digest, "bytes=0-99") as resp:
         async for chunk in resp.content.iter_any(): ...
@@ -10,7 +11,8 @@
 
 Errors come back as the classes of `shared.errors` (rebuilt from the JSON error body),
 plus `RangeNotSatisfiable` (an InvalidArgument with HTTP status 416) for an unsatisfiable
-read range or an upload chunk at the wrong offset.
+read range or an upload chunk at the wrong offset. Every data-plane request is signed
+(shared.dataplane_sign) with the key the layer-store verifies against.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ from yarl import URL
 
 from shared import codec, subjects
 from shared.bus import BusClient
+from shared.dataplane_sign import INTERNAL_TTL, DataplaneSigner
 from shared.errors import (Conflict, DockyardError, Internal, InvalidArgument, NotFound,
-                           Unavailable, from_code)
+                           PermissionDenied, Unavailable, from_code)
 from shared.messages.common import Empty, ErrorReply, Ok
 from shared.messages.layer_store import (AbortRequest, BlobInfo, DeleteReply, DeleteRequest,
                                          ListReply, ListRequest, LocateReply, StatReply,
@@ -57,7 +60,8 @@ class RangeNotSatisfiable(InvalidArgument):
 
 
 _BY_STATUS: dict[int, type[DockyardError]] = {
-    400: InvalidArgument, 404: NotFound, 409: Conflict, 416: RangeNotSatisfiable, 503: Unavailable,
+    400: InvalidArgument, 403: PermissionDenied, 404: NotFound, 409: Conflict, 416: RangeNotSatisfiable,
+    503: Unavailable,
 }
 
 BodyData = bytes | AsyncIterable[bytes] | aiohttp.StreamReader
@@ -77,10 +81,11 @@ def error_from_response(status: int, body: bytes, reason: str = "") -> DockyardE
 
 
 class LayerStoreClient:
-    def __init__(self, nc_or_bus: Any, session: aiohttp.ClientSession, *,
+    def __init__(self, nc_or_bus: Any, session: aiohttp.ClientSession, *, signer: DataplaneSigner,
                  timeout: float = 10.0, url: str | None = None):
         self.bus = nc_or_bus if isinstance(nc_or_bus, BusClient) else BusClient(nc_or_bus)
         self.session = session
+        self.signer = signer
         self.timeout = timeout
         self._fixed_url = url
         self._url: str | None = url
@@ -133,13 +138,15 @@ class LayerStoreClient:
 
     async def _send(self, method: str, path: str, *, params: dict[str, str] | None = None,
                     headers: dict[str, str] | None = None, data: Any = None,
-                    stream: bool = False) -> aiohttp.ClientResponse:
-        """One request; a refused connection re-locates the layer-store (it may have moved)."""
+                    stream: bool = False, digest: str = "") -> aiohttp.ClientResponse:
+        """One signed request; a refused connection re-locates the layer-store (it may have moved)."""
         for attempt in (0, 1):
             base = await self.locate(refresh=attempt > 0)
+            query = {**(params or {}), **self.signer.sign(
+                method, path, digest or (params or {}).get("digest", ""), INTERNAL_TTL)}
             try:
                 resp = await self.session.request(
-                    method, URL(base + path, encoded=True), params=params, headers=headers,
+                    method, URL(base + path, encoded=True), params=query, headers=headers,
                     data=data, timeout=_STREAM_TIMEOUT if stream else aiohttp.ClientTimeout(
                         total=None, sock_connect=10, sock_read=120))
             except aiohttp.ClientConnectorError as e:
@@ -179,7 +186,8 @@ class LayerStoreClient:
             headers["Range"] = f"bytes={first}-{'' if last is None else last}"
         elif range:
             headers["Range"] = range
-        resp = await self._send(method, f"/blobs/{Digest(digest)}", headers=headers, stream=True)
+        digest = Digest(digest)
+        resp = await self._send(method, f"/blobs/{digest}", headers=headers, stream=True, digest=digest)
         try:
             yield resp
         finally:

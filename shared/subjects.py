@@ -61,6 +61,11 @@ def agent(agent_id: str, verb: str) -> str:
 
 AGENT_ANY = "dockyard.agent.any"  # queue group of all agents, for fleet-wide questions
 
+# `run` whose -v host paths may lie outside the agent's DOCKYARD_AGENT_VOLUME_ROOTS:
+# subjects.agent(agent_id, AGENT_RUN_HOST_BIND). NATS does not tell a subscriber who
+# published, so only the admin role's permissions may allow publishing this verb.
+AGENT_RUN_HOST_BIND = "run-host-bind"
+
 # garbage-collector
 GC_RUN = "dockyard.gc.run"
 GC_STATUS = "dockyard.gc.status"

@@ -47,11 +47,13 @@ async def serve(cfg: Config) -> None:
             await client.publish(subjects.EVENT_CACHE_PRUNED, ev)
 
         builder = Builder(LocalStore(cfg.service_dir("builder")), cache, regs, publish, leases, announce)
-        svc.endpoint(subjects.BUILD, BuildRequest, builder.build)
+        svc.endpoint(subjects.BUILD, BuildRequest, builder.build, max_bytes=512 << 10)  # the Dockerfile is inline
         svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
         svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)
         svc.endpoint(subjects.BUILDER_PRUNE, PruneRequest, builder.prune)
-        svc.endpoint(subjects.BUILD_CONTEXT_MISSING, ContextMissingRequest, builder.context_missing)
+        # One digest per context file: only the server's max_payload bounds it.
+        svc.endpoint(subjects.BUILD_CONTEXT_MISSING, ContextMissingRequest, builder.context_missing,
+                     max_bytes=None)
         pruned_sub = await nc.subscribe(subjects.EVENT_CACHE_PRUNED, cb=_on_pruned(builder))
         await svc.start()
         log.info("builder %s serving on %s", svc.id, cfg.nats_url)

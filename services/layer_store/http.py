@@ -1,6 +1,7 @@
 """The layer-store's HTTP data plane: blob reads and upload sessions, streamed both ways.
 
-    GET/HEAD /blobs/<digest>        Range (one range; 416 when unsatisfiable)
+    GET/HEAD /blobs/<digest>        Range (one range; 416 when unsatisfiable); also as
+             /v2/<name>/blobs/<digest>, the path of a registry's blob redirect
     POST     /uploads[?algorithm=]  optional body {"labels": {...}}; 201 {UploadInfo}, Location
     PATCH    /uploads/<id>          append the body; `Content-Range: <start>-<end>` or
                                     `Upload-Offset: <start>` must equal the current size
@@ -9,42 +10,38 @@
     PUT      /uploads/<id>?digest=D[&size=N]   optional final body; 201 {BlobInfo}
     DELETE   /uploads/<id>          204
 
-Errors are JSON {"code","message","detail_code"} with the status of their class.
-Sessions labelled for it also speak the OCI upload protocol (`oci_uploads`).
+Every request, on every path, carries the registry-gateway's signature
+(`?exp=&sig=`, shared.dataplane_sign); without a valid one the answer is 403 with an OCI
+error body (DENIED), and nothing else is revealed. Other errors are JSON
+{"code","message","detail_code"} with the status of their class. Sessions labelled for it
+also speak the OCI upload protocol (`oci_uploads`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 
 import aiohttp
 from aiohttp import web
 
+from services.layer_store import oci_uploads
+from services.layer_store.plane import (COMMIT_HOOK, DIGEST_HEADER, DRIVER, ON_COMMIT, READ_BUFSIZE, SIGNER,
+                                        CommitHook, OnCommit, announce_commit, body_chunks, digest_param)
 from services.layer_store.ranges import parse_content_range, parse_range, range_header
 from services.layer_store.storage.base import StorageDriver
 from shared import codec
-from shared.errors import DockyardError, Internal, InvalidArgument
-from shared.layer_store_client import UPLOAD_OFFSET_HEADER, RangeNotSatisfiable, stream_chunks
+from shared.dataplane_sign import UPLOAD, DataplaneSigner
+from shared.errors import DockyardError, Internal, InvalidArgument, PermissionDenied
+from shared.layer_store_client import UPLOAD_OFFSET_HEADER, RangeNotSatisfiable
 from shared.messages.common import ErrorReply
-from shared.messages.layer_store import BlobInfo, StartUploadRequest, UploadCommitted, UploadInfo, UploadTaken
+from shared.messages.layer_store import StartUploadRequest, UploadInfo
 from shared.oci.digest import Digest
 
+__all__ = ["READ_BUFSIZE", "create_app"]
+
 log = logging.getLogger("dockyard.layer_store.http")
-
-OnCommit = Callable[[BlobInfo], Awaitable[None]]
-# (subject, request) -> reply: a session's commit hook asked over the bus
-CommitHook = Callable[[str, UploadCommitted], Awaitable[UploadTaken]]
-
-DRIVER = web.AppKey("driver", StorageDriver)
-ON_COMMIT: web.AppKey[OnCommit | None] = web.AppKey("on_commit")
-COMMIT_HOOK: web.AppKey[CommitHook | None] = web.AppKey("commit_hook")
-
-# Bigger than aiohttp's 64 KiB so that the socket keeps being read while a batch is
-# being written and hashed in the worker threads.
-READ_BUFSIZE = 1 << 20
-DIGEST_HEADER = "Docker-Content-Digest"
 
 
 def json_response(value: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -77,16 +74,33 @@ async def errors_middleware(request: web.Request, handler):
         return error_response(Internal(f"layer-store: {type(e).__name__}: {e}"))
 
 
+def _signed_scope(request: web.Request) -> tuple[str, str]:
+    """(method or scope, digest) that the request's signature must cover."""
+    info = request.match_info
+    if "id" in info and request.path.startswith("/v2/"):  # an OCI upload session's URL
+        return UPLOAD, ""
+    return request.method, info.get("digest") or request.query.get("digest", "")
+
+
+@web.middleware
+async def signature_middleware(request: web.Request, handler):
+    """Every route, and every unknown path, answers only a request the gateway signed."""
+    method, digest = _signed_scope(request)
+    try:
+        request.app[SIGNER].verify(method, request.path, digest, request.query.get("exp"),
+                                   request.query.get("sig"))
+    except PermissionDenied as e:
+        log.info("refused %s %s from %s: %s", request.method, request.path, request.remote, e.message)
+        return oci_uploads.oci_error_response(e, "DENIED")
+    return await handler(request)
+
+
 def _driver(request: web.Request) -> StorageDriver:
     return request.app[DRIVER]
 
 
 def _upload_id(request: web.Request) -> str:
     return request.match_info["id"]
-
-
-def body_chunks(request: web.Request) -> AsyncIterator[bytes]:
-    return stream_chunks(request.content)
 
 
 def _upload_headers(info: UploadInfo) -> dict[str, str]:
@@ -167,22 +181,6 @@ def _size_param(request: web.Request) -> int | None:
     return int(raw)
 
 
-def digest_param(request: web.Request) -> Digest:
-    raw = request.query.get("digest")
-    if not raw:
-        raise InvalidArgument("commit needs ?digest=", detail_code="DIGEST_INVALID")
-    return Digest(raw)
-
-
-async def announce_commit(request: web.Request, info: BlobInfo) -> None:
-    on_commit = request.app[ON_COMMIT]
-    if on_commit is not None:
-        try:
-            await on_commit(info)
-        except Exception:  # the blob is stored; a lost event must not fail the upload
-            log.exception("blob.committed event for %s not sent", info.digest)
-
-
 async def commit_upload(request: web.Request) -> web.Response:
     digest = digest_param(request)
     size = _size_param(request)
@@ -202,21 +200,22 @@ async def _close_driver(app: web.Application) -> AsyncIterator[None]:
     await app[DRIVER].close()
 
 
-def create_app(driver: StorageDriver, *, on_commit: OnCommit | None = None,
+def create_app(driver: StorageDriver, signer: DataplaneSigner, *, on_commit: OnCommit | None = None,
                commit_hook: CommitHook | None = None) -> web.Application:
     """The data-plane app; it owns `driver` and closes it on cleanup. Without a
     `commit_hook` (no bus), OCI upload sessions cannot be committed here."""
-    from services.layer_store import oci_uploads
-    app = web.Application(middlewares=[errors_middleware])
+    app = web.Application(middlewares=[signature_middleware, errors_middleware])
     app[DRIVER] = driver
+    app[SIGNER] = signer
     app[ON_COMMIT] = on_commit
     app[COMMIT_HOOK] = commit_hook
     app.cleanup_ctx.append(_close_driver)
+    app.add_routes(oci_uploads.routes)  # before blobs: `/blobs/uploads/<id>` is no digest
     app.router.add_get("/blobs/{digest}", get_blob)  # HEAD too
+    app.router.add_get("/v2/{name:.+}/blobs/{digest}", get_blob)  # a registry's blob redirect
     app.router.add_post("/uploads", start_upload)
     app.router.add_patch("/uploads/{id}", append_upload)
     app.router.add_get("/uploads/{id}", upload_status, allow_head=False)
     app.router.add_put("/uploads/{id}", commit_upload)
     app.router.add_delete("/uploads/{id}", cancel_upload)
-    app.add_routes(oci_uploads.routes)
     return app

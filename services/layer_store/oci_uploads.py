@@ -2,20 +2,25 @@
 
 A registry client on the layer-store's own network (loopback) is sent here directly by
 the gateway's `POST /v2/<name>/blobs/uploads/`, so that blob bytes are not relayed
-through a second process. The URL is the capability: the session id is 122 random bits,
-and only sessions started with the commit-hook label (`UPLOAD_HOOK_LABEL`) answer here.
+through a second process. The URL is the gateway's own upload path on this listener,
+signed for the session (scope UPLOAD, shared.dataplane_sign): a client that keeps only
+the path of `Location` reaches the gateway's route of the same name and session instead,
+so the direct URL is never a dead end. Only sessions started with the commit-hook label
+(`UPLOAD_HOOK_LABEL`) answer here.
 
-    PATCH  /oci/uploads/<id>               append (optional `Content-Range: <start>-<end>`,
-                                           416 when not at the current size); 202
-    GET    /oci/uploads/<id>               204, `Range`
-    PUT    /oci/uploads/<id>?digest=D      optional final body; commit, then ask the hook
-                                           (the gateway links the blob into the session's
-                                           repository) before answering 201
-    DELETE /oci/uploads/<id>               204
+    PATCH  /v2/<name>/blobs/uploads/<id>            append (optional `Content-Range:
+                                                    <start>-<end>`, 416 when not at the
+                                                    current size); 202
+    GET    /v2/<name>/blobs/uploads/<id>            204, `Range`
+    PUT    /v2/<name>/blobs/uploads/<id>?digest=D   optional final body; commit, then ask
+                                                    the hook (the gateway links the blob
+                                                    into the session's repository) before
+                                                    answering 201
+    DELETE /v2/<name>/blobs/uploads/<id>            204
 
-Replies carry the OCI headers (`Location`, `Range`, `Docker-Upload-UUID`,
-`Docker-Content-Digest`) and OCI error bodies `{"errors": [...]}`. The same session can
-be continued through the gateway's own upload URL at any point.
+Replies carry the OCI headers (`Location`: this URL with a renewed signature, `Range`,
+`Docker-Upload-UUID`, `Docker-Content-Digest`) and OCI error bodies `{"errors": [...]}`.
+The same session can be continued through the gateway at any point.
 """
 
 from __future__ import annotations
@@ -25,22 +30,20 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from services.layer_store.http import COMMIT_HOOK, DRIVER, announce_commit, body_chunks, digest_param
+from services.layer_store.plane import COMMIT_HOOK, DRIVER, SIGNER, announce_commit, body_chunks, digest_param
 from services.layer_store.ranges import parse_content_range, range_header
 from shared import codec
+from shared.dataplane_sign import UPLOAD, UPLOAD_TTL
 from shared.errors import DockyardError, NotFound, Unavailable
 from shared.layer_store_client import RangeNotSatisfiable
-from shared.messages.layer_store import OCI_UPLOAD_PATH as PATH
 from shared.messages.layer_store import UPLOAD_HOOK_LABEL, UploadCommitted, UploadInfo
 
 API_HEADERS = {"Docker-Distribution-API-Version": "registry/2.0"}
 
+PATH = "/v2/{name:.+}/blobs/uploads/{id:[^/]+}"
+
 routes = web.RouteTableDef()
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def upload_path(upload_id: str) -> str:
-    return PATH.format(id=upload_id)
 
 
 def _oci_code(e: DockyardError) -> str:
@@ -61,10 +64,14 @@ def _oci_errors(handler: Handler) -> Handler:
         try:
             return await handler(request)
         except DockyardError as e:
-            body = codec.encode({"errors": [{"code": _oci_code(e), "message": e.message, "detail": None}]})
-            return web.Response(status=e.http_status, body=body, content_type="application/json",
-                                headers=API_HEADERS)
+            return oci_error_response(e, _oci_code(e))
     return wrapped
+
+
+def oci_error_response(e: DockyardError, code: str) -> web.Response:
+    body = codec.encode({"errors": [{"code": code, "message": e.message, "detail": None}]})
+    return web.Response(status=e.http_status, body=body, content_type="application/json",
+                        headers=API_HEADERS)
 
 
 async def _session(request: web.Request) -> UploadInfo:
@@ -87,9 +94,11 @@ def _offset(request: web.Request) -> int | None:
     return start
 
 
-def _accepted(upload_id: str, size: int, status: int = 202) -> web.Response:
+def _accepted(request: web.Request, upload_id: str, size: int, status: int = 202) -> web.Response:
+    # renewed on every reply: a session in use outlives its first URL's expiry
+    location = request.app[SIGNER].signed_url("", UPLOAD, request.path, ttl=UPLOAD_TTL)
     return web.Response(status=status, headers={
-        **API_HEADERS, "Location": upload_path(upload_id), "Docker-Upload-UUID": upload_id,
+        **API_HEADERS, "Location": location, "Docker-Upload-UUID": upload_id,
         "Range": range_header(size), "Content-Length": "0"})
 
 
@@ -98,14 +107,14 @@ def _accepted(upload_id: str, size: int, status: int = 202) -> web.Response:
 async def patch(request: web.Request) -> web.Response:
     info = await _session(request)
     size = await request.app[DRIVER].append(info.id, body_chunks(request), offset=_offset(request))
-    return _accepted(info.id, size)
+    return _accepted(request, info.id, size)
 
 
 @routes.get(PATH, allow_head=False)
 @_oci_errors
 async def status(request: web.Request) -> web.Response:
     info = await _session(request)
-    return _accepted(info.id, info.size, status=204)
+    return _accepted(request, info.id, info.size, status=204)
 
 
 @routes.put(PATH)

@@ -14,6 +14,7 @@ from services.layer_store.storage.base import StorageDriver
 from services.layer_store.storage.filesystem import FilesystemDriver
 from shared import bus, subjects
 from shared.config import Config, split_host_port
+from shared.dataplane_sign import DataplaneSigner, load_key
 from shared.errors import InvalidArgument, Unavailable
 
 log = logging.getLogger("dockyard.layer_store")
@@ -42,6 +43,7 @@ def open_driver(cfg: Config) -> "StorageDriver":
 
 async def serve(cfg: Config) -> None:
     """Run until cancelled: HTTP first, then the bus service once it can answer."""
+    signer = DataplaneSigner(load_key(cfg.data_path))
     driver = open_driver(cfg)
     nc = await bus.connect(cfg.nats_url, name=subjects.LAYER_STORE)
     runner: web.AppRunner | None = None
@@ -50,7 +52,7 @@ async def serve(cfg: Config) -> None:
         host, port = split_host_port(cfg.layer_store_addr)
         client = bus.BusClient(nc)
         api = LayerStoreApi(driver, client, "")
-        app = create_app(driver, on_commit=api.on_commit, commit_hook=api.commit_hook)
+        app = create_app(driver, signer, on_commit=api.on_commit, commit_hook=api.commit_hook)
         runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE)
         await runner.setup()
         site = web.TCPSite(runner, host, port)

@@ -9,13 +9,15 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from shared import codec, subjects
+from shared.dataplane_sign import DataplaneSigner
 from shared.layer_store_client import LayerStoreClient
 from shared.registry_meta import RegistryMeta
-from services.registry_gateway import blobs, httputil, manifests
+from services.registry_gateway import accesslog, blobs, httputil, manifests
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import error_middleware
-from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, UPLOAD_HOOK
+from services.registry_gateway.keys import (AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER,
+                                            UPLOAD_HOOK)
 
 # Big reads off the socket: blob bodies are copied to the layer-store in as few steps as can be.
 READ_BUFSIZE = 4 << 20
@@ -37,13 +39,15 @@ async def catalog(request: web.Request) -> web.Response:
                         headers=headers)
 
 
-def create_app(nc: NATS, authorizer: Authorizer, *, extra_routes: Iterable[web.AbstractRouteDef] = (),
-               blob_redirect: str = "off", direct_upload: str = "off", upload_hook: str = subjects.UPLOAD_COMMITTED,
+def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
+               extra_routes: Iterable[web.AbstractRouteDef] = (), blob_redirect: str = "off",
+               direct_upload: str = "off", upload_hook: str = subjects.UPLOAD_COMMITTED,
                meta_suffix: str = "", layer_store_url: str | None = None) -> web.Application:
     """The gateway app over one NATS connection; it opens its metadata and layer-store client
-    on start-up and closes them on clean-up. `extra_routes` carries the token endpoint.
+    on start-up and closes them on clean-up. `extra_routes` carries the token endpoint;
+    `signer` holds the data-plane key the layer-store checks.
     Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`)."""
-    app = web.Application(middlewares=[error_middleware], client_max_size=1 << 20,
+    app = web.Application(middlewares=[*accesslog.middlewares(), error_middleware], client_max_size=1 << 20,
                           handler_args={"read_bufsize": READ_BUFSIZE})
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -51,7 +55,7 @@ def create_app(nc: NATS, authorizer: Authorizer, *, extra_routes: Iterable[web.A
         session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None),
                                         connector=aiohttp.TCPConnector(limit=0), read_bufsize=READ_BUFSIZE)
         try:
-            store = LayerStoreClient(nc, session, url=layer_store_url)
+            store = LayerStoreClient(nc, session, signer=signer, url=layer_store_url)
             app[REGISTRY] = Registry(await RegistryMeta.open(nc, suffix=meta_suffix), store, nc)
             yield
         finally:
@@ -59,6 +63,7 @@ def create_app(nc: NATS, authorizer: Authorizer, *, extra_routes: Iterable[web.A
 
     app.cleanup_ctx.append(resources)
     app[AUTHORIZER] = authorizer
+    app[SIGNER] = signer
     app[BLOB_REDIRECT] = blob_redirect
     app[DIRECT_UPLOAD] = direct_upload
     app[UPLOAD_HOOK] = upload_hook

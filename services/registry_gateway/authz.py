@@ -14,6 +14,8 @@ from aiohttp import web
 
 PULL, PUSH, DELETE = "pull", "push", "delete"
 CATALOG_ACTIONS = frozenset({"*"})  # registry:catalog:*
+# where an authorizer leaves the caller it let through, for the access log
+PRINCIPAL_KEY = web.RequestKey("principal", object)
 
 
 class Authorizer(Protocol):

@@ -4,11 +4,15 @@ An upload session is the layer-store's own session (any gateway replica can cont
 the repository it belongs to is kept in KV so a session cannot be continued under another.
 
 Direct uploads: when client and layer-store share loopback (or DIRECT_UPLOAD is "on"),
-the `Location` of a new session is the layer-store's OCI upload URL, so the bytes go
-there without a relay through this process. The layer-store asks this gateway (bus
-subject UPLOAD_HOOK, any replica) to take the committed blob before it answers the
-client's PUT: the blob is linked into the session's repository, and only that one. The
-session can still be continued or committed through this gateway's own URL.
+the `Location` of a new session is this gateway's upload URL on the layer-store's
+listener, signed for the session, so the bytes go there without a relay through this
+process. The layer-store asks this gateway (bus subject UPLOAD_HOOK, any replica) to
+take the committed blob before it answers the client's PUT: the blob is linked into the
+session's repository, and only that one. A client that keeps only the path of
+`Location` continues the same session here. Blob redirects work the same way: a 307 to
+the signed `/v2/<name>/blobs/<digest>` on the layer-store; followed by path alone, it is
+streamed from here. Either URL is handed out only after a request to the layer-store
+just succeeded, so a layer-store that restarted on another port is found first.
 """
 
 from __future__ import annotations
@@ -19,15 +23,17 @@ from aiohttp import web
 from yarl import URL
 
 from shared.bus import BusService
+from shared.dataplane_sign import UPLOAD, UPLOAD_TTL
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound, PermissionDenied, Unauthenticated
-from shared.messages.layer_store import OCI_UPLOAD_PATH, UPLOAD_HOOK_LABEL, UploadCommitted, UploadTaken
+from shared.messages.layer_store import UPLOAD_HOOK_LABEL, UploadCommitted, UploadTaken
 from shared.oci.digest import Digest
 from shared.oci.reference import parse_repository
 from services.registry_gateway import httputil
 from services.registry_gateway.authz import DELETE, PULL, PUSH
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import RANGE_INVALID
-from services.registry_gateway.keys import AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, UPLOAD_HOOK
+from services.registry_gateway.keys import (AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER,
+                                            UPLOAD_HOOK)
 
 routes = web.RouteTableDef()  # blobs
 upload_routes = web.RouteTableDef()  # registered first: `/blobs/uploads` is no digest
@@ -69,12 +75,18 @@ async def get_blob(request: web.Request) -> web.StreamResponse:
     registry, repo = await _authorized(request, frozenset({PULL}))
     digest = httputil.digest_param(request.match_info["digest"])
     await _linked_blob(registry, repo, digest)
-    base = await registry.store.locate()
-    if _redirect(request, base):
+    # `sig`: a client that resolved our redirect's path against this host; streamed, not
+    # sent round again
+    if "sig" not in request.query and _redirect(request, await registry.store.locate()):
         # The layer-store sends the bytes itself: no copy through this process.
-        await _stat(registry, repo, digest)
-        raise web.HTTPTemporaryRedirect(f"{base}/blobs/{digest}",
-                                        headers={**httputil.API_HEADERS, "Docker-Content-Digest": digest})
+        try:
+            async with registry.store.open_blob(digest, method="HEAD"):
+                pass  # it has the blob, at the address (re-located if it moved) used below
+        except NotFound as e:
+            raise _blob_unknown(repo, digest) from e
+        url = request.app[SIGNER].signed_url(await registry.store.locate(), "GET",
+                                             f"/v2/{repo}/blobs/{digest}", digest)
+        raise web.HTTPTemporaryRedirect(url, headers={**httputil.API_HEADERS, "Docker-Content-Digest": digest})
     try:
         async with registry.store.open_blob(digest, range=request.headers.get("Range")) as up:
             headers = {**httputil.API_HEADERS, "Docker-Content-Digest": digest, "Accept-Ranges": "bytes",
@@ -156,19 +168,20 @@ async def start_upload(request: web.Request) -> web.Response:
     if request.app[DIRECT_UPLOAD] != "off":
         base = await registry.store.locate()
         if _bypass(request.app[DIRECT_UPLOAD], request, base):
-            return await _start_direct_upload(request, registry, repo, base)
+            return await _start_direct_upload(request, registry, repo)
     upload_id = await registry.store.start_upload()
     await registry.meta.begin_upload(upload_id, repo)
     return _accepted(repo, upload_id, 0)
 
 
-async def _start_direct_upload(request: web.Request, registry: Registry, repo: str,
-                               layer_store_url: str) -> web.Response:
-    """A session whose `Location` is the layer-store's own OCI upload URL (module docstring)."""
+async def _start_direct_upload(request: web.Request, registry: Registry, repo: str) -> web.Response:
+    """A session whose `Location` is the layer-store's signed URL for it (module docstring)."""
     upload_id = await registry.store.start_upload(labels={UPLOAD_HOOK_LABEL: request.app[UPLOAD_HOOK]})
     await registry.meta.begin_upload(upload_id, repo, base_url=f"{request.scheme}://{request.host}")
     resp = _accepted(repo, upload_id, 0)
-    resp.headers["Location"] = layer_store_url + OCI_UPLOAD_PATH.format(id=upload_id)
+    # located after start_upload: that request re-located a layer-store that had moved
+    resp.headers["Location"] = request.app[SIGNER].signed_url(
+        await registry.store.locate(), UPLOAD, resp.headers["Location"], ttl=UPLOAD_TTL)
     return resp
 
 
@@ -212,7 +225,8 @@ def _upload_errors(upload_id: str, err: DockyardError) -> DockyardError:
     if isinstance(err, NotFound):
         return NotFound(f"upload {upload_id} not found", detail_code="BLOB_UPLOAD_UNKNOWN")
     if isinstance(err, Conflict) or (isinstance(err, InvalidArgument) and err.detail_code == RANGE_INVALID):
-        return InvalidArgument(err.message, detail_code=RANGE_INVALID)
+        # A chunk out of order is 416, with a code from the spec's table (as distribution does).
+        return Conflict(err.message, detail_code="BLOB_UPLOAD_INVALID")
     return err
 
 

@@ -22,6 +22,10 @@ RANGE_INVALID = "RANGE_INVALID"
 PAGINATION_NUMBER_INVALID = "PAGINATION_NUMBER_INVALID"
 TOO_MANY_REQUESTS = "TOOMANYREQUESTS"
 
+# Keys of an error's `detail` dict that become response headers; `oci_detail`, if present,
+# is the body's `detail` as it stands (distribution's list of access records, say).
+HEADER_DETAILS = {"www_authenticate": "WWW-Authenticate", "retry_after": "Retry-After"}
+
 # (error class, detail_code or None for the class default) -> (HTTP status, OCI code)
 ERROR_TABLE: dict[tuple[type[DockyardError], str | None], tuple[int, str]] = {
     (InvalidArgument, None): (400, "UNSUPPORTED"),
@@ -68,9 +72,12 @@ def error_response(err: DockyardError, *, head: bool = False) -> web.Response:
     status, code = status_and_code(err)
     headers = {"Docker-Distribution-API-Version": "registry/2.0"}
     detail = err.detail
-    if isinstance(detail, dict) and "www_authenticate" in detail:
-        headers["WWW-Authenticate"] = str(detail["www_authenticate"])
-        detail = {k: v for k, v in detail.items() if k != "www_authenticate"} or None
+    if isinstance(detail, dict):
+        headers.update({h: str(detail[k]) for k, h in HEADER_DETAILS.items() if k in detail})
+        if "oci_detail" in detail:
+            detail = detail["oci_detail"]
+        else:
+            detail = {k: v for k, v in detail.items() if k not in HEADER_DETAILS} or None
     body = codec.encode({"errors": [{"code": code, "message": err.message, "detail": detail}]})
     if head:  # a HEAD reply carries the status and headers only
         return web.Response(status=status, headers=headers)

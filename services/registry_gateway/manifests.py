@@ -9,9 +9,10 @@ from shared.errors import InvalidArgument, NotFound
 from shared.oci import mediatypes as mt
 from shared.oci.digest import Digest
 from shared.oci.manifest import MAX_MANIFEST_BYTES
+from shared.oci.reference import parse_tag
 from services.registry_gateway import httputil
 from services.registry_gateway.authz import DELETE, PULL, PUSH
-from services.registry_gateway.core import Registry, is_digest
+from services.registry_gateway.core import Registry, is_digest, manifest_unknown
 from services.registry_gateway.errors import MANIFEST_TOO_LARGE
 from services.registry_gateway.keys import AUTHORIZER, REGISTRY
 
@@ -37,10 +38,37 @@ def _acceptable(request: web.Request, media_type: str) -> bool:
     return False
 
 
+def _reference(reference: str) -> str:
+    """A tag or a digest; DIGEST_INVALID or TAG_INVALID for anything else (the spec allows no other)."""
+    if is_digest(reference):
+        Digest(reference)
+        return reference
+    return parse_tag(reference)
+
+
+def _naming(repo: str, reference: str) -> str:
+    """The reference of a read or delete: one that is no tag or digest names no manifest (404)."""
+    try:
+        return _reference(reference)
+    except InvalidArgument as e:
+        raise manifest_unknown(repo, reference) from e
+
+
+def _writable(reference: str) -> str:
+    """The reference of a PUT: 400, with a code of the spec's table (it lists TAG_INVALID as legacy only)."""
+    try:
+        return _reference(reference)
+    except InvalidArgument as e:
+        if e.detail_code == "DIGEST_INVALID":
+            raise
+        raise InvalidArgument(f"{reference!r} is neither a tag nor a digest", detail_code="MANIFEST_INVALID",
+                              detail={"reference": reference}) from e
+
+
 @routes.get(_MANIFEST)  # and HEAD
 async def get_manifest(request: web.Request) -> web.StreamResponse:
     registry, repo = await _authorized(request, frozenset({PULL}))
-    reference = request.match_info["reference"]
+    reference = _naming(repo, request.match_info["reference"])
     link = await registry.resolve(repo, reference)
     if not is_digest(reference) and not _acceptable(request, link.media_type):
         raise NotFound(f"manifest {reference} is a {link.media_type}, which the Accept header "
@@ -57,7 +85,7 @@ async def get_manifest(request: web.Request) -> web.StreamResponse:
 @routes.put(_MANIFEST)
 async def put_manifest(request: web.Request) -> web.Response:
     registry, repo = await _authorized(request, frozenset({PULL, PUSH}))
-    reference = request.match_info["reference"]
+    reference = _writable(request.match_info["reference"])
     if request.content_length is not None and request.content_length > MAX_MANIFEST_BYTES:
         raise InvalidArgument(f"manifest of {request.content_length} bytes exceeds {MAX_MANIFEST_BYTES}",
                               detail_code=MANIFEST_TOO_LARGE)
@@ -84,7 +112,7 @@ async def _read_limited(request: web.Request, limit: int) -> bytes:
 @routes.delete(_MANIFEST)
 async def delete_manifest(request: web.Request) -> web.Response:
     registry, repo = await _authorized(request, frozenset({DELETE}))
-    reference = request.match_info["reference"]
+    reference = _naming(repo, request.match_info["reference"])
     if is_digest(reference):
         await registry.delete_manifest(repo, Digest(reference))
     else:

@@ -10,6 +10,7 @@ from aiohttp import web
 
 from shared import bus, subjects
 from shared.config import Config, split_host_port
+from shared.dataplane_sign import DataplaneSigner, load_key
 from services.registry_gateway import blobs, copy, images
 from services.registry_gateway.app import create_app
 from services.registry_gateway.keys import REGISTRY, UPLOAD_HOOK
@@ -35,7 +36,8 @@ async def serve(cfg: Config) -> None:
     try:
         from services.registry_gateway.auth import open_auth
         auth = await open_auth(nc, cfg)
-        app = create_app(nc, auth, extra_routes=auth.routes(),
+        app = create_app(nc, auth, signer=DataplaneSigner(load_key(cfg.data_path)),
+                         extra_routes=auth.routes(),
                          blob_redirect=cfg.env("REGISTRY_BLOB_REDIRECT", "auto").lower(),
                          direct_upload=cfg.env("REGISTRY_DIRECT_UPLOAD", "auto").lower())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)

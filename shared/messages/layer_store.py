@@ -84,13 +84,11 @@ class AbortRequest(msgspec.Struct, kw_only=True):
 
 
 # A session started with this label speaks the OCI upload protocol on the data plane
-# (`/oci/uploads/<id>`, for clients sent there directly by the registry-gateway). Its
-# commit is acknowledged only once the service answering this bus subject has taken it
-# (the gateway links the blob into the session's repository): request UploadCommitted,
-# reply UploadTaken.
+# (at the gateway's own path `/v2/<name>/blobs/uploads/<id>`, for clients sent there
+# directly by the registry-gateway with a signed URL). Its commit is acknowledged only
+# once the service answering this bus subject has taken it (the gateway links the blob
+# into the session's repository): request UploadCommitted, reply UploadTaken.
 UPLOAD_HOOK_LABEL = "oci.commit-hook"
-# Where such a session answers on the data plane (format with id=).
-OCI_UPLOAD_PATH = "/oci/uploads/{id}"
 
 
 class UploadCommitted(msgspec.Struct, kw_only=True):

@@ -15,7 +15,8 @@ from shared.oci.digest import Digest
 
 _COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
 _PATH_RE = re.compile(rf"^{_COMPONENT}(?:/{_COMPONENT})*$")
-_TAG_RE = re.compile(r"^[\w][\w.-]{0,127}$")
+# The spec's tag grammar, ASCII only (`\w` would take any letter) and whole (`$` would take a final newline).
+_TAG_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
 _DOMAIN_RE = re.compile(r"^(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?$|^\[[0-9a-fA-F:.]+\](?::[0-9]+)?$")
 MAX_NAME_LENGTH = 255
 DEFAULT_NAMESPACE = "library"
@@ -31,7 +32,7 @@ def parse_repository(name: str) -> str:
 
 
 def parse_tag(tag: str) -> str:
-    if not _TAG_RE.match(tag or ""):
+    if not _TAG_RE.fullmatch(tag or ""):
         raise InvalidArgument(f"invalid tag {tag!r}", detail_code="TAG_INVALID")
     return tag
 

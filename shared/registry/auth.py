@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import aiohttp
 
-from shared.errors import InvalidArgument, Unauthenticated, Unavailable
+from shared.errors import DockyardError, InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
 
 from .credentials import CredentialStore, Credentials
 
@@ -95,6 +95,16 @@ class RegistryAuth:
         self._challenge = ch
         self._tokens.pop(" ".join(sorted(scopes)), None)
 
+    def refusal(self, err: DockyardError, header: str | None) -> DockyardError:
+        """`err` for a final 401, as docker reads it: a token that lacks the scope, fetched as
+        someone (not anonymously), means that someone is denied, not that a login is missing."""
+        if not (isinstance(err, Unauthenticated) and header):
+            return err
+        logged_in = self.credentials() is not None or self._token_provider is not None
+        if logged_in and parse_challenge(header).params.get("error") == "insufficient_scope":
+            return PermissionDenied(err.message, detail_code="DENIED")
+        return err
+
     async def _fetch_token(self, scopes: list[str]) -> str:
         key = " ".join(sorted(scopes))
         if self._token_provider is not None:
@@ -122,6 +132,9 @@ class RegistryAuth:
                     who = f"as {creds.username!r}" if creds else "anonymously"
                     raise Unauthenticated(f"{self._registry}: login {who} refused by {realm}",
                                           detail_code="UNAUTHORIZED")
+                if resp.status == 429:
+                    raise Unavailable(f"{self._registry}: too many failed logins, retry in "
+                                      f"{resp.headers.get('Retry-After', 'a few')} s", detail_code="TOOMANYREQUESTS")
                 if resp.status != 200:
                     raise Unavailable(f"token endpoint {realm} answered {resp.status}")
                 body = await resp.json(content_type=None)

@@ -124,7 +124,7 @@ class RegistryClient:
             if resp.status in ok or (allow_404 and resp.status == 404):
                 return resp
             try:
-                raise await _error_from(resp, what)
+                raise self.auth.refusal(await _error_from(resp, what), resp.headers.get("WWW-Authenticate"))
             finally:
                 resp.release()
         raise AssertionError("unreachable")

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_agent_fleet import (Fleet, leftovers, push_busybox, remove_test_cgroup_parent,
-                                   start_registry)
+from tests.e2e.test_agent_fleet import Fleet, leftovers, running_fleet
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root,
               pytest.mark.skipif(os.geteuid() != 0, reason="needs root and an OCI runtime")]
@@ -22,24 +21,12 @@ GiB = 1 << 30
 
 @pytest.fixture(scope="module")
 def fleet(nats_url, tmp_path_factory):
-    root = tmp_path_factory.mktemp("agent-fleet")
-    reg_proc, registry = start_registry(root / "registry")
-    push_busybox(root, registry)
-    env = {**os.environ, "DOCKYARD_NATS_URL": nats_url, "DOCKYARD_REGISTRY_ADDR": registry,
-           "DOCKYARD_DATA_DIR": str(root / "data"), "PYTHONUNBUFFERED": "1"}
-    f = Fleet(root, env, registry)
-    try:
-        f.add_agent(1, 2 * GiB)
-        f.add_agent(2, 4 * GiB)  # the roomier one: placement picks it
+    # Agent 2 is the roomier one: placement picks it.
+    with running_fleet(tmp_path_factory.mktemp("agent-fleet"), nats_url, {1: 2 * GiB, 2: 4 * GiB}) as f:
         yield f
-    finally:
-        f.remove_everything()
-        reg_proc.terminate()
-        reg_proc.wait(10)
-        remove_test_cgroup_parent()
-        for a in f.agents:  # an idle agent removes its bridge and chains when it stops
-            links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-            assert f" {a.bridge}:" not in links, f"bridge {a.bridge} left behind"
+    for a in f.agents:  # an idle agent removes its bridge and chains when it stops
+        links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+        assert f" {a.bridge}:" not in links, f"bridge {a.bridge} left behind"
 
 
 def test_run_rm_streams_output_and_returns_the_exit_code(fleet):

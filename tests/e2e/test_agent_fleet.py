@@ -4,6 +4,7 @@ registry (CNCF distribution on loopback) that holds a busybox image pushed by sk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -132,6 +134,26 @@ class Fleet:
 
     def agent_ids(self) -> set[str]:
         return {a["agent_id"] for a in json.loads(self.cli("agents", "--json").stdout)}
+
+
+@contextlib.contextmanager
+def running_fleet(root: Path, nats_url: str, memories: dict[int, int],
+                  extra_env: dict[str, str] | None = None) -> Iterator[Fleet]:
+    """A registry holding busybox and one agent per `index: memory`, all removed afterwards."""
+    reg_proc, registry = start_registry(root / "registry")
+    push_busybox(root, registry)
+    env = {**os.environ, "DOCKYARD_NATS_URL": nats_url, "DOCKYARD_REGISTRY_ADDR": registry,
+           "DOCKYARD_DATA_DIR": str(root / "data"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    f = Fleet(root, env, registry)
+    try:
+        for index, memory in memories.items():
+            f.add_agent(index, memory)
+        yield f
+    finally:
+        f.remove_everything()
+        reg_proc.terminate()
+        reg_proc.wait(10)
+        remove_test_cgroup_parent()
 
 
 # ---- what a container may leave on the host ---------------------------------------------

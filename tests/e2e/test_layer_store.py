@@ -9,6 +9,7 @@ import aiohttp
 import pytest
 
 from shared import bus
+from shared.dataplane_sign import DataplaneSigner, load_key
 from shared.layer_store_client import LayerStoreClient
 from shared.oci.digest import Digest
 from tests.e2e.conftest import start_stack, stop_stack
@@ -19,11 +20,11 @@ DATA = os.urandom(5 << 20)
 DIGEST = Digest.from_bytes(DATA)
 
 
-async def _client_do(stack, fn):
+async def _client_do(stack, fn, data_dir):
     nc = await bus.connect(stack.nats_url, name="test-e2e-layer-store")
     try:
         async with aiohttp.ClientSession() as session:
-            return await fn(LayerStoreClient(nc, session))
+            return await fn(LayerStoreClient(nc, session, signer=DataplaneSigner(load_key(data_dir))))
     finally:
         await nc.drain()
 
@@ -41,7 +42,7 @@ async def test_upload_survives_a_restart_of_the_service(tmp_path):
             assert await client.append(uid, DATA[:2 << 20], start=0) == 2 << 20
             return uid
 
-        uid = await _client_do(stack, first)
+        uid = await _client_do(stack, first, data_dir)
     finally:
         assert stop_stack(stack) == 0, (data_dir / "up.log").read_text(errors="replace")
 
@@ -58,7 +59,7 @@ async def test_upload_survives_a_restart_of_the_service(tmp_path):
                 assert resp.status == 206 and await resp.read() == DATA[-100:]
             return await client.read_blob(DIGEST)
 
-        assert await _client_do(stack, second) == DATA
+        assert await _client_do(stack, second, data_dir) == DATA
         blob = data_dir / "layer-store" / "blobs" / "sha256" / DIGEST.hex[:2] / DIGEST.hex
         assert blob.stat().st_size == len(DATA)
     finally:

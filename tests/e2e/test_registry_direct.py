@@ -1,5 +1,5 @@
 """skopeo against `dockyard up` (auth on) through the direct upload path: the blob bytes go
-from skopeo to the layer-store's OCI upload URL, never through the gateway, and come back
+from skopeo to the layer-store's signed upload URL, never through the gateway, and come back
 byte for byte; the blob belongs to the repository it was pushed to, and only to it."""
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def test_skopeo_push_goes_straight_to_the_layer_store(stack, layout, tmp_path):
                   f"oci:{layout}:v1", f"{ref}:v1", env=env)
     patches = re.findall(r'msg="PATCH (http://[^/"]+)(/[^"?]*)', push.stderr)
     assert patches, push.stderr[-3000:]
-    assert all(host != f"http://{stack.registry_addr}" and path.startswith("/oci/uploads/")
+    assert all(host != f"http://{stack.registry_addr}" and path.startswith("/v2/dyrp/direct/blobs/uploads/")
                for host, path in patches), patches
 
     layer = _layer_digest(layout)

@@ -43,7 +43,9 @@ TOUCHED = ".touched"
 # syscalls are rare, small enough that the socket keeps being read meanwhile.
 BATCH_BYTES = 4 << 20
 BATCH_BUFFERS = 256
-READ_CHUNK = 2 << 20
+# Blob reads bypass the page cache (fsutil.UncachedReader), one at a time: 8 MiB direct
+# reads ran at ~900 MB/s against ~650 MB/s for 2 MiB on this project's VMs (dd iflag=direct).
+READ_CHUNK = 8 << 20
 # A live session keeps its data file open and its hash in memory; one left idle this
 # long is closed (and re-hashed from disk should its client ever come back).
 IDLE_SESSION_SECONDS = 600.0
@@ -162,16 +164,28 @@ class FilesystemDriver:
             reader = await self._run(UncachedReader, self._path(digest), READ_CHUNK, DROP_BEHIND_MIN)
         except FileNotFoundError as e:
             raise blob_unknown(digest) from e
+        # The next chunk is read while the caller sends this one: one read in flight at a
+        # time (the reader has one buffer), never a disk idle behind a socket write.
+        ahead: asyncio.Future[bytes] | None = None
         try:
             remaining = length if length is not None else reader.size() - offset
-            while remaining > 0:
-                chunk = await self._run(reader.pread, remaining, offset)
+            if remaining > 0:
+                ahead = asyncio.ensure_future(self._run(reader.pread, remaining, offset))
+            while ahead is not None:
+                chunk = await ahead
+                ahead = None
                 if not chunk:
                     break
                 offset += len(chunk)
                 remaining -= len(chunk)
+                if remaining > 0:
+                    ahead = asyncio.ensure_future(self._run(reader.pread, remaining, offset))
                 yield chunk
         finally:
+            if ahead is not None:  # the reader's fd and buffer stay until its read is over
+                await asyncio.wait([ahead])
+                if not ahead.cancelled():
+                    ahead.exception()  # retrieved: a read error after the client left is moot
             reader.close()
 
     def _walk(self, after: str = "") -> Iterator[tuple[Digest, os.stat_result]]:

@@ -8,35 +8,55 @@ for the token endpoint, `auth.register_bus(bus_service)` for the management verb
 
 from __future__ import annotations
 
+import contextlib
 import os
-import secrets
 from pathlib import Path
 
+import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from shared import subjects
-from shared.bus import TypedKV, kv_bucket
+from shared.bus import kv_bucket, kv_key
 from shared.config import Config
-from shared.errors import AlreadyExists
 
+from . import bus, http
+from .admin import ADMIN_PASSWORD_FILE, ensure_admin_in
 from .core import Auth, Principal
 from .scopes import Scope, parse_scopes
 from .store import ADMIN, AuthStore
-from .tokens import SigningKey, TokenIssuer
+from .tokenkeys import PublicKeys, Signer
+from .tokens import TokenIssuer
 
-ADMIN_PASSWORD_FILE = "admin-password"
+# Where tokens were signed with a shared HS256 secret, which every bus client could read.
+_RETIRED_KV_SIGNING_KEY = kv_key("signing-key")
+
+
+class GatewayAuth(Auth):
+    """Auth with the gateway's two front doors: the token endpoint and the bus verbs."""
+
+    def routes(self):
+        """aiohttp RouteDefs of the token endpoint (`GET /token`)."""
+        return http.routes(self)
+
+    def register_bus(self, service) -> None:
+        """Add the user, grant, visibility and service-token verbs to a BusService."""
+        bus.register(service, self)
 
 
 async def open_auth(nc: NATS, cfg: Config, *, users_bucket: str = subjects.KV_USERS,
-                    acl_bucket: str = subjects.KV_ACL) -> Auth:
-    """Open the auth state (creating buckets and the shared signing key on first start)."""
+                    acl_bucket: str = subjects.KV_ACL) -> GatewayAuth:
+    """Open the auth state (creating the buckets, and the token key pair on first start)."""
     rounds = int(cfg.env("BCRYPT_ROUNDS", "12"))
     store = await AuthStore.open(nc, users_bucket=users_bucket, acl_bucket=acl_bucket, bcrypt_rounds=rounds)
-    issuer = await TokenIssuer.open(TypedKV(await kv_bucket(nc, acl_bucket), SigningKey))
-    return Auth(store, issuer,
-                enabled=cfg.env("AUTH", "on").lower() not in ("off", "false", "0", "no"),
-                token_ttl=int(cfg.env("TOKEN_TTL", "300")),
-                realm=cfg.env("AUTH_REALM", ""))
+    acl = await kv_bucket(nc, acl_bucket)
+    with contextlib.suppress(nats.js.errors.KeyNotFoundError):
+        await acl.get(_RETIRED_KV_SIGNING_KEY)
+        await acl.purge(_RETIRED_KV_SIGNING_KEY)
+    issuer = TokenIssuer(Signer(cfg.data_dir), PublicKeys(cfg.data_dir))
+    return GatewayAuth(store, issuer,
+                       enabled=cfg.env("AUTH", "on").lower() not in ("off", "false", "0", "no"),
+                       token_ttl=int(cfg.env("TOKEN_TTL", "300")),
+                       realm=cfg.env("AUTH_REALM", ""))
 
 
 async def ensure_admin(nc: NATS, data_dir: str | os.PathLike, *, users_bucket: str = subjects.KV_USERS,
@@ -50,30 +70,5 @@ async def ensure_admin(nc: NATS, data_dir: str | os.PathLike, *, users_bucket: s
     return await ensure_admin_in(store, Path(data_dir) / ADMIN_PASSWORD_FILE)
 
 
-async def ensure_admin_in(store: AuthStore, path: Path) -> str | None:
-    if await store.get_user(ADMIN) is not None:
-        return None
-    password = secrets.token_urlsafe(24)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # The file first: a user whose password nobody can read would lock the admin out.
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, password.encode() + b"\n")
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    try:
-        await store.add_user(ADMIN, password)
-    except AlreadyExists:
-        os.unlink(tmp)  # created concurrently: that one's file stands
-        return None
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    os.replace(tmp, path)
-    return password
-
-
-__all__ = ["ADMIN", "ADMIN_PASSWORD_FILE", "Auth", "Principal", "Scope", "ensure_admin", "open_auth",
-           "parse_scopes"]
+__all__ = ["ADMIN", "ADMIN_PASSWORD_FILE", "Auth", "GatewayAuth", "Principal", "Scope", "ensure_admin",
+           "open_auth", "parse_scopes"]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from shared import subjects
 from shared.bus import BusService
 from shared.messages.auth import (EnsureAdminReply, EnsureAdminRequest, GrantReply, GrantRequest, TokenReply, TokenRequest, UserAddRequest,
@@ -9,10 +11,11 @@ from shared.messages.auth import (EnsureAdminReply, EnsureAdminRequest, GrantRep
 from shared.errors import InvalidArgument
 from shared.messages.common import Ok
 
+from .admin import ensure_admin_in
 from .core import Auth
 from .scopes import GRANT_ACTIONS, parse_scopes
 
-MAX_SERVICE_TOKEN_TTL = 24 * 3600
+_SMALL = 4 << 10  # bytes
 
 
 def register(service: BusService, auth: Auth) -> None:
@@ -36,22 +39,19 @@ def register(service: BusService, auth: Auth) -> None:
         return VisibilityReply(repository=rec.pattern, public=rec.public)
 
     async def token(req: TokenRequest) -> TokenReply:
-        ttl = min(req.expires_in, MAX_SERVICE_TOKEN_TTL) if req.expires_in > 0 else None
+        ttl = req.expires_in if req.expires_in > 0 else None  # the issuer caps it
         issued = auth.issue_service_token(req.account, parse_scopes(req.scopes), ttl)
         return TokenReply(token=issued.token, expires_in=issued.expires_in, issued_at=issued.issued_at)
 
     async def ensure_admin(req: EnsureAdminRequest) -> EnsureAdminReply:
-        from pathlib import Path
-
-        from . import ensure_admin_in
         if not req.password_file:
             raise InvalidArgument("password_file is required")
         return EnsureAdminReply(created=await ensure_admin_in(store, Path(req.password_file)) is not None)
 
-    service.endpoint(subjects.REGISTRY_ENSURE_ADMIN, EnsureAdminRequest,
-                     ensure_admin)
-    service.endpoint(subjects.REGISTRY_USER_ADD, UserAddRequest, user_add)
-    service.endpoint(subjects.REGISTRY_USER_RM, UserRmRequest, user_rm)
-    service.endpoint(subjects.REGISTRY_GRANT, GrantRequest, grant)
-    service.endpoint(subjects.REGISTRY_REPO_VISIBILITY, VisibilityRequest, visibility)
-    service.endpoint(subjects.REGISTRY_TOKEN, TokenRequest, token)
+    # Names, a password, a few scopes: nothing legitimate comes near these bounds.
+    service.endpoint(subjects.REGISTRY_ENSURE_ADMIN, EnsureAdminRequest, ensure_admin, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_USER_ADD, UserAddRequest, user_add, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_USER_RM, UserRmRequest, user_rm, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_GRANT, GrantRequest, grant, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_REPO_VISIBILITY, VisibilityRequest, visibility, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_TOKEN, TokenRequest, token, max_bytes=4 * _SMALL)

@@ -7,18 +7,11 @@ import json
 from aiohttp import web
 
 from shared.errors import DockyardError, InvalidArgument, Unauthenticated
+from services.registry_gateway.errors import error_response, status_and_code
 
-from .core import Auth
+from . import audit
+from .core import Auth, claimed_user
 from .scopes import parse_scopes
-
-
-def _error(e: DockyardError) -> web.Response:
-    headers = {}
-    if isinstance(e, Unauthenticated):
-        # The token endpoint itself takes Basic credentials.
-        headers["WWW-Authenticate"] = 'Basic realm="dockyard"'
-    body = {"errors": [{"code": e.detail_code or e.code, "message": e.message, "detail": None}]}
-    return web.json_response(body, status=e.http_status, headers=headers)
 
 
 def routes(auth: Auth) -> web.RouteTableDef:
@@ -26,15 +19,23 @@ def routes(auth: Auth) -> web.RouteTableDef:
 
     @table.get("/token")
     async def token(request: web.Request) -> web.Response:
+        header = request.headers.get("Authorization")
+        scopes = request.query.getall("scope", [])
         try:
             service = request.query.get("service", "")
             if service and service != auth.service:
                 raise InvalidArgument(f"unknown service {service!r}; this registry is {auth.service!r}")
-            scopes = parse_scopes(request.query.getall("scope", []))
-            principal = await auth.authenticate(request.headers.get("Authorization"))
-            issued = await auth.issue_token(principal, scopes)
+            asked = parse_scopes(scopes)
+            principal = await auth.authenticate(header, client=request.remote or "")
+            issued = await auth.issue_token(principal, asked)
         except DockyardError as e:
-            return _error(e)
+            status = status_and_code(e)[0]
+            if status in (401, 429):
+                audit.refused(request, claimed_user(header), " ".join(scopes), status, e.message)
+            resp = error_response(e)
+            if isinstance(e, Unauthenticated):
+                resp.headers["WWW-Authenticate"] = 'Basic realm="dockyard"'  # the endpoint takes Basic
+            return resp
         body = {"token": issued.token, "access_token": issued.token,
                 "expires_in": issued.expires_in, "issued_at": issued.issued_at}
         return web.Response(body=json.dumps(body), content_type="application/json",

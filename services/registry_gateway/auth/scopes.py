@@ -46,9 +46,9 @@ def parse_scopes(values: list[str]) -> list[Scope]:
 
 
 def challenge_actions(actions: frozenset[str]) -> str:
-    """Actions to name in a 401 challenge; docker clients always ask pull together with push."""
+    """Actions to name in a 401 challenge, as distribution names them: a push with pull."""
     acts = set(actions)
-    if acts & {PUSH, DELETE}:
+    if PUSH in acts:
         acts.add(PULL)
     return ",".join(sorted(acts))
 

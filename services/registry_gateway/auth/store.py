@@ -1,8 +1,8 @@
 """Users (bcrypt hashes), grants and repository visibility in JetStream KV.
 
 `dockyard-users` holds one record per user. `dockyard-acl` holds grants under
-`grant.<user>.<pattern>`, visibility under `visibility.<pattern>`, and the token
-signing key. Every gateway replica reads the same buckets, so a grant made through
+`grant.<user>.<pattern>` and visibility under `visibility.<pattern>` (the token signing
+key is a file: tokenkeys.py). Every gateway replica reads the same buckets, so a grant made through
 one replica holds on all of them at once.
 """
 

@@ -1,37 +1,28 @@
-"""Short-lived signed registry tokens (JWT), with a signing key every replica shares.
+"""Short-lived registry tokens (JWT, ES256), signed by gateways and checked by anyone with the public key.
 
-The first gateway to start creates the key in the `dockyard-acl` bucket (create is
-compare-and-set, so racing replicas end up with the one key); any replica then
-verifies any replica's tokens. The claims follow distribution's token format:
-`access` is a list of `{"type", "name", "actions"}`.
+The claims follow distribution's token format: `access` is a list of
+`{"type", "name", "actions"}`; `kid` in the header names the key (tokenkeys.py).
 """
 
 from __future__ import annotations
 
-import secrets
 import time
 import uuid
 from dataclasses import dataclass
 from datetime import datetime, timezone
 
 import jwt
-import msgspec
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from shared.bus import TypedKV, kv_key
-from shared.errors import AlreadyExists, Unauthenticated
+from shared.errors import Unauthenticated
 
 from .scopes import Scope
+from .tokenkeys import MAX_TOKEN_TTL, PublicKeys, Signer
 
 ISSUER = "dockyard"
 SERVICE = "dockyard"
-ALGORITHM = "HS256"
-_KEY_NAME = kv_key("signing-key")
-
-
-class SigningKey(msgspec.Struct, kw_only=True):
-    kid: str
-    secret: str  # hex
-    created_at: float
+ALGORITHM = "ES256"
+LEEWAY = 5  # seconds of clock skew allowed on exp, nbf and iat
 
 
 @dataclass(frozen=True)
@@ -48,54 +39,87 @@ class IssuedToken:
     issued_at: str  # RFC 3339
 
 
-class TokenIssuer:
-    def __init__(self, key: SigningKey, *, service: str = SERVICE):
-        self._key = key
+def _refuse(why: str) -> Unauthenticated:
+    return Unauthenticated(why, detail_code="UNAUTHORIZED")
+
+
+class TokenVerifier:
+    """Checks tokens with public keys only: signature, algorithm, lifetime, audience, issuer."""
+
+    def __init__(self, keys: PublicKeys, *, service: str = SERVICE, issuer: str = ISSUER):
+        self._keys = keys
         self.service = service
+        self.issuer = issuer
 
-    @classmethod
-    async def open(cls, keys: TypedKV, *, service: str = SERVICE) -> "TokenIssuer":
-        got = await keys.get(_KEY_NAME)
-        if got is None:
-            fresh = SigningKey(kid=uuid.uuid4().hex[:16], secret=secrets.token_hex(32), created_at=time.time())
-            try:
-                await keys.create(_KEY_NAME, fresh)
-            except AlreadyExists:
-                pass  # another replica won the race: use its key
-            got = await keys.require(_KEY_NAME, "signing key")
-        return cls(got[0], service=service)
-
-    def issue(self, subject: str, scopes: list[Scope], ttl: int) -> IssuedToken:
-        now = int(time.time())
-        claims = {
-            "iss": ISSUER, "aud": self.service, "sub": subject, "iat": now, "nbf": now - 1,
-            "exp": now + ttl, "jti": uuid.uuid4().hex,
-            "access": [{"type": s.type, "name": s.name, "actions": sorted(s.actions)}
-                       for s in scopes if s.actions],
-        }
-        token = jwt.encode(claims, bytes.fromhex(self._key.secret), algorithm=ALGORITHM,
-                           headers={"kid": self._key.kid})
-        issued = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-        return IssuedToken(token=token, expires_in=ttl, issued_at=issued)
+    def _public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
+        return self._keys.get(kid)
 
     def verify(self, token: str) -> Claims:
         """The token's claims; Unauthenticated if forged, expired or for another service."""
         try:
             header = jwt.get_unverified_header(token)
-            if header.get("kid") != self._key.kid:
-                raise Unauthenticated("token signed with an unknown key", detail_code="UNAUTHORIZED")
-            data = jwt.decode(token, bytes.fromhex(self._key.secret), algorithms=[ALGORITHM],
-                              audience=self.service, issuer=ISSUER, leeway=5,
-                              options={"require": ["exp", "iat", "sub", "aud", "iss"]})
-        except jwt.ExpiredSignatureError as e:
-            raise Unauthenticated("token expired", detail_code="UNAUTHORIZED") from e
         except jwt.InvalidTokenError as e:
-            raise Unauthenticated(f"invalid token: {e}", detail_code="UNAUTHORIZED") from e
-        access: dict[tuple[str, str], frozenset[str]] = {}
-        for entry in data.get("access") or []:
-            try:
-                k = (str(entry["type"]), str(entry["name"]))
-                access[k] = access.get(k, frozenset()) | frozenset(str(a) for a in entry["actions"])
-            except (KeyError, TypeError) as e:
-                raise Unauthenticated("token has a malformed access claim", detail_code="UNAUTHORIZED") from e
-        return Claims(subject=str(data["sub"]), access=access, expires_at=float(data["exp"]))
+            raise _refuse(f"malformed token: {e}") from e
+        # Only ES256: "none" and HS256 (with the public key as its secret) are forgeries.
+        if header.get("alg") != ALGORITHM:
+            raise _refuse(f"token algorithm {header.get('alg')!r} is not {ALGORITHM}")
+        key = self._public_key(str(header.get("kid", "")))
+        if key is None:
+            raise _refuse("token signed with an unknown key")
+        try:
+            data = jwt.decode(token, key, algorithms=[ALGORITHM], audience=self.service, issuer=self.issuer,
+                              leeway=LEEWAY, options={"require": ["exp", "iat", "nbf", "sub", "aud", "iss"]})
+        except jwt.ExpiredSignatureError as e:
+            raise _refuse("token expired") from e
+        except jwt.InvalidTokenError as e:
+            raise _refuse(f"invalid token: {e}") from e
+        try:
+            iat, exp = float(data["iat"]), float(data["exp"])
+        except (TypeError, ValueError) as e:
+            raise _refuse("token has a malformed iat or exp") from e
+        if iat > time.time() + LEEWAY:
+            raise _refuse("token issued in the future")
+        if exp - iat > MAX_TOKEN_TTL:
+            raise _refuse("token lives longer than any this registry issues")
+        return Claims(subject=str(data["sub"]), access=_access(data.get("access")), expires_at=exp)
+
+
+def _access(entries) -> dict[tuple[str, str], frozenset[str]]:
+    access: dict[tuple[str, str], frozenset[str]] = {}
+    if not isinstance(entries, (list, type(None))):
+        raise _refuse("token has a malformed access claim")
+    for entry in entries or []:
+        try:
+            k = (str(entry["type"]), str(entry["name"]))
+            access[k] = access.get(k, frozenset()) | frozenset(str(a) for a in entry["actions"])
+        except (KeyError, TypeError) as e:
+            raise _refuse("token has a malformed access claim") from e
+    return access
+
+
+class TokenIssuer(TokenVerifier):
+    """Signs tokens with the gateways' private key, and verifies them as any verifier does."""
+
+    def __init__(self, signer: Signer, keys: PublicKeys, *, service: str = SERVICE):
+        super().__init__(keys, service=service)
+        self._signer = signer
+
+    def _public_key(self, kid: str) -> ec.EllipticCurvePublicKey | None:
+        # Its own key first: a gateway accepts what it signs even while the .pub is being rewritten.
+        key = self._signer.key
+        return key.private_key.public_key() if kid == key.kid else super()._public_key(kid)
+
+    def issue(self, subject: str, scopes: list[Scope], ttl: int) -> IssuedToken:
+        """A token for `subject` with `scopes`, living `ttl` seconds (at most MAX_TOKEN_TTL)."""
+        ttl = min(ttl, MAX_TOKEN_TTL)
+        now = int(time.time())
+        claims = {
+            "iss": self.issuer, "aud": self.service, "sub": subject, "iat": now, "nbf": now - 1,
+            "exp": now + ttl, "jti": uuid.uuid4().hex,
+            "access": [{"type": s.type, "name": s.name, "actions": sorted(s.actions)}
+                       for s in scopes if s.actions],
+        }
+        key = self._signer.key
+        token = jwt.encode(claims, key.private_key, algorithm=ALGORITHM, headers={"kid": key.kid, "typ": "JWT"})
+        issued = datetime.fromtimestamp(now, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return IssuedToken(token=token, expires_in=ttl, issued_at=issued)

@@ -71,7 +71,7 @@ async def echo_service(nc, lite):
                                                                          message=f"step {i + 1}"))
         return Reply(text="done")
 
-    svc.endpoint("dyrl.echo", Echo, echo)
+    svc.endpoint("dyrl.echo", Echo, echo, max_bytes=None)  # the big-payload test goes to the server limit
     svc.endpoint("dyrl.fail", Echo, fail)
     svc.endpoint("dyrl.slow", Echo, slow)
     await svc.start()

@@ -12,6 +12,7 @@ from services.layer_store.service import serve
 from shared.config import split_host_port
 from shared import bus, subjects
 from shared.config import Config
+from shared.dataplane_sign import DataplaneSigner, load_key
 from shared.errors import Conflict, InvalidArgument, NotFound
 from shared.layer_store_client import LayerStoreClient
 from shared.messages.layer_store import BlobCommitted, BlobDeleted
@@ -52,7 +53,7 @@ async def test_bus_verbs_and_events(service):
     await nc.flush()
     await asyncio.sleep(0.05)
     async with aiohttp.ClientSession() as session:
-        client = LayerStoreClient(nc, session)
+        client = LayerStoreClient(nc, session, signer=DataplaneSigner(load_key(data_dir)))
         url = await client.locate()
         assert url.startswith("http://127.0.0.1:") and not url.endswith(":0")
 

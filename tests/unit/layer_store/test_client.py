@@ -13,6 +13,7 @@ from services.layer_store.storage.filesystem import FilesystemDriver
 from shared.errors import InvalidArgument, NotFound, Unavailable
 from shared.layer_store_client import LayerStoreClient, RangeNotSatisfiable
 from shared.oci.digest import Digest
+from tests.unit.layer_store.signing import new_signer
 
 DATA = os.urandom(3 << 20)
 DIGEST = Digest.from_bytes(DATA)
@@ -20,9 +21,10 @@ DIGEST = Digest.from_bytes(DATA)
 
 @pytest.fixture
 async def store(aiohttp_server, tmp_path):
-    server = await aiohttp_server(create_app(FilesystemDriver(tmp_path / "store")))
+    signer = new_signer()
+    server = await aiohttp_server(create_app(FilesystemDriver(tmp_path / "store"), signer))
     async with aiohttp.ClientSession() as session:
-        yield LayerStoreClient(None, session, url=str(server.make_url("")))
+        yield LayerStoreClient(None, session, signer=signer, url=str(server.make_url("")))
 
 
 async def test_put_and_read_blob(store):
@@ -110,6 +112,6 @@ async def test_unreachable_store_is_unavailable():
     async with aiohttp.ClientSession() as session:
         from tests.support.ports import refusing_port
         with refusing_port() as port:
-            client = LayerStoreClient(None, session, url=f"http://127.0.0.1:{port}")
+            client = LayerStoreClient(None, session, signer=new_signer(), url=f"http://127.0.0.1:{port}")
             with pytest.raises(Unavailable):
                 await client.start_upload()

@@ -10,6 +10,7 @@ import pytest
 from services.layer_store.http import READ_BUFSIZE, create_app
 from services.layer_store.storage.filesystem import FilesystemDriver
 from shared.oci.digest import Digest
+from tests.unit.layer_store.signing import new_signer, signing
 
 DATA = os.urandom(300_000)
 DIGEST = Digest.from_bytes(DATA)
@@ -25,8 +26,10 @@ async def client(aiohttp_client, tmp_path, committed):
     async def on_commit(info):
         committed.append(info)
 
-    app = create_app(FilesystemDriver(tmp_path / "store"), on_commit=on_commit)
-    return await aiohttp_client(app, server_kwargs={"read_bufsize": READ_BUFSIZE})
+    signer = new_signer()
+    app = create_app(FilesystemDriver(tmp_path / "store"), signer, on_commit=on_commit)
+    return await aiohttp_client(app, server_kwargs={"read_bufsize": READ_BUFSIZE},
+                                middlewares=[signing(signer)])
 
 
 async def upload(client, data: bytes, digest: str | None = None) -> str:
@@ -172,12 +175,15 @@ async def test_existing_blob_and_empty_blob(client):
 
 
 async def test_upload_resumes_after_restart(aiohttp_client, tmp_path):
-    first = await aiohttp_client(create_app(FilesystemDriver(tmp_path / "s")))
+    signer = new_signer()
+    first = await aiohttp_client(create_app(FilesystemDriver(tmp_path / "s"), signer),
+                                 middlewares=[signing(signer)])
     uid = (await (await first.post("/uploads")).json())["id"]
     await first.patch(f"/uploads/{uid}", data=DATA[:123_456])
     await first.close()  # the server and its app (and driver) go away
 
-    second = await aiohttp_client(create_app(FilesystemDriver(tmp_path / "s")))
+    second = await aiohttp_client(create_app(FilesystemDriver(tmp_path / "s"), signer),
+                                  middlewares=[signing(signer)])
     r = await second.get(f"/uploads/{uid}")
     assert (await r.json())["size"] == 123_456
     r = await second.patch(f"/uploads/{uid}", data=DATA[123_456:],

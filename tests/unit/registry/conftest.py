@@ -1,6 +1,7 @@
 """A registry under test: the real layer-store service and gateway apps on the session's NATS.
 
-Each module gets its own metadata buckets (suffix `-dyrg<hex>`), dropped afterwards.
+Each module gets its own metadata buckets (suffix `-dyrg<hex>`), dropped afterwards, and
+its own layer-store data dir, whose data-plane key (`dataplane_signer`) the gateways share.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from aiohttp import web
 
 from shared import bus, subjects
 from shared.config import Config
+from shared.dataplane_sign import DataplaneSigner, load_key
 from shared.errors import Unavailable
 from shared.messages.common import Empty
 from shared.messages.layer_store import LocateReply
@@ -49,9 +51,10 @@ async def running_layer_store(nc, data_dir: str, nats_url: str) -> AsyncIterator
 
 
 @contextlib.asynccontextmanager
-async def running_gateway(nc, suffix: str, authorizer=None, **kw) -> AsyncIterator[str]:
+async def running_gateway(nc, suffix: str, authorizer=None, *, signer: DataplaneSigner,
+                          **kw) -> AsyncIterator[str]:
     """A gateway app on a free loopback port; yields its base URL."""
-    app = create_app(nc, authorizer or AllowAll(), meta_suffix=suffix, **kw)
+    app = create_app(nc, authorizer or AllowAll(), signer=signer, meta_suffix=suffix, **kw)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -81,14 +84,24 @@ async def suffix(module_nc):
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def layer_store(module_nc, nats_url, tmp_path_factory):
-    async with running_layer_store(module_nc, str(tmp_path_factory.mktemp("dyrg-ls")), nats_url) as url:
+def layer_store_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("dyrg-ls")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+def dataplane_signer(layer_store_dir) -> DataplaneSigner:
+    return DataplaneSigner(load_key(layer_store_dir))
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def layer_store(module_nc, nats_url, layer_store_dir):
+    async with running_layer_store(module_nc, str(layer_store_dir), nats_url) as url:
         yield url
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def registry_url(module_nc, suffix, layer_store):
-    async with running_gateway(module_nc, suffix) as url:
+async def registry_url(module_nc, suffix, layer_store, dataplane_signer):
+    async with running_gateway(module_nc, suffix, signer=dataplane_signer) as url:
         yield url
 
 

@@ -1,6 +1,8 @@
-"""Direct uploads: the gateway hands out the layer-store's OCI upload URL, the layer-store
-asks the gateway (over the bus) to take the committed blob, and the blob is linked into the
-session's repository only. Real layer-store service, real NATS, real HTTP."""
+"""Direct uploads and blob redirects: the gateway hands out signed layer-store URLs (its own
+paths, on the layer-store's listener), the layer-store asks the gateway (over the bus) to
+take the committed blob, and the blob is linked into the session's repository only. A
+client that keeps only the path of those URLs is served by the gateway instead. Real
+layer-store service, real NATS, real HTTP."""
 
 from __future__ import annotations
 
@@ -27,10 +29,12 @@ CONFIG = b'{"architecture": "amd64", "os": "linux"}'
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def gateway(module_nc, suffix, layer_store):
-    """A gateway with direct uploads on, and its commit hook on the bus (as the service has)."""
+async def gateway(module_nc, suffix, layer_store, dataplane_signer):
+    """A gateway with direct uploads and blob redirects on, and its commit hook on the bus
+    (as the service has)."""
     hook = "dyrp.test.upload.committed" + suffix
-    app = create_app(module_nc, AllowAll(), meta_suffix=suffix, direct_upload="on", upload_hook=hook)
+    app = create_app(module_nc, AllowAll(), signer=dataplane_signer, meta_suffix=suffix,
+                     direct_upload="on", blob_redirect="on", upload_hook=hook)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -60,7 +64,57 @@ async def blob_status(http, gateway: str, repo: str, d: str) -> int:
 async def test_location_is_the_layer_store(http, gateway, layer_store):
     location = URL(await start(http, gateway))
     assert (location.host, location.port) == (URL(layer_store).host, URL(layer_store).port)
-    assert location.path.startswith("/oci/uploads/")
+    assert location.path.startswith(f"/v2/{REPO}/blobs/uploads/") and {"exp", "sig"} <= set(location.query)
+
+
+async def test_a_client_that_keeps_only_the_path_uploads_through_the_gateway(http, gateway):
+    data = os.urandom(300_000)
+    location = URL(await start(http, gateway))
+    path_only = URL(gateway).join(URL(location.path_qs, encoded=True))
+    async with http.patch(path_only, data=data[:1000], headers={"Content-Range": "0-999"}) as r:
+        assert r.status == 202, await r.text()
+        nxt = URL(gateway).join(URL(r.headers["Location"], encoded=True))
+    # the direct URL still works for the same session, at its new size
+    async with http.patch(location, data=data[1000:], headers={"Content-Range": f"1000-{len(data) - 1}"}) as r:
+        assert r.status == 202, await r.text()
+    async with http.put(nxt, params={"digest": digest(data)}) as r:
+        assert r.status == 201, await r.text()
+    assert await blob_status(http, gateway, REPO, digest(data)) == 200
+
+
+async def test_a_direct_upload_url_opens_nothing_else(http, gateway, layer_store):
+    location = URL(await start(http, gateway))
+    unsigned = location.with_query(None)
+    async with http.patch(unsigned, data=b"x") as r:
+        assert r.status == 403 and (await r.json())["errors"][0]["code"] == "DENIED"
+    other = location.with_path(location.path.replace(REPO, "dyrp/other"))  # same signature
+    async with http.patch(other, data=b"x") as r:
+        assert r.status == 403
+    own_route = URL(layer_store).join(URL(f"/uploads/{location.name}")).with_query(location.query)
+    async with http.get(own_route) as r:
+        assert r.status == 403, "a session URL is not a key to the layer-store's own routes"
+
+
+async def test_blob_redirect_works_followed_or_resolved_by_path(http, gateway):
+    data = os.urandom(200_000)
+    location = await start(http, gateway)
+    async with http.put(location, params={"digest": digest(data)}, data=data) as r:
+        assert r.status == 201, await r.text()
+    url = f"{gateway}/v2/{REPO}/blobs/{digest(data)}"
+    async with http.get(url, allow_redirects=False) as r:
+        assert r.status == 307
+        target = URL(r.headers["Location"])
+    assert target.path == f"/v2/{REPO}/blobs/{digest(data)}" and target.port != URL(gateway).port
+    async with http.get(target, allow_redirects=False) as r:
+        assert r.status == 200 and await r.read() == data
+    async with http.get(target, headers={"Range": "bytes=10-19"}) as r:
+        assert r.status == 206 and await r.read() == data[10:20]
+    async with http.get(URL(gateway).join(URL(target.path_qs, encoded=True)), allow_redirects=False) as r:
+        assert r.status == 200 and await r.read() == data, "streamed, not sent round again"
+    async with http.get(target.with_query(None)) as r:
+        assert r.status == 403
+    async with http.get(url) as r:  # followed by the client itself
+        assert r.status == 200 and await r.read() == data
 
 
 async def test_chunked_direct_upload_is_linked_into_its_repository_only(http, gateway):

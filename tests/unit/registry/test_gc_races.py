@@ -57,9 +57,10 @@ class LinkWrite:
 
 
 @pytest_asyncio.fixture(loop_scope="module")
-async def registry(module_nc, suffix, layer_store):
+async def registry(module_nc, suffix, layer_store, dataplane_signer):
     async with aiohttp.ClientSession() as session:
-        yield Registry(await RegistryMeta.open(module_nc, suffix=suffix), LayerStoreClient(module_nc, session))
+        yield Registry(await RegistryMeta.open(module_nc, suffix=suffix),
+                       LayerStoreClient(module_nc, session, signer=dataplane_signer))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")

@@ -8,6 +8,7 @@ import os
 import pytest
 import pytest_asyncio
 
+from tests.conformance.content import SPEC_CODES
 from tests.unit.registry.ocidata import (DOCKER_MANIFEST, OCI_INDEX, OCI_MANIFEST, Image, artifact, digest,
                                          index, push_blob, push_image, push_manifest)
 
@@ -77,8 +78,23 @@ CASES = [
      "MANIFEST_UNKNOWN"),
     ("manifest-unknown-tag", "GET", "/v2/{repo}/manifests/nope", {}, None, 404, {}, "MANIFEST_UNKNOWN"),
     ("manifest-unknown-repo", "GET", "/v2/dyrg/none/manifests/v1", {}, None, 404, {}, "MANIFEST_UNKNOWN"),
-    ("manifest-bad-tag", "GET", "/v2/{repo}/manifests/-bad", {}, None, 400, {}, "TAG_INVALID"),
-    ("manifest-bad-digest", "GET", "/v2/{repo}/manifests/sha256:123", {}, None, 400, {}, "DIGEST_INVALID"),
+    # A reference that is neither a tag nor a digest names no manifest: 404 to read or delete it
+    # (the OCI suite's `.INVALID_MANIFEST_NAME`), 400 to push under it.
+    ("manifest-bad-tag", "GET", "/v2/{repo}/manifests/-bad", {}, None, 404, {}, "MANIFEST_UNKNOWN"),
+    ("manifest-bad-digest", "GET", "/v2/{repo}/manifests/sha256:123", {}, None, 404, {}, "MANIFEST_UNKNOWN"),
+    ("manifest-invalid-name", "GET", "/v2/{repo}/manifests/.INVALID_MANIFEST_NAME", {}, None, 404, {},
+     "MANIFEST_UNKNOWN"),
+    ("manifest-head-invalid-name", "HEAD", "/v2/{repo}/manifests/.INVALID_MANIFEST_NAME", {}, None, 404, {}, None),
+    ("manifest-delete-invalid-name", "DELETE", "/v2/{repo}/manifests/.INVALID_MANIFEST_NAME", {}, None, 404, {},
+     "MANIFEST_UNKNOWN"),
+    ("manifest-put-invalid-name", "PUT", "/v2/{repo}/manifests/.INVALID_MANIFEST_NAME",
+     {"Content-Type": OCI_MANIFEST}, "valid_manifest", 400, {}, "MANIFEST_INVALID"),
+    ("manifest-put-non-ascii-tag", "PUT", "/v2/{repo}/manifests/t%C3%A9", {"Content-Type": OCI_MANIFEST},
+     "valid_manifest", 400, {}, "MANIFEST_INVALID"),
+    ("manifest-put-newline-tag", "PUT", "/v2/{repo}/manifests/v1%0A", {"Content-Type": OCI_MANIFEST},
+     "valid_manifest", 400, {}, "MANIFEST_INVALID"),
+    ("manifest-put-bad-digest", "PUT", "/v2/{repo}/manifests/sha256:baddigeststring",
+     {"Content-Type": OCI_MANIFEST}, "valid_manifest", 400, {}, "DIGEST_INVALID"),
     ("manifest-put-bad-json", "PUT", "/v2/{repo}/manifests/bad", {"Content-Type": OCI_MANIFEST}, b"{not json",
      400, {}, "MANIFEST_INVALID"),
     ("manifest-put-missing-blob", "PUT", "/v2/{repo}/manifests/broken", {"Content-Type": OCI_MANIFEST},
@@ -279,3 +295,11 @@ async def test_index_needs_its_manifests(http, registry_url, seeded):
     async with http.put(f"{registry_url}/v2/{REPO}/manifests/stray-index", data=index(stray),
                         headers={"Content-Type": OCI_INDEX}) as r:
         assert r.status == 400 and (await r.json())["errors"][0]["code"] == "MANIFEST_BLOB_UNKNOWN"
+
+
+async def test_out_of_order_chunk_code_is_the_specs(http, registry_url, seeded):
+    async with http.post(f"{registry_url}/v2/{REPO}/blobs/uploads/") as r:
+        loc = registry_url + r.headers["Location"]
+    async with http.patch(loc, data=b"x" * 10, headers={"Content-Range": "10-19"}) as r:
+        assert r.status == 416
+        assert (await r.json())["errors"][0]["code"] in SPEC_CODES

@@ -11,8 +11,9 @@ import pytest
 from aiohttp import web
 
 from services.registry_gateway.auth import open_auth
+from services.registry_gateway.errors import error_response
 from shared.config import Config
-from shared.errors import DockyardError, PermissionDenied, Unauthenticated
+from shared.errors import DockyardError, PermissionDenied, Unauthenticated, Unavailable
 from shared.oci import mediatypes as mt
 from shared.oci.digest import Digest
 from shared.oci.manifest import Descriptor, Index, Platform, encode_canonical
@@ -51,9 +52,7 @@ async def guarded(auth, cncf_registry, aiohttp_server):
         try:
             await auth.authorize(request, repo, actions)
         except DockyardError as e:
-            headers = {"WWW-Authenticate": e.detail["www_authenticate"]} if isinstance(e.detail, dict) else {}
-            return web.json_response({"errors": [{"code": e.detail_code, "message": e.message}]},
-                                     status=e.http_status, headers=headers)
+            return error_response(e, head=request.method == "HEAD")  # the gateway's own mapping
         headers = {k: v for k, v in request.headers.items() if k.lower() not in ("host", "authorization")}
         async with session.request(request.method, f"http://{upstream.addr}{request.path_qs}", headers=headers,
                                    data=await request.read(), allow_redirects=False) as up:
@@ -95,6 +94,18 @@ async def test_bearer_flow_push_pull_and_denials(guarded, session, make_image):
     anon = RegistryClient(session, addr)
     with pytest.raises(Unauthenticated):
         await anon.get_manifest("alice/app", "v1")
+
+
+async def test_a_throttled_login_says_so(guarded, session, auth):
+    from services.registry_gateway.auth.throttle import LoginThrottle
+    addr, _ = guarded
+    auth.throttle = LoginThrottle(clock=lambda: 1000.0)  # time stands still: the block holds
+    for _ in range(5):
+        with pytest.raises(Unauthenticated):
+            await RegistryClient(session, addr, credentials=("alice", "guess")).ping()
+    with pytest.raises(Unavailable, match="too many failed logins, retry in 1 s") as e:
+        await RegistryClient(session, addr, credentials=("alice", "alicepw")).ping()
+    assert e.value.detail_code == "TOOMANYREQUESTS"
 
 
 async def test_anonymous_pull_of_public_repository(guarded, session, make_image, auth):
