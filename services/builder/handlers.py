@@ -177,6 +177,7 @@ class Builder:
         tags = [parse_name(t) for t in req.tags]
         ctx = await self.context(req.context)
         opts = BuildOptions(dockerfile=req.dockerfile, dockerfile_name=req.dockerfile_name,
+                            dockerfile_path=req.dockerfile_path,
                             build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
                             secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
                             network=req.network)

@@ -28,6 +28,7 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     context: Digest  # the context tar, a blob of CONTEXT_REPOSITORY
     dockerfile: str  # the Dockerfile text (it may live outside the context, like `-f ../x`)
     dockerfile_name: str = "Dockerfile"
+    dockerfile_path: str = "Dockerfile"  # its path in the context, "" if outside (an ignored one is not copied)
     tags: list[str] = []
     build_args: dict[str, str] = {}
     target: str = ""

@@ -16,14 +16,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from shared.buildcontext import ContextIndex
+from shared.buildcontext import ContextIndex, ignored_specials
 from shared.errors import InvalidArgument
 from shared.layers.diff import write_layer
 from shared.messages.builder import BuildWarning, StepReport
 from shared.runtime import Runtime
 from services.builder.executor import rootfs, scan, users
 from services.builder.executor.cache import BuildCache, CacheRecord, base_key, chain
-from services.builder.executor.copy import match_sources, stage_copy
+from services.builder.executor.copy import Stager, match_sources, stage_copy
 from services.builder.executor.images import LayerRef, Registries, pull_base
 from services.builder.executor.leases import Lease
 from services.builder.executor.run import run_step
@@ -54,6 +54,7 @@ class StageResult:
 class BuildOptions:
     dockerfile: str
     dockerfile_name: str = "Dockerfile"
+    dockerfile_path: str = "Dockerfile"  # in the context ("" when it lives outside)
     build_args: dict[str, str] = field(default_factory=dict)
     target: str = ""
     no_cache: bool = False
@@ -78,6 +79,8 @@ class Build:
         self.fresh: dict[str, CacheRecord] = {}  # records this build wrote, to name their repository later
         self.step_no = 0
         self.total_steps = 0
+        root = Path(context.root)
+        self.hidden = frozenset(root / rel for rel in ignored_specials(root, opts.dockerfile_path))
 
     # -- layers on disk ------------------------------------------------------------
 
@@ -222,11 +225,11 @@ class Build:
         h = hashlib.sha256()
         root = Path(self.ctx.root)
         for pattern in step.sources:
-            for name, path in match_sources(root, pattern, step.src.where(step.name)):
+            for name, path in match_sources(root, pattern, step.src.where(step.name), self.hidden):
                 rel = str(path.relative_to(root)) if path != root else ""
                 prefix = rel + "/" if rel else ""
                 for f, d in sorted(self.ctx.files.items()):
-                    if f == rel or f.startswith(prefix):
+                    if (f == rel or f.startswith(prefix)) and root / f not in self.hidden:
                         h.update(f"{f}\0{d}\0".encode())
                 for f, t in sorted(self.ctx.links.items()):
                     if f == rel or f.startswith(prefix):
@@ -257,10 +260,9 @@ class Build:
         elif isinstance(step, st.WorkdirStep):
             tree = scratch / "staged"
             tree.mkdir()
-            existing = rootfs.lookup(lowers, step.path)
-            if existing is None:
-                from services.builder.executor.copy import Stager
-                Stager(tree, lowers, 0, 0, None, False).ensure_dir(step.path)
+            path = rootfs.resolve(lowers, step.path)
+            if rootfs.lookup(lowers, path) is None:
+                Stager(tree, lowers, 0, 0, None, False).ensure_dir(path)
         else:
             raise InvalidArgument(f"{where}: cannot execute {type(step).__name__}")
         return await self.commit(tree)
@@ -268,10 +270,15 @@ class Build:
     async def stage_copy(self, step: st.CopyStep, lowers: list[Path], tree: Path, scratch: Path) -> None:
         uid = gid = 0
         if step.chown:
-            with rootfs.readonly(lowers, self.scratch("users-")) as view:
-                uid, gid, _ = users.resolve(view, step.chown, f"{step.src.where(step.name)}: --chown: ")
+            where = f"{step.src.where(step.name)}: --chown: "
+            if users.needs_db(step.chown):
+                with rootfs.readonly(lowers, self.scratch("users-")) as view:
+                    uid, gid = users.resolve_chown(view, step.chown, where)
+            else:
+                uid, gid = users.resolve_chown(None, step.chown, where)
         if step.from_context:
-            await asyncio.to_thread(stage_copy, step, Path(self.ctx.root), lowers, tree, uid, gid, link_ok=True)
+            await asyncio.to_thread(stage_copy, step, Path(self.ctx.root), lowers, tree, uid, gid, link_ok=True,
+                                    hidden=self.hidden)
             return
         if step.from_stage is not None:
             src_layers = self.results[step.from_stage].layers

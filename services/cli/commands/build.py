@@ -224,7 +224,9 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
             ignore = f.read()
     rel = os.path.relpath(dockerfile, root)
     excludes = context_excludes(ignore, rel)
-    fields = dict(dockerfile=text, dockerfile_name=os.path.basename(dockerfile), tags=args.tag,
+    inside = rel.replace(os.sep, "/") if not rel.startswith("..") else ""
+    fields = dict(dockerfile=text, dockerfile_name=os.path.basename(dockerfile), dockerfile_path=inside,
+                  tags=args.tag,
                   build_args=_pairs(args.build_arg, "--build-arg"), target=args.target, no_cache=args.no_cache,
                   secrets=_secrets(args.secret), compression=args.compression, network=args.network,
                   labels=_pairs(args.label, "--label"))
