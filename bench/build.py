@@ -116,12 +116,11 @@ class Dockyard:
         import aiohttp
 
         from shared import bus
-        from shared.messages.builder import CONTEXT_REPOSITORY
+        from shared.messages.builder import CACHE_REPOSITORY, CONTEXT_REPOSITORY
         from shared.messages.gc import PruneReply, PruneRequest
         from shared.subjects import BUILDER_PRUNE
         from shared.registry.auth import bus_token_provider
         from shared.registry.client import RegistryClient
-        from services.builder.handlers import CACHE_REPOSITORY
 
         nc = await bus.connect(self.stack.nats_url)
         try:

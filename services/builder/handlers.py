@@ -15,7 +15,7 @@ import msgspec
 from shared.buildcontext import ContextIndex, unpack_context
 from shared.errors import InvalidArgument
 from shared.layers.compression import open_compressor, open_decompressed, media_type
-from shared.messages.builder import (CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned,
+from shared.messages.builder import (CACHE_REPOSITORY, CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned,
                                      ContextMissingReply, ContextMissingRequest, HistoryEntry, HistoryReply,
                                      HistoryRequest, ImportReply, ImportRequest)
 from shared.messages.common import Progress
@@ -37,7 +37,6 @@ Announce = Callable[[CachePruned], Awaitable[None]]
 RUNTIME_STATE_ROOT = Path("/run/dybd")
 MAX_CONTEXTS = 4  # unpacked contexts kept for warm rebuilds
 UNTAGGED_REPOSITORY = "dockyard/untagged"
-CACHE_REPOSITORY = "dockyard/build-cache"
 
 
 class Builder:

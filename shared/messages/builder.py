@@ -13,6 +13,8 @@ from shared.oci.digest import Digest
 
 # Where the CLI uploads contexts and import tarballs (a repository of the stack registry).
 CONTEXT_REPOSITORY = "dockyard/build-contexts"
+# Where builders push the layers of intermediate stages, for other replicas to hit.
+CACHE_REPOSITORY = "dockyard/build-cache"
 # Which context blobs the stack registry lacks: lets the CLI skip its HTTP client
 # (and the upload) when a rebuild sends nothing new. Any replica answers.
 
