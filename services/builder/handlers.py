@@ -23,11 +23,12 @@ from shared.messages.gc import PruneReply, PruneRequest
 from shared.oci.digest import Digest, Hasher
 from shared.runtime import Runtime
 from services.builder.executor import prune, scan
-from services.builder.executor.build import Build, BuildOptions, StageResult, check_image, now_rfc3339
+from services.builder.executor.build import CACHE_MOUNTS, Build, BuildOptions, StageResult, check_image, now_rfc3339
 from services.builder.executor.cache import BuildCache
 from services.builder.executor.images import (LayerRef, Registries, canonical, image_manifest, parse_name,
                                               pull_base, push_image)
 from services.builder.executor.leases import Leases
+from services.builder.executor.mounts import CacheDir, CacheDirs
 from services.builder.executor.store import LocalStore
 from services.builder.frontend import ImageState
 from services.builder.frontend.imagestate import DEFAULT_SHELL
@@ -41,8 +42,10 @@ UNTAGGED_REPOSITORY = "dockyard/untagged"
 
 class Builder:
     def __init__(self, store: LocalStore, cache: BuildCache, regs: Registries, publish: Publish,
-                 leases: Leases | None = None, announce: Announce | None = None):
+                 leases: Leases | None = None, announce: Announce | None = None, *, allow_insecure: bool = False):
         self.store, self.cache, self.regs, self.publish = store, cache, regs, publish
+        self.allow_insecure = allow_insecure  # RUN --security=insecure may run
+        self.cache_dirs = CacheDirs(store.root / CACHE_MOUNTS)
         self.leases = leases or Leases(None)
         self.announce = announce  # tells the other replicas what a prune dropped
         self.active: set[Build] = set()
@@ -179,9 +182,9 @@ class Builder:
                             dockerfile_path=req.dockerfile_path,
                             build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
                             secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
-                            network=req.network)
+                            network=req.network, allow_insecure=self.allow_insecure)
         lease = self.leases.lease()
-        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit, lease)
+        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit, lease, self.cache_dirs)
         self.active.add(b)
         try:
             res = await b.run()
@@ -229,9 +232,13 @@ class Builder:
         leased = await self.leases.leased_keys()
         plan = prune.plan(entries, now=time.time(), max_age=req.max_age_seconds, max_bytes=req.max_bytes,
                           leased=leased)
+        caches = await asyncio.to_thread(self.cache_dirs.plan, now=time.time(), max_age=req.max_age_seconds,
+                                         max_bytes=req.max_bytes)
         if req.dry_run:
-            return PruneReply(examined=len(entries), removed=len(plan.remove), freed=plan.freed,
-                              items=[e.item for e in plan.remove])
+            return _with_caches(PruneReply(examined=len(entries), removed=len(plan.remove), freed=plan.freed,
+                                           items=[e.item for e in plan.remove]), caches)
+        caches = self.cache_dirs.remove(caches)
+        await asyncio.to_thread(self.cache_dirs.purge)
         removed = [e for e in plan.remove if await self.cache.remove(e)]
         # A build that leased a key after the first read may have hit its record: put it back.
         late = await self.leases.leased_keys()
@@ -245,8 +252,8 @@ class Builder:
         if freed and self.announce is not None:
             await self.announce(CachePruned(layers=[Digest(d) for d in freed],
                                             diff_ids=[diff for diff, _ in freed.values()]))
-        return PruneReply(examined=len(entries), removed=len(done.remove), freed=done.freed,
-                          items=[e.item for e in done.remove])
+        return _with_caches(PruneReply(examined=len(entries), removed=len(done.remove), freed=done.freed,
+                                       items=[e.item for e in done.remove]), caches)
 
     async def drop_local(self, layers: dict[str, str]) -> int:
         """Remove this replica's copies of `layers` (digest -> diff_id) that no running build uses."""
@@ -349,6 +356,15 @@ class Builder:
             if layer is not None:
                 li += 1
         return HistoryReply(image=str(ref), digest=img.digest, entries=list(reversed(entries)))
+
+
+def _with_caches(reply: PruneReply, caches: list[CacheDir]) -> PruneReply:
+    """A prune's reply counting the cache mounts it dropped (or would drop) too."""
+    reply.examined += len(caches)
+    reply.removed += len(caches)
+    reply.freed += sum(c.size for c in caches)
+    reply.items += [f"cache-mount {c.name[:16]} {c.size}" for c in caches]
+    return reply
 
 
 class _LocalOnly:

@@ -8,6 +8,7 @@ the snapshots of the layers below it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import shutil
 import time
@@ -26,6 +27,7 @@ from services.builder.executor.cache import BuildCache, CacheRecord, base_key, c
 from services.builder.executor.copy import Stager, match_sources, stage_copy
 from services.builder.executor.images import LayerRef, Registries, pull_base
 from services.builder.executor.leases import Lease
+from services.builder.executor.mounts import CacheDirs, step_mounts
 from services.builder.executor.run import run_step
 from services.builder.executor.store import LocalStore
 from services.builder.frontend import BuildArgs, ImageState, dispatch_stage, needed_stages, parse, target_stage
@@ -34,6 +36,8 @@ from services.builder.frontend.graph import stage_base
 
 Emit = Callable[..., Awaitable[None]]
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
+CACHE_MOUNTS = "cache-mounts"  # under the store: RUN --mount=type=cache dirs
+ALLOW_INSECURE_ENV = "DOCKYARD_BUILDER_ALLOW_INSECURE"
 
 
 def now_rfc3339() -> str:
@@ -61,13 +65,15 @@ class BuildOptions:
     secrets: dict[str, bytes] = field(default_factory=dict)
     compression: str = "gzip"
     network: str = "default"
+    allow_insecure: bool = False  # RUN --security=insecure (BuildKit's security.insecure entitlement)
 
 
 class Build:
     def __init__(self, store: LocalStore, runtime: Callable[[], Awaitable[Runtime]], cache: BuildCache,
                  regs: Registries, context: ContextIndex, opts: BuildOptions, emit: Emit,
-                 lease: Lease | None = None):
+                 lease: Lease | None, cache_dirs: CacheDirs):
         self.store, self._runtime, self.cache, self.regs = store, runtime, cache, regs
+        self.cache_dirs = cache_dirs
         self.lease = lease
         # Local layers (digests and diff_ids) this build reads or will push: a prune keeps them.
         self.in_use: set[str] = set()
@@ -81,6 +87,7 @@ class Build:
         self.total_steps = 0
         root = Path(context.root)
         self.hidden = frozenset(root / rel for rel in ignored_specials(root, opts.dockerfile_path))
+        self.context_root = root
 
     # -- layers on disk ------------------------------------------------------------
 
@@ -173,6 +180,9 @@ class Build:
             res.history.append({"created": created, "created_by": step.created_by,
                                 "comment": HISTORY_COMMENT, "empty_layer": True})
             return
+        if isinstance(step, st.RunStep) and step.security == "insecure" and not self.opts.allow_insecure:
+            raise InvalidArgument(f"{step.src.where('RUN')}: RUN --security=insecure is not allowed: the builder "
+                                  f"must be started with {ALLOW_INSECURE_ENV}=1 (BuildKit's security.insecure)")
         t0 = time.monotonic()
         key = chain(res.key, step.cache_text, self.contents_digest(step), self.opts.compression)
         rec = None
@@ -215,17 +225,33 @@ class Build:
         return None
 
     def contents_digest(self, step: st.Step) -> str:
-        """Digest of what a COPY reads: file digests from the context, or a stage's chain key."""
-        if not isinstance(step, st.CopyStep):
-            return ""
-        if step.from_stage is not None:
-            return "stage:" + self.results[step.from_stage].key
-        if step.from_image is not None:
-            return "image:" + step.from_image
+        """Digest of what a step reads besides its parent: a COPY's sources, a RUN's bind mounts."""
+        if isinstance(step, st.CopyStep):
+            return self.sources_digest(step.from_stage, step.from_image, step.sources, step.src.where(step.name))
+        if isinstance(step, st.RunStep):
+            return ",".join(self.sources_digest(m.from_stage, m.from_image, (m.source,), step.src.where("RUN"))
+                            for m in step.mounts if m.type == "bind")
+        return ""
+
+    def identity_of(self, stage: int | None, image: str | None) -> str:
+        """What stands for the contents of a stage (its chain key) or an image."""
+        return "stage:" + self.results[stage].key if stage is not None else "image:" + (image or "")
+
+    async def lowers_of(self, stage: int | None, image: str | None) -> list[Path]:
+        """The snapshots (bottom first) of a stage's result or of an image."""
+        if stage is not None:
+            return await self.snapshots(self.results[stage].layers)
+        img = await pull_base(self.regs, image or "", "linux", ImageState.scratch().architecture)
+        return await self.snapshots(img.layers)
+
+    def sources_digest(self, stage: int | None, image: str | None, sources: tuple[str, ...], where: str) -> str:
+        """File digests of `sources` in the context, or the identity of the stage or image they are in."""
+        if stage is not None or image is not None:
+            return self.identity_of(stage, image)
         h = hashlib.sha256()
         root = Path(self.ctx.root)
-        for pattern in step.sources:
-            for name, path in match_sources(root, pattern, step.src.where(step.name), self.hidden):
+        for pattern in sources:
+            for name, path in match_sources(root, pattern, where, self.hidden):
                 rel = str(path.relative_to(root)) if path != root else ""
                 prefix = rel + "/" if rel else ""
                 for f, d in sorted(self.ctx.files.items()):
@@ -251,8 +277,11 @@ class Build:
                 await self.emit("output", line.decode(errors="replace").rstrip("\n"), self.step_no,
                                 self.total_steps, stream=stream)
 
-            tree = await run_step(runtime, lowers, step, scratch, secrets=self.opts.secrets,
-                                  network=network, on_output=out)
+            async with contextlib.AsyncExitStack() as stack:
+                binds = await step_mounts(step, self, self.cache_dirs, stack, scratch)
+                tree = await run_step(runtime, lowers, step, scratch, secrets=self.opts.secrets,
+                                      network=network, on_output=out, binds=binds,
+                                      insecure=step.security == "insecure")
         elif isinstance(step, st.CopyStep):
             tree = scratch / "staged"
             tree.mkdir()
@@ -280,12 +309,7 @@ class Build:
             await asyncio.to_thread(stage_copy, step, Path(self.ctx.root), lowers, tree, uid, gid, link_ok=True,
                                     hidden=self.hidden)
             return
-        if step.from_stage is not None:
-            src_layers = self.results[step.from_stage].layers
-        else:
-            img = await pull_base(self.regs, step.from_image or "", "linux", ImageState.scratch().architecture)
-            src_layers = img.layers
-        src_lowers = await self.snapshots(src_layers)
+        src_lowers = await self.lowers_of(step.from_stage, step.from_image)
         with rootfs.readonly(src_lowers, self.scratch("from-")) as view:
             await asyncio.to_thread(stage_copy, step, view, lowers, tree, uid, gid, link_ok=False)
 

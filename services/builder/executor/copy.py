@@ -36,7 +36,7 @@ _GLOB_RE = re.compile(r"[*?\[]")
 _TAR_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
-def _inside(root: Path, rel: str) -> Path:
+def inside(root: Path, rel: str) -> Path:
     """`rel` under `root`, symlinks followed but never out of `root` (like BuildKit's fs.RootPath)."""
     cur = root
     parts = [p for p in rel.split("/") if p not in ("", ".")]
@@ -65,7 +65,7 @@ def match_sources(root: Path, pattern: str, where: str,
     """(name as matched, path) of what a source names; an error if a plain name is missing."""
     rel = posixpath.normpath("/" + pattern).lstrip("/")
     if not _GLOB_RE.search(rel):
-        p = _inside(root, rel)
+        p = inside(root, rel)
         if not os.path.lexists(p) or p in hidden:
             raise InvalidArgument(f"{where}: failed to compute cache key: \"/{rel}\": not found "
                                   "(no such file in the build context or excluded by .dockerignore)")
@@ -214,7 +214,7 @@ def stage_copy(step: CopyStep, src_root: Path, dest_lowers: list[Path], staged: 
                               "the destination must be a directory and end with a /")
     for name, matched in matches:
         # The named source is followed if it is a symlink, but only inside its root.
-        path = _inside(src_root, name)
+        path = inside(src_root, name)
         if not os.path.lexists(path):
             raise InvalidArgument(f"{where}: {name}: symlink to nothing")
         st = os.lstat(path)

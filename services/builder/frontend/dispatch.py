@@ -8,6 +8,7 @@ config. It needs the base image's config but touches no filesystem.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import re
@@ -15,7 +16,7 @@ import re
 from shared.errors import InvalidArgument
 from services.builder.frontend import instructions as ins
 from services.builder.frontend import steps as st
-from services.builder.frontend.graph import BuildArgs, copy_from_ref, stage_base
+from services.builder.frontend.graph import BuildArgs, copy_from_ref, mount_from_ref, stage_base
 from services.builder.frontend.imagestate import ImageState
 from services.builder.frontend.parser import parse_triggers
 from services.builder.frontend.shell import expand_or_raise, expand_words
@@ -225,9 +226,27 @@ def _run(s: _StageState, i: ins.Run) -> st.Step:
     shown = " ".join(argv)
     used_args = [f"{k}={v}" for k, v in s.stage_args.items() if k not in s.cfg.env]
     prefix = f"|{len(used_args)} {' '.join(used_args)} " if used_args else ""
+    where = i.src.where("RUN")
+    secrets = tuple(dataclasses.replace(m, id=s.expand(m.id, where), target=s.expand(m.target, where),
+                                        env=s.expand(m.env, where)) for m in i.secrets)
     return st.RunStep(i.src, created_by=f"RUN {prefix}{shown} # buildkit", argv=tuple(argv),
                       env=s.run_env(), workdir=s.cfg.workdir or "/", user=s.cfg.user,
-                      network=i.network, secrets=i.secrets)
+                      network=i.network, secrets=secrets, mounts=tuple(_mount(s, m, where) for m in i.mounts),
+                      security=i.security)
+
+
+def _mount(s: _StageState, m: ins.RunMount, where: str) -> st.Mount:
+    """A RUN mount as BuildKit's dispatchRunMounts makes it: words expanded, target absolute."""
+    target = s.abs_path(s.expand(m.target, where)).rstrip("/") or "/"
+    if target == "/":
+        raise InvalidArgument(f"{where}: invalid mount target {m.target!r}")
+    from_stage, from_image = mount_from_ref(s.df, m.from_, s.stage.index, where) if m.from_ else (None, None)
+    mid = s.expand(m.id, where)
+    if m.type == "cache" and not mid:
+        mid = target
+    return st.Mount(type=m.type, target=target, id=mid, from_stage=from_stage, from_image=from_image,
+                    source=posixpath.normpath("/" + s.expand(m.source, where).lstrip("/")), readonly=m.readonly,
+                    sharing=m.sharing, mode=m.mode, uid=m.uid, gid=m.gid, size=m.size, required=m.required)
 
 
 def _copy(s: _StageState, i: ins.Copy) -> st.Step:

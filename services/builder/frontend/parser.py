@@ -123,13 +123,16 @@ def _heredoc_files(c: dockerfile.Command) -> dict[str, ins.InlineFile]:
 
 
 def _run(c, src, flags, where) -> ins.Run:
-    secrets = parse_mounts(flags.strings("mount"), where)
+    secrets, mounts = parse_mounts(flags.strings("mount"), where)
     network = flags.string("network") or "default"
     if network not in ("default", "none", "host"):
         raise InvalidArgument(f"{where}: unsupported network mode {network!r}")
-    flags.string("security")  # accepted like BuildKit's labs flag; sandbox is the only mode
+    security = (flags.string("security") or "sandbox").lower()
+    if security not in ("sandbox", "insecure"):
+        raise InvalidArgument(f"{where}: unsupported security mode {security!r}")
+    extra = dict(secrets=secrets, mounts=mounts, network=network, security=security)
     if c.json:
-        return ins.Run(src, shell_form=None, exec_form=tuple(c.value), secrets=secrets, network=network)
+        return ins.Run(src, shell_form=None, exec_form=tuple(c.value), **extra)
     _need(c, where, at_least=1)
     line = c.value[0]
     docs = tuple(ins.InlineFile(h.name, h.content, True) for h in c.heredocs)
@@ -138,7 +141,7 @@ def _run(c, src, flags, where) -> ins.Run:
             line = docs[0].content  # `RUN <<EOF` runs the document as the script
         else:
             line = line + "\n" + "".join(d.content + d.name + "\n" for d in docs)
-    return ins.Run(src, shell_form=line, exec_form=None, secrets=secrets, network=network, heredocs=docs)
+    return ins.Run(src, shell_form=line, exec_form=None, heredocs=docs, **extra)
 
 
 def _copy(c, src, flags, where, is_add: bool = False) -> ins.Copy:
