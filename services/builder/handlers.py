@@ -16,6 +16,7 @@ from shared.buildcontext import ContextIndex, unpack_context
 from shared.errors import InvalidArgument
 from shared.layers.compression import open_compressor, open_decompressed, media_type
 from shared.messages.builder import (CACHE_REPOSITORY, CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned,
+                                     CheckReply,
                                      ContextMissingReply, ContextMissingRequest, HistoryEntry, HistoryReply,
                                      HistoryRequest, ImportReply, ImportRequest)
 from shared.messages.common import Progress
@@ -165,6 +166,32 @@ class Builder:
 
     # -- build ---------------------------------------------------------------------
 
+    async def _inputs(self, req: BuildRequest) -> tuple[ContextIndex, BuildOptions]:
+        """The unpacked context and the options of a build request, checked."""
+        if req.compression not in ("gzip", "zstd"):
+            raise InvalidArgument(f"--compression must be gzip or zstd, not {req.compression!r}")
+        if req.network not in ("default", "none", "host"):
+            raise InvalidArgument(f"--network must be default, none or host, not {req.network!r}")
+        ctx = await self.context(req.context)
+        opts = BuildOptions(dockerfile=req.dockerfile, dockerfile_name=req.dockerfile_name,
+                            dockerfile_path=req.dockerfile_path,
+                            build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
+                            secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
+                            network=req.network, allow_insecure=self.allow_insecure)
+        return ctx, opts
+
+    async def check(self, req: BuildRequest) -> CheckReply:
+        """`build --check`: every stage dispatched against its base, nothing run or pushed."""
+        async def quiet(*_a, **_k) -> None:
+            pass
+
+        ctx, opts = await self._inputs(req)
+        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, quiet, None, self.cache_dirs)
+        try:
+            return CheckReply(warnings=await b.check())
+        finally:
+            b.cleanup()
+
     async def build(self, req: BuildRequest) -> BuildReply:
         inbox = req.progress_inbox
 
@@ -172,17 +199,8 @@ class Builder:
             await self.publish(inbox, Progress(kind=kind, message=message, step=step, total_steps=total,
                                                stream=stream))
 
-        if req.compression not in ("gzip", "zstd"):
-            raise InvalidArgument(f"--compression must be gzip or zstd, not {req.compression!r}")
-        if req.network not in ("default", "none", "host"):
-            raise InvalidArgument(f"--network must be default, none or host, not {req.network!r}")
         tags = [parse_name(t) for t in req.tags]
-        ctx = await self.context(req.context)
-        opts = BuildOptions(dockerfile=req.dockerfile, dockerfile_name=req.dockerfile_name,
-                            dockerfile_path=req.dockerfile_path,
-                            build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
-                            secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
-                            network=req.network, allow_insecure=self.allow_insecure)
+        ctx, opts = await self._inputs(req)
         lease = self.leases.lease()
         b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit, lease, self.cache_dirs)
         self.active.add(b)
@@ -208,7 +226,8 @@ class Builder:
                 await self.cache.put(key, msgspec.structs.replace(rec, repository=repo))
             warnings = b.warnings + await check_image(b, res)
             for w in warnings:
-                await emit("warning", w.message)
+                # A check as BuildKit lists it after a build: " - Rule: message (line N)".
+                await emit("warning", f"{w.rule}: {w.message} (line {w.line})" if w.kind == "lint" else w.message)
         finally:
             self.active.discard(b)
             b.cleanup()

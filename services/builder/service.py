@@ -51,6 +51,7 @@ async def serve(cfg: Config) -> None:
         builder = Builder(LocalStore(cfg.service_dir("builder")), cache, regs, publish, leases, announce,
                           allow_insecure=os.environ.get(ALLOW_INSECURE_ENV) == "1")
         svc.endpoint(subjects.BUILD, BuildRequest, builder.build)
+        svc.endpoint(subjects.BUILD_CHECK, BuildRequest, builder.check)
         svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
         svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)
         svc.endpoint(subjects.BUILDER_PRUNE, PruneRequest, builder.prune)

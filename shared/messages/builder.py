@@ -51,11 +51,15 @@ class ContextMissingReply(msgspec.Struct, kw_only=True):
 
 
 class BuildWarning(msgspec.Struct, kw_only=True, frozen=True):
-    kind: str  # secret | wasted-bytes | unused-build-arg
+    kind: str  # secret | wasted-bytes | unused-build-arg | lint
     message: str
     layer: int = -1  # index in the manifest's layers
     path: str = ""
     size: int = 0
+    rule: str = ""  # lint: BuildKit's rule name (StageNameCasing, ...), its page, and where
+    url: str = ""
+    file: str = ""
+    line: int = 0
 
 
 class StepReport(msgspec.Struct, kw_only=True, frozen=True):
@@ -74,6 +78,12 @@ class BuildReply(msgspec.Struct, kw_only=True):
     size: int = 0  # compressed bytes of all layers
     warnings: list[BuildWarning] = []
     steps: list[StepReport] = []
+
+
+class CheckReply(msgspec.Struct, kw_only=True):
+    """`build --check` (a BuildRequest on BUILD_CHECK): what the build checks found, nothing built."""
+
+    warnings: list[BuildWarning] = []
 
 
 class ImportRequest(msgspec.Struct, kw_only=True):

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from shared.buildcontext import ContextIndex, ignored_specials
+from shared.buildcontext import ContextIndex, context_ignore, ignored_specials
 from shared.errors import InvalidArgument
 from shared.layers.diff import write_layer
 from shared.messages.builder import BuildWarning, StepReport
@@ -32,7 +32,9 @@ from services.builder.executor.run import run_step
 from services.builder.executor.store import LocalStore
 from services.builder.frontend import BuildArgs, ImageState, dispatch_stage, needed_stages, parse, target_stage
 from services.builder.frontend import steps as st
-from services.builder.frontend.graph import stage_base
+from services.builder.frontend.graph import stage_base, stage_deps
+from services.builder.frontend.instructions import Dockerfile, Stage
+from services.builder.frontend.lint import Lint
 
 Emit = Callable[..., Awaitable[None]]
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
@@ -85,9 +87,12 @@ class Build:
         self.fresh: dict[str, CacheRecord] = {}  # records this build wrote, to name their repository later
         self.step_no = 0
         self.total_steps = 0
+        self._tasks: dict[int, asyncio.Future[StageResult]] = {}
+        self._report_order: dict[int, tuple[int, int]] = {}
         root = Path(context.root)
         self.hidden = frozenset(root / rel for rel in ignored_specials(root, opts.dockerfile_path))
         self.context_root = root
+        self.ignore = context_ignore(root)
 
     # -- layers on disk ------------------------------------------------------------
 
@@ -129,51 +134,95 @@ class Build:
     # -- the build -----------------------------------------------------------------
 
     async def run(self) -> StageResult:
-        df = parse(self.opts.dockerfile, self.opts.dockerfile_name)
-        args = BuildArgs(given=dict(self.opts.build_args))
-        args.evaluate_meta(df)
+        """Build the target: each stage a task that waits only for the stages it reads."""
+        df, args = self.parse()
         target = target_stage(df, self.opts.target or None)
         order = needed_stages(df, target, args)
         self.total_steps = sum(len(df.stages[i].instructions) + 1 for i in order)
-        for i in order:
-            self.results[i] = await self.build_stage(df, df.stages[i], args)
+        try:
+            await asyncio.gather(*(self.stage(df, i, args) for i in order))
+        except BaseException:
+            for t in self._tasks.values():
+                t.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            raise
         for name in args.unused():
             self.warnings.append(BuildWarning(kind="unused-build-arg",
                                               message=f"build-arg {name} was not consumed by any stage"))
+        # Reports in Dockerfile order (stages by index), whatever order the stages ran in.
+        self.reports.sort(key=lambda r: self._report_order[id(r)])
         return self.results[target]
 
-    async def build_stage(self, df, stage, args: BuildArgs) -> StageResult:
-        base = stage_base(df, stage, args)
+    def parse(self) -> tuple[Dockerfile, BuildArgs]:
+        df = parse(self.opts.dockerfile, self.opts.dockerfile_name)
+        self.warnings += [lint_warning(f) for f in df.lints]
+        args = BuildArgs(given=dict(self.opts.build_args))
+        args.evaluate_meta(df)
+        return df, args
+
+    async def check(self) -> list[BuildWarning]:
+        """`--check`: every stage dispatched (bases resolved, nothing run), what the checks found."""
+        df, args = self.parse()
+        configs: dict[int, ImageState] = {}
+        for stage in df.stages:
+            base = stage_base(df, stage, args)
+            if base.stage is not None:
+                config = configs[base.stage].clone()
+            elif base.image is not None:
+                img = await pull_base(self.regs, base.image, "linux", ImageState.scratch().architecture)
+                config = ImageState.from_oci(img.config)
+            else:
+                config = ImageState.scratch()
+            plan = dispatch_stage(df, stage, config, args, self.ignore)
+            self.warnings += [lint_warning(f) for f in plan.lints]
+            configs[stage.index] = plan.config
+        return self.warnings
+
+    def stage(self, df: Dockerfile, i: int, args: BuildArgs) -> asyncio.Future[StageResult]:
+        """The (one) task building stage `i`."""
+        if i not in self._tasks:
+            self._tasks[i] = asyncio.ensure_future(self.build_stage(df, df.stages[i], args))
+        return self._tasks[i]
+
+    def next_step(self) -> int:
         self.step_no += 1
+        return self.step_no
+
+    async def build_stage(self, df: Dockerfile, stage: Stage, args: BuildArgs) -> StageResult:
+        await asyncio.gather(*(self.stage(df, d, args) for d in sorted(stage_deps(df, stage, args))))
+        base = stage_base(df, stage, args)
+        no = self.next_step()
         if base.stage is not None:
-            parent = self.results[base.stage]
+            parent = await self.stage(df, base.stage, args)
             res = StageResult(list(parent.layers), list(parent.history), parent.config.clone(), parent.key,
                               parent.base_name, parent.base_digest)
-            await self.emit("step", f"FROM stage {base.stage}", self.step_no, self.total_steps)
+            await self.emit("step", f"FROM stage {base.stage}", no, self.total_steps)
         elif base.image is not None:
-            await self.emit("step", f"FROM {base.image}", self.step_no, self.total_steps)
+            await self.emit("step", f"FROM {base.image}", no, self.total_steps)
             img = await pull_base(self.regs, base.image, "linux", ImageState.scratch().architecture)
             res = StageResult(img.layers, list(img.config.get("history") or []), ImageState.from_oci(img.config),
                               base_key(f"{img.reference.repository}@{img.digest}"),
                               img.reference.familiar(), img.digest)
         else:
-            await self.emit("step", "FROM scratch", self.step_no, self.total_steps)
+            await self.emit("step", "FROM scratch", no, self.total_steps)
             res = StageResult([], [], ImageState.scratch(), base_key("scratch"))
-        plan = dispatch_stage(df, stage, res.config, args)
+        plan = dispatch_stage(df, stage, res.config, args, self.ignore)
+        self.warnings += [lint_warning(f) for f in plan.lints]
         # The base's ONBUILD triggers are only known now: count their steps, and
         # build any stage a trigger's COPY --from names that the graph could not see.
         self.total_steps += len(plan.steps) - len(stage.instructions)
         for step in plan.steps:
-            if isinstance(step, st.CopyStep) and step.from_stage is not None and step.from_stage not in self.results:
-                self.total_steps += len(df.stages[step.from_stage].instructions) + 1
-                self.results[step.from_stage] = await self.build_stage(df, df.stages[step.from_stage], args)
-        for step in plan.steps:
-            self.step_no += 1
-            await self.execute(stage.index, step, res)
+            if isinstance(step, st.CopyStep) and step.from_stage is not None:
+                if step.from_stage not in self._tasks:
+                    self.total_steps += len(df.stages[step.from_stage].instructions) + 1
+                await self.stage(df, step.from_stage, args)
+        for seq, step in enumerate(plan.steps):
+            await self.execute(stage.index, step, res, self.next_step(), (stage.index, seq))
         res.config = plan.config
+        self.results[stage.index] = res
         return res
 
-    async def execute(self, stage: int, step: st.Step, res: StageResult) -> None:
+    async def execute(self, stage: int, step: st.Step, res: StageResult, no: int, order: tuple[int, int]) -> None:
         created = now_rfc3339()
         label = f"[stage {stage}] {step.created_by.removesuffix(' # buildkit')}"
         if isinstance(step, st.ConfigStep):
@@ -191,9 +240,9 @@ class Build:
                 await self.lease.add(key)  # before the lookup: see leases.py
             rec = await self.usable(await self.cache.get(key))
         cached = rec is not None
-        await self.emit("step", ("CACHED " if cached else "") + label, self.step_no, self.total_steps)
+        await self.emit("step", ("CACHED " if cached else "") + label, no, self.total_steps)
         if rec is None:
-            rec = await self.make_layer(step, res)
+            rec = await self.make_layer(step, res, no)
             if not self.opts.no_cache:
                 await self.cache.put(key, rec)
                 self.fresh[key] = rec
@@ -209,9 +258,11 @@ class Build:
         if rec.empty:
             entry["empty_layer"] = True
         res.history.append(entry)
-        self.reports.append(StepReport(stage=stage, instruction=step.created_by, cached=cached,
-                                       layer=layer.digest if layer else None, size=rec.size,
-                                       seconds=round(time.monotonic() - t0, 3)))
+        report = StepReport(stage=stage, instruction=step.created_by, cached=cached,
+                            layer=layer.digest if layer else None, size=rec.size,
+                            seconds=round(time.monotonic() - t0, 3))
+        self._report_order[id(report)] = order
+        self.reports.append(report)
 
     async def usable(self, rec: CacheRecord | None) -> CacheRecord | None:
         """A hit is only a hit if its layer can still be had (here, or in the stack registry)."""
@@ -265,7 +316,7 @@ class Build:
                         h.update(f"{f}/\0".encode())
         return h.hexdigest()
 
-    async def make_layer(self, step: st.Step, res: StageResult) -> CacheRecord:
+    async def make_layer(self, step: st.Step, res: StageResult, no: int) -> CacheRecord:
         lowers = await self.snapshots(res.layers)
         scratch = self.scratch("step-")
         where = step.src.where(type(step).__name__)
@@ -274,7 +325,7 @@ class Build:
             network = step.network if step.network != "default" else self.opts.network
 
             async def out(stream: str, line: bytes) -> None:
-                await self.emit("output", line.decode(errors="replace").rstrip("\n"), self.step_no,
+                await self.emit("output", line.decode(errors="replace").rstrip("\n"), no,
                                 self.total_steps, stream=stream)
 
             async with contextlib.AsyncExitStack() as stack:
@@ -341,6 +392,10 @@ async def layer_index(build: Build, layer: LayerRef) -> scan.LayerIndex | None:
     if build.store.has_snapshot(layer.diff_id):
         layer.index = await asyncio.to_thread(scan.index_snapshot, build.store.snapshot_path(layer.diff_id))
     return layer.index
+
+
+def lint_warning(f: Lint) -> BuildWarning:
+    return BuildWarning(kind="lint", rule=f.rule.name, url=f.rule.url, file=f.file, line=f.line, message=f.message)
 
 
 def _mb(n: int) -> str:

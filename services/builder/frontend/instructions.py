@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.builder.frontend.lint import Lint
+
 
 @dataclass(frozen=True)
 class Source:
@@ -202,3 +204,4 @@ class Dockerfile:
     escape: str
     meta_args: list[Arg]  # ARGs before the first FROM: the global scope
     stages: list[Stage]
+    lints: list[Lint] = field(default_factory=list)  # what the parse-time checks found

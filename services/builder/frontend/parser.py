@@ -16,6 +16,7 @@ import dockerfile
 from shared.errors import InvalidArgument
 from services.builder.frontend import instructions as ins
 from services.builder.frontend.flags import Flags, parse_duration, parse_mounts
+from services.builder.frontend.lint import parse_checks
 
 _DIRECTIVE_RE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _HEREDOC_RE = re.compile(r"^<<(-?)(['\"]?)([^'\"]+)\2$")
@@ -53,7 +54,9 @@ def parse(text: str, file: str = "Dockerfile") -> ins.Dockerfile:
     escape = _escape_directive(text)
     meta_args: list[ins.Arg] = []
     stages: list[ins.Stage] = []
+    lints = []
     for c in commands:
+        lints += parse_checks(c.cmd, c.value, file, c.start_line)
         instr = _convert(c, file, escape)
         if isinstance(instr, ins.From):
             stages.append(ins.Stage(index=len(stages), source=instr))
@@ -73,7 +76,7 @@ def parse(text: str, file: str = "Dockerfile") -> ins.Dockerfile:
             if st.name in seen:
                 raise InvalidArgument(f"{st.source.src.where('FROM')}: duplicate stage name {st.name!r}")
             seen[st.name] = st.index
-    return ins.Dockerfile(file=file, escape=escape, meta_args=meta_args, stages=stages)
+    return ins.Dockerfile(file=file, escape=escape, meta_args=meta_args, stages=stages, lints=lints)
 
 
 def _convert(c: dockerfile.Command, file: str, escape: str, src: ins.Source | None = None) -> ins.Instruction:

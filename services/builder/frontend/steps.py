@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from services.builder.frontend.imagestate import ImageState
 from services.builder.frontend.instructions import SecretMount, Source
+from services.builder.frontend.lint import Lint
 
 
 @dataclass(frozen=True)
@@ -123,3 +124,4 @@ class StagePlan:
     steps: list[Step] = field(default_factory=list)
     config: ImageState = field(default_factory=ImageState)
     used_args: set[str] = field(default_factory=set)
+    lints: list[Lint] = field(default_factory=list)  # what the dispatch-time checks found

@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network", choices=("default", "none", "host"), default="default")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    p.add_argument("--check", action="store_true",
+                   help="run the build checks only, build nothing (exit 1 if any warning)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("import", help="make a base image from a rootfs tarball")
@@ -206,7 +208,7 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
     from shared import subjects
     from shared.buildcontext import DOCKERIGNORE, DigestCache, context_excludes, context_signature
     from shared.errors import InvalidArgument
-    from shared.messages.builder import BuildReply, BuildRequest
+    from shared.messages.builder import BuildReply, BuildRequest, CheckReply
     from shared.oci.digest import Digest
 
     root = os.path.abspath(args.context)
@@ -248,6 +250,9 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
     signature, racy = context_signature(root, excludes)
     digest = await _send_context(ctx, root, excludes, cache, signature, racy, cache.packed(signature))
     b = await ctx.bus()
+    if args.check:
+        return _print_check(ctx, await b.request(subjects.BUILD_CHECK, BuildRequest(context=Digest(digest), **fields),
+                                                 CheckReply, timeout=600))
     reply = await b.request_with_progress(subjects.BUILD, BuildRequest(context=Digest(digest), **fields),
                                           BuildReply, show, timeout=3600)
     if ctx.json_output:
@@ -258,6 +263,23 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
                 sys.stderr.write(f"naming to {t}\n")
         print(reply.digest)
     return 0
+
+
+def _print_check(ctx: Any, reply: Any) -> int:
+    """`build --check` output in buildx's shape; non-zero when something was found."""
+    if ctx.json_output:
+        ctx.print_json(reply)
+        return 1 if reply.warnings else 0
+    n = len(reply.warnings)
+    if not n:
+        print("Check complete, no warnings found.")
+        return 0
+    print(f"Check complete, {n} warning{'s have' if n > 1 else ' has'} been found!")
+    for w in reply.warnings:
+        print(f"\nWARNING: {w.rule or w.kind}{' - ' + w.url if w.url else ''}\n{w.message}")
+        if w.file:
+            print(f"{w.file}:{w.line}")
+    return 1
 
 
 async def cmd_import(args: argparse.Namespace, ctx: Any) -> int:
