@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import time
@@ -177,7 +178,8 @@ class Builder:
                             dockerfile_path=req.dockerfile_path,
                             build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
                             secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
-                            network=req.network, allow_insecure=self.allow_insecure)
+                            network=req.network, allow_insecure=self.allow_insecure,
+                            no_cache_filter=frozenset(req.no_cache_filter))
         return ctx, opts
 
     async def check(self, req: BuildRequest) -> CheckReply:
@@ -234,6 +236,7 @@ class Builder:
             await lease.release()
         return BuildReply(digest=digest, config_digest=Digest.from_bytes(config_bytes),
                           tags=[str(t) for t in tags], size=sum(layer.size for layer in res.layers),
+                          media_type=json.loads(manifest_bytes)["mediaType"], manifest_size=len(manifest_bytes),
                           warnings=warnings, steps=b.reports)
 
     # -- prune ---------------------------------------------------------------------

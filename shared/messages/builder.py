@@ -40,6 +40,7 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     network: str = "default"  # default (none) | host: the default for RUN steps
     labels: dict[str, str] = {}
     progress_inbox: str = ""
+    no_cache_filter: list[str] = []  # stages (names or indexes) that must not use the cache
 
 
 class ContextMissingRequest(msgspec.Struct, kw_only=True):
@@ -76,6 +77,8 @@ class BuildReply(msgspec.Struct, kw_only=True):
     config_digest: Digest
     tags: list[str] = []
     size: int = 0  # compressed bytes of all layers
+    media_type: str = ""  # of the manifest
+    manifest_size: int = 0
     warnings: list[BuildWarning] = []
     steps: list[StepReport] = []
 

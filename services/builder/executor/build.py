@@ -68,6 +68,7 @@ class BuildOptions:
     compression: str = "gzip"
     network: str = "default"
     allow_insecure: bool = False  # RUN --security=insecure (BuildKit's security.insecure entitlement)
+    no_cache_filter: frozenset[str] = frozenset()  # stages (names or indexes) built without the cache
 
 
 class Build:
@@ -216,13 +217,15 @@ class Build:
                 if step.from_stage not in self._tasks:
                     self.total_steps += len(df.stages[step.from_stage].instructions) + 1
                 await self.stage(df, step.from_stage, args)
+        no_cache = self.opts.no_cache or bool({stage.name, str(stage.index)} & self.opts.no_cache_filter)
         for seq, step in enumerate(plan.steps):
-            await self.execute(stage.index, step, res, self.next_step(), (stage.index, seq))
+            await self.execute(stage.index, step, res, self.next_step(), (stage.index, seq), no_cache)
         res.config = plan.config
         self.results[stage.index] = res
         return res
 
-    async def execute(self, stage: int, step: st.Step, res: StageResult, no: int, order: tuple[int, int]) -> None:
+    async def execute(self, stage: int, step: st.Step, res: StageResult, no: int, order: tuple[int, int],
+                      no_cache: bool) -> None:
         created = now_rfc3339()
         label = f"[stage {stage}] {step.created_by.removesuffix(' # buildkit')}"
         if isinstance(step, st.ConfigStep):
@@ -235,7 +238,7 @@ class Build:
         t0 = time.monotonic()
         key = chain(res.key, step.cache_text, self.contents_digest(step), self.opts.compression)
         rec = None
-        if not self.opts.no_cache:
+        if not no_cache:
             if self.lease is not None:
                 await self.lease.add(key)  # before the lookup: see leases.py
             rec = await self.usable(await self.cache.get(key))
@@ -243,7 +246,7 @@ class Build:
         await self.emit("step", ("CACHED " if cached else "") + label, no, self.total_steps)
         if rec is None:
             rec = await self.make_layer(step, res, no)
-            if not self.opts.no_cache:
+            if not self.opts.no_cache:  # a --no-cache-filter stage still leaves its records
                 await self.cache.put(key, rec)
                 self.fresh[key] = rec
         res.key = key
