@@ -125,3 +125,13 @@ def test_wildcard_matching_nothing_copies_nothing(stack, base, tmp_path):
     (ctx / "Dockerfile").write_text("FROM busybox:latest\nCOPY notes.tmp ./www/\n")
     p = stack.cli("build", "-t", "dybf-glob:2", str(ctx), check=False)
     assert p.returncode != 0 and "notes.tmp" in p.stderr and "not found" in p.stderr
+
+
+def test_copy_exclude_patterns(stack, base, tmp_path):
+    ctx = _ctx(tmp_path, "FROM busybox:latest\nCOPY --exclude=*.md --exclude=tmp . /app/\n",
+               {"a.txt": "a", "README.md": "r", "docs/b.md": "b", "docs/c.txt": "c", "tmp/x": "x"})
+    _build(stack, ctx, "dybf-exclude:1")
+    _, layers = _layers(stack, tmp_path, "dybf-exclude:1")
+    names = set(layers[-1])
+    assert {"app/a.txt", "app/docs/c.txt", "app/docs/b.md"} <= names  # `*.md` matches at the top only
+    assert "app/README.md" not in names and not any(n.startswith("app/tmp") for n in names)

@@ -8,7 +8,8 @@
   without must exist;
 - the destination's symlinks are followed inside the image, never out of it;
 - `hidden` paths of the context (an ignored Dockerfile or `.dockerignore`,
-  sent only for the builder to read) are never copied;
+  sent only for the builder to read) are never copied, nor what `--exclude`
+  patterns match (relative to the source root, as BuildKit matches them);
 - several sources (or a glob matching several) need a `dest/`;
 - ADD extracts a local tar archive (plain, gzip, bzip2, xz) into the destination;
 - everything is owned by 0:0 unless `--chown`, `--chmod` sets every mode.
@@ -28,6 +29,7 @@ import stat
 import tarfile
 from pathlib import Path
 
+from shared.buildcontext import PatternMatcher
 from shared.errors import InvalidArgument
 from services.builder.executor import rootfs
 from services.builder.frontend.steps import CopyStep
@@ -112,11 +114,14 @@ class Stager:
     """Builds the staged tree for one COPY/ADD."""
 
     def __init__(self, staged: Path, dest_lowers: list[Path], uid: int, gid: int, chmod: int | None,
-                 link_ok: bool, hidden: frozenset[Path] = frozenset()):
+                 link_ok: bool, hidden: frozenset[Path] = frozenset(), src_root: Path | None = None,
+                 exclude: tuple[str, ...] = ()):
         self.staged, self.lowers = staged, dest_lowers
         self.uid, self.gid, self.chmod = uid, gid, chmod
         self.link_ok = link_ok  # hard links are fine from a private, never-modified context dir
         self.hidden = hidden
+        self.src_root = src_root
+        self.exclude = PatternMatcher(list(exclude)) if exclude else None
         self.entries = 0
 
     def ensure_dir(self, abs_path: str) -> Path:
@@ -154,8 +159,14 @@ class Stager:
             os.chmod(path, mode)
         os.utime(path, ns=(src_st.st_mtime_ns, src_st.st_mtime_ns), follow_symlinks=False)
 
-    def copy_entry(self, src: Path, dst: Path) -> None:
+    def skipped(self, src: Path) -> bool:
         if src in self.hidden:
+            return True
+        return (self.exclude is not None and self.src_root is not None
+                and self.exclude.matches(os.path.relpath(src, self.src_root)))
+
+    def copy_entry(self, src: Path, dst: Path) -> None:
+        if self.skipped(src):
             return
         st = os.lstat(src)
         self.entries += 1
@@ -201,10 +212,10 @@ def stage_copy(step: CopyStep, src_root: Path, dest_lowers: list[Path], staged: 
                uid: int, gid: int, *, link_ok: bool, hidden: frozenset[Path] = frozenset()) -> int:
     """Stage what `step` copies from `src_root` into `staged`; the number of entries."""
     where = step.src.where(step.name)
-    s = Stager(staged, dest_lowers, uid, gid, step.chmod, link_ok, hidden)
+    s = Stager(staged, dest_lowers, uid, gid, step.chmod, link_ok, hidden, src_root, step.exclude)
     matches: list[tuple[str, Path]] = []
     for pattern in step.sources:
-        matches.extend(match_sources(src_root, pattern, where, hidden))
+        matches.extend(m for m in match_sources(src_root, pattern, where, hidden) if not s.skipped(m[1]))
     dest = rootfs.resolve(dest_lowers, step.dest)
     if step.dest.endswith("/") and dest != "/":
         dest += "/"
