@@ -24,7 +24,7 @@ from shared.messages.common import Progress
 from shared.messages.gc import PruneReply, PruneRequest
 from shared.oci.digest import Digest, Hasher
 from shared.runtime import Runtime
-from services.builder.executor import prune, scan
+from services.builder.executor import prune, remotecache, scan
 from services.builder.executor.build import CACHE_MOUNTS, Build, BuildOptions, StageResult, check_image, now_rfc3339
 from services.builder.executor.cache import BuildCache
 from services.builder.executor.images import (LayerRef, Registries, canonical, image_manifest, parse_name,
@@ -207,8 +207,13 @@ class Builder:
         b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit, lease, self.cache_dirs)
         self.active.add(b)
         try:
+            cache_to = [remotecache.parse_spec(t, "--cache-to") for t in req.cache_to]
+            for spec in (remotecache.parse_spec(t, "--cache-from") for t in req.cache_from):
+                b.imported.update(await remotecache.load(self.regs, spec))
             res = await b.run()
-            config_bytes, manifest_bytes = compose(res, req.labels)
+            inline = any(spec.type == "inline" for spec in cache_to)
+            config_bytes, manifest_bytes = compose(res, req.labels, remotecache.inline_config(
+                {k: rec for k, (stage, rec) in b.used.items() if stage in res.stages}) if inline else None)
             if not tags:
                 tags = [parse_name(f"{UNTAGGED_REPOSITORY}@{Digest.from_bytes(manifest_bytes)}")]
             await emit("log", f"pushing {', '.join(str(t) for t in tags)}")
@@ -216,6 +221,7 @@ class Builder:
             stack_repo = next((t.path for t in tags if t.domain is None), "")
             shipped = {layer.digest for layer in res.layers}
             stack = self.regs.client(self.regs.stack_url)
+            stored = {}
             for key, rec in b.fresh.items():
                 if rec.empty or rec.digest is None:
                     continue
@@ -225,7 +231,14 @@ class Builder:
                     # other replicas can hit them too.
                     repo = CACHE_REPOSITORY
                     await stack.push_blob(repo, rec.digest, rec.size, str(self.store.blob_path(rec.digest)))
-                await self.cache.put(key, msgspec.structs.replace(rec, repository=repo))
+                stored[key] = msgspec.structs.replace(rec, repository=repo)
+                await self.cache.put(key, stored[key])
+            for spec in cache_to:
+                if spec.type == "registry":
+                    await emit("log", f"exporting cache to {spec.ref} (mode={spec.mode})")
+                    await remotecache.export(self.regs, spec, {
+                        k: stored.get(k, rec) for k, (stage, rec) in b.used.items()
+                        if spec.mode == "max" or stage in res.stages}, b)
             warnings = b.warnings + await check_image(b, res)
             for w in warnings:
                 # A check as BuildKit lists it after a build: " - Rule: message (line N)".
@@ -401,8 +414,9 @@ class _LocalOnly:
         raise InvalidArgument(f"layer {layer.digest} is not in this builder")
 
 
-def compose(res: StageResult, extra_labels: dict[str, str]) -> tuple[bytes, bytes]:
-    """The OCI image config and manifest of a finished stage."""
+def compose(res: StageResult, extra_labels: dict[str, str],
+            extra: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
+    """The OCI image config and manifest of a finished stage; `extra`: more config keys (an inline cache)."""
     cfg = res.config
     if extra_labels:
         cfg.labels.update(extra_labels)
@@ -419,6 +433,7 @@ def compose(res: StageResult, extra_labels: dict[str, str]) -> tuple[bytes, byte
     doc["config"] = oci_config
     doc["rootfs"] = {"type": "layers", "diff_ids": [str(layer.diff_id) for layer in res.layers]}
     doc["history"] = res.history
+    doc.update(extra or {})
     config_bytes = canonical(doc)
     annotations = {"org.opencontainers.image.created": created}
     if res.base_name:

@@ -41,6 +41,8 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = {}
     progress_inbox: str = ""
     no_cache_filter: list[str] = []  # stages (names or indexes) that must not use the cache
+    cache_from: list[str] = []  # `type=registry,ref=REPO:TAG` (a cache artifact, or an image's inline cache)
+    cache_to: list[str] = []  # `type=registry,ref=REPO:TAG,mode=min|max` or `type=inline`
 
 
 class ContextMissingRequest(msgspec.Struct, kw_only=True):

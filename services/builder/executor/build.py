@@ -54,6 +54,7 @@ class StageResult:
     key: str
     base_name: str = ""
     base_digest: str = ""
+    stages: list[int] = field(default_factory=list)  # this stage and those it is FROM, base first
 
 
 @dataclass
@@ -89,6 +90,8 @@ class Build:
         self.step_no = 0
         self.total_steps = 0
         self._tasks: dict[int, asyncio.Future[StageResult]] = {}
+        self.imported: dict[str, CacheRecord] = {}  # records from --cache-from, consulted after the KV
+        self.used: dict[str, tuple[int, CacheRecord]] = {}  # key -> (stage, record) of every step, for --cache-to
         self._report_order: dict[int, tuple[int, int]] = {}
         root = Path(context.root)
         self.hidden = frozenset(root / rel for rel in ignored_specials(root, opts.dockerfile_path))
@@ -196,7 +199,7 @@ class Build:
         if base.stage is not None:
             parent = await self.stage(df, base.stage, args)
             res = StageResult(list(parent.layers), list(parent.history), parent.config.clone(), parent.key,
-                              parent.base_name, parent.base_digest)
+                              parent.base_name, parent.base_digest, list(parent.stages))
             await self.emit("step", f"FROM stage {base.stage}", no, self.total_steps)
         elif base.image is not None:
             await self.emit("step", f"FROM {base.image}", no, self.total_steps)
@@ -221,6 +224,7 @@ class Build:
         for seq, step in enumerate(plan.steps):
             await self.execute(stage.index, step, res, self.next_step(), (stage.index, seq), no_cache)
         res.config = plan.config
+        res.stages.append(stage.index)
         self.results[stage.index] = res
         return res
 
@@ -241,7 +245,7 @@ class Build:
         if not no_cache:
             if self.lease is not None:
                 await self.lease.add(key)  # before the lookup: see leases.py
-            rec = await self.usable(await self.cache.get(key))
+            rec = await self.usable(await self.cache.get(key) or self.imported.get(key))
         cached = rec is not None
         await self.emit("step", ("CACHED " if cached else "") + label, no, self.total_steps)
         if rec is None:
@@ -250,6 +254,7 @@ class Build:
                 await self.cache.put(key, rec)
                 self.fresh[key] = rec
         res.key = key
+        self.used[key] = (stage, rec)
         layer = None
         if not rec.empty:
             assert rec.digest is not None and rec.diff_id is not None

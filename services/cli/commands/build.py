@@ -42,6 +42,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
                    help="do not use the cache for this stage (repeatable, or comma-separated)")
     p.add_argument("--pull", action="store_true", help="look base images up again (the builder always does)")
+    p.add_argument("--cache-to", action="append", default=[], metavar="type=registry,ref=REPO:TAG[,mode=max]",
+                   help="export the build cache (or type=inline: in the image's config)")
+    p.add_argument("--cache-from", action="append", default=[], metavar="type=registry,ref=REPO:TAG",
+                   help="import a build cache (a --cache-to artifact or an image with an inline cache)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("import", help="make a base image from a rootfs tarball")
@@ -260,7 +264,8 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
                       tags=tags, build_args=_pairs(args.build_arg, "--build-arg"), target=args.target,
                       no_cache=args.no_cache, secrets=_secrets(args.secret), compression=args.compression,
                       network=args.network, labels=_pairs(args.label, "--label"),
-                      no_cache_filter=[s for f in args.no_cache_filter for s in f.split(",") if s])
+                      no_cache_filter=[s for f in args.no_cache_filter for s in f.split(",") if s],
+                      cache_to=args.cache_to, cache_from=args.cache_from)
         cache = DigestCache(_digest_cache_path(ctx, root) if args.context != "-" else None)
         signature, racy = context_signature(root, excludes)
         digest = await _send_context(ctx, root, excludes, cache, signature, racy, cache.packed(signature))
