@@ -17,9 +17,8 @@ from shared.buildcontext import ContextIndex, unpack_context
 from shared.errors import InvalidArgument
 from shared.layers.compression import open_compressor, open_decompressed, media_type
 from shared.messages.builder import (CACHE_REPOSITORY, CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned,
-                                     CheckReply,
-                                     ContextMissingReply, ContextMissingRequest, HistoryEntry, HistoryReply,
-                                     HistoryRequest, ImportReply, ImportRequest)
+                                     CheckReply, ContextMissingReply, ContextMissingRequest, HistoryEntry,
+                                     HistoryReply, HistoryRequest, ImportReply, ImportRequest)
 from shared.messages.common import Progress
 from shared.messages.gc import PruneReply, PruneRequest
 from shared.oci.digest import Digest, Hasher

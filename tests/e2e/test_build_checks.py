@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from examples.busybox import busybox_rootfs, tar_dir
+from tests.e2e.test_build import base, make_context  # noqa: F401 (base: a fixture)
+
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -24,21 +25,7 @@ COPY --from=build /etc/passwd /p
 """
 
 
-@pytest.fixture(scope="module")
-def base(stack, tmp_path_factory):
-    d = tmp_path_factory.mktemp("bbc")
-    (d / "bb.tar").write_bytes(tar_dir(busybox_rootfs(d / "root")))
-    stack.cli("import", str(d / "bb.tar"), "busybox:latest")
-    return "busybox:latest"
 
-
-def _ctx(tmp: Path, dockerfile: str, files: dict[str, str]) -> Path:
-    ctx = tmp / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(dockerfile)
-    for name, text in files.items():
-        (ctx / name).write_text(text)
-    return ctx
 
 
 EXPECTED = [
@@ -54,7 +41,7 @@ EXPECTED = [
 
 
 def test_check_reports_buildkit_rules_and_builds_nothing(stack, base, tmp_path):
-    ctx = _ctx(tmp_path, LINTED, {".dockerignore": "secret.txt\n", "secret.txt": "s"})
+    ctx = make_context(tmp_path, LINTED, {".dockerignore": "secret.txt\n", "secret.txt": "s"})
     p = stack.cli("build", "--check", "--json", "-t", "dybc-lint:1", str(ctx), check=False)
     assert p.returncode == 1
     found = [(w["rule"], w["message"], w["line"]) for w in json.loads(p.stdout)["warnings"]]
@@ -71,7 +58,7 @@ def test_check_reports_buildkit_rules_and_builds_nothing(stack, base, tmp_path):
 
 
 def test_a_build_warns_with_the_same_checks(stack, base, tmp_path):
-    ctx = _ctx(tmp_path, LINTED, {".dockerignore": "other\n", "secret.txt": "s"})
+    ctx = make_context(tmp_path, LINTED, {".dockerignore": "other\n", "secret.txt": "s"})
     out = json.loads(stack.cli("build", "--json", "-t", "dybc-lint:2", str(ctx)).stdout)
     rules = {w["rule"] for w in out["warnings"] if w["kind"] == "lint"}
     assert rules == {r for r, _, _ in EXPECTED} - {"CopyIgnoredFile"}
@@ -85,7 +72,7 @@ def test_independent_stages_run_in_parallel_and_unused_ones_are_skipped(stack, b
     meet = ("RUN --mount=type=cache,id={rv},target=/rv touch /rv/{me} && i=0 && "
             "while [ ! -e /rv/{other} ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done && "
             "test -e /rv/{other} && echo {me} > /{me}\n")
-    ctx = _ctx(tmp_path, "FROM busybox:latest AS a\n" + meet.format(rv=rv, me="a", other="b") +
+    ctx = make_context(tmp_path, "FROM busybox:latest AS a\n" + meet.format(rv=rv, me="a", other="b") +
                "FROM busybox:latest AS b\n" + meet.format(rv=rv, me="b", other="a") +
                "FROM busybox:latest AS unused\nRUN exit 1\n"
                "FROM busybox:latest\nCOPY --from=a /a /\nCOPY --from=b /b /\nRUN cat /a /b > /all\n", {})

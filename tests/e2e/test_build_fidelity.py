@@ -10,33 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from examples.busybox import busybox_rootfs, tar_dir
 from tests.e2e.conftest import skopeo
-from tests.e2e.test_build import _layers
+from tests.e2e.test_build import _layers, base, build_json, make_context  # noqa: F401 (base: a fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 
-@pytest.fixture(scope="module")
-def base(stack, tmp_path_factory):
-    d = tmp_path_factory.mktemp("bbf")
-    (d / "bb.tar").write_bytes(tar_dir(busybox_rootfs(d / "root")))
-    stack.cli("import", str(d / "bb.tar"), "busybox:latest")
-    return "busybox:latest"
 
 
-def _ctx(tmp: Path, dockerfile: str, files: dict[str, str]) -> Path:
-    ctx = tmp / "ctx"
-    ctx.mkdir()
-    (ctx / "Dockerfile").write_text(dockerfile)
-    for name, text in files.items():
-        (ctx / name).parent.mkdir(parents=True, exist_ok=True)
-        (ctx / name).write_text(text)
-    return ctx
 
-
-def _build(stack, ctx: Path, tag: str, *extra: str) -> dict:
-    return json.loads(stack.cli("build", "--json", "-t", tag, *extra, str(ctx)).stdout)
 
 
 def _members(stack, tmp: Path, tag: str) -> list[dict[str, tarfile.TarInfo]]:
@@ -56,13 +38,13 @@ def _members(stack, tmp: Path, tag: str) -> list[dict[str, tarfile.TarInfo]]:
 
 def test_chown_without_group(stack, base, tmp_path):
     """A uid alone is also the gid; a name alone takes its passwd group (BuildKit's file ops)."""
-    ctx = _ctx(tmp_path, "FROM busybox:latest\n"
+    ctx = make_context(tmp_path, "FROM busybox:latest\n"
                          "RUN echo 'app:x:1002:1500::/:/bin/sh' >> /etc/passwd && echo 'staff:x:1600:' >> /etc/group\n"
                          "COPY --chown=1001 f /opt/\n"
                          "COPY --chown=app f /n/\n"
                          "COPY --chown=app:staff f /s/\n"
                          "COPY --chown=7:8 f /g/\n", {"f": "x\n"})
-    _build(stack, ctx, "dybf-chown:1")
+    build_json(stack, ctx, "-t", "dybf-chown:1")
     layers = _members(stack, tmp_path, "dybf-chown:1")
     owners = {name: (layers[i][name].uid, layers[i][name].gid)
               for i, name in ((-4, "opt/f"), (-3, "n/f"), (-2, "s/f"), (-1, "g/f"))}
@@ -71,10 +53,10 @@ def test_chown_without_group(stack, base, tmp_path):
 
 def test_same_layer_twice_then_run(stack, base, tmp_path):
     """Two COPYs that make the same layer, then a RUN on top: the overlay holds it twice."""
-    ctx = _ctx(tmp_path, "FROM busybox:latest\nRUN mkdir /existing\n"
+    ctx = make_context(tmp_path, "FROM busybox:latest\nRUN mkdir /existing\n"
                          "COPY one.txt /existing/\nCOPY one.txt /existing\n"
                          "RUN cat /existing/one.txt > /seen\n", {"one.txt": "one\n"})
-    out = _build(stack, ctx, "dybf-twice:1")
+    out = build_json(stack, ctx, "-t", "dybf-twice:1")
     copies = [s["layer"] for s in out["steps"] if s["instruction"].startswith("COPY")]
     assert len(copies) == 2 and copies[0] == copies[1]
     config, layers = _layers(stack, tmp_path, "dybf-twice:1")
@@ -83,14 +65,14 @@ def test_same_layer_twice_then_run(stack, base, tmp_path):
 
 
 def test_ignored_dockerfile_and_dockerignore_are_not_copied(stack, base, tmp_path):
-    ctx = _ctx(tmp_path, "FROM busybox:latest\nCOPY . /src\n",
+    ctx = make_context(tmp_path, "FROM busybox:latest\nCOPY . /src\n",
                {".dockerignore": "*\n!app.txt\n", "app.txt": "app\n", "other.txt": "no\n"})
-    _build(stack, ctx, "dybf-ignore:1")
+    build_json(stack, ctx, "-t", "dybf-ignore:1")
     _, layers = _layers(stack, tmp_path, "dybf-ignore:1")
     assert sorted(n for n in layers[-1] if n.startswith("src/")) == ["src/app.txt"]
     # Not ignored: copied as docker does.
     (ctx / ".dockerignore").write_text("other.txt\n")
-    _build(stack, ctx, "dybf-ignore:2")
+    build_json(stack, ctx, "-t", "dybf-ignore:2")
     (tmp_path / "2").mkdir()
     _, layers = _layers(stack, tmp_path / "2", "dybf-ignore:2")
     assert sorted(n for n in layers[-1] if n.startswith("src/")) == ["src/.dockerignore", "src/Dockerfile",
@@ -98,14 +80,14 @@ def test_ignored_dockerfile_and_dockerignore_are_not_copied(stack, base, tmp_pat
 
 
 def test_destination_symlinks_are_followed_inside_the_image(stack, base, tmp_path):
-    ctx = _ctx(tmp_path, "FROM busybox:latest\n"
+    ctx = make_context(tmp_path, "FROM busybox:latest\n"
                          "RUN mkdir -p /opt/real /opt/wd && ln -s /opt/real /link && ln -s ../../opt/wd /rel "
                          "&& ln -s /etc /host-etc\n"
                          "COPY tool.sh /link/bin/\n"
                          "WORKDIR /rel/sub\n"
                          "COPY tool.sh .\n"
                          "COPY tool.sh /host-etc/dybf-tool\n", {"tool.sh": "#!/bin/sh\n"})
-    _build(stack, ctx, "dybf-link:1")
+    build_json(stack, ctx, "-t", "dybf-link:1")
     _, layers = _layers(stack, tmp_path, "dybf-link:1")
     assert "opt/real/bin/tool.sh" in layers[-4] and not any(n.startswith("link/") for n in layers[-4])
     assert "opt/wd/sub" in layers[-3]  # WORKDIR made the dir through the relative link
@@ -115,9 +97,9 @@ def test_destination_symlinks_are_followed_inside_the_image(stack, base, tmp_pat
 
 
 def test_wildcard_matching_nothing_copies_nothing(stack, base, tmp_path):
-    ctx = _ctx(tmp_path, "FROM busybox:latest\nCOPY notes.tm[p] ./www/\nCOPY keep.txt ./www/\n",
+    ctx = make_context(tmp_path, "FROM busybox:latest\nCOPY notes.tm[p] ./www/\nCOPY keep.txt ./www/\n",
                {".dockerignore": "notes.tmp\n", "notes.tmp": "x", "keep.txt": "k\n"})
-    out = _build(stack, ctx, "dybf-glob:1")
+    out = build_json(stack, ctx, "-t", "dybf-glob:1")
     assert out["steps"][0]["layer"] is None  # nothing copied: an empty layer
     _, layers = _layers(stack, tmp_path, "dybf-glob:1")
     assert "www/keep.txt" in layers[-1] and not any("notes" in n for layer in layers for n in layer)
@@ -128,9 +110,9 @@ def test_wildcard_matching_nothing_copies_nothing(stack, base, tmp_path):
 
 
 def test_copy_exclude_patterns(stack, base, tmp_path):
-    ctx = _ctx(tmp_path, "FROM busybox:latest\nCOPY --exclude=*.md --exclude=tmp . /app/\n",
+    ctx = make_context(tmp_path, "FROM busybox:latest\nCOPY --exclude=*.md --exclude=tmp . /app/\n",
                {"a.txt": "a", "README.md": "r", "docs/b.md": "b", "docs/c.txt": "c", "tmp/x": "x"})
-    _build(stack, ctx, "dybf-exclude:1")
+    build_json(stack, ctx, "-t", "dybf-exclude:1")
     _, layers = _layers(stack, tmp_path, "dybf-exclude:1")
     names = set(layers[-1])
     assert {"app/a.txt", "app/docs/c.txt", "app/docs/b.md"} <= names  # `*.md` matches at the top only

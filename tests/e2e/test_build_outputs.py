@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from examples.busybox import busybox_rootfs, tar_dir
 from tests.e2e.conftest import skopeo
+from tests.e2e.test_build import base  # noqa: F401 (a fixture)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -24,13 +24,6 @@ COPY gone.txt hello.txt /
 RUN rm /gone.txt && ln -s hello.txt /link
 """
 
-
-@pytest.fixture(scope="module")
-def base(stack, tmp_path_factory):
-    d = tmp_path_factory.mktemp("bbo")
-    (d / "bb.tar").write_bytes(tar_dir(busybox_rootfs(d / "root")))
-    stack.cli("import", str(d / "bb.tar"), "busybox:latest")
-    return "busybox:latest"
 
 
 @pytest.fixture

@@ -31,6 +31,7 @@ from pathlib import Path
 
 from shared.buildcontext import PatternMatcher
 from shared.errors import InvalidArgument
+from shared.layers.paths import follow_in_root
 from services.builder.executor import rootfs
 from services.builder.frontend.steps import CopyStep
 
@@ -40,26 +41,10 @@ _TAR_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 def inside(root: Path, rel: str) -> Path:
     """`rel` under `root`, symlinks followed but never out of `root` (like BuildKit's fs.RootPath)."""
-    cur = root
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    hops = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            cur = cur.parent if cur != root else root
-            continue
-        nxt = cur / name
-        if nxt.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise InvalidArgument(f"too many levels of symlinks at {rel}")
-            target = os.readlink(nxt)
-            if target.startswith("/"):
-                cur = root
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        cur = nxt
-    return cur
+    def readlink(p: str) -> str | None:
+        return os.readlink(root / p) if (root / p).is_symlink() else None
+
+    return root / follow_in_root(rel, readlink)
 
 
 def match_sources(root: Path, pattern: str, where: str,

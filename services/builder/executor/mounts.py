@@ -100,14 +100,15 @@ class CacheDirs:
         tmp = self.root / f".new-{name}-{uuid.uuid4().hex[:8]}"
         try:
             src = seed_dir()
-            if src is not None and src.is_dir():
-                shutil.copytree(src, tmp / "data", symlinks=True)
-            else:
-                (tmp / "data").mkdir(parents=True)
+            seeded = src is not None and src.is_dir()
             data = tmp / "data"
-            if m.mode is not None or src is None:
+            if seeded:
+                shutil.copytree(src, data, symlinks=True)  # keeps the seed's owner and mode
+            else:
+                data.mkdir(parents=True)
+            if m.mode is not None or not seeded:
                 os.chmod(data, m.mode if m.mode is not None else DEFAULT_CACHE_MODE)
-            if m.uid is not None or m.gid is not None or src is None:
+            if m.uid is not None or m.gid is not None or not seeded:
                 os.chown(data, m.uid or 0, m.gid or 0)
             try:
                 os.rename(tmp, self.root / name)

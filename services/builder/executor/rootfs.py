@@ -13,7 +13,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
-from shared.errors import InvalidArgument
+from shared.layers.paths import follow_in_root
 from shared.layers.overlay import mount_overlay, mount_readonly, unmount
 
 
@@ -99,32 +99,12 @@ def lookup(lowers: list[Path], path: str) -> os.stat_result | None:
 
 
 def resolve(lowers: list[Path], path: str) -> str:
-    """`path` with the image's symlinks followed, never out of the image (like BuildKit's fs.RootPath).
+    """`path` with the image's symlinks followed, never out of the image (see follow_in_root)."""
+    def readlink(p: str) -> str | None:
+        found = locate(lowers, p) if lowers else None
+        return os.readlink(found) if found is not None and found.is_symlink() else None
 
-    An absolute link target starts again at the image's root and `..` stops
-    there, so a link can never name a host path.
-    """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    done: list[str] = []
-    hops = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            if done:
-                done.pop()
-            continue
-        found = locate(lowers, "/".join(done + [name])) if lowers else None
-        if found is not None and found.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise InvalidArgument(f"{path}: too many levels of symbolic links in the image")
-            target = os.readlink(found)
-            if target.startswith("/"):
-                done = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        done.append(name)
-    return "/" + "/".join(done)
+    return "/" + follow_in_root(path, readlink)
 
 
 def remove_mount_stubs(upper: Path, created: list[str]) -> None:

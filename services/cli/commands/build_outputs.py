@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +54,7 @@ def parse_output(text: str) -> Output:
 def context_from_stdin(tmp: Path) -> tuple[str, str | None]:
     """`dockyard build -`: (context dir, Dockerfile text if stdin was one rather than a tar)."""
     import gzip
+    import tarfile
 
     from shared.buildcontext import unpack_context
     data = sys.stdin.buffer.read()
@@ -92,6 +92,9 @@ def write_ids(reply: Any, iidfile: str | None, metadata_file: str | None) -> Non
 
 async def export(ctx: Any, reply: Any, outputs: list[Output]) -> None:
     """Write the file outputs of a finished build from the stack registry's copy of the image."""
+    wanted = [o for o in outputs if o.type in FILE_OUTPUTS]
+    if not wanted:
+        return  # before the imports: a plain build never loads the HTTP client
     import asyncio
     import tempfile
 
@@ -102,10 +105,6 @@ async def export(ctx: Any, reply: Any, outputs: list[Output]) -> None:
     from shared.oci.reference import Reference
     from shared.registry.auth import bus_token_provider
     from shared.registry.client import RegistryClient
-
-    wanted = [o for o in outputs if o.type in FILE_OUTPUTS]
-    if not wanted:
-        return
     ref = Reference.parse(reply.tags[0])
     if ref.domain is not None:
         raise InvalidArgument(f"--output: {reply.tags[0]} is not in the stack registry")
