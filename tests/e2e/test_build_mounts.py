@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.e2e.test_build import _layers, base, build_json, make_context  # noqa: F401 (base: a fixture)
+from tests.e2e.test_build_prune import _prune
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
@@ -28,15 +29,6 @@ def _image(stack, tmp: Path, tag: str) -> tuple[dict, dict[str, bytes | str], li
     return config, merged, layers
 
 
-async def _prune(stack, **kw):
-    from shared import bus
-    from shared.messages.gc import PruneReply, PruneRequest
-    from shared.subjects import BUILDER_PRUNE
-    nc = await bus.connect(stack.nats_url)
-    try:
-        return await bus.BusClient(nc).request(BUILDER_PRUNE, PruneRequest(**kw), PruneReply, timeout=60)
-    finally:
-        await nc.drain()
 
 
 async def test_cache_mount_persists_is_shared_and_never_in_a_layer(stack, base, tmp_path):

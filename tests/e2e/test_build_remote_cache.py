@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.e2e.test_build import base, build_json  # noqa: F401 (base: a fixture)
-from tests.e2e.test_build_mounts import _prune
+from tests.e2e.test_build_prune import _prune
 
 pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
