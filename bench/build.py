@@ -15,7 +15,9 @@ ratio dockyard / buildah:
 - changed: one small context file changed (only the steps from its COPY rerun);
 - parallel (dockyard only): three independent stages of `RUN sleep 1` and a
   final stage copying from each, `--no-cache`: the wall time shows the stages
-  overlap (BuildKit's scheduling).
+  overlap (BuildKit's scheduling);
+- remote (dockyard only): a cold build (as above) with `--cache-from` a cache
+  that `--cache-to type=registry,mode=max` exported, against the plain cold build.
 
 Wall time of each CLI call, start-up included. dockyard runs as its own stack
 (`dockyard up` on free ports in a temp dir); buildah with the private configs of
@@ -49,6 +51,7 @@ from tests.e2e.conftest import Stack, start_stack, stop_stack  # noqa: E402
 # the peer config templates of ../shared/PEERS.md, beside the checkout
 PEERS = Path(os.environ.get("DOCKYARD_PEERS_DIR", Path(__file__).resolve().parents[2] / "shared" / "peers"))
 TAG = "dybd-bench:latest"
+CACHE_REF = "dybd-bench-cache:buildcache"
 # Three independent stages of 1 s each: built in parallel the whole build takes ~1 s, not 3.
 PARALLEL_DOCKERFILE = "".join(f"FROM busybox:latest AS s{i}\nRUN sleep 1 && echo {i} > /{i}\n" for i in range(3)) + (
     "FROM busybox:latest\n" + "".join(f"COPY --from=s{i} /{i} /\n" for i in range(3)))
@@ -284,6 +287,14 @@ def main() -> int:
             walls = [dy.build(par, "--no-cache") for _ in range(args.rounds)]
             print(f"{'parallel':<10}{statistics.median(walls):>16.3f}  (3 stages of RUN sleep 1, --no-cache; "
                   "sequential would be >= 3 s)")
+            # Remote cache: exported once, then a cold builder (records, layers, context gone) imports it.
+            dy.build(None, "--cache-to", f"type=registry,ref={CACHE_REF},mode=max")
+            remote = []
+            for _ in range(args.rounds):
+                dy.make_cold()
+                remote.append(dy.build(None, "--cache-from", f"type=registry,ref={CACHE_REF}"))
+            print(f"{'remote':<10}{statistics.median(remote):>16.3f}  (cold, --cache-from; plain cold "
+                  f"{statistics.median(times[('dockyard', 'cold')]):.3f} s)")
     finally:
         for t in tools:
             t.close()
