@@ -46,6 +46,22 @@ def base(stack, tmp_path_factory):
     return "busybox:latest"
 
 
+def make_context(tmp: Path, dockerfile: str, files: dict[str, str] | None = None, name: str = "ctx") -> Path:
+    """A context dir `tmp/name` with this Dockerfile and these files (parents made)."""
+    ctx = tmp / name
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for rel, text in (files or {}).items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(text)
+    return ctx
+
+
+def build_json(stack, ctx: Path, *args: str) -> dict:
+    """`dockyard build --json ARGS CTX`: the reply."""
+    return json.loads(stack.cli("build", "--json", *args, str(ctx), timeout=300).stdout)
+
+
 def _context(tmp: Path) -> Path:
     ctx = tmp / "ctx"
     ctx.mkdir()
