@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import re
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -27,7 +29,7 @@ from shared import codec, jsconsumer
 from shared.bus_reply import (DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, TypedEvents,  # noqa: F401
                               decode_reply)
 from shared.errors import (AlreadyExists, Conflict, DockyardError, Internal, InvalidArgument,
-                           NotFound, Unavailable)
+                           NotFound, Unauthenticated, Unavailable)
 from shared.messages.common import ErrorReply, Progress
 
 log = logging.getLogger("dockyard.bus")
@@ -38,24 +40,80 @@ Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
 
 
 
-async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5) -> NATS:
-    """Connect, reconnecting forever once connected; a server not there at first is Unavailable."""
+async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5,
+                  creds: str | None = None) -> NATS:
+    """Connect, reconnecting forever once connected; a server not there at first is Unavailable.
 
+    `creds` is a NATS credentials file (default `$DOCKYARD_CREDS`, unless the URL carries a
+    user and password); its principal's replies arrive under its own inbox prefix.
+    """
+    auth: dict[str, Any] = {}
+    creds = creds if creds is not None else ("" if "@" in url else os.environ.get("DOCKYARD_CREDS", ""))
+    if creds:
+        from shared.credentials import read_creds
+        auth = {"user_credentials": creds, "inbox_prefix": read_creds(creds).inbox}
     connected = False
+    refused: list[str] = []
 
     async def on_error(e: Exception) -> None:
         # Before the first connection the caller gets one Unavailable instead of a log per try.
         (log.warning if connected else log.debug)("NATS %s: %s", url, str(e) or type(e).__name__)
+        if not connected and "authorization violation" in str(e).lower():
+            refused.append(str(e))
 
     try:
         # nats-py retries the first connect forever when reconnects are unlimited: bound it.
         nc = await asyncio.wait_for(nats.connect(
             url, name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error), connect_timeout)
+            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error, **auth), connect_timeout)
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
-        raise Unavailable(f"cannot reach NATS at {url}: {str(e) or 'timed out'}") from e
+        if refused:
+            raise Unauthenticated(f"NATS at {_without_password(url)} refused the credentials: "
+                                  "Authorization Violation") from e
+        raise Unavailable(f"cannot reach NATS at {_without_password(url)}: {str(e) or 'timed out'}") from e
     connected = True
     return nc
+
+
+def _without_password(url: str) -> str:
+    return re.sub(r"[^,/@]*@", "", url)
+
+
+# Most requests are a few hundred bytes; a subject that needs more says so where it is
+# registered. The server's own max_payload (1 MiB by default) bounds every message anyway.
+DEFAULT_MAX_REQUEST = 64 << 10
+
+
+class Endpoint(msgspec.Struct, frozen=True):
+    """One registered request subject: what it decodes, how big a request may be."""
+
+    subject: str
+    request_type: type
+    max_bytes: int | None  # None: only the server's max_payload
+    empty_ok: bool  # an empty payload is the request type's defaults
+
+    def metadata(self) -> dict[str, str]:
+        """What `$SRV.INFO` tells about the endpoint, so that callers can see the rules."""
+        return {"request": f"{self.request_type.__module__}.{self.request_type.__qualname__}",
+                "max_bytes": str(self.max_bytes or 0), "empty": "default" if self.empty_ok else "refused"}
+
+    def decode(self, dec: msgspec.json.Decoder, data: bytes) -> Any:
+        """The request, or InvalidArgument naming what is wrong with `data`."""
+        name = self.request_type.__name__
+        if self.max_bytes is not None and len(data) > self.max_bytes:
+            raise InvalidArgument(f"{name} on {self.subject} is {len(data)} bytes, over its bound of "
+                                  f"{self.max_bytes}", detail_code="REQUEST_TOO_LARGE")
+        if not data:
+            if not self.empty_ok:
+                raise InvalidArgument(f"empty {name} on {self.subject}: send a JSON object "
+                                      "({} for the defaults)")
+            data = b"{}"
+        try:
+            return dec.decode(data)
+        except msgspec.ValidationError as e:
+            raise InvalidArgument(f"invalid {name} on {self.subject}: {e}") from e
+        except msgspec.DecodeError as e:
+            raise InvalidArgument(f"malformed JSON for {name} on {self.subject}: {e}") from e
 
 
 class BusService:
@@ -77,29 +135,34 @@ class BusService:
 
     def endpoint(self, subject: str, request_type: type[Req],
                  handler: Callable[[Req], Awaitable[msgspec.Struct | None]], *,
-                 queue: str | None = None) -> None:
-        """Register `handler` for `subject`; call before `start`."""
+                 queue: str | None = None, max_bytes: int | None = DEFAULT_MAX_REQUEST,
+                 empty_ok: bool | None = None) -> None:
+        """Register `handler` for `subject`; call before `start`.
+
+        `max_bytes` bounds a request (None: only the server's max_payload). An empty
+        payload stands for the defaults only where `empty_ok`: by default, for request
+        types without fields; a verb that changes something needs an explicit `{}`.
+        """
         name = subject.replace(".", "-").replace("*", "any").replace(">", "all")
+        if empty_ok is None:
+            empty_ok = not msgspec.structs.fields(request_type)
+        ep = Endpoint(subject, request_type, max_bytes, empty_ok)
         dec = codec.decoder(request_type)
 
         async def on_msg(req: MicroRequest) -> None:
             # micro runs one callback at a time per subscription; long handlers
             # (builds, pulls) must not hold up the next request.
-            task = asyncio.create_task(self._serve_one(req, dec, request_type, handler))
+            task = asyncio.create_task(self._serve_one(req, ep, dec, handler))
             self._inflight.add(task)
             task.add_done_callback(self._inflight.discard)
 
         self._endpoints.append(EndpointConfig(name=name[:60], subject=subject, handler=on_msg,
-                                              queue_group=queue))
+                                              queue_group=queue, metadata=ep.metadata()))
 
-    async def _serve_one(self, req: MicroRequest, dec: msgspec.json.Decoder, typ: type,
+    async def _serve_one(self, req: MicroRequest, ep: Endpoint, dec: msgspec.json.Decoder,
                          handler: Handler) -> None:
         try:
-            try:
-                msg = dec.decode(req.data) if req.data else typ()
-            except (msgspec.ValidationError, msgspec.DecodeError, TypeError) as e:
-                raise InvalidArgument(f"invalid {typ.__name__}: {e}") from e
-            reply = await handler(msg)
+            reply = await handler(ep.decode(dec, req.data))
             if req._msg.reply:
                 await req.respond(codec.encode(reply) if reply is not None else b"{}")
         except DockyardError as e:

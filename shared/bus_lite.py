@@ -17,13 +17,16 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import msgspec
 
 from shared import codec
 from shared.bus_reply import TypedEvents, decode_reply
-from shared.errors import DockyardError, InvalidArgument, Unavailable
+from shared.errors import DockyardError, InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+
+if TYPE_CHECKING:
+    from shared.credentials import UserCreds
 
 Rep = TypeVar("Rep")
 
@@ -138,8 +141,11 @@ def _unquote(text: str) -> str:
 class Connection(asyncio.Protocol):
     """One NATS client connection: the protocol parser and the verbs on top of it."""
 
-    def __init__(self, name: str = "dockyard-cli"):
+    def __init__(self, name: str = "dockyard-cli", creds: "UserCreds | None" = None):
         self.name = name
+        self.creds = creds
+        # A principal may subscribe only under its own prefix (shared/permissions.py).
+        self._inbox = (creds.inbox if creds is not None else "_INBOX") + "."
         self.info: dict[str, Any] = {}
         self._transport: asyncio.Transport | None = None
         self._buf = bytearray()
@@ -151,7 +157,7 @@ class Connection(asyncio.Protocol):
         self._error: str = ""
         self._closed = False
         self._resp_prefix = ""
-        self._resp_waiters: dict[str, asyncio.Future] = {}
+        self._resp_waiters: dict[str, tuple[asyncio.Future, str]] = {}  # token -> (reply, subject)
 
     # ---- connecting ----------------------------------------------------------------
 
@@ -166,6 +172,9 @@ class Connection(asyncio.Protocol):
             except (OSError, asyncio.TimeoutError, Unavailable) as e:
                 last = e
                 self._reset()
+        if "authorization violation" in str(last).lower():
+            raise Unauthenticated(f"NATS at {url.rpartition('@')[2]} refused the credentials: "
+                                  "Authorization Violation") from last
         raise Unavailable(f"cannot reach NATS at {url}: {str(last) or 'timed out'}") from last
 
     async def _connect_one(self, host: str, port: int, auth: dict[str, str]) -> None:
@@ -178,6 +187,9 @@ class Connection(asyncio.Protocol):
             raise NeedFullClient("the server requires TLS")
         opts = {"verbose": False, "pedantic": False, "lang": "python3", "version": _VERSION,
                 "protocol": 1, "headers": True, "no_responders": True, "name": self.name, **auth}
+        if self.creds is not None and not auth:
+            opts["jwt"] = self.creds.jwt
+            opts["sig"] = self.creds.sign(self.info.get("nonce", "").encode())
         self._write(b"CONNECT " + msgspec.json.encode(opts) + b"\r\nPING\r\n")
         pong = loop.create_future()
         self._pongs.append(pong)
@@ -202,7 +214,7 @@ class Connection(asyncio.Protocol):
         self._closed = True
         why = self._error or (str(exc) if exc else "connection closed")
         err = Unavailable(f"NATS: {why}")
-        for f in [*self._pongs, *self._resp_waiters.values()]:
+        for f in [*self._pongs, *(f for f, _ in self._resp_waiters.values())]:
             if not f.done():
                 f.set_exception(err)
         if self._info_seen is not None and not self._info_seen.done():
@@ -254,6 +266,13 @@ class Connection(asyncio.Protocol):
                 self._info_seen.set_result(None)
         elif op == b"-ERR":
             self._error = rest.decode(errors="replace").strip(" '")
+            if self._error.lower().startswith("permissions violation for publish to"):
+                # The server stays connected; only the requests to that subject are refused.
+                subject = self._error.rsplit(" ", 1)[-1].strip('"')
+                for f, s in list(self._resp_waiters.values()):
+                    if s == subject and not f.done():
+                        f.set_exception(PermissionDenied(f"permission denied: publish to {subject}",
+                                                         detail=subject))
             # The server closes the connection after every -ERR that matters to us
             # (authorization, parser); connection_lost reports it to the waiters.
 
@@ -264,7 +283,7 @@ class Connection(asyncio.Protocol):
             data = payload[hdr_len:]
         m = Msg(self, subject, reply, data, headers, status)
         if self._resp_prefix and subject.startswith(self._resp_prefix):
-            f = self._resp_waiters.pop(subject[len(self._resp_prefix):], None)
+            f, _ = self._resp_waiters.pop(subject[len(self._resp_prefix):], (None, ""))
             if f is not None and not f.done():
                 f.set_result(m)
             return
@@ -279,9 +298,8 @@ class Connection(asyncio.Protocol):
 
     # ---- verbs -------------------------------------------------------------------------
 
-    @staticmethod
-    def new_inbox() -> str:
-        return "_INBOX." + os.urandom(12).hex()
+    def new_inbox(self) -> str:
+        return self._inbox + os.urandom(12).hex()
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
         limit = self.info.get("max_payload", 1 << 20)
@@ -310,7 +328,7 @@ class Connection(asyncio.Protocol):
             await self.subscribe(self._resp_prefix + "*")
         token = os.urandom(8).hex()
         fut = asyncio.get_running_loop().create_future()
-        self._resp_waiters[token] = fut
+        self._resp_waiters[token] = (fut, subject)
         try:
             await self.publish(subject, payload, reply=self._resp_prefix + token)
             m = await asyncio.wait_for(fut, timeout)
@@ -463,6 +481,9 @@ def _pending_of(ack_subject: str, fallback: int) -> int:
     return fallback
 
 
-async def connect(url: str, name: str = "dockyard-cli", *, connect_timeout: float = 3.0) -> LiteBusClient:
-    """A connected LiteBusClient; NeedFullClient if `url` needs shared.bus."""
-    return LiteBusClient(await Connection(name).connect(url, connect_timeout))
+async def connect(url: str, name: str = "dockyard-cli", *, connect_timeout: float = 3.0,
+                  creds: str = "") -> LiteBusClient:
+    """A connected LiteBusClient, authenticated by the `.creds` file `creds` unless the URL
+    carries a user and password; NeedFullClient if `url` needs shared.bus."""
+    from shared.credentials import read_creds
+    return LiteBusClient(await Connection(name, read_creds(creds) if creds else None).connect(url, connect_timeout))

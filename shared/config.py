@@ -9,16 +9,20 @@ from typing import Any
 
 import msgspec
 
+from shared.credentials import ADMIN, creds_path
 from shared.errors import InvalidArgument
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "dockyard"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_NATS_PORT = 4222
+DEFAULT_NATS_URL = f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
 DEFAULT_REGISTRY_ADDR = "127.0.0.1:5000"
 
 
 class Config(msgspec.Struct, kw_only=True, frozen=True):
     data_dir: str = str(DEFAULT_DATA_DIR)
     nats_url: str = DEFAULT_NATS_URL
+    # the bus credentials (a NATS .creds file); empty: the data dir's admin.creds if readable
+    creds: str = ""
     # where the registry-gateway listens, and how others reach it
     registry_addr: str = DEFAULT_REGISTRY_ADDR
     registry_url: str = ""
@@ -37,6 +41,14 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         p = self.data_path / service
         p.mkdir(parents=True, exist_ok=True)
         return p
+
+    @property
+    def bus_creds(self) -> str:
+        """The credentials file to connect with: `creds`, else the local administrator's if readable."""
+        if self.creds:
+            return self.creds
+        admin = creds_path(self.data_path, ADMIN)
+        return str(admin) if os.access(admin, os.R_OK) else ""
 
     @property
     def registry_base_url(self) -> str:
@@ -59,9 +71,10 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def load(**flags: Any) -> Config:
-    """Defaults, overridden by `DOCKYARD_*` env vars, overridden by non-None flags."""
-    values: dict[str, Any] = {}
+def load(*, under: dict[str, str] | None = None, **flags: Any) -> Config:
+    """Defaults, overridden by `under` (what a running stack recorded, see shared.stackfile),
+    by `DOCKYARD_*` env vars, then by non-None flags."""
+    values: dict[str, Any] = dict(under or {})
     for field in Config.__struct_fields__:
         env = os.environ.get(f"DOCKYARD_{field.upper()}")
         if env is not None:

@@ -15,11 +15,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace `path` with `data`: readers see the old or the new file, never half, even after a crash."""
+def write_atomic(path: Path, data: bytes, *, mode: int = 0o666) -> None:
+    """Replace `path` with `data`: readers see the old or the new file, never half, even after a crash.
+
+    The file has `mode` (less the umask) from its creation on: 0o600 keeps a secret unreadable
+    to others at every moment, not only once written.
+    """
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "wb") as f:
+        with open(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode), "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -42,6 +42,7 @@ REGISTRY_COPY = "dockyard.registry.copy"  # push/pull between the stack registry
 REGISTRY_USER_ADD = "dockyard.registry.user.add"
 REGISTRY_ENSURE_ADMIN = "dockyard.registry.user.ensure-admin"  # `up` on first start
 REGISTRY_USER_RM = "dockyard.registry.user.rm"
+REGISTRY_USER_CREDS = "dockyard.registry.user.creds"  # a person's bus credentials (admins only)
 REGISTRY_GRANT = "dockyard.registry.grant"
 REGISTRY_REPO_VISIBILITY = "dockyard.registry.repo.visibility"
 
@@ -50,6 +51,7 @@ BUILD = "dockyard.builder.build"
 BUILD_IMPORT = "dockyard.builder.import"
 BUILD_HISTORY = "dockyard.builder.history"
 BUILD_CONTEXT_MISSING = "dockyard.builder.context.missing"  # which context blobs must travel
+BUILD_CHECK = "dockyard.builder.check"  # `build --check`: the build checks' findings, nothing built
 
 # runtime-agent: fleet-wide and per-host
 AGENT_PREFIX = "dockyard.agent"
@@ -60,6 +62,11 @@ def agent(agent_id: str, verb: str) -> str:
 
 
 AGENT_ANY = "dockyard.agent.any"  # queue group of all agents, for fleet-wide questions
+
+# `run` whose -v host paths may lie outside the agent's DOCKYARD_AGENT_VOLUME_ROOTS:
+# subjects.agent(agent_id, AGENT_RUN_HOST_BIND). NATS does not tell a subscriber who
+# published, so only the admin role's permissions may allow publishing this verb.
+AGENT_RUN_HOST_BIND = "run-host-bind"
 
 # garbage-collector
 GC_RUN = "dockyard.gc.run"

@@ -30,7 +30,7 @@ class LayerStoreApi:
     def register(self, svc: BusService) -> None:
         svc.endpoint(subjects.BLOB_STAT, StatRequest, self.stat)
         svc.endpoint(subjects.BLOB_DELETE, DeleteRequest, self.delete)
-        svc.endpoint(subjects.BLOB_LIST, ListRequest, self.list)
+        svc.endpoint(subjects.BLOB_LIST, ListRequest, self.list, empty_ok=True)
         svc.endpoint(subjects.BLOB_USAGE, Empty, self.usage)
         svc.endpoint(subjects.BLOB_LOCATE, Empty, self.locate)
         svc.endpoint(subjects.UPLOAD_LIST, Empty, self.uploads)

@@ -34,7 +34,7 @@ class ImageVerbs:
         self._fetch = asyncio.Semaphore(_CONFIG_FETCH_LIMIT)
 
     def register(self, service: BusService) -> None:
-        service.endpoint(subjects.REGISTRY_IMAGES, ImagesRequest, self.images)
+        service.endpoint(subjects.REGISTRY_IMAGES, ImagesRequest, self.images, empty_ok=True)
         service.endpoint(subjects.REGISTRY_TAG, TagRequest, self.tag)
         service.endpoint(subjects.REGISTRY_UNTAG, UntagRequest, self.untag)
         service.endpoint(subjects.REGISTRY_RMI, RmiRequest, self.rmi)

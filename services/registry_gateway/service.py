@@ -4,17 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from aiohttp import web
 
 from shared import bus, subjects
 from shared.config import Config, split_host_port
 from shared.dataplane_sign import DataplaneSigner, load_key
-from services.registry_gateway import blobs, copy, images
+from services.registry_gateway import blobs, bus_credentials, copy, images
 from services.registry_gateway.app import create_app
 from services.registry_gateway.keys import REGISTRY, UPLOAD_HOOK
 
 log = logging.getLogger("dockyard.registry")
+
+
+def _site(runner: web.AppRunner, cfg: Config) -> web.BaseSite:
+    """The socket `dockyard up` bound for us (DOCKYARD_REGISTRY_FD: the port stays across our
+    restarts), else our own listener on `registry_addr`."""
+    fd = cfg.env("REGISTRY_FD")
+    if fd:
+        return web.SockSite(runner, socket.socket(fileno=int(fd)))
+    host, port = split_host_port(cfg.registry_addr)
+    return web.TCPSite(runner, host, port, reuse_address=True)
 
 
 async def serve(cfg: Config) -> None:
@@ -31,14 +42,14 @@ async def serve(cfg: Config) -> None:
                          direct_upload=cfg.env("REGISTRY_DIRECT_UPLOAD", "auto").lower())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        host, port = split_host_port(cfg.registry_addr)
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await _site(runner, cfg).start()
         registry = app[REGISTRY]
         service = bus.BusService(nc, subjects.REGISTRY_GATEWAY, description="OCI distribution API",
                                  metadata={"url": cfg.registry_base_url})
         images.register(service, registry)
         blobs.register_upload_hook(service, registry, app[UPLOAD_HOOK])
         auth.register_bus(service)
+        bus_credentials.register(service, auth.store, cfg)
         copy.register(service, registry=registry, auth=auth, cfg=cfg)
         await service.start()
         log.info("registry-gateway listening on %s", cfg.registry_addr)

@@ -15,6 +15,7 @@ import time
 from ipaddress import IPv4Network
 from pathlib import Path
 
+from services.runtime_agent.containers.config import parse_volume_roots
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow, tail
 from services.runtime_agent.containers.manager import Containers
 from services.runtime_agent.containers.store import ContainerStore
@@ -63,7 +64,8 @@ class Agent:
         self.runtime = runtime
         self.containers = Containers(agent_id=agent_id, store=ContainerStore(root / "containers"),
                                      runtime=runtime, images=self.images, puller=self.puller, network=network,
-                                     nc=nc, cgroup_parent=cfg.env("CGROUP_PARENT", "/dockyard"))
+                                     nc=nc, cgroup_parent=cfg.env("CGROUP_PARENT", "/dockyard"),
+                                     volume_roots=parse_volume_roots(cfg.env("AGENT_VOLUME_ROOTS")))
         mem = cfg.env("AGENT_MEMORY", "")
         self.memory_override = int(mem) if mem else None
         self.address = cfg.env("AGENT_ADDRESS", "") or _default_address()
@@ -71,17 +73,20 @@ class Agent:
 
     def register(self, svc: bus.BusService) -> None:
         own = f"{subjects.queue(subjects.RUNTIME_AGENT)}.{self.id}"
+        run_bound = 256 << 10  # argv and environment: docker allows more than a default request
         verbs = [
-            (m.VERB_RUN, m.RunRequest, self.run), (m.VERB_START, m.ContainerRef, self.start),
-            (m.VERB_STOP, m.StopRequest, self.stop), (m.VERB_KILL, m.KillRequest, self.kill),
-            (m.VERB_RM, m.RmRequest, self.rm), (m.VERB_INSPECT, m.ContainerRef, self.inspect),
-            (m.VERB_LOGS, m.LogsRequest, self.logs), (m.VERB_PS, m.PsRequest, self.ps),
-            (m.VERB_IMAGES, m.ImagesRequest, self.list_images), (m.VERB_PULL, m.PullRequest, self.pull),
-            (m.VERB_PRUNE, PruneRequest, self.prune),
+            (m.VERB_RUN, m.RunRequest, self.run, {"max_bytes": run_bound}),
+            (subjects.AGENT_RUN_HOST_BIND, m.RunRequest, self.run_host_bind, {"max_bytes": run_bound}),
+            (m.VERB_START, m.ContainerRef, self.start, {}), (m.VERB_STOP, m.StopRequest, self.stop, {}),
+            (m.VERB_KILL, m.KillRequest, self.kill, {}), (m.VERB_RM, m.RmRequest, self.rm, {}),
+            (m.VERB_INSPECT, m.ContainerRef, self.inspect, {}), (m.VERB_LOGS, m.LogsRequest, self.logs, {}),
+            (m.VERB_PS, m.PsRequest, self.ps, {"empty_ok": True}),
+            (m.VERB_IMAGES, m.ImagesRequest, self.list_images, {}), (m.VERB_PULL, m.PullRequest, self.pull, {}),
+            (m.VERB_PRUNE, PruneRequest, self.prune, {}),
         ]
-        for verb, typ, handler in verbs:
-            svc.endpoint(subjects.agent(self.id, verb), typ, handler, queue=own)
-        svc.endpoint(m.fleet(m.VERB_PS), m.PsRequest, self.ps, queue=own)
+        for verb, typ, handler, bounds in verbs:
+            svc.endpoint(subjects.agent(self.id, verb), typ, handler, queue=own, **bounds)
+        svc.endpoint(m.fleet(m.VERB_PS), m.PsRequest, self.ps, queue=own, empty_ok=True)
         svc.endpoint(m.fleet(m.VERB_IMAGES), m.ImagesRequest, self.list_images, queue=own)
 
     def heartbeat(self) -> m.Heartbeat:
@@ -97,6 +102,10 @@ class Agent:
 
     async def run(self, req: m.RunRequest) -> m.RunReply:
         return m.RunReply(container=await self.containers.run(req))
+
+    async def run_host_bind(self, req: m.RunRequest) -> m.RunReply:
+        """`run` that may bind any host path: its subject is the admin role's alone."""
+        return m.RunReply(container=await self.containers.run(req, any_host_path=True))
 
     async def start(self, req: m.ContainerRef) -> m.ContainerReply:
         return m.ContainerReply(container=await self.containers.start(req.container))

@@ -32,6 +32,10 @@ VERB_IMAGES = "images"
 VERB_PULL = "pull"
 VERB_PRUNE = "prune"  # the GC's verb (shared.messages.gc.PruneRequest/PruneReply)
 
+# The detail code of a `run` refused for a host bind outside DOCKYARD_AGENT_VOLUME_ROOTS:
+# the CLI then sends it to shared.subjects.AGENT_RUN_HOST_BIND, which only admins may publish.
+VOLUME_OUTSIDE_ROOTS = "VOLUME_OUTSIDE_ROOTS"
+
 
 def fleet(verb: str) -> str:
     """The subject every agent answers (no queue group): scatter-gather listings."""

@@ -15,6 +15,7 @@ import msgspec
 from shared.oci.digest import Digest
 
 Access = Literal["pull", "push", "none"]
+BusRole = Literal["", "reader", "operator", "admin"]  # shared.permissions.ROLES; "" = none on the bus
 
 
 class UserAddRequest(msgspec.Struct, kw_only=True):
@@ -22,6 +23,9 @@ class UserAddRequest(msgspec.Struct, kw_only=True):
     password: str
     # Change the password of an existing user instead of failing with AlreadyExists.
     update: bool = False
+    # The user's role on the bus (None: unchanged; a new user has none). With `update`
+    # and an empty password only the role changes.
+    role: BusRole | None = None
 
 
 class UserRmRequest(msgspec.Struct, kw_only=True):
@@ -41,6 +45,19 @@ class EnsureAdminReply(msgspec.Struct, kw_only=True):
 class UserReply(msgspec.Struct, kw_only=True):
     username: str
     created_at: float = 0.0
+    role: BusRole = ""
+
+
+class UserCredsRequest(msgspec.Struct, kw_only=True):
+    """Bus credentials for a user with a role (REGISTRY_USER_CREDS, admins only)."""
+
+    username: str
+
+
+class UserCredsReply(msgspec.Struct, kw_only=True):
+    username: str
+    role: BusRole
+    creds: str  # a NATS .creds file
 
 
 class GrantRequest(msgspec.Struct, kw_only=True):

@@ -4,6 +4,7 @@ registry (CNCF distribution on loopback) that holds a busybox image pushed by sk
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -11,10 +12,11 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.natsserver import free_port
+from tests.support.ports import address_from_log
 from tests.support.images import busybox_layout, skopeo_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -22,14 +24,15 @@ CGROUP_PARENT = "/dyag-test"
 
 
 def start_registry(root: Path) -> tuple[subprocess.Popen, str]:
-    addr = f"127.0.0.1:{free_port()}"
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "registry.yml"
-    cfg.write_text(f"version: 0.1\nlog: {{level: error}}\n"
+    # port 0: distribution logs the address it got (at level info)
+    cfg.write_text(f"version: 0.1\nlog: {{level: info}}\n"
                    f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
-                   f"http: {{addr: {addr}}}\n")
+                   f"http: {{addr: 127.0.0.1:0}}\n")
     proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=open(root / "registry.log", "wb"), start_new_session=True)
+    addr = address_from_log(root / "registry.log", r"listening on (127\.0\.0\.1:\d+)", proc)
     deadline = time.monotonic() + 15
     while True:
         try:
@@ -131,6 +134,26 @@ class Fleet:
 
     def agent_ids(self) -> set[str]:
         return {a["agent_id"] for a in json.loads(self.cli("agents", "--json").stdout)}
+
+
+@contextlib.contextmanager
+def running_fleet(root: Path, nats_url: str, memories: dict[int, int],
+                  extra_env: dict[str, str] | None = None) -> Iterator[Fleet]:
+    """A registry holding busybox and one agent per `index: memory`, all removed afterwards."""
+    reg_proc, registry = start_registry(root / "registry")
+    push_busybox(root, registry)
+    env = {**os.environ, "DOCKYARD_NATS_URL": nats_url, "DOCKYARD_REGISTRY_ADDR": registry,
+           "DOCKYARD_DATA_DIR": str(root / "data"), "PYTHONUNBUFFERED": "1", **(extra_env or {})}
+    f = Fleet(root, env, registry)
+    try:
+        for index, memory in memories.items():
+            f.add_agent(index, memory)
+        yield f
+    finally:
+        f.remove_everything()
+        reg_proc.terminate()
+        reg_proc.wait(10)
+        remove_test_cgroup_parent()
 
 
 # ---- what a container may leave on the host ---------------------------------------------

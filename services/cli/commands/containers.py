@@ -176,8 +176,7 @@ async def agent_images(ctx, host: str) -> list:
 # ---- handlers --------------------------------------------------------------------------
 
 async def run(args, ctx) -> int:
-    from shared import subjects
-    from shared.messages.agent import VERB_RUN, RunReply, RunRequest
+    from shared.messages.agent import RunRequest
     memory = parse_size(args.memory) if args.memory else None
     swap = parse_size(args.memory_swap, allow_unlimited=True) if args.memory_swap else None
     env = []
@@ -195,9 +194,8 @@ async def run(args, ctx) -> int:
                      hostname=args.hostname or "")
     client = await ctx.bus()
     host = args.host or place(await fleet(ctx), memory).agent_id
-    subject = subjects.agent(host, VERB_RUN)
     if args.detach:
-        reply = await client.request(subject, req, RunReply, timeout=600)
+        reply = await _request_run(client, host, req)
         if ctx.json_output:
             ctx.print_json(reply.container)
         else:
@@ -207,13 +205,26 @@ async def run(args, ctx) -> int:
         import msgspec
         # Signals are the container's to handle from here on; its exit code becomes ours.
         with SignalProxy(client, host, ctx) as proxy:
-            await proxy.start(client.request(subject, msgspec.structs.replace(req, stream_inbox=stream.inbox),
-                                             RunReply, timeout=600))
+            await proxy.start(_request_run(client, host, msgspec.structs.replace(req, stream_inbox=stream.inbox)))
             end = await stream.done
     if end.error:
         ctx.error(end.error)
         return 125
     return end.exit_code if end.exit_code is not None else 125
+
+
+async def _request_run(client, host: str, req):
+    """`run` on `host`; a host bind outside the agent's volume roots goes to the admin-only verb."""
+    from shared import subjects
+    from shared.errors import PermissionDenied
+    from shared.messages.agent import VERB_RUN, VOLUME_OUTSIDE_ROOTS, RunReply
+    try:
+        return await client.request(subjects.agent(host, VERB_RUN), req, RunReply, timeout=600)
+    except PermissionDenied as e:
+        # The agent refuses before it pulls or creates anything, so asking again is safe.
+        if e.detail_code != VOLUME_OUTSIDE_ROOTS:
+            raise
+    return await client.request(subjects.agent(host, subjects.AGENT_RUN_HOST_BIND), req, RunReply, timeout=600)
 
 
 async def ps(args, ctx) -> int:
@@ -272,7 +283,7 @@ async def logs(args, ctx) -> int:
 
 async def _each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0) -> int:
     from shared import subjects
-    from shared.errors import DockyardError
+    from shared.errors import DockyardError, PermissionDenied
     client = await ctx.bus()
     agents = await fleet(ctx)
     rc = 0
@@ -281,6 +292,8 @@ async def _each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0
             host, c = await find(ctx, ref, agents)
             await client.request(subjects.agent(host, verb), make(c.id), reply_type, timeout=timeout)
             print(ref)
+        except PermissionDenied:
+            raise  # the verb is refused, not this container
         except DockyardError as e:
             ctx.error(e.message)
             rc = 1

@@ -259,7 +259,7 @@ async def pull(args, ctx) -> int:
 
 async def rmi(args, ctx) -> int:
     from shared import subjects
-    from shared.errors import DockyardError, InvalidArgument
+    from shared.errors import DockyardError, InvalidArgument, PermissionDenied
     from shared.messages.registry import RmiReply, RmiRequest
     from shared.registry.stackref import is_stack
     bus = await ctx.bus()
@@ -272,6 +272,8 @@ async def rmi(args, ctx) -> int:
                 raise InvalidArgument(f"{text}: rmi removes images of the stack registry only")
             name = str(ref) if ref is not None else text
             reply = await bus.request(subjects.REGISTRY_RMI, RmiRequest(reference=name, force=args.force), RmiReply)
+        except PermissionDenied:
+            raise  # the verb is refused, not this image
         except DockyardError as e:
             failed += 1
             ctx.error(f"{text}: {e.message}")

@@ -15,8 +15,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = usub.add_parser("add", help="add a user (or change its password with --update)")
     p.add_argument("name")
     p.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    p.add_argument("--update", action="store_true", help="change the password of an existing user")
+    p.add_argument("--update", action="store_true",
+                   help="change an existing user: its password (with --password-stdin) and/or --role")
+    p.add_argument("--role", choices=["reader", "operator", "admin", "none"],
+                   help="what the user may do on the bus (new users: none, only registry grants)")
     p.set_defaults(func=user_add)
+    p = usub.add_parser("creds", help="print bus credentials for a user with a role (admins only)")
+    p.add_argument("name")
+    p.set_defaults(func=user_creds)
     p = usub.add_parser("rm", help="remove a user and its grants")
     p.add_argument("name")
     p.set_defaults(func=user_rm)
@@ -78,14 +84,26 @@ def stack_repository(text: str, cfg) -> str:
 async def user_add(args, ctx) -> int:
     from shared import subjects
     from shared.messages.auth import UserAddRequest, UserReply
+    role = None if args.role is None else ("" if args.role == "none" else args.role)
+    # `user add NAME --update --role R` changes the role only
+    password = "" if args.update and role is not None and not args.password_stdin else _password(args)
     bus = await ctx.bus()
     reply = await bus.request(subjects.REGISTRY_USER_ADD,
-                              UserAddRequest(username=args.name, password=_password(args), update=args.update),
+                              UserAddRequest(username=args.name, password=password, update=args.update, role=role),
                               UserReply, timeout=30)
     if ctx.json_output:
         ctx.print_json(reply)
     else:
-        print(f"user {reply.username} {'updated' if args.update else 'added'}")
+        print(f"user {reply.username} {'updated' if args.update else 'added'} (bus role: {reply.role or 'none'})")
+    return 0
+
+
+async def user_creds(args, ctx) -> int:
+    from shared import subjects
+    from shared.messages.auth import UserCredsReply, UserCredsRequest
+    reply = await (await ctx.bus()).request(subjects.REGISTRY_USER_CREDS, UserCredsRequest(username=args.name),
+                                            UserCredsReply)
+    sys.stdout.write(reply.creds)
     return 0
 
 

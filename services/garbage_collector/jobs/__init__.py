@@ -17,8 +17,10 @@ from shared.config import Config
 from shared.errors import DockyardError, InvalidArgument
 from shared.messages.gc import ALL_JOBS, JobReport, RunRequest
 from shared.registry_meta import RegistryMeta
-from services.garbage_collector.cron import parse_duration
+from shared.cron import parse_duration
 from services.garbage_collector.state import GcState
+
+MAX_SETTLE = 600.0  # seconds
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,9 @@ class Options:
             v = getattr(req, name)
             if v is not None and v < 0:
                 raise InvalidArgument(f"{name} must not be negative")
+        # The run sleeps for settle, holding its job's lease: an hour would be a mistake.
+        if req.settle_seconds is not None and req.settle_seconds > MAX_SETTLE:
+            raise InvalidArgument(f"settle_seconds must be at most {MAX_SETTLE:g}")
         return cls(dry_run=req.dry_run,
                    grace=pick(req.grace_seconds, s.grace),
                    settle=pick(req.settle_seconds, s.settle),

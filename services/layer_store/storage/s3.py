@@ -19,7 +19,7 @@ conditional DELETE that not every S3 implementation has.
 Consistency assumptions: the store is strongly read-after-write consistent for
 objects and listings (AWS S3 since 2020, MinIO, Ceph RGW) and honours conditional
 writes: If-None-Match: * on PutObject and CompleteMultipartUpload, If-Match on
-PutObject (AWS since 2024; MinIO; moto). A delete that stalls longer than DELETE_LEASE
+PutObject (AWS since 2024; MinIO; SeaweedFS). A delete that stalls longer than DELETE_LEASE
 between its mark and its DELETE gives up; a mark older than that (its process died) is
 taken over by the next touch or delete. Clocks of the fleet are assumed to agree to
 well within the GC's grace period, as with any shared fence time.

@@ -1,7 +1,7 @@
 """A small S3 client on aiohttp: the dozen object and multipart calls the driver needs.
 
 Path-style addressing (`<endpoint>/<bucket>/<key>`), which AWS, MinIO, Ceph RGW, R2
-and moto all accept. Every payload is signed (x-amz-content-sha256 is the body's
+and SeaweedFS all accept. Every payload is signed (x-amz-content-sha256 is the body's
 sha256, which the server checks), so a body damaged in transit is refused rather
 than stored. S3 failures become shared.errors classes here, at the adapter:
 `NoSuchKey` (a NotFound), `PreconditionFailed` (a Conflict: a conditional write lost),

@@ -28,7 +28,7 @@ async def ensure_admin_in(store: AuthStore, path: Path) -> str | None:
     finally:
         os.close(fd)
     try:
-        await store.add_user(ADMIN, password)
+        await store.add_user(ADMIN, password, role="admin")  # the administrator on the bus too
     except AlreadyExists:
         os.unlink(tmp)  # created concurrently: that one's file stands
         return None

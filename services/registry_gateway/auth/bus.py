@@ -15,13 +15,15 @@ from .admin import ensure_admin_in
 from .core import Auth
 from .scopes import GRANT_ACTIONS, parse_scopes
 
+_SMALL = 4 << 10  # bytes
+
 
 def register(service: BusService, auth: Auth) -> None:
     store = auth.store
 
     async def user_add(req: UserAddRequest) -> UserReply:
-        rec = await store.add_user(req.username, req.password, update=req.update)
-        return UserReply(username=rec.username, created_at=rec.created_at)
+        rec = await store.add_user(req.username, req.password, update=req.update, role=req.role)
+        return UserReply(username=rec.username, created_at=rec.created_at, role=rec.role)
 
     async def user_rm(req: UserRmRequest) -> Ok:
         await store.remove_user(req.username)
@@ -46,10 +48,10 @@ def register(service: BusService, auth: Auth) -> None:
             raise InvalidArgument("password_file is required")
         return EnsureAdminReply(created=await ensure_admin_in(store, Path(req.password_file)) is not None)
 
-    service.endpoint(subjects.REGISTRY_ENSURE_ADMIN, EnsureAdminRequest,
-                     ensure_admin)
-    service.endpoint(subjects.REGISTRY_USER_ADD, UserAddRequest, user_add)
-    service.endpoint(subjects.REGISTRY_USER_RM, UserRmRequest, user_rm)
-    service.endpoint(subjects.REGISTRY_GRANT, GrantRequest, grant)
-    service.endpoint(subjects.REGISTRY_REPO_VISIBILITY, VisibilityRequest, visibility)
-    service.endpoint(subjects.REGISTRY_TOKEN, TokenRequest, token)
+    # Names, a password, a few scopes: nothing legitimate comes near these bounds.
+    service.endpoint(subjects.REGISTRY_ENSURE_ADMIN, EnsureAdminRequest, ensure_admin, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_USER_ADD, UserAddRequest, user_add, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_USER_RM, UserRmRequest, user_rm, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_GRANT, GrantRequest, grant, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_REPO_VISIBILITY, VisibilityRequest, visibility, max_bytes=_SMALL)
+    service.endpoint(subjects.REGISTRY_TOKEN, TokenRequest, token, max_bytes=4 * _SMALL)

@@ -32,6 +32,7 @@ class UserRecord(msgspec.Struct, kw_only=True):
     username: str
     password_hash: str
     created_at: float = 0.0
+    role: str = ""  # on the bus: shared.permissions.ROLES, or "" for none
 
 
 class GrantRecord(msgspec.Struct, kw_only=True):
@@ -87,15 +88,21 @@ class AuthStore:
             raise InvalidArgument(f"the password must be at most {MAX_PASSWORD_BYTES} bytes")
         return bcrypt.hashpw(pw, bcrypt.gensalt(self.bcrypt_rounds)).decode()
 
-    async def add_user(self, username: str, password: str, *, update: bool = False) -> UserRecord:
+    async def add_user(self, username: str, password: str, *, update: bool = False,
+                       role: str | None = None) -> UserRecord:
+        """Add (or with `update` change) a user; `role` None keeps the bus role, and an update
+        with an empty password changes the role only."""
         username = parse_username(username)
-        hashed = await asyncio.to_thread(self._hash, password)
+        hashed = await asyncio.to_thread(self._hash, password) if password or not update else ""
         if update:
             def change(old: UserRecord | None) -> UserRecord:
-                return UserRecord(username=username, password_hash=hashed,
-                                  created_at=old.created_at if old else time.time())
+                if old is None and not hashed:
+                    raise NotFound(f"no user {username}")
+                return UserRecord(username=username, password_hash=hashed or old.password_hash,
+                                  created_at=old.created_at if old else time.time(),
+                                  role=(old.role if old else "") if role is None else role)
             return await self.users.mutate(kv_key(username), change)
-        rec = UserRecord(username=username, password_hash=hashed, created_at=time.time())
+        rec = UserRecord(username=username, password_hash=hashed, created_at=time.time(), role=role or "")
         await self.users.create(kv_key(username), rec)  # AlreadyExists if taken
         return rec
 

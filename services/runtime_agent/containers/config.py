@@ -15,8 +15,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from shared.errors import InvalidArgument, NotFound
-from shared.messages.agent import RestartPolicy, RunRequest, Volume
+from shared.errors import InvalidArgument, NotFound, PermissionDenied
+from shared.messages.agent import VOLUME_OUTSIDE_ROOTS, RestartPolicy, RunRequest, Volume
 from shared.oci.manifest import ContainerConfig as ImageRunConfig
 
 _MAX_LINKS = 40
@@ -80,6 +80,39 @@ def parse_volumes(specs: list[str]) -> list[Volume]:
             raise InvalidArgument(f"invalid volume {spec!r}: the container path must be absolute and not /")
         out.append(Volume(source=posixpath.normpath(src), destination=posixpath.normpath(dst),
                           readonly=mode == "ro"))
+    return out
+
+
+VOLUME_ROOTS_ENV = "DOCKYARD_AGENT_VOLUME_ROOTS"
+
+
+def parse_volume_roots(text: str) -> tuple[str, ...]:
+    """The `:`-separated absolute directories of DOCKYARD_AGENT_VOLUME_ROOTS, symlinks resolved."""
+    roots = []
+    for part in text.split(":"):
+        if not part:
+            continue
+        if not posixpath.isabs(part):
+            raise InvalidArgument(f"{VOLUME_ROOTS_ENV}: {part!r} is not an absolute path")
+        roots.append(os.path.realpath(part))
+    return tuple(roots)
+
+
+def confine_volumes(volumes: list[Volume], roots: tuple[str, ...] | None) -> list[Volume]:
+    """Each host path with its symlinks and `..` resolved; outside every root refused.
+
+    `roots` None binds anything (the admin-only verb). The resolved path is what gets
+    mounted, so a link that pointed inside a root cannot be bent elsewhere afterwards.
+    """
+    out = []
+    for v in volumes:
+        real = os.path.realpath(v.source)
+        if roots is not None and not any(real == r or real.startswith(r.rstrip("/") + "/") for r in roots):
+            where = f"({':'.join(roots)})" if roots else "(none set)"
+            shown = v.source if real == v.source else f"{v.source} (that is {real})"
+            raise PermissionDenied(f"host path {shown} is outside {VOLUME_ROOTS_ENV} {where}: "
+                                   "only an admin may bind it", detail_code=VOLUME_OUTSIDE_ROOTS)
+        out.append(Volume(source=real, destination=v.destination, readonly=v.readonly))
     return out
 
 

@@ -22,14 +22,15 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.runtime_agent.containers import etcfiles, rootfs
-from services.runtime_agent.containers.config import parse_restart, parse_volumes, process_of, resolve_user
+from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
+                                                      resolve_user)
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
 from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
-                                   Port, RunRequest)
+                                   Port, RunRequest, Volume)
 from shared.runtime import BindMount, ContainerSpec, Runtime
 from shared.runtime.jsonlog import rfc3339nano
 
@@ -51,7 +52,8 @@ class Watch:
 
 class Containers:
     def __init__(self, *, agent_id: str, store: ContainerStore, runtime: Runtime, images: ImageStore,
-                 puller: Puller, network: Network, nc, cgroup_parent: str = "/dockyard"):
+                 puller: Puller, network: Network, nc, cgroup_parent: str = "/dockyard",
+                 volume_roots: tuple[str, ...] = ()):
         self.agent_id = agent_id
         self.store = store
         self.runtime = runtime
@@ -61,6 +63,7 @@ class Containers:
         self.network = network
         self.nc = nc
         self.cgroup_parent = cgroup_parent
+        self.volume_roots = volume_roots  # host binds elsewhere need `any_host_path`
         self._watches: dict[str, Watch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._removing: set[str] = set()
@@ -99,7 +102,10 @@ class Containers:
 
     # ---- run -------------------------------------------------------------------------
 
-    async def run(self, req: RunRequest) -> Container:
+    async def run(self, req: RunRequest, *, any_host_path: bool = False) -> Container:
+        """Create and start; host binds outside `volume_roots` only with `any_host_path`."""
+        # Refused before anything is pulled or created.
+        volumes = confine_volumes(parse_volumes(req.volumes), None if any_host_path else self.volume_roots)
         streamer = Streamer(self.nc, req.stream_inbox if not req.detach else "")
         image = self.puller.local(req.image) if req.pull != "always" else None
         if image is None:
@@ -108,7 +114,7 @@ class Containers:
             image = await self.puller.pull(req.image, streamer.progress)
         self._pinned[image.digest] += 1
         try:
-            c = self._new_container(req, image)
+            c = self._new_container(req, image, volumes)
             self.store.create(c)
         finally:
             self._pinned[image.digest] -= 1
@@ -129,7 +135,7 @@ class Containers:
             self._spawn(self._stream_foreground(c.id, w, drained, Streamer(self.nc, req.stream_inbox)))
         return c
 
-    def _new_container(self, req: RunRequest, image: ImageRecord) -> Container:
+    def _new_container(self, req: RunRequest, image: ImageRecord, volumes: list[Volume]) -> Container:
         if req.rm and req.restart not in ("", "no"):
             raise InvalidArgument("conflicting options: --restart and --rm")
         cfg = self.images.config(image.digest)
@@ -143,7 +149,7 @@ class Containers:
             image=req.image, image_digest=image.digest, args=proc.args, entrypoint=proc.entrypoint, cmd=proc.cmd,
             env=proc.env, working_dir=proc.cwd, user=proc.user,
             hostname=etcfiles.check_hostname(req.hostname) if req.hostname else cid[:12],  # docker's default
-            volumes=parse_volumes(req.volumes), network=req.network, publish=list(req.publish),
+            volumes=volumes, network=req.network, publish=list(req.publish),
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
             labels=dict(req.labels))

@@ -1,32 +1,33 @@
-"""A real S3 server for the tests: moto's server in its own process on 127.0.0.1.
+"""A real S3 server for the tests: SeaweedFS's `weed server -s3` in its own process on 127.0.0.1.
 
-Signature checking is switched on (moto then verifies every request's SigV4 signature
-with botocore, the reference implementation): the first three requests, which create
-an IAM user with a policy and an access key, are the only unauthenticated ones.
+It is given one identity (a random access key and secret) in its S3 config, so every
+request must carry a valid SigV4 signature of that key; anonymous or wrongly signed
+requests are refused.
 """
 
 from __future__ import annotations
 
-import datetime as dt
-import hashlib
+import json
 import os
+import random
+import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
-import uuid
-import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import NamedTuple
-from urllib.parse import urlencode
 
 from services.layer_store.storage.s3_client import S3Config
-from services.layer_store.storage.s3_sigv4 import Credentials, sign
 
-_ADMIN_POLICY = '{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":"*","Resource":"*"}]}'
-_UNAUTHENTICATED_SETUP_CALLS = 3
+# master, volume, filer and s3 each listen on an HTTP and a gRPC port.
+_PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
+          "filer.port", "filer.port.grpc", "s3.port", "s3.port.grpc")
+_START_TRIES = 4
 
 
 class S3Server(NamedTuple):
@@ -39,70 +40,106 @@ class S3Server(NamedTuple):
         return S3Config(self.endpoint, bucket, self.access_key, self.secret_key, self.region)
 
 
-def _free_port() -> int:
+class WeedProcess(NamedTuple):
+    proc: subprocess.Popen
+    ports: dict[str, int]
+    server: S3Server
+
+
+def _below_ephemeral_range() -> tuple[int, int]:
+    """Ports the kernel never hands to a bind(0): other suites' servers cannot take them."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    return 20000, max(20000 + len(_PORTS) * 10, low - 1)
+
+
+def _port_is_free(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
 
 
-def _wait_listening(port: int, proc: subprocess.Popen, timeout: float = 20.0) -> None:
+def _pick_ports() -> dict[str, int]:
+    # A child's ports cannot be bound as 0 and read back, so they are drawn at random
+    # outside the ephemeral range and checked free; a port taken between the check and
+    # weed's own bind makes weed exit, and `start_weed` retries with fresh ports. SystemRandom:
+    # pytest-randomly seeds `random` alike in every xdist worker, they would draw the same ports.
+    lo, hi = _below_ephemeral_range()
+    while True:
+        ports = random.SystemRandom().sample(range(lo, hi), len(_PORTS))
+        if all(_port_is_free(p) for p in ports):
+            return dict(zip(_PORTS, ports))
+
+
+def _unix_sockets(ports: dict[str, int]) -> list[Path]:
+    """The sockets weed leaves in /tmp, named by its gRPC ports (no flag moves them)."""
+    return [Path(f"/tmp/seaweedfs-{name.split('.')[0]}-grpc-{ports[name]}.sock")
+            for name in _PORTS if name.endswith(".grpc")]
+
+
+def _wait_s3(endpoint: str, proc: subprocess.Popen, timeout: float = 60.0) -> bool:
+    """True once S3 answers (an unsigned request is refused: 403); False if weed exited."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"moto_server exited with {proc.returncode}")
+            return False
         try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return
+            urllib.request.urlopen(endpoint + "/", timeout=1).close()
+            raise RuntimeError("weed's S3 answered an anonymous request: no identity configured")
+        except urllib.error.HTTPError as e:
+            if e.code == 403:
+                return True
         except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("moto_server did not start listening")
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"weed's S3 at {endpoint} did not answer within {timeout:g}s")
 
 
-def _iam(endpoint: str, params: dict[str, str]) -> ET.Element:
-    """One IAM query-API call (signed with throw-away keys: moto does not check these)."""
-    body = urlencode({**params, "Version": "2010-05-08"}).encode()
-    host = endpoint.split("://", 1)[1]
-    headers = sign("POST", host, "/", [], {"content-type": "application/x-www-form-urlencoded"},
-                   hashlib.sha256(body).hexdigest(), Credentials("AKIDSETUP", "setup"), "us-east-1",
-                   service="iam", now=dt.datetime.now(dt.timezone.utc))
-    req = urllib.request.Request(endpoint + "/", data=body, headers=headers, method="POST")
-    with urllib.request.urlopen(req, timeout=10) as resp:
-        return ET.fromstring(resp.read())
+def start_weed(workdir: Path) -> WeedProcess:
+    exe = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
+    access_key = "DY" + secrets.token_hex(9).upper()
+    secret_key = secrets.token_urlsafe(30)
+    config = workdir / "s3.json"
+    config.write_text(json.dumps({"identities": [{
+        "name": "dockyard-tests", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+        "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
+    for attempt in range(_START_TRIES):
+        ports = _pick_ports()
+        data = workdir / f"data{attempt}"
+        data.mkdir()
+        args = [exe, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+                f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
+                "-master.telemetry=false", "-volume.max=20", "-master.volumeSizeLimitMB=64",
+                f"-filer.localSocket={workdir}/filer{attempt}.sock",
+                f"-s3.localSocket={workdir}/s3-{attempt}.sock",
+                *(f"-{name}={port}" for name, port in ports.items())]
+        with open(workdir / f"weed{attempt}.log", "wb") as log:
+            proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
+                                    start_new_session=True)
+        endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        weed = WeedProcess(proc, ports, S3Server(endpoint, access_key, secret_key))
+        try:
+            if _wait_s3(endpoint, proc):
+                return weed
+        except BaseException:
+            stop_weed(weed)
+            raise
+        stop_weed(weed)  # exited early: most likely a port was taken meanwhile
+    raise RuntimeError(f"weed did not start in {_START_TRIES} tries; see {workdir}/weed*.log")
 
 
-def _text(root: ET.Element, name: str) -> str:
-    for el in root.iter():
-        if el.tag.rpartition("}")[2] == name:
-            return el.text or ""
-    raise KeyError(name)
-
-
-def start_moto(workdir: Path) -> tuple[subprocess.Popen, S3Server]:
-    exe = shutil.which("moto_server", path=str(Path(sys.executable).parent)) or "moto_server"
-    port = _free_port()
-    env = {**os.environ, "INITIAL_NO_AUTH_ACTION_COUNT": str(_UNAUTHENTICATED_SETUP_CALLS)}
-    log = open(workdir / "moto.log", "wb")
-    proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT,
-                            env=env, cwd=workdir, start_new_session=True)
-    log.close()
-    try:
-        _wait_listening(port, proc)
-        endpoint = f"http://127.0.0.1:{port}"
-        user = f"dys3-{uuid.uuid4().hex[:8]}"
-        _iam(endpoint, {"Action": "CreateUser", "UserName": user})
-        _iam(endpoint, {"Action": "PutUserPolicy", "UserName": user, "PolicyName": "all",
-                        "PolicyDocument": _ADMIN_POLICY})
-        key = _iam(endpoint, {"Action": "CreateAccessKey", "UserName": user})
-        return proc, S3Server(endpoint, _text(key, "AccessKeyId"), _text(key, "SecretAccessKey"))
-    except BaseException:
-        stop_moto(proc)
-        raise
-
-
-def stop_moto(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+def stop_weed(weed: WeedProcess) -> None:
+    if weed.proc.poll() is None:
+        os.killpg(weed.proc.pid, signal.SIGTERM)
+        try:
+            weed.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(weed.proc.pid, signal.SIGKILL)
+            weed.proc.wait()
+    for sock in _unix_sockets(weed.ports):
+        sock.unlink(missing_ok=True)

@@ -1,0 +1,169 @@
+"""Who may publish and subscribe what on the bus: one table, per service kind and per person role.
+
+NATS enforces it: the generated credentials (shared/credentials.py) carry these lists, and
+deploy/nats-server.conf is checked against them. Everything is derived from shared/subjects.py.
+
+JetStream KV access is expressed as the subjects the server checks: reading a bucket is
+stream info, direct/message get and (for watchers, `keys`, listings) creating, reading and
+deleting a consumer on its stream; writing is publishing to `$KV.<bucket>.>` plus creating
+and purging the stream. A principal receives replies only under its own inbox prefix
+(`_INBOX.<name>.`), so one client cannot read another's replies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from shared import subjects as s
+from shared.credentials import inbox_prefix
+from shared.messages.agent import (FLEET_PREFIX, VERB_IMAGES, VERB_INSPECT, VERB_KILL, VERB_LOGS, VERB_PS,
+                                   VERB_PULL, VERB_RM, VERB_RUN, VERB_START, VERB_STOP)
+from shared.messages.gc import AGENT_PRUNE_VERB
+
+SUPERVISOR = "supervisor"  # `dockyard up` itself: waits for services, creates the admin user
+ROLES = ("reader", "operator", "admin")  # each includes the one before it
+
+# The registry's metadata buckets (shared/registry_meta): the gateway writes them, GC deletes from them.
+REGISTRY_META = (s.KV_REPOSITORIES, s.KV_TAGS, s.KV_MANIFESTS, s.KV_REFERRERS, s.KV_UPLOADS, s.KV_BLOB_LINKS)
+AUTH_STATE = (s.KV_USERS, s.KV_ACL)  # users, grants and token keys: the gateway's alone
+
+EVENTS = f"{s.PREFIX}.events.>"
+AGENT_VERB_EXEC = "exec"
+
+
+@dataclass(frozen=True)
+class Permissions:
+    publish: tuple[str, ...]
+    subscribe: tuple[str, ...]
+    # may answer a message it received (NATS allow_responses), wherever its reply subject is:
+    # people answer an agent's keep-alive pings while a container's output streams to them
+    responses: bool = False
+
+
+def principal(kind: str, agent_id: str = "") -> str:
+    """The name a service instance's credential carries: one per agent host, one per other kind."""
+    return f"{kind}-{agent_id}" if kind == s.RUNTIME_AGENT else kind
+
+
+def person(username: str) -> str:
+    """The principal of a person's credential; never a service's name, so never a service's inbox."""
+    if not username or any(c in username for c in ".*> \t"):
+        raise ValueError(f"{username!r} cannot name a bus principal")
+    return f"user-{username}"
+
+
+def kv_read(bucket: str) -> list[str]:
+    stream = f"KV_{bucket}"
+    return [f"$JS.API.STREAM.INFO.{stream}", f"$JS.API.DIRECT.GET.{stream}", f"$JS.API.DIRECT.GET.{stream}.>",
+            f"$JS.API.STREAM.MSG.GET.{stream}", f"$JS.API.CONSUMER.CREATE.{stream}",
+            f"$JS.API.CONSUMER.CREATE.{stream}.>", f"$JS.API.CONSUMER.INFO.{stream}.>",
+            f"$JS.API.CONSUMER.DELETE.{stream}.>", f"$JS.FC.{stream}.>", f"$JS.ACK.{stream}.>"]
+
+
+def kv_write(bucket: str) -> list[str]:
+    stream = f"KV_{bucket}"
+    return kv_read(bucket) + [f"$KV.{bucket}.>", f"$JS.API.STREAM.CREATE.{stream}",
+                              f"$JS.API.STREAM.UPDATE.{stream}", f"$JS.API.STREAM.PURGE.{stream}"]
+
+
+def _agent_verbs(*verbs: str) -> list[str]:
+    return [s.agent("*", v) for v in verbs]
+
+
+def _principal(name: str, *, calls: list[str], serves: list[str], reads: tuple[str, ...] = (),
+               writes: tuple[str, ...] = (), events: list[str] = (), listens: list[str] = ()) -> Permissions:
+    """`calls`: requests it sends; `serves`: subjects it answers ($SRV discovery included);
+    `events`: what it publishes; `listens`: events it subscribes to."""
+    pub = ["$JS.API.INFO", *calls, *events]
+    for b in reads:
+        pub += kv_read(b)
+    for b in writes:
+        pub += kv_write(b)
+    sub = [inbox_prefix(name) + ".>", *serves, *listens]
+    if serves:
+        pub.append("_INBOX.>")  # replies to whoever asked
+        sub.append("$SRV.>")
+    return Permissions(tuple(dict.fromkeys(pub)), tuple(dict.fromkeys(sub)))
+
+
+def service(kind: str, *, agent_id: str = "") -> Permissions:
+    """The permissions of one service instance; a runtime-agent's are bound to its `agent_id`."""
+    if kind == s.LAYER_STORE:
+        return _principal(kind, serves=["dockyard.layerstore.>"], calls=[s.UPLOAD_COMMITTED],
+                          events=[s.EVENT_BLOB_COMMITTED, s.EVENT_BLOB_DELETED])
+    if kind == s.REGISTRY_GATEWAY:
+        return _principal(kind, serves=["dockyard.registry.>"], calls=["dockyard.layerstore.>"],
+                          writes=REGISTRY_META + AUTH_STATE,
+                          events=[s.EVENT_IMAGE_PUSHED, s.EVENT_IMAGE_DELETED])
+    if kind == s.BUILDER:
+        return _principal(kind, serves=["dockyard.builder.>"],
+                          calls=[s.REGISTRY_TOKEN, "dockyard.layerstore.>"],
+                          writes=(s.KV_BUILD_CACHE, s.KV_BUILD_LEASES), events=[s.EVENT_CACHE_PRUNED],
+                          listens=[s.EVENT_CACHE_PRUNED])  # replicas drop what another pruned
+    if kind == s.RUNTIME_AGENT:
+        if not agent_id:
+            raise ValueError("a runtime-agent's permissions name its agent id")
+        return _principal(principal(kind, agent_id), serves=[s.agent(agent_id, ">"), f"{FLEET_PREFIX}.>"],
+                          calls=[s.REGISTRY_TOKEN], writes=(s.KV_AGENTS,),
+                          events=[f"{s.EVENT_CONTAINER}.{agent_id}.>"])
+    if kind == s.GARBAGE_COLLECTOR:
+        return _principal(kind, serves=["dockyard.gc.>"],
+                          calls=[s.BLOB_LIST, s.BLOB_DELETE, s.UPLOAD_LIST, s.UPLOAD_ABORT, s.BUILDER_PRUNE,
+                                 *_agent_verbs(AGENT_PRUNE_VERB)],
+                          writes=(s.KV_GC, *REGISTRY_META), reads=(s.KV_BUILD_CACHE, s.KV_AGENTS),
+                          events=[s.EVENT_GC_FINISHED])
+    if kind == SUPERVISOR:
+        return _principal(kind, serves=[], calls=["$SRV.PING.>", "$SRV.INFO", s.REGISTRY_ENSURE_ADMIN])
+    raise ValueError(f"no permissions for service kind {kind!r}")
+
+
+# What each role adds, verb by verb: (verb as the CLI names it, subjects it publishes).
+_ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
+    "reader": [
+        ("ps", _agent_verbs(VERB_PS)), ("logs", _agent_verbs(VERB_LOGS)),
+        ("inspect", _agent_verbs(VERB_INSPECT)), ("images", [s.REGISTRY_IMAGES, *_agent_verbs(VERB_IMAGES)]),
+        ("agents", kv_read(s.KV_AGENTS)), ("history", [s.BUILD_HISTORY]),
+        ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>"]),
+    ],
+    "operator": [
+        ("run", _agent_verbs(VERB_RUN)), ("stop", _agent_verbs(VERB_STOP)), ("start", _agent_verbs(VERB_START)),
+        ("kill", _agent_verbs(VERB_KILL)), ("rm", _agent_verbs(VERB_RM)), ("exec", _agent_verbs(AGENT_VERB_EXEC)),
+        ("build", [s.BUILD, s.BUILD_CHECK, s.BUILD_IMPORT, s.BUILD_CONTEXT_MISSING, s.REGISTRY_TOKEN]),
+        ("push", [s.REGISTRY_COPY]), ("pull", [s.REGISTRY_COPY, *_agent_verbs(VERB_PULL)]),
+        ("rmi", [s.REGISTRY_RMI]), ("tag", [s.REGISTRY_TAG, s.REGISTRY_UNTAG]),
+    ],
+    "admin": [
+        ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),
+        ("grant", [s.REGISTRY_GRANT]), ("repo", [s.REGISTRY_REPO_VISIBILITY]),
+        ("gc", ["dockyard.gc.>"]), ("fleet", ["dockyard.fleet.>"]),
+        # a host bind outside DOCKYARD_AGENT_VOLUME_ROOTS: root on that host, so admins only
+        ("run -v HOSTDIR", _agent_verbs(s.AGENT_RUN_HOST_BIND)),
+    ],
+}
+
+
+def role(username: str, role_name: str) -> Permissions:
+    """A person's permissions: every verb of `role_name` and of the roles below it; events to read."""
+    if role_name not in ROLES:
+        raise ValueError(f"unknown role {role_name!r}: one of {', '.join(ROLES)}")
+    pub = [subj for r in ROLES[:ROLES.index(role_name) + 1] for _, subs in _ROLE_VERBS[r] for subj in subs]
+    return Permissions(tuple(dict.fromkeys(pub)), (inbox_prefix(person(username)) + ".>", EVENTS), responses=True)
+
+
+def matches(pattern: str, subject: str) -> bool:
+    """NATS subject matching: `*` one token, `>` the rest."""
+    p, t = pattern.split("."), subject.split(".")
+    for i, tok in enumerate(p):
+        if tok == ">":
+            return len(t) > i
+        if i >= len(t) or (tok != "*" and tok != t[i]):
+            return False
+    return len(p) == len(t)
+
+
+def required_role(subject: str) -> str:
+    """The least role whose permissions publish `subject` ("" if no role does)."""
+    for r in ROLES:
+        if any(matches(p, subject) for _, subs in _ROLE_VERBS[r] for p in subs):
+            return r
+    return ""
