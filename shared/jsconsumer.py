@@ -24,7 +24,7 @@ log = logging.getLogger("dockyard.jsconsumer")
 INACTIVE_THRESHOLD = 5.0
 
 T = TypeVar("T")
-_releasing: set[asyncio.Task] = set()
+_releasing: set[asyncio.Future] = set()
 
 
 async def created(make: Awaitable[T], sub_of: Callable[[T], Any] = lambda s: s) -> T:
