@@ -13,9 +13,14 @@ PYTEST_ARGS ?=
 demo: deps venv
 	bash examples/demo.sh
 
+# Two workers, each test file whole on one of them (module-scoped fixtures stay per file);
+# every stack a test starts has its own ports, bridge, subnet and cgroup parent.
+# `make test PYTEST_ARGS="-p randomly"` shuffles the order (the seed is printed).
+TEST_WORKERS ?= 2
+
 test: deps venv
 	@# pytest exits 5 when it collected no test: that is a failure here, said out loud.
-	@$(VENV)/bin/pytest $(PYTEST_ARGS); rc=$$?; \
+	@$(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests" >&2; fi; exit $$rc
 
 # Debian packages the services and tests use (installed only when missing; needs root).

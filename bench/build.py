@@ -12,7 +12,12 @@ ratio dockyard / buildah:
   blobs unlinked from their repositories so their bytes travel again;
   buildah: every image but the base removed);
 - warm: the same build again, nothing changed;
-- changed: one small context file changed (only the steps from its COPY rerun).
+- changed: one small context file changed (only the steps from its COPY rerun);
+- parallel (dockyard only): three independent stages of `RUN sleep 1` and a
+  final stage copying from each, `--no-cache`: the wall time shows the stages
+  overlap (BuildKit's scheduling);
+- remote (dockyard only): a cold build (as above) with `--cache-from` a cache
+  that `--cache-to type=registry,mode=max` exported, against the plain cold build.
 
 Wall time of each CLI call, start-up included. dockyard runs as its own stack
 (`dockyard up` on free ports in a temp dir); buildah with the private configs of
@@ -46,6 +51,10 @@ from tests.e2e.conftest import Stack, start_stack, stop_stack  # noqa: E402
 # the peer config templates of ../shared/PEERS.md, beside the checkout
 PEERS = Path(os.environ.get("DOCKYARD_PEERS_DIR", Path(__file__).resolve().parents[2] / "shared" / "peers"))
 TAG = "dybd-bench:latest"
+CACHE_REF = "dybd-bench-cache:buildcache"
+# Three independent stages of 1 s each: built in parallel the whole build takes ~1 s, not 3.
+PARALLEL_DOCKERFILE = "".join(f"FROM busybox:latest AS s{i}\nRUN sleep 1 && echo {i} > /{i}\n" for i in range(3)) + (
+    "FROM busybox:latest\n" + "".join(f"COPY --from=s{i} /{i} /\n" for i in range(3)))
 SMALL_FILES = 500
 BIG_BYTES = 50 << 20
 CHANGED = "src/f042.txt"
@@ -97,8 +106,8 @@ class Dockyard:
     def cli(self, args: list[str]) -> subprocess.CompletedProcess:
         return self.stack.cli(*args, timeout=600)
 
-    def build(self) -> float:
-        cmd = [sys.executable, "-m", "services.cli.main", "build", "--json", "-t", TAG, str(self.ctx)]
+    def build(self, ctx: Path | None = None, *extra: str) -> float:
+        cmd = [sys.executable, "-m", "services.cli.main", "build", "--json", "-t", TAG, *extra, str(ctx or self.ctx)]
         t0 = time.perf_counter()
         p = subprocess.run(cmd, env=self.stack.env, capture_output=True, text=True, timeout=600, cwd=REPO)
         dt = time.perf_counter() - t0
@@ -116,12 +125,11 @@ class Dockyard:
         import aiohttp
 
         from shared import bus
-        from shared.messages.builder import CONTEXT_REPOSITORY
+        from shared.messages.builder import CACHE_REPOSITORY, CONTEXT_REPOSITORY
         from shared.messages.gc import PruneReply, PruneRequest
         from shared.subjects import BUILDER_PRUNE
         from shared.registry.auth import bus_token_provider
         from shared.registry.client import RegistryClient
-        from services.builder.handlers import CACHE_REPOSITORY
 
         nc = await bus.connect(self.stack.nats_url)
         try:
@@ -271,6 +279,22 @@ def main() -> int:
             print(f"round {r + 1}: " + ", ".join(f"{n}/{c} {v[-1]:.2f}s" for (n, c), v in times.items()),
                   file=sys.stderr)
         report(times, [t.name for t in tools])
+        dy = next((t for t in tools if t.name == "dockyard"), None)
+        if dy is not None:
+            par = tmp / "parallel"
+            par.mkdir()
+            (par / "Dockerfile").write_text(PARALLEL_DOCKERFILE)
+            walls = [dy.build(par, "--no-cache") for _ in range(args.rounds)]
+            print(f"{'parallel':<10}{statistics.median(walls):>16.3f}  (3 stages of RUN sleep 1, --no-cache; "
+                  "sequential would be >= 3 s)")
+            # Remote cache: exported once, then a cold builder (records, layers, context gone) imports it.
+            dy.build(None, "--cache-to", f"type=registry,ref={CACHE_REF},mode=max")
+            remote = []
+            for _ in range(args.rounds):
+                dy.make_cold()
+                remote.append(dy.build(None, "--cache-from", f"type=registry,ref={CACHE_REF}"))
+            print(f"{'remote':<10}{statistics.median(remote):>16.3f}  (cold, --cache-from; plain cold "
+                  f"{statistics.median(times[('dockyard', 'cold')]):.3f} s)")
     finally:
         for t in tools:
             t.close()

@@ -13,7 +13,8 @@ from shared.credentials import ADMIN, creds_path
 from shared.errors import InvalidArgument
 
 DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "dockyard"
-DEFAULT_NATS_URL = "nats://127.0.0.1:4222"
+DEFAULT_NATS_PORT = 4222
+DEFAULT_NATS_URL = f"nats://127.0.0.1:{DEFAULT_NATS_PORT}"
 DEFAULT_REGISTRY_ADDR = "127.0.0.1:5000"
 
 
@@ -70,9 +71,10 @@ def split_host_port(addr: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
-def load(**flags: Any) -> Config:
-    """Defaults, overridden by `DOCKYARD_*` env vars, overridden by non-None flags."""
-    values: dict[str, Any] = {}
+def load(*, under: dict[str, str] | None = None, **flags: Any) -> Config:
+    """Defaults, overridden by `under` (what a running stack recorded, see shared.stackfile),
+    by `DOCKYARD_*` env vars, then by non-None flags."""
+    values: dict[str, Any] = dict(under or {})
     for field in Config.__struct_fields__:
         env = os.environ.get(f"DOCKYARD_{field.upper()}")
         if env is not None:

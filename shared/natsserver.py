@@ -10,7 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import msgspec
+
 from shared.errors import Unavailable
+
+# nats-server's own spelling of "any free port": it binds and we read the port back.
+RANDOM_PORT = -1
 
 
 def find_binary() -> str:
@@ -25,47 +30,92 @@ def find_binary() -> str:
 
 
 def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago; racy, so prefer a server that binds 0 and says which port it got."""
     with socket.socket() as s:
         s.bind((host, 0))
         return s.getsockname()[1]
 
 
-class EmbeddedNats:
-    """A nats-server child process; JetStream stores under `store_dir`."""
+class _Ports(msgspec.Struct):
+    nats: list[str] = []
 
-    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int | None = None,
+
+class EmbeddedNats:
+    """A nats-server child process; JetStream stores under `store_dir`.
+
+    `port` 0 lets the server bind any free port; with `fallback`, a taken `port` does the
+    same instead of failing. `port` holds the bound port once started, and a restart
+    (after the process died) binds that same port again, so clients reconnect.
+    """
+
+    def __init__(self, store_dir: Path, *, host: str = "127.0.0.1", port: int = 0, fallback: bool = False,
                  log_file: Path | None = None, config_file: Path | None = None):
         self.store_dir = Path(store_dir)
         self.host = host
-        self.port = port or free_port(host)
-        self.log_file = log_file
+        self.port = port
+        self.fallback = fallback
+        self.log_file = Path(log_file) if log_file else self.store_dir / "nats-server.log"
         self.config_file = config_file  # its authorization is demanded of every client
         self.proc: subprocess.Popen | None = None
+        # nats-server writes `<exe>_<pid>.ports` here once it listens
+        self._ports_dir = self.store_dir / "ports"
 
     @property
     def url(self) -> str:
         return f"nats://{self.host}:{self.port}"
 
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def start(self, timeout: float = 10.0) -> "EmbeddedNats":
+        """Start and wait until it listens; the first start may pick the port, later ones keep it."""
         self.store_dir.mkdir(parents=True, exist_ok=True)
-        out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL
-        args = [find_binary(), "-a", self.host, "-p", str(self.port), "-js", "-sd", str(self.store_dir)]
-        if self.config_file is not None:
-            args += ["-c", str(self.config_file)]
-        self.proc = subprocess.Popen(
-            args,
-            stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+        self._ports_dir.mkdir(exist_ok=True)
+        try:
+            self.port = self._launch(self.port or RANDOM_PORT, timeout)
+        except _PortTaken:
+            if not self.fallback:
+                raise Unavailable(f"nats-server cannot listen on {self.url}: the port is taken") from None
+            self.port = self._launch(RANDOM_PORT, timeout)
+        self.fallback = False  # from now on the port is the one clients know
+        return self
+
+    def _launch(self, port: int, timeout: float) -> int:
+        with open(self.log_file, "ab") as out:
+            mark = out.tell()  # what this run logs starts here
+            # flags after -c override the file: the port is ours to choose
+            config = ["-c", str(self.config_file)] if self.config_file is not None else []
+            self.proc = subprocess.Popen(
+                [find_binary(), *config, "-a", self.host, "-p", str(port), "-js", "-sd", str(self.store_dir),
+                 "--ports_file_dir", str(self._ports_dir)],
+                stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
+        ports_file = self._ports_dir / f"{Path(find_binary()).name}_{self.proc.pid}.ports"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                raise Unavailable(f"nats-server exited with {self.proc.returncode} (port {self.port} taken?)")
+                tail = self._log_tail(mark)
+                if "address already in use" in tail:
+                    raise _PortTaken()
+                raise Unavailable(f"nats-server exited with {self.proc.returncode}:\n{tail}")
             try:
-                with socket.create_connection((self.host, self.port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.02)
+                urls = msgspec.json.decode(ports_file.read_bytes(), type=_Ports).nats
+            except (OSError, msgspec.DecodeError):
+                time.sleep(0.02)  # written once the listener is up
+                continue
+            ports_file.unlink(missing_ok=True)
+            if urls:
+                return int(urls[0].rpartition(":")[2])
         self.stop()
-        raise Unavailable(f"nats-server did not listen on {self.url} within {timeout}s")
+        raise Unavailable(f"nats-server did not listen on {self.host} within {timeout}s:\n{self._log_tail(mark)}")
+
+    def _log_tail(self, since: int, lines: int = 10) -> str:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(since)
+                return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc and self.proc.poll() is None:
@@ -82,6 +132,10 @@ class EmbeddedNats:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class _PortTaken(Exception):
+    """The requested port is bound by someone else."""
 
 
 def pid_alive(pid: int) -> bool:

@@ -128,7 +128,7 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
     "operator": [
         ("run", _agent_verbs(VERB_RUN)), ("stop", _agent_verbs(VERB_STOP)), ("start", _agent_verbs(VERB_START)),
         ("kill", _agent_verbs(VERB_KILL)), ("rm", _agent_verbs(VERB_RM)), ("exec", _agent_verbs(AGENT_VERB_EXEC)),
-        ("build", [s.BUILD, s.BUILD_IMPORT, s.BUILD_CONTEXT_MISSING, s.REGISTRY_TOKEN]),
+        ("build", [s.BUILD, s.BUILD_CHECK, s.BUILD_IMPORT, s.BUILD_CONTEXT_MISSING, s.REGISTRY_TOKEN]),
         ("push", [s.REGISTRY_COPY]), ("pull", [s.REGISTRY_COPY, *_agent_verbs(VERB_PULL)]),
         ("rmi", [s.REGISTRY_RMI]), ("tag", [s.REGISTRY_TAG, s.REGISTRY_UNTAG]),
     ],

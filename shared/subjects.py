@@ -51,6 +51,7 @@ BUILD = "dockyard.builder.build"
 BUILD_IMPORT = "dockyard.builder.import"
 BUILD_HISTORY = "dockyard.builder.history"
 BUILD_CONTEXT_MISSING = "dockyard.builder.context.missing"  # which context blobs must travel
+BUILD_CHECK = "dockyard.builder.check"  # `build --check`: the build checks' findings, nothing built
 
 # runtime-agent: fleet-wide and per-host
 AGENT_PREFIX = "dockyard.agent"

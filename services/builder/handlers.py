@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import json
 import os
 import shutil
 import time
@@ -15,19 +16,20 @@ import msgspec
 from shared.buildcontext import ContextIndex, unpack_context
 from shared.errors import InvalidArgument
 from shared.layers.compression import open_compressor, open_decompressed, media_type
-from shared.messages.builder import (CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned,
-                                     ContextMissingReply, ContextMissingRequest, HistoryEntry, HistoryReply,
-                                     HistoryRequest, ImportReply, ImportRequest)
+from shared.messages.builder import (CACHE_REPOSITORY, CONTEXT_REPOSITORY, BuildReply, BuildRequest, CachePruned,
+                                     CheckReply, ContextMissingReply, ContextMissingRequest, HistoryEntry,
+                                     HistoryReply, HistoryRequest, ImportReply, ImportRequest)
 from shared.messages.common import Progress
 from shared.messages.gc import PruneReply, PruneRequest
 from shared.oci.digest import Digest, Hasher
 from shared.runtime import Runtime
-from services.builder.executor import prune, scan
-from services.builder.executor.build import Build, BuildOptions, StageResult, check_image, now_rfc3339
+from services.builder.executor import prune, remotecache, scan
+from services.builder.executor.build import CACHE_MOUNTS, Build, BuildOptions, StageResult, check_image, now_rfc3339
 from services.builder.executor.cache import BuildCache
 from services.builder.executor.images import (LayerRef, Registries, canonical, image_manifest, parse_name,
                                               pull_base, push_image)
 from services.builder.executor.leases import Leases
+from services.builder.executor.mounts import CacheDir, CacheDirs
 from services.builder.executor.store import LocalStore
 from services.builder.frontend import ImageState
 from services.builder.frontend.imagestate import DEFAULT_SHELL
@@ -37,13 +39,14 @@ Announce = Callable[[CachePruned], Awaitable[None]]
 RUNTIME_STATE_ROOT = Path("/run/dybd")
 MAX_CONTEXTS = 4  # unpacked contexts kept for warm rebuilds
 UNTAGGED_REPOSITORY = "dockyard/untagged"
-CACHE_REPOSITORY = "dockyard/build-cache"
 
 
 class Builder:
     def __init__(self, store: LocalStore, cache: BuildCache, regs: Registries, publish: Publish,
-                 leases: Leases | None = None, announce: Announce | None = None):
+                 leases: Leases | None = None, announce: Announce | None = None, *, allow_insecure: bool = False):
         self.store, self.cache, self.regs, self.publish = store, cache, regs, publish
+        self.allow_insecure = allow_insecure  # RUN --security=insecure may run
+        self.cache_dirs = CacheDirs(store.root / CACHE_MOUNTS)
         self.leases = leases or Leases(None)
         self.announce = announce  # tells the other replicas what a prune dropped
         self.active: set[Build] = set()
@@ -163,6 +166,33 @@ class Builder:
 
     # -- build ---------------------------------------------------------------------
 
+    async def _inputs(self, req: BuildRequest) -> tuple[ContextIndex, BuildOptions]:
+        """The unpacked context and the options of a build request, checked."""
+        if req.compression not in ("gzip", "zstd"):
+            raise InvalidArgument(f"--compression must be gzip or zstd, not {req.compression!r}")
+        if req.network not in ("default", "none", "host"):
+            raise InvalidArgument(f"--network must be default, none or host, not {req.network!r}")
+        ctx = await self.context(req.context)
+        opts = BuildOptions(dockerfile=req.dockerfile, dockerfile_name=req.dockerfile_name,
+                            dockerfile_path=req.dockerfile_path,
+                            build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
+                            secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
+                            network=req.network, allow_insecure=self.allow_insecure,
+                            no_cache_filter=frozenset(req.no_cache_filter))
+        return ctx, opts
+
+    async def check(self, req: BuildRequest) -> CheckReply:
+        """`build --check`: every stage dispatched against its base, nothing run or pushed."""
+        async def quiet(*_a, **_k) -> None:
+            pass
+
+        ctx, opts = await self._inputs(req)
+        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, quiet, None, self.cache_dirs)
+        try:
+            return CheckReply(warnings=await b.check())
+        finally:
+            b.cleanup()
+
     async def build(self, req: BuildRequest) -> BuildReply:
         inbox = req.progress_inbox
 
@@ -170,22 +200,19 @@ class Builder:
             await self.publish(inbox, Progress(kind=kind, message=message, step=step, total_steps=total,
                                                stream=stream))
 
-        if req.compression not in ("gzip", "zstd"):
-            raise InvalidArgument(f"--compression must be gzip or zstd, not {req.compression!r}")
-        if req.network not in ("default", "none", "host"):
-            raise InvalidArgument(f"--network must be default, none or host, not {req.network!r}")
         tags = [parse_name(t) for t in req.tags]
-        ctx = await self.context(req.context)
-        opts = BuildOptions(dockerfile=req.dockerfile, dockerfile_name=req.dockerfile_name,
-                            build_args=dict(req.build_args), target=req.target, no_cache=req.no_cache,
-                            secrets={s.id: s.data for s in req.secrets}, compression=req.compression,
-                            network=req.network)
+        ctx, opts = await self._inputs(req)
         lease = self.leases.lease()
-        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit, lease)
+        b = Build(self.store, self.runtime, self.cache, self.regs, ctx, opts, emit, lease, self.cache_dirs)
         self.active.add(b)
         try:
+            cache_to = [remotecache.parse_spec(t, "--cache-to") for t in req.cache_to]
+            for spec in (remotecache.parse_spec(t, "--cache-from") for t in req.cache_from):
+                b.imported.update(await remotecache.load(self.regs, spec))
             res = await b.run()
-            config_bytes, manifest_bytes = compose(res, req.labels)
+            inline = any(spec.type == "inline" for spec in cache_to)
+            config_bytes, manifest_bytes = compose(res, req.labels, remotecache.inline_config(
+                {k: rec for k, (stage, rec) in b.used.items() if stage in res.stages}) if inline else None)
             if not tags:
                 tags = [parse_name(f"{UNTAGGED_REPOSITORY}@{Digest.from_bytes(manifest_bytes)}")]
             await emit("log", f"pushing {', '.join(str(t) for t in tags)}")
@@ -193,6 +220,7 @@ class Builder:
             stack_repo = next((t.path for t in tags if t.domain is None), "")
             shipped = {layer.digest for layer in res.layers}
             stack = self.regs.client(self.regs.stack_url)
+            stored = {}
             for key, rec in b.fresh.items():
                 if rec.empty or rec.digest is None:
                     continue
@@ -202,16 +230,25 @@ class Builder:
                     # other replicas can hit them too.
                     repo = CACHE_REPOSITORY
                     await stack.push_blob(repo, rec.digest, rec.size, str(self.store.blob_path(rec.digest)))
-                await self.cache.put(key, msgspec.structs.replace(rec, repository=repo))
+                stored[key] = msgspec.structs.replace(rec, repository=repo)
+                await self.cache.put(key, stored[key])
+            for spec in cache_to:
+                if spec.type == "registry":
+                    await emit("log", f"exporting cache to {spec.ref} (mode={spec.mode})")
+                    await remotecache.export(self.regs, spec, {
+                        k: stored.get(k, rec) for k, (stage, rec) in b.used.items()
+                        if spec.mode == "max" or stage in res.stages}, b)
             warnings = b.warnings + await check_image(b, res)
             for w in warnings:
-                await emit("warning", w.message)
+                # A check as BuildKit lists it after a build: " - Rule: message (line N)".
+                await emit("warning", f"{w.rule}: {w.message} (line {w.line})" if w.kind == "lint" else w.message)
         finally:
             self.active.discard(b)
             b.cleanup()
             await lease.release()
         return BuildReply(digest=digest, config_digest=Digest.from_bytes(config_bytes),
                           tags=[str(t) for t in tags], size=sum(layer.size for layer in res.layers),
+                          media_type=json.loads(manifest_bytes)["mediaType"], manifest_size=len(manifest_bytes),
                           warnings=warnings, steps=b.reports)
 
     # -- prune ---------------------------------------------------------------------
@@ -229,9 +266,13 @@ class Builder:
         leased = await self.leases.leased_keys()
         plan = prune.plan(entries, now=time.time(), max_age=req.max_age_seconds, max_bytes=req.max_bytes,
                           leased=leased)
+        caches = await asyncio.to_thread(self.cache_dirs.plan, now=time.time(), max_age=req.max_age_seconds,
+                                         max_bytes=req.max_bytes)
         if req.dry_run:
-            return PruneReply(examined=len(entries), removed=len(plan.remove), freed=plan.freed,
-                              items=[e.item for e in plan.remove])
+            return _with_caches(PruneReply(examined=len(entries), removed=len(plan.remove), freed=plan.freed,
+                                           items=[e.item for e in plan.remove]), caches)
+        caches = self.cache_dirs.remove(caches)
+        await asyncio.to_thread(self.cache_dirs.purge)
         removed = [e for e in plan.remove if await self.cache.remove(e)]
         # A build that leased a key after the first read may have hit its record: put it back.
         late = await self.leases.leased_keys()
@@ -245,8 +286,8 @@ class Builder:
         if freed and self.announce is not None:
             await self.announce(CachePruned(layers=[Digest(d) for d in freed],
                                             diff_ids=[diff for diff, _ in freed.values()]))
-        return PruneReply(examined=len(entries), removed=len(done.remove), freed=done.freed,
-                          items=[e.item for e in done.remove])
+        return _with_caches(PruneReply(examined=len(entries), removed=len(done.remove), freed=done.freed,
+                                       items=[e.item for e in done.remove]), caches)
 
     async def drop_local(self, layers: dict[str, str]) -> int:
         """Remove this replica's copies of `layers` (digest -> diff_id) that no running build uses."""
@@ -351,6 +392,15 @@ class Builder:
         return HistoryReply(image=str(ref), digest=img.digest, entries=list(reversed(entries)))
 
 
+def _with_caches(reply: PruneReply, caches: list[CacheDir]) -> PruneReply:
+    """A prune's reply counting the cache mounts it dropped (or would drop) too."""
+    reply.examined += len(caches)
+    reply.removed += len(caches)
+    reply.freed += sum(c.size for c in caches)
+    reply.items += [f"cache-mount {c.name[:16]} {c.size}" for c in caches]
+    return reply
+
+
 class _LocalOnly:
     def __init__(self, store: LocalStore):
         self.store = store
@@ -363,8 +413,9 @@ class _LocalOnly:
         raise InvalidArgument(f"layer {layer.digest} is not in this builder")
 
 
-def compose(res: StageResult, extra_labels: dict[str, str]) -> tuple[bytes, bytes]:
-    """The OCI image config and manifest of a finished stage."""
+def compose(res: StageResult, extra_labels: dict[str, str],
+            extra: dict[str, Any] | None = None) -> tuple[bytes, bytes]:
+    """The OCI image config and manifest of a finished stage; `extra`: more config keys (an inline cache)."""
     cfg = res.config
     if extra_labels:
         cfg.labels.update(extra_labels)
@@ -381,6 +432,7 @@ def compose(res: StageResult, extra_labels: dict[str, str]) -> tuple[bytes, byte
     doc["config"] = oci_config
     doc["rootfs"] = {"type": "layers", "diff_ids": [str(layer.diff_id) for layer in res.layers]}
     doc["history"] = res.history
+    doc.update(extra or {})
     config_bytes = canonical(doc)
     annotations = {"org.opencontainers.image.created": created}
     if res.base_name:

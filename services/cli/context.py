@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from shared.codec import to_builtins
 from shared.config import Config
+from shared.errors import Unavailable
 
 if TYPE_CHECKING:
     from shared import bus
@@ -30,8 +31,11 @@ def _import_bus(nats_url: str) -> Any:
 
 
 class CliContext:
-    def __init__(self, config: Config, *, json_output: bool = False):
+    """`context` names the stack `config` came from (services.cli.contexts)."""
+
+    def __init__(self, config: Config, *, json_output: bool = False, context: str = "default"):
         self.config = config
+        self.context = context
         self.json_output = json_output
         self._bus: "bus.BusClient | None" = None
 
@@ -43,6 +47,9 @@ class CliContext:
         websocket URLs (or a server that demands TLS) get nats-py through shared.bus.
         """
         if self._bus is None:
+            if not self.config.nats_url:
+                raise Unavailable(f"no stack is running in {self.config.data_dir} (no stack.json there): "
+                                  "start one with `dockyard up`, or give --nats URL")
             from shared import bus_lite
             try:
                 self._bus = await bus_lite.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3,

@@ -21,6 +21,8 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", dest="data_dir", help="data directory (env DOCKYARD_DATA_DIR)")
     parser.add_argument("--creds", help="bus credentials file (env DOCKYARD_CREDS; default: the data "
                                         "dir's admin.creds if readable)")
+    parser.add_argument("--context", dest="context_name",
+                        help="the stack to talk to (env DOCKYARD_CONTEXT; see `dockyard context`)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = [MODULES[only]] if only in MODULES else sorted(set(MODULES.values()))
@@ -35,13 +37,27 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+GLOBAL_OPTIONS_WITH_VALUE = {"--nats", "--data-dir", "--context", "--creds"}
+
+
+def _command_name(argv: list[str]) -> str | None:
+    """The first word that is not a global option or its value."""
+    it = iter(argv)
+    for a in it:
+        if a in GLOBAL_OPTIONS_WITH_VALUE:
+            next(it, None)
+        elif not a.startswith("-"):
+            return a
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     # `--json` may stand anywhere (`dockyard ps --json`), for every command alike.
     json_output = "--json" in argv
     argv = [a for a in argv if a != "--json"]
     # Import only the module of the command asked for: start-up time is part of every command.
-    first = _verb(argv)
+    first = _command_name(argv)
     parser = build_parser(first)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -51,21 +67,22 @@ def main(argv: list[str] | None = None) -> int:
     args.nats_url = args.nats_url or getattr(args, "cmd_nats_url", None)
     args.data_dir = args.data_dir or getattr(args, "cmd_data_dir", None)
     args.creds = args.creds or getattr(args, "cmd_creds", None)
-    from shared import config as config_mod
+    import msgspec
     from shared.errors import DockyardError, PermissionDenied
+    from services.cli import contexts
     from services.cli.context import CliContext
 
-    cfg = config_mod.load(nats_url=args.nats_url, data_dir=args.data_dir, creds=args.creds)
-    ctx = CliContext(cfg, json_output=json_output)
-
-    async def run() -> int:
+    async def run(ctx: CliContext) -> int:
         try:
             return await args.func(args, ctx) or 0
         finally:
             await ctx.close()
 
     try:
-        return asyncio.run(run())
+        name, cfg = contexts.resolve(context=args.context_name, nats_url=args.nats_url, data_dir=args.data_dir)
+        if args.creds:
+            cfg = msgspec.structs.replace(cfg, creds=args.creds)
+        return asyncio.run(run(CliContext(cfg, json_output=json_output, context=name)))
     except PermissionDenied as e:
         CliContext.error(_refusal(first or "", e))
         return 125
@@ -74,17 +91,6 @@ def main(argv: list[str] | None = None) -> int:
         return 125 if e.code != "NOT_FOUND" else 1
     except KeyboardInterrupt:
         return 130
-
-
-def _verb(argv: list[str]) -> str | None:
-    """The command's name: the first word that is not a global option or its value."""
-    words = iter(argv)
-    for a in words:
-        if a in ("--nats", "--data-dir", "--creds"):
-            next(words, None)
-        elif not a.startswith("-"):
-            return a
-    return None
 
 
 def _refusal(verb: str, e: Exception) -> str:

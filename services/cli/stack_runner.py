@@ -3,34 +3,47 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from shared import bus, credentials, permissions
-from shared.config import Config
+from shared import bus, credentials, permissions, stackfile
+from shared.config import Config, split_host_port
 from shared.errors import Unavailable
-from shared.natsserver import EmbeddedNats, free_port
+from shared.natsserver import EmbeddedNats
 
 log = logging.getLogger("dockyard.up")
-STACK_FILE = "stack.json"
 READY_TIMEOUT = 60.0
 MAX_RESTARTS_PER_MINUTE = 5
+NATS = "nats-server"
+# the registry-gateway serves on the listening socket `up` passes it as this fd
+REGISTRY_FD_ENV = "DOCKYARD_REGISTRY_FD"
 
 
-def read_stack_file(data_dir: Path) -> dict[str, Any]:
+def bind_listener(addr: str, *, fallback: bool) -> tuple[socket.socket, str]:
+    """A listening TCP socket on `addr` (port 0: any free port), and the address it got.
+
+    With `fallback`, a taken port gives a free one instead of an error: the kernel picks
+    it in the same bind, so no other process can take it between choosing and listening.
+    """
+    host, port = split_host_port(addr)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     try:
-        return json.loads((data_dir / STACK_FILE).read_text())
-    except (OSError, ValueError):
-        return {}
+        sock = socket.create_server((host, port), family=family, backlog=1024)
+    except OSError as e:
+        if not fallback or port == 0:
+            raise Unavailable(f"cannot listen on {addr}: {e.strerror}") from e
+        sock = socket.create_server((host, 0), family=family, backlog=1024)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    return sock, f"{shown}:{bound}"
 
 
 async def discover(client: bus.BusClient, timeout: float = 0.5, expect: int | None = None) -> list[dict[str, Any]]:
@@ -46,12 +59,21 @@ async def discover(client: bus.BusClient, timeout: float = 0.5, expect: int | No
 
 
 class StackRunner:
-    def __init__(self, cfg: Config, *, services: list[str], nats_port: int | None):
+    """`nats_port` None joins the configured NATS; 0 embeds one on any free port. With the
+    fallbacks, a taken port (NATS's, the registry's) becomes a free one, reported in
+    `notices`: for defaults, where the user asked for no port in particular."""
+
+    def __init__(self, cfg: Config, *, services: list[str], nats_port: int | None,
+                 nats_fallback: bool = False, registry_fallback: bool = False):
         self.cfg = cfg
         self.services = services
         self.nats_port = nats_port
+        self.nats_fallback = nats_fallback
+        self.registry_fallback = registry_fallback
         self.nats: EmbeddedNats | None = None
+        self.registry_sock: socket.socket | None = None
         self.procs: dict[str, subprocess.Popen] = {}
+        self.notices: list[str] = []
         self.exit_code = 0
         self.logs = cfg.data_path / "logs"
         self.creds: dict[str, Path] = {}  # principal -> its .creds file
@@ -60,13 +82,17 @@ class StackRunner:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.nats_port is not None:
             conf = await asyncio.to_thread(self._issue_credentials)
-            self.nats = EmbeddedNats(self.cfg.data_path / "nats", port=self.nats_port or free_port(),
+            self.nats = EmbeddedNats(self.cfg.data_path / "nats", port=self.nats_port, fallback=self.nats_fallback,
                                      log_file=self.logs / "nats.log", config_file=conf)
             await asyncio.to_thread(self.nats.start)
+            if self.nats_port and self.nats.port != self.nats_port:
+                self._notice(f"NATS port {self.nats_port} is taken; NATS listens on {self.nats.port}")
             self.cfg = msgspec.structs.replace(self.cfg, nats_url=self.nats.url)
         else:  # someone else's NATS: the credentials they put in the data dir, if any
             for p in (self.cfg.data_path / credentials.CREDENTIALS_DIR).glob("*.creds"):
                 self.creds[p.stem] = p
+        if "registry-gateway" in self.services:
+            self._listen_registry()
         nc = await bus.connect(self.cfg.nats_url, name="dockyard-up",
                                creds=str(self.creds.get(permissions.SUPERVISOR, self.cfg.bus_creds)))
         try:
@@ -98,23 +124,41 @@ class StackRunner:
         credentials.write_secret(conf, authority.server_config().encode())
         return conf
 
+    def _listen_registry(self) -> None:
+        """Bind the registry's port here, once: every gateway process `up` (re)starts serves
+        on this socket, so its address is known before any service starts and survives
+        the gateway's restarts."""
+        wanted = self.cfg.registry_addr
+        self.registry_sock, addr = bind_listener(wanted, fallback=self.registry_fallback)
+        if split_host_port(wanted)[1] not in (0, split_host_port(addr)[1]):
+            self._notice(f"registry port {wanted} is taken; the registry listens on {addr}")
+        self.cfg = msgspec.structs.replace(self.cfg, registry_addr=addr)
+
+    def _notice(self, text: str) -> None:
+        log.warning("%s", text)
+        self.notices.append(text)
+
     def _spawn(self, name: str) -> None:
         env = {**os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
                "DOCKYARD_DATA_DIR": self.cfg.data_dir, "DOCKYARD_REGISTRY_ADDR": self.cfg.registry_addr}
         own = self.creds.get(permissions.principal(name, self.cfg.host_id))
         if own is not None:
             env["DOCKYARD_CREDS"] = str(own)
+        env.pop(REGISTRY_FD_ENV, None)
+        fds: tuple[int, ...] = ()
+        if name == "registry-gateway" and self.registry_sock is not None:
+            fds = (self.registry_sock.fileno(),)
+            env[REGISTRY_FD_ENV] = str(fds[0])
         with open(self.logs / f"{name}.log", "ab") as out:
             self.procs[name] = subprocess.Popen(
-                [sys.executable, "-m", "services.cli.main", "serve", name], env=env,
+                [sys.executable, "-m", "services.cli.main", "serve", name], env=env, pass_fds=fds,
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _write_stack_file(self) -> None:
-        tmp = self.cfg.data_path / (STACK_FILE + ".tmp")
-        tmp.write_text(json.dumps({
-            "services": self.services, "nats_url": self.cfg.nats_url,
-            "registry": self.cfg.registry_addr, "pids": {n: p.pid for n, p in self.procs.items()}}))
-        os.replace(tmp, self.cfg.data_path / STACK_FILE)
+        stackfile.write(self.cfg.data_path, stackfile.StackInfo(
+            services=self.services, nats_url=self.cfg.nats_url, registry=self.cfg.registry_addr,
+            pids={n: p.pid for n, p in self.procs.items()}, up_pid=os.getpid(),
+            nats_pid=self.nats.proc.pid if self.nats and self.nats.proc else 0))
 
     async def _wait_jetstream(self, nc: Any) -> None:
         deadline = time.monotonic() + 10
@@ -160,7 +204,7 @@ class StackRunner:
             return ""
 
     def banner(self) -> str:
-        lines = [f"dockyard is up ({len(self.procs)} services: {', '.join(self.procs)})",
+        lines = [f"dockyard is up ({len(self.procs)} services: {', '.join(self.procs)})", *self.notices,
                  f"  NATS:      {self.cfg.nats_url}"]
         if "registry-gateway" in self.procs:
             lines.append(f"  registry:  http://{self.cfg.registry_addr}")
@@ -172,15 +216,13 @@ class StackRunner:
         return "\n".join(lines)
 
     async def wait(self, stop: asyncio.Event) -> None:
-        """Until `stop` is set; a service that dies is restarted (with back-off) like a supervisor
-        would, and one that keeps dying stops the stack with exit code 1."""
+        """Until `stop` is set; a service or the embedded nats-server that dies is restarted
+        (with back-off) like a supervisor would, and one that keeps dying stops the stack
+        with exit code 1. NATS comes back on its port and store, so JetStream state stays."""
         restarts: dict[str, list[float]] = {}
         while not stop.is_set():
-            for name, p in list(self.procs.items()):
-                if p.poll() is None:
-                    continue
+            for name in self._dead():
                 recent = [t for t in restarts.get(name, []) if time.monotonic() - t < 60]
-                log.error("%s exited with %s\n%s", name, p.returncode, self._tail(name))
                 if len(recent) >= MAX_RESTARTS_PER_MINUTE:
                     log.error("%s died %d times in a minute; stopping the stack", name, len(recent))
                     self.exit_code = 1
@@ -188,12 +230,31 @@ class StackRunner:
                 restarts[name] = recent + [time.monotonic()]
                 await asyncio.sleep(0.2 * 2 ** len(recent))
                 log.info("restarting %s", name)
-                self._spawn(name)
+                if name == NATS:
+                    try:
+                        await asyncio.to_thread(self.nats.start)
+                    except Unavailable as e:  # counted as one more death on the next round
+                        log.error("nats-server did not come back: %s", e)
+                else:
+                    self._spawn(name)
                 self._write_stack_file()
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except asyncio.TimeoutError:
                 pass
+
+    def _dead(self) -> list[str]:
+        """What exited since the last look, logged; NATS first, since the services need it."""
+        dead = []
+        if self.nats is not None and not self.nats.running:
+            code = self.nats.proc.returncode if self.nats.proc else None
+            log.error("nats-server exited with %s; see %s", code, self.logs / "nats.log")
+            dead.append(NATS)
+        for name, p in self.procs.items():
+            if p.poll() is not None:
+                log.error("%s exited with %s\n%s", name, p.returncode, self._tail(name))
+                dead.append(name)
+        return dead
 
     async def stop(self, timeout: float = 15.0) -> None:
         for p in self.procs.values():
@@ -210,7 +271,6 @@ class StackRunner:
         self.procs.clear()
         if self.nats is not None:
             await asyncio.to_thread(self.nats.stop)
-        try:
-            (self.cfg.data_path / STACK_FILE).unlink()
-        except FileNotFoundError:
-            pass
+        if self.registry_sock is not None:
+            self.registry_sock.close()
+        stackfile.remove(self.cfg.data_path)

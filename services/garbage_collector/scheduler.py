@@ -11,9 +11,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
+from shared import cron
 from shared.errors import DockyardError
 from shared.messages.gc import RunRequest, Schedule
-from services.garbage_collector import cron
 from services.garbage_collector.collector import Collector
 from services.garbage_collector.jobs import Options
 from services.garbage_collector.lease import Leases

@@ -11,7 +11,7 @@ import contextlib
 import logging
 import uuid
 
-from shared import bus, subjects
+from shared import bus, cron, subjects
 from shared.config import Config
 from shared.errors import InvalidArgument
 from shared.messages.common import Empty
@@ -19,7 +19,6 @@ from shared.messages.gc import (ALL_JOBS, ExcludeReply, ExcludeRequest, JobStatu
                                 PolicyRequest, RunReply, RunRequest, ScheduleReply,
                                 ScheduleRequest, StatusReply)
 from shared.registry_meta import RegistryMeta
-from services.garbage_collector import cron
 from services.garbage_collector.collector import Collector
 from services.garbage_collector.jobs import JobContext, Settings, expand
 from services.garbage_collector.lease import Leases

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 
 from aiohttp import web
 
@@ -15,6 +16,16 @@ from services.registry_gateway.app import create_app
 from services.registry_gateway.keys import REGISTRY, UPLOAD_HOOK
 
 log = logging.getLogger("dockyard.registry")
+
+
+def _site(runner: web.AppRunner, cfg: Config) -> web.BaseSite:
+    """The socket `dockyard up` bound for us (DOCKYARD_REGISTRY_FD: the port stays across our
+    restarts), else our own listener on `registry_addr`."""
+    fd = cfg.env("REGISTRY_FD")
+    if fd:
+        return web.SockSite(runner, socket.socket(fileno=int(fd)))
+    host, port = split_host_port(cfg.registry_addr)
+    return web.TCPSite(runner, host, port, reuse_address=True)
 
 
 async def serve(cfg: Config) -> None:
@@ -31,8 +42,7 @@ async def serve(cfg: Config) -> None:
                          direct_upload=cfg.env("REGISTRY_DIRECT_UPLOAD", "auto").lower())
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
-        host, port = split_host_port(cfg.registry_addr)
-        await web.TCPSite(runner, host, port, reuse_address=True).start()
+        await _site(runner, cfg).start()
         registry = app[REGISTRY]
         service = bus.BusService(nc, subjects.REGISTRY_GATEWAY, description="OCI distribution API",
                                  metadata={"url": cfg.registry_base_url})

@@ -15,12 +15,13 @@ The tar is deterministic (sorted entries, uid/gid 0, mtime 0, no user names),
 so an unchanged context has the same digest and need not be uploaded again.
 """
 
-from shared.buildcontext.ignore import (DOCKERIGNORE, PatternMatcher, context_excludes,
-                                        read_dockerignore)
+from shared.buildcontext.ignore import (DOCKERIGNORE, PatternMatcher, context_excludes, context_ignore,
+                                        ignored_specials, read_dockerignore)
 from shared.buildcontext.pack import (EXTERNAL_BLOB, EXTERNAL_MIN, EXTERNAL_SIZE, DigestCache,
                                       context_signature, pack_context, walk_context)
 from shared.buildcontext.unpack import ContextIndex, unpack_context
 
 __all__ = ["ContextIndex", "DOCKERIGNORE", "DigestCache", "EXTERNAL_BLOB", "EXTERNAL_MIN", "EXTERNAL_SIZE",
-           "PatternMatcher", "context_excludes", "context_signature", "pack_context", "read_dockerignore",
+           "PatternMatcher", "context_excludes", "context_ignore", "context_signature", "ignored_specials", "pack_context",
+           "read_dockerignore",
            "unpack_context", "walk_context"]

@@ -6,6 +6,7 @@ import os
 import posixpath
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 from shared.errors import InvalidArgument
 
@@ -182,3 +183,25 @@ def context_excludes(ignore_text: str | None, dockerfile: str = "Dockerfile") ->
     if PatternMatcher(excludes).matches(dockerfile):
         excludes.append("!" + dockerfile)
     return excludes
+
+
+def context_ignore(root: Path) -> PatternMatcher | None:
+    """The patterns of an unpacked context's `.dockerignore`, or None without one."""
+    try:
+        text = (root / DOCKERIGNORE).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    return PatternMatcher(read_dockerignore(text))
+
+
+def ignored_specials(root: Path, dockerfile: str) -> list[str]:
+    """The Dockerfile and `.dockerignore` of an unpacked context when its patterns exclude them.
+
+    The CLI always sends both (the builder reads them), but COPY and ADD must
+    not see them then, as docker's builder drops them from the context.
+    """
+    pm = context_ignore(root)
+    if pm is None or not pm.patterns:
+        return []
+    names = [DOCKERIGNORE] + ([dockerfile] if dockerfile and not dockerfile.startswith("..") else [])
+    return [n for n in names if pm.matches(n)]

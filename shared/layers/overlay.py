@@ -63,10 +63,28 @@ def _options(lowers: list[str], upper: str | None, work: str | None) -> str:
     return opts
 
 
+def distinct_lowers(lowers: list[Path]) -> list[Path]:
+    """`lowers` (top first) with each directory only at its topmost place.
+
+    An image may hold the same layer twice (two identical COPYs in a row), but
+    overlayfs refuses a lower listed twice (ELOOP). Dropping the lower copy keeps
+    the view: every path the duplicate could answer, its upper twin answers first.
+    """
+    seen: set[str] = set()
+    out = []
+    for p in lowers:
+        key = os.path.abspath(p)
+        if key not in seen:
+            seen.add(key)
+            out.append(p)
+    return out
+
+
 def mount_overlay(lowers: list[Path], upper: Path, work: Path, target: Path) -> None:
     """Mount a writable overlay on `target`: `lowers` top first, changes go to `upper`."""
     if not lowers:
         raise InvalidArgument("an overlay needs at least one lower directory")
+    lowers = distinct_lowers(lowers)
     _mount_stack([_check_path(p) for p in lowers], _check_path(upper), _check_path(work), target)
 
 
@@ -74,6 +92,7 @@ def mount_readonly(lowers: list[Path], target: Path) -> None:
     """Mount a read-only view of `lowers` (top first) on `target`."""
     if not lowers:
         raise InvalidArgument("a read-only view needs at least one layer")
+    lowers = distinct_lowers(lowers)
     if len(lowers) == 1:
         # overlayfs wants two lowers without an upper; one layer is a read-only bind mount.
         src = _check_path(lowers[0])

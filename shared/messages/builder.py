@@ -13,6 +13,8 @@ from shared.oci.digest import Digest
 
 # Where the CLI uploads contexts and import tarballs (a repository of the stack registry).
 CONTEXT_REPOSITORY = "dockyard/build-contexts"
+# Where builders push the layers of intermediate stages, for other replicas to hit.
+CACHE_REPOSITORY = "dockyard/build-cache"
 # Which context blobs the stack registry lacks: lets the CLI skip its HTTP client
 # (and the upload) when a rebuild sends nothing new. Any replica answers.
 
@@ -28,6 +30,7 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     context: Digest  # the context tar, a blob of CONTEXT_REPOSITORY
     dockerfile: str  # the Dockerfile text (it may live outside the context, like `-f ../x`)
     dockerfile_name: str = "Dockerfile"
+    dockerfile_path: str = "Dockerfile"  # its path in the context, "" if outside (an ignored one is not copied)
     tags: list[str] = []
     build_args: dict[str, str] = {}
     target: str = ""
@@ -37,6 +40,9 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     network: str = "default"  # default (none) | host: the default for RUN steps
     labels: dict[str, str] = {}
     progress_inbox: str = ""
+    no_cache_filter: list[str] = []  # stages (names or indexes) that must not use the cache
+    cache_from: list[str] = []  # `type=registry,ref=REPO:TAG` (a cache artifact, or an image's inline cache)
+    cache_to: list[str] = []  # `type=registry,ref=REPO:TAG,mode=min|max` or `type=inline`
 
 
 class ContextMissingRequest(msgspec.Struct, kw_only=True):
@@ -48,11 +54,15 @@ class ContextMissingReply(msgspec.Struct, kw_only=True):
 
 
 class BuildWarning(msgspec.Struct, kw_only=True, frozen=True):
-    kind: str  # secret | wasted-bytes | unused-build-arg
+    kind: str  # secret | wasted-bytes | unused-build-arg | lint
     message: str
     layer: int = -1  # index in the manifest's layers
     path: str = ""
     size: int = 0
+    rule: str = ""  # lint: BuildKit's rule name (StageNameCasing, ...), its page, and where
+    url: str = ""
+    file: str = ""
+    line: int = 0
 
 
 class StepReport(msgspec.Struct, kw_only=True, frozen=True):
@@ -69,8 +79,16 @@ class BuildReply(msgspec.Struct, kw_only=True):
     config_digest: Digest
     tags: list[str] = []
     size: int = 0  # compressed bytes of all layers
+    media_type: str = ""  # of the manifest
+    manifest_size: int = 0
     warnings: list[BuildWarning] = []
     steps: list[StepReport] = []
+
+
+class CheckReply(msgspec.Struct, kw_only=True):
+    """`build --check` (a BuildRequest on BUILD_CHECK): what the build checks found, nothing built."""
+
+    warnings: list[BuildWarning] = []
 
 
 class ImportRequest(msgspec.Struct, kw_only=True):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import atexit
+import itertools
 import json
 import os
 import shutil
@@ -17,7 +18,6 @@ from pathlib import Path
 import pytest
 
 from shared import credentials
-from shared.natsserver import free_port
 from shared.permissions import Permissions
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +30,7 @@ class Stack:
     registry_addr: str
     proc: subprocess.Popen
     env: dict[str, str] = field(default_factory=dict)
+    own_cgroup_parent: str = ""  # made for this stack, removed with it
 
     @property
     def registry_url(self) -> str:
@@ -43,10 +44,10 @@ class Stack:
     def admin_creds(self) -> str:
         return f"admin:{self.admin_password}"
 
-    def cli(self, *args: str, input: str | None = None, timeout: float = 120,
-            check: bool = True) -> subprocess.CompletedProcess:
-        """Run `dockyard ARGS` against this stack, as a user would."""
-        p = subprocess.run([sys.executable, "-m", "services.cli.main", *args], env=self.env,
+    def cli(self, *args: str, input: str | None = None, timeout: float = 120, check: bool = True,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        """Run `dockyard ARGS` against this stack, as a user would (`env`: settings of that user)."""
+        p = subprocess.run([sys.executable, "-m", "services.cli.main", *args], env={**self.env, **(env or {})},
                            input=input, capture_output=True, text=True, timeout=timeout)
         if check and p.returncode != 0:
             raise AssertionError(f"dockyard {' '.join(args)} exited {p.returncode}:\n{p.stdout}\n{p.stderr}")
@@ -85,14 +86,41 @@ def _seed_authority(data_dir: Path) -> None:
             shutil.copy2(p, target / p.name)
 
 
+_stacks_started = itertools.count()
+
+
+def _base36(n: int) -> str:
+    digits = ""
+    while True:
+        n, d = divmod(n, 36)
+        digits = "0123456789abcdefghijklmnopqrstuvwxyz"[d] + digits
+        if not n:
+            return digits
+
+
+def isolation_env(n: int) -> dict[str, str]:
+    """Names no other live stack on this machine uses (another test process, an xdist worker, a
+    developer's own `dockyard up`): bridge, container name prefix and cgroup parent carry this
+    process's pid; the subnet is one of 10240 /24s picked by it."""
+    tag = f"dys{_base36(os.getpid())}{n}"  # within the agent's 12 characters for a prefix
+    slot = (os.getpid() * 4 + n) % (40 * 256)
+    return {"DOCKYARD_BRIDGE": tag, "DOCKYARD_NET_PREFIX": tag, "DOCKYARD_CGROUP_PARENT": f"/{tag}",
+            "DOCKYARD_SUBNET": f"10.{160 + slot // 256}.{slot % 256}.0/24"}
+
+
 def start_stack(data_dir: Path, *, only: list[str] | None = None, timeout: float = 90) -> Stack:
-    registry_addr = f"127.0.0.1:{free_port()}"
+    """`dockyard up` with every port chosen by the kernel (0), read back from stack.json.
+
+    The CLI of the stack gets only its data dir and finds NATS and the registry from there,
+    as a user's would; its contexts file is private to the stack."""
+    own = isolation_env(next(_stacks_started))
     _seed_authority(data_dir)
-    env = {**os.environ, "DOCKYARD_DATA_DIR": str(data_dir), "DOCKYARD_REGISTRY_ADDR": registry_addr,
-           "DOCKER_CONFIG": str(data_dir / "docker-config"), "PYTHONUNBUFFERED": "1"}
-    env.pop("DOCKYARD_NATS_URL", None)
-    env.pop("DOCKYARD_CREDS", None)
-    args = [sys.executable, "-m", "services.cli.main", "up", "--nats-port", "0"]
+    env = {**own, **os.environ, "DOCKYARD_DATA_DIR": str(data_dir),
+           "DOCKER_CONFIG": str(data_dir / "docker-config"), "XDG_CONFIG_HOME": str(data_dir / "config"),
+           "PYTHONUNBUFFERED": "1"}
+    for k in ("DOCKYARD_NATS_URL", "DOCKYARD_REGISTRY_ADDR", "DOCKYARD_CONTEXT", "DOCKYARD_CREDS"):
+        env.pop(k, None)
+    args = [sys.executable, "-m", "services.cli.main", "up", "--nats-port", "0", "--registry-addr", "127.0.0.1:0"]
     for s in only or []:
         args += ["--only", s]
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -108,19 +136,26 @@ def start_stack(data_dir: Path, *, only: list[str] | None = None, timeout: float
             raise RuntimeError(f"dockyard up failed:\n{(data_dir / 'up.log').read_text(errors='replace')}")
         time.sleep(0.1)
     info = json.loads(stack_file.read_text())
-    env["DOCKYARD_NATS_URL"] = info["nats_url"]
-    return Stack(data_dir=data_dir, nats_url=info["nats_url"], registry_addr=registry_addr, proc=proc, env=env)
+    return Stack(data_dir=data_dir, nats_url=info["nats_url"], registry_addr=info["registry"], proc=proc, env=env,
+                 own_cgroup_parent="" if "DOCKYARD_CGROUP_PARENT" in os.environ else own["DOCKYARD_CGROUP_PARENT"])
 
 
 def stop_stack(stack: Stack) -> int:
     if stack.proc.poll() is None:
         stack.proc.send_signal(signal.SIGTERM)
         try:
-            return stack.proc.wait(60)
+            code = stack.proc.wait(60)
         except subprocess.TimeoutExpired:
             os.killpg(stack.proc.pid, signal.SIGKILL)
-            return stack.proc.wait()
-    return stack.proc.returncode
+            code = stack.proc.wait()
+    else:
+        code = stack.proc.returncode
+    for hier in Path("/sys/fs/cgroup").iterdir() if stack.own_cgroup_parent else ():
+        try:  # the agent leaves the (empty) parent behind
+            os.rmdir(hier / stack.own_cgroup_parent.lstrip("/"))
+        except OSError:
+            pass
+    return code
 
 
 def stop_agent_stack(stack: Stack, cgroup_parent: str) -> int:

@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from shared.natsserver import free_port
+from tests.support.ports import address_from_log
 from tests.support.images import busybox_layout, skopeo_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -24,14 +24,15 @@ CGROUP_PARENT = "/dyag-test"
 
 
 def start_registry(root: Path) -> tuple[subprocess.Popen, str]:
-    addr = f"127.0.0.1:{free_port()}"
     root.mkdir(parents=True, exist_ok=True)
     cfg = root / "registry.yml"
-    cfg.write_text(f"version: 0.1\nlog: {{level: error}}\n"
+    # port 0: distribution logs the address it got (at level info)
+    cfg.write_text(f"version: 0.1\nlog: {{level: info}}\n"
                    f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
-                   f"http: {{addr: {addr}}}\n")
+                   f"http: {{addr: 127.0.0.1:0}}\n")
     proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
                             stderr=open(root / "registry.log", "wb"), start_new_session=True)
+    addr = address_from_log(root / "registry.log", r"listening on (127\.0\.0\.1:\d+)", proc)
     deadline = time.monotonic() + 15
     while True:
         try:

@@ -76,14 +76,15 @@ def test_granted_user_pulls_and_pushes_only_where_granted(stack, image, env):
     assert inspect(stack, env, "dyau/bob/app:1", bob, check=False).returncode != 0
 
 
-def test_login_then_skopeo_uses_the_same_auth_file(stack, image, env):
+def test_login_then_skopeo_uses_the_same_auth_file(stack, image, env, tmp_path):
     stack.cli("user", "add", "dyau-carol", "--password-stdin", input="carolpw\n")
     stack.cli("grant", "dyau-carol", "dyau/carol/*", "push")
-    auth_file = os.path.join(stack.env["DOCKER_CONFIG"], "config.json")
-    bad = stack.cli("login", "-u", "dyau-carol", "--password-stdin", input="nope\n", check=False)
+    carol = {"DOCKER_CONFIG": str(tmp_path / "carol-docker")}  # not the auth file other tests log in to
+    auth_file = os.path.join(carol["DOCKER_CONFIG"], "config.json")
+    bad = stack.cli("login", "-u", "dyau-carol", "--password-stdin", input="nope\n", check=False, env=carol)
     assert bad.returncode != 0 and not os.path.exists(auth_file)
 
-    out = stack.cli("login", "-u", "dyau-carol", "--password-stdin", input="carolpw\n")
+    out = stack.cli("login", "-u", "dyau-carol", "--password-stdin", input="carolpw\n", env=carol)
     assert "Login Succeeded" in out.stdout
     assert oct(os.stat(auth_file).st_mode & 0o777) == "0o600"
     assert stack.registry_addr in json.load(open(auth_file))["auths"]
@@ -93,7 +94,7 @@ def test_login_then_skopeo_uses_the_same_auth_file(stack, image, env):
                  f"docker://{stack.registry_addr}/dyau/carol/app:1", env=env)
     assert digest_of(got.stdout) == image[1]
 
-    stack.cli("logout")
+    stack.cli("logout", env=carol)
     assert stack.registry_addr not in json.load(open(auth_file)).get("auths", {})
 
 

@@ -6,6 +6,7 @@ import gzip
 import io
 import json
 import tarfile
+import uuid
 from pathlib import Path
 
 import pytest
@@ -21,7 +22,7 @@ DOCKERFILE = """\
 ARG BASE=busybox:latest
 FROM $BASE AS deps
 ARG GREETING=hello
-RUN echo "$GREETING from deps" > /greeting.txt
+RUN echo "$GREETING from deps" > /greeting.txt  # @NONCE@
 FROM busybox:latest AS unused
 RUN exit 1
 FROM $BASE
@@ -45,10 +46,28 @@ def base(stack, tmp_path_factory):
     return "busybox:latest"
 
 
+def make_context(tmp: Path, dockerfile: str, files: dict[str, str] | None = None, name: str = "ctx") -> Path:
+    """A context dir `tmp/name` with this Dockerfile and these files (parents made)."""
+    ctx = tmp / name
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text(dockerfile)
+    for rel, text in (files or {}).items():
+        (ctx / rel).parent.mkdir(parents=True, exist_ok=True)
+        (ctx / rel).write_text(text)
+    return ctx
+
+
+def build_json(stack, ctx: Path, *args: str) -> dict:
+    """`dockyard build --json ARGS CTX`: the reply."""
+    return json.loads(stack.cli("build", "--json", *args, str(ctx), timeout=300).stdout)
+
+
 def _context(tmp: Path) -> Path:
     ctx = tmp / "ctx"
     ctx.mkdir()
-    (ctx / "Dockerfile").write_text(DOCKERFILE)
+    # a step of its own for each test (the shell ignores the comment): another test's build in
+    # the same stack, in any order, leaves no cache that this one would hit
+    (ctx / "Dockerfile").write_text(DOCKERFILE.replace("@NONCE@", uuid.uuid4().hex))
     (ctx / "big.bin").write_bytes(b"\0" * (2 << 20))
     (ctx / "small.txt").write_text("v1\n")
     (ctx / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----\n")
@@ -146,7 +165,8 @@ async def test_second_builder_hits_the_cache(stack, base, tmp_path):
             pass
 
         other = Builder(LocalStore(tmp_path / "other-builder"), await BuildCache.open(nc), regs, quiet)
-        reply = await other.build(BuildRequest(context=digest, dockerfile=DOCKERFILE, tags=["dybd-app:2"],
+        reply = await other.build(BuildRequest(context=digest, dockerfile=(ctx / "Dockerfile").read_text(),
+                                               tags=["dybd-app:2"],
                                                build_args={"GREETING": "hi"},
                                                secrets=[SecretRef(id="tok", data=SECRET.encode())]))
         other.close()

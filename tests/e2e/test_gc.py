@@ -160,7 +160,7 @@ async def all_blobs(client) -> set[str]:
 
 
 def rnd(n: int = 1500) -> bytes:
-    return random.randbytes(n)
+    return os.urandom(n)  # not `random`: pytest-randomly reseeds it per test, blobs would repeat
 
 
 # ---- tests -------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ def wait_exited(stack, name: str) -> dict:
 
 async def test_agents_job_removes_old_exited_containers_and_unused_images(full_stack, tmp_path):
     s = full_stack
+    # other tests of this module (in any order) leave images on the agent: start with none unused
+    gc_json(s, "--job", "agents", "--exited-before", "0s")
     push_images(s, tmp_path, ["old", "stopped", "running", "excl", "unused"])
     s.cli("gc", "exclude", "dygc/excl:*")
     names = ["dygc-old", "dygc-stopped", "dygc-running"]

@@ -7,6 +7,7 @@ import hashlib
 import io
 import json
 import os
+import socket
 import subprocess
 import sys
 import tarfile
@@ -17,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from shared.natsserver import free_port
 from tests.e2e.conftest import REPO_ROOT, skopeo
 from tests.support.images import oci_layout
 
@@ -94,11 +94,16 @@ def _wait_http(url: str, timeout: float = 30) -> None:
 
 
 def test_two_gateway_processes_act_as_one_registry(stack, layout, env, tmp_path):
-    addr = f"127.0.0.1:{free_port()}"
+    # bound here and handed over, as `dockyard up` does: the port is known before it starts
+    sock = socket.create_server(("127.0.0.1", 0))
+    addr = f"127.0.0.1:{sock.getsockname()[1]}"
     log = open(tmp_path / "gw2.log", "wb")
     proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "serve", "registry-gateway",
-                             "--registry-addr", addr], env={**stack.env, "DOCKYARD_REGISTRY_ADDR": addr},
+                             "--registry-addr", addr],
+                            env={**stack.env, "DOCKYARD_REGISTRY_ADDR": addr, "DOCKYARD_NATS_URL": stack.nats_url,
+                                 "DOCKYARD_REGISTRY_FD": str(sock.fileno())}, pass_fds=(sock.fileno(),),
                             cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    sock.close()
     try:
         _wait_http(f"http://{addr}/v2/")
         skopeo("copy", "--dest-tls-verify=false", "--dest-creds", stack.admin_creds, f"oci:{layout}:v1",

@@ -103,3 +103,78 @@ def test_up_joins_an_existing_nats_given_after_the_command(tmp_path, nats_url):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
+
+
+def _listening(url: str) -> bool:
+    import socket
+    host, _, port = url.removeprefix("nats://").rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=0.5) as s:
+            return s.recv(4).startswith(b"INFO")
+    except OSError:
+        return False
+
+
+def test_a_killed_nats_server_comes_back_with_its_port_and_state(tmp_path):
+    from tests.support.images import busybox_layout, skopeo_env
+    from tests.e2e.conftest import skopeo
+    s = start_stack(tmp_path / "data", only=["layer-store", "registry-gateway"])
+    try:
+        layout = tmp_path / "layout"
+        busybox_layout(layout, tmp_path / "work")
+        skopeo("copy", "--dest-tls-verify=false", "--dest-creds", s.admin_creds, f"oci:{layout}:latest",
+               f"docker://{s.registry_addr}/dyst/kept:1", env=skopeo_env(tmp_path / "home"))
+        before = json.loads((s.data_dir / "stack.json").read_text())
+        os.kill(before["nats_pid"], signal.SIGKILL)
+
+        deadline = time.monotonic() + 5  # what the issue asks of the supervisor
+        while time.monotonic() < deadline:
+            info = json.loads((s.data_dir / "stack.json").read_text())
+            if info["nats_pid"] not in (0, before["nats_pid"]) and _listening(s.nats_url):
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("nats-server was not back within 5 s:\n" + (s.data_dir / "up.log").read_text())
+        assert info["nats_url"] == before["nats_url"] and info["pids"] == before["pids"]
+
+        # the services reconnect by themselves, and the tag pushed before (KV state) is still there
+        deadline = time.monotonic() + 30
+        while (p := s.cli("images", "--json", check=False)).returncode != 0 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert p.returncode == 0, p.stderr
+        assert any(i["repository"] == "dyst/kept" and i["tag"] == "1" for i in json.loads(p.stdout)), p.stdout
+    finally:
+        assert stop_stack(s) == 0, (s.data_dir / "up.log").read_text()
+    assert not _alive(info["nats_pid"])
+
+
+async def test_taken_default_ports_become_free_ones_that_up_reports(tmp_path):
+    import socket
+    import urllib.error
+    import urllib.request
+
+    from services.cli.stack_runner import StackRunner
+    from shared import config
+    with socket.create_server(("127.0.0.1", 0)) as nats_taken, socket.create_server(("127.0.0.1", 0)) as reg_taken:
+        np, rp = nats_taken.getsockname()[1], reg_taken.getsockname()[1]
+        cfg = config.load(data_dir=str(tmp_path / "data"), registry_addr=f"127.0.0.1:{rp}")
+        runner = StackRunner(cfg, services=["layer-store", "registry-gateway"], nats_port=np,
+                             nats_fallback=True, registry_fallback=True)
+        try:
+            await runner.start()
+            info = json.loads((tmp_path / "data" / "stack.json").read_text())
+            nats_port = int(info["nats_url"].rpartition(":")[2])
+            reg_port = int(info["registry"].rpartition(":")[2])
+            assert nats_port not in (0, np) and reg_port not in (0, rp)
+            banner = runner.banner()
+            assert f"NATS port {np} is taken; NATS listens on {nats_port}" in banner
+            assert f"registry port 127.0.0.1:{rp} is taken; the registry listens on 127.0.0.1:{reg_port}" in banner
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{reg_port}/v2/", timeout=10)
+            except urllib.error.HTTPError as e:
+                assert e.code == 401  # the gateway answers on the port up bound for it
+            else:
+                raise AssertionError("/v2/ answered without asking for credentials")
+        finally:
+            await runner.stop()
+    assert not (tmp_path / "data" / "stack.json").exists()

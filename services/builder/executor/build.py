@@ -8,6 +8,7 @@ the snapshots of the layers below it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import shutil
 import time
@@ -16,24 +17,29 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Awaitable, Callable
 
-from shared.buildcontext import ContextIndex
+from shared.buildcontext import ContextIndex, context_ignore, ignored_specials
 from shared.errors import InvalidArgument
 from shared.layers.diff import write_layer
 from shared.messages.builder import BuildWarning, StepReport
 from shared.runtime import Runtime
 from services.builder.executor import rootfs, scan, users
 from services.builder.executor.cache import BuildCache, CacheRecord, base_key, chain
-from services.builder.executor.copy import match_sources, stage_copy
+from services.builder.executor.copy import Stager, match_sources, stage_copy
 from services.builder.executor.images import LayerRef, Registries, pull_base
 from services.builder.executor.leases import Lease
+from services.builder.executor.mounts import CacheDirs, step_mounts
 from services.builder.executor.run import run_step
 from services.builder.executor.store import LocalStore
 from services.builder.frontend import BuildArgs, ImageState, dispatch_stage, needed_stages, parse, target_stage
 from services.builder.frontend import steps as st
-from services.builder.frontend.graph import stage_base
+from services.builder.frontend.graph import stage_base, stage_deps
+from services.builder.frontend.instructions import Dockerfile, Stage
+from services.builder.frontend.lint import Lint
 
 Emit = Callable[..., Awaitable[None]]
 HISTORY_COMMENT = "buildkit.dockerfile.v0"
+CACHE_MOUNTS = "cache-mounts"  # under the store: RUN --mount=type=cache dirs
+ALLOW_INSECURE_ENV = "DOCKYARD_BUILDER_ALLOW_INSECURE"
 
 
 def now_rfc3339() -> str:
@@ -48,25 +54,30 @@ class StageResult:
     key: str
     base_name: str = ""
     base_digest: str = ""
+    stages: list[int] = field(default_factory=list)  # this stage and those it is FROM, base first
 
 
 @dataclass
 class BuildOptions:
     dockerfile: str
     dockerfile_name: str = "Dockerfile"
+    dockerfile_path: str = "Dockerfile"  # in the context ("" when it lives outside)
     build_args: dict[str, str] = field(default_factory=dict)
     target: str = ""
     no_cache: bool = False
     secrets: dict[str, bytes] = field(default_factory=dict)
     compression: str = "gzip"
     network: str = "default"
+    allow_insecure: bool = False  # RUN --security=insecure (BuildKit's security.insecure entitlement)
+    no_cache_filter: frozenset[str] = frozenset()  # stages (names or indexes) built without the cache
 
 
 class Build:
     def __init__(self, store: LocalStore, runtime: Callable[[], Awaitable[Runtime]], cache: BuildCache,
                  regs: Registries, context: ContextIndex, opts: BuildOptions, emit: Emit,
-                 lease: Lease | None = None):
+                 lease: Lease | None, cache_dirs: CacheDirs):
         self.store, self._runtime, self.cache, self.regs = store, runtime, cache, regs
+        self.cache_dirs = cache_dirs
         self.lease = lease
         # Local layers (digests and diff_ids) this build reads or will push: a prune keeps them.
         self.in_use: set[str] = set()
@@ -78,6 +89,14 @@ class Build:
         self.fresh: dict[str, CacheRecord] = {}  # records this build wrote, to name their repository later
         self.step_no = 0
         self.total_steps = 0
+        self._tasks: dict[int, asyncio.Future[StageResult]] = {}
+        self.imported: dict[str, CacheRecord] = {}  # records from --cache-from, consulted after the KV
+        self.used: dict[str, tuple[int, CacheRecord]] = {}  # key -> (stage, record) of every step, for --cache-to
+        self._report_order: dict[int, tuple[int, int]] = {}
+        root = Path(context.root)
+        self.hidden = frozenset(root / rel for rel in ignored_specials(root, opts.dockerfile_path))
+        self.context_root = root
+        self.ignore = context_ignore(root)
 
     # -- layers on disk ------------------------------------------------------------
 
@@ -119,72 +138,123 @@ class Build:
     # -- the build -----------------------------------------------------------------
 
     async def run(self) -> StageResult:
-        df = parse(self.opts.dockerfile, self.opts.dockerfile_name)
-        args = BuildArgs(given=dict(self.opts.build_args))
-        args.evaluate_meta(df)
+        """Build the target: each stage a task that waits only for the stages it reads."""
+        df, args = self.parse()
         target = target_stage(df, self.opts.target or None)
         order = needed_stages(df, target, args)
         self.total_steps = sum(len(df.stages[i].instructions) + 1 for i in order)
-        for i in order:
-            self.results[i] = await self.build_stage(df, df.stages[i], args)
+        try:
+            await asyncio.gather(*(self.stage(df, i, args) for i in order))
+        except BaseException:
+            for t in self._tasks.values():
+                t.cancel()
+            await asyncio.gather(*self._tasks.values(), return_exceptions=True)
+            raise
         for name in args.unused():
             self.warnings.append(BuildWarning(kind="unused-build-arg",
                                               message=f"build-arg {name} was not consumed by any stage"))
+        # Reports in Dockerfile order (stages by index), whatever order the stages ran in.
+        self.reports.sort(key=lambda r: self._report_order[id(r)])
         return self.results[target]
 
-    async def build_stage(self, df, stage, args: BuildArgs) -> StageResult:
-        base = stage_base(df, stage, args)
+    def parse(self) -> tuple[Dockerfile, BuildArgs]:
+        df = parse(self.opts.dockerfile, self.opts.dockerfile_name)
+        self.warnings += [lint_warning(f) for f in df.lints]
+        args = BuildArgs(given=dict(self.opts.build_args))
+        args.evaluate_meta(df)
+        return df, args
+
+    async def check(self) -> list[BuildWarning]:
+        """`--check`: every stage dispatched (bases resolved, nothing run), what the checks found."""
+        df, args = self.parse()
+        configs: dict[int, ImageState] = {}
+        for stage in df.stages:
+            base = stage_base(df, stage, args)
+            if base.stage is not None:
+                config = configs[base.stage].clone()
+            elif base.image is not None:
+                img = await pull_base(self.regs, base.image, "linux", ImageState.scratch().architecture)
+                config = ImageState.from_oci(img.config)
+            else:
+                config = ImageState.scratch()
+            plan = dispatch_stage(df, stage, config, args, self.ignore)
+            self.warnings += [lint_warning(f) for f in plan.lints]
+            configs[stage.index] = plan.config
+        return self.warnings
+
+    def stage(self, df: Dockerfile, i: int, args: BuildArgs) -> asyncio.Future[StageResult]:
+        """The (one) task building stage `i`."""
+        if i not in self._tasks:
+            self._tasks[i] = asyncio.ensure_future(self.build_stage(df, df.stages[i], args))
+        return self._tasks[i]
+
+    def next_step(self) -> int:
         self.step_no += 1
+        return self.step_no
+
+    async def build_stage(self, df: Dockerfile, stage: Stage, args: BuildArgs) -> StageResult:
+        await asyncio.gather(*(self.stage(df, d, args) for d in sorted(stage_deps(df, stage, args))))
+        base = stage_base(df, stage, args)
+        no = self.next_step()
         if base.stage is not None:
-            parent = self.results[base.stage]
+            parent = await self.stage(df, base.stage, args)
             res = StageResult(list(parent.layers), list(parent.history), parent.config.clone(), parent.key,
-                              parent.base_name, parent.base_digest)
-            await self.emit("step", f"FROM stage {base.stage}", self.step_no, self.total_steps)
+                              parent.base_name, parent.base_digest, list(parent.stages))
+            await self.emit("step", f"FROM stage {base.stage}", no, self.total_steps)
         elif base.image is not None:
-            await self.emit("step", f"FROM {base.image}", self.step_no, self.total_steps)
+            await self.emit("step", f"FROM {base.image}", no, self.total_steps)
             img = await pull_base(self.regs, base.image, "linux", ImageState.scratch().architecture)
             res = StageResult(img.layers, list(img.config.get("history") or []), ImageState.from_oci(img.config),
                               base_key(f"{img.reference.repository}@{img.digest}"),
                               img.reference.familiar(), img.digest)
         else:
-            await self.emit("step", "FROM scratch", self.step_no, self.total_steps)
+            await self.emit("step", "FROM scratch", no, self.total_steps)
             res = StageResult([], [], ImageState.scratch(), base_key("scratch"))
-        plan = dispatch_stage(df, stage, res.config, args)
+        plan = dispatch_stage(df, stage, res.config, args, self.ignore)
+        self.warnings += [lint_warning(f) for f in plan.lints]
         # The base's ONBUILD triggers are only known now: count their steps, and
         # build any stage a trigger's COPY --from names that the graph could not see.
         self.total_steps += len(plan.steps) - len(stage.instructions)
         for step in plan.steps:
-            if isinstance(step, st.CopyStep) and step.from_stage is not None and step.from_stage not in self.results:
-                self.total_steps += len(df.stages[step.from_stage].instructions) + 1
-                self.results[step.from_stage] = await self.build_stage(df, df.stages[step.from_stage], args)
-        for step in plan.steps:
-            self.step_no += 1
-            await self.execute(stage.index, step, res)
+            if isinstance(step, st.CopyStep) and step.from_stage is not None:
+                if step.from_stage not in self._tasks:
+                    self.total_steps += len(df.stages[step.from_stage].instructions) + 1
+                await self.stage(df, step.from_stage, args)
+        no_cache = self.opts.no_cache or bool({stage.name, str(stage.index)} & self.opts.no_cache_filter)
+        for seq, step in enumerate(plan.steps):
+            await self.execute(stage.index, step, res, self.next_step(), (stage.index, seq), no_cache)
         res.config = plan.config
+        res.stages.append(stage.index)
+        self.results[stage.index] = res
         return res
 
-    async def execute(self, stage: int, step: st.Step, res: StageResult) -> None:
+    async def execute(self, stage: int, step: st.Step, res: StageResult, no: int, order: tuple[int, int],
+                      no_cache: bool) -> None:
         created = now_rfc3339()
         label = f"[stage {stage}] {step.created_by.removesuffix(' # buildkit')}"
         if isinstance(step, st.ConfigStep):
             res.history.append({"created": created, "created_by": step.created_by,
                                 "comment": HISTORY_COMMENT, "empty_layer": True})
             return
+        if isinstance(step, st.RunStep) and step.security == "insecure" and not self.opts.allow_insecure:
+            raise InvalidArgument(f"{step.src.where('RUN')}: RUN --security=insecure is not allowed: the builder "
+                                  f"must be started with {ALLOW_INSECURE_ENV}=1 (BuildKit's security.insecure)")
         t0 = time.monotonic()
         key = chain(res.key, step.cache_text, self.contents_digest(step), self.opts.compression)
         rec = None
-        if not self.opts.no_cache:
+        if not no_cache:
             if self.lease is not None:
                 await self.lease.add(key)  # before the lookup: see leases.py
-            rec = await self.usable(await self.cache.get(key))
+            rec = await self.usable(await self.cache.get(key) or self.imported.get(key))
         cached = rec is not None
-        await self.emit("step", ("CACHED " if cached else "") + label, self.step_no, self.total_steps)
+        await self.emit("step", ("CACHED " if cached else "") + label, no, self.total_steps)
         if rec is None:
-            rec = await self.make_layer(step, res)
-            if not self.opts.no_cache:
+            rec = await self.make_layer(step, res, no)
+            if not self.opts.no_cache:  # a --no-cache-filter stage still leaves its records
                 await self.cache.put(key, rec)
                 self.fresh[key] = rec
         res.key = key
+        self.used[key] = (stage, rec)
         layer = None
         if not rec.empty:
             assert rec.digest is not None and rec.diff_id is not None
@@ -196,9 +266,11 @@ class Build:
         if rec.empty:
             entry["empty_layer"] = True
         res.history.append(entry)
-        self.reports.append(StepReport(stage=stage, instruction=step.created_by, cached=cached,
-                                       layer=layer.digest if layer else None, size=rec.size,
-                                       seconds=round(time.monotonic() - t0, 3)))
+        report = StepReport(stage=stage, instruction=step.created_by, cached=cached,
+                            layer=layer.digest if layer else None, size=rec.size,
+                            seconds=round(time.monotonic() - t0, 3))
+        self._report_order[id(report)] = order
+        self.reports.append(report)
 
     async def usable(self, rec: CacheRecord | None) -> CacheRecord | None:
         """A hit is only a hit if its layer can still be had (here, or in the stack registry)."""
@@ -212,21 +284,37 @@ class Build:
         return None
 
     def contents_digest(self, step: st.Step) -> str:
-        """Digest of what a COPY reads: file digests from the context, or a stage's chain key."""
-        if not isinstance(step, st.CopyStep):
-            return ""
-        if step.from_stage is not None:
-            return "stage:" + self.results[step.from_stage].key
-        if step.from_image is not None:
-            return "image:" + step.from_image
+        """Digest of what a step reads besides its parent: a COPY's sources, a RUN's bind mounts."""
+        if isinstance(step, st.CopyStep):
+            return self.sources_digest(step.from_stage, step.from_image, step.sources, step.src.where(step.name))
+        if isinstance(step, st.RunStep):
+            return ",".join(self.sources_digest(m.from_stage, m.from_image, (m.source,), step.src.where("RUN"))
+                            for m in step.mounts if m.type == "bind")
+        return ""
+
+    def identity_of(self, stage: int | None, image: str | None) -> str:
+        """What stands for the contents of a stage (its chain key) or an image."""
+        return "stage:" + self.results[stage].key if stage is not None else "image:" + (image or "")
+
+    async def lowers_of(self, stage: int | None, image: str | None) -> list[Path]:
+        """The snapshots (bottom first) of a stage's result or of an image."""
+        if stage is not None:
+            return await self.snapshots(self.results[stage].layers)
+        img = await pull_base(self.regs, image or "", "linux", ImageState.scratch().architecture)
+        return await self.snapshots(img.layers)
+
+    def sources_digest(self, stage: int | None, image: str | None, sources: tuple[str, ...], where: str) -> str:
+        """File digests of `sources` in the context, or the identity of the stage or image they are in."""
+        if stage is not None or image is not None:
+            return self.identity_of(stage, image)
         h = hashlib.sha256()
         root = Path(self.ctx.root)
-        for pattern in step.sources:
-            for name, path in match_sources(root, pattern, step.src.where(step.name)):
+        for pattern in sources:
+            for name, path in match_sources(root, pattern, where, self.hidden):
                 rel = str(path.relative_to(root)) if path != root else ""
                 prefix = rel + "/" if rel else ""
                 for f, d in sorted(self.ctx.files.items()):
-                    if f == rel or f.startswith(prefix):
+                    if (f == rel or f.startswith(prefix)) and root / f not in self.hidden:
                         h.update(f"{f}\0{d}\0".encode())
                 for f, t in sorted(self.ctx.links.items()):
                     if f == rel or f.startswith(prefix):
@@ -236,7 +324,7 @@ class Build:
                         h.update(f"{f}/\0".encode())
         return h.hexdigest()
 
-    async def make_layer(self, step: st.Step, res: StageResult) -> CacheRecord:
+    async def make_layer(self, step: st.Step, res: StageResult, no: int) -> CacheRecord:
         lowers = await self.snapshots(res.layers)
         scratch = self.scratch("step-")
         where = step.src.where(type(step).__name__)
@@ -245,11 +333,14 @@ class Build:
             network = step.network if step.network != "default" else self.opts.network
 
             async def out(stream: str, line: bytes) -> None:
-                await self.emit("output", line.decode(errors="replace").rstrip("\n"), self.step_no,
+                await self.emit("output", line.decode(errors="replace").rstrip("\n"), no,
                                 self.total_steps, stream=stream)
 
-            tree = await run_step(runtime, lowers, step, scratch, secrets=self.opts.secrets,
-                                  network=network, on_output=out)
+            async with contextlib.AsyncExitStack() as stack:
+                binds = await step_mounts(step, self, self.cache_dirs, stack, scratch)
+                tree = await run_step(runtime, lowers, step, scratch, secrets=self.opts.secrets,
+                                      network=network, on_output=out, binds=binds,
+                                      insecure=step.security == "insecure")
         elif isinstance(step, st.CopyStep):
             tree = scratch / "staged"
             tree.mkdir()
@@ -257,10 +348,9 @@ class Build:
         elif isinstance(step, st.WorkdirStep):
             tree = scratch / "staged"
             tree.mkdir()
-            existing = rootfs.lookup(lowers, step.path)
-            if existing is None:
-                from services.builder.executor.copy import Stager
-                Stager(tree, lowers, 0, 0, None, False).ensure_dir(step.path)
+            path = rootfs.resolve(lowers, step.path)
+            if rootfs.lookup(lowers, path) is None:
+                Stager(tree, lowers, 0, 0, None, False).ensure_dir(path)
         else:
             raise InvalidArgument(f"{where}: cannot execute {type(step).__name__}")
         return await self.commit(tree)
@@ -268,17 +358,17 @@ class Build:
     async def stage_copy(self, step: st.CopyStep, lowers: list[Path], tree: Path, scratch: Path) -> None:
         uid = gid = 0
         if step.chown:
-            with rootfs.readonly(lowers, self.scratch("users-")) as view:
-                uid, gid, _ = users.resolve(view, step.chown, f"{step.src.where(step.name)}: --chown: ")
+            where = f"{step.src.where(step.name)}: --chown: "
+            if users.needs_db(step.chown):
+                with rootfs.readonly(lowers, self.scratch("users-")) as view:
+                    uid, gid = users.resolve_chown(view, step.chown, where)
+            else:
+                uid, gid = users.resolve_chown(None, step.chown, where)
         if step.from_context:
-            await asyncio.to_thread(stage_copy, step, Path(self.ctx.root), lowers, tree, uid, gid, link_ok=True)
+            await asyncio.to_thread(stage_copy, step, Path(self.ctx.root), lowers, tree, uid, gid, link_ok=True,
+                                    hidden=self.hidden)
             return
-        if step.from_stage is not None:
-            src_layers = self.results[step.from_stage].layers
-        else:
-            img = await pull_base(self.regs, step.from_image or "", "linux", ImageState.scratch().architecture)
-            src_layers = img.layers
-        src_lowers = await self.snapshots(src_layers)
+        src_lowers = await self.lowers_of(step.from_stage, step.from_image)
         with rootfs.readonly(src_lowers, self.scratch("from-")) as view:
             await asyncio.to_thread(stage_copy, step, view, lowers, tree, uid, gid, link_ok=False)
 
@@ -310,6 +400,10 @@ async def layer_index(build: Build, layer: LayerRef) -> scan.LayerIndex | None:
     if build.store.has_snapshot(layer.diff_id):
         layer.index = await asyncio.to_thread(scan.index_snapshot, build.store.snapshot_path(layer.diff_id))
     return layer.index
+
+
+def lint_warning(f: Lint) -> BuildWarning:
+    return BuildWarning(kind="lint", rule=f.rule.name, url=f.rule.url, file=f.file, line=f.line, message=f.message)
 
 
 def _mb(n: int) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import msgspec
 
@@ -23,9 +23,6 @@ from shared.bus import TypedKV, kv_key, kv_key_parts
 from shared.errors import Conflict, DockyardError
 from shared.oci.digest import Digest
 from services.builder.executor.scan import LayerIndex
-
-if TYPE_CHECKING:  # prune imports CacheRecord from here
-    from services.builder.executor.prune import Entry
 
 _TOUCH_AFTER = 10.0  # seconds: refresh last_used (the prune's LRU clock) at most this often per record
 VERSION = "v1"
@@ -42,6 +39,21 @@ class CacheRecord(msgspec.Struct, kw_only=True):
     repository: str = ""  # a repository of the stack registry the blob was pushed to
     last_used: float = 0.0
     builder: str = ""
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One record as read from the KV: its KV key, its cache key, and the revision read."""
+
+    kv_key: str
+    key: str
+    rec: CacheRecord
+    rev: int
+
+    @property
+    def item(self) -> str:
+        what = f"{self.rec.digest} {self.rec.size}" if self.rec.digest else "(no layer)"
+        return f"{self.key[:16]} {what}"
 
 
 def chain(parent: str, text: str, contents: str = "", compression: str = "gzip") -> str:
@@ -102,15 +114,14 @@ class BuildCache:
 
     # -- pruning ----------------------------------------------------------------------
 
-    async def entries(self) -> list["Entry"]:
+    async def entries(self) -> list[Entry]:
         """Every record with the revision read (Unavailable if the KV cannot be read)."""
-        from services.builder.executor.prune import Entry
         if self.kv is None:
             return []
         return [Entry(kv_key=k, key=kv_key_parts(k)[-1], rec=rec, rev=rev)
                 for k, rec, rev in await self.kv.items(kv_key(VERSION) + ".")]
 
-    async def remove(self, entry: "Entry") -> bool:
+    async def remove(self, entry: Entry) -> bool:
         """Delete a record unless it changed since it was read (a build just touched it)."""
         assert self.kv is not None
         try:
@@ -119,7 +130,7 @@ class BuildCache:
             return False
         return True
 
-    async def restore(self, entry: "Entry") -> None:
+    async def restore(self, entry: Entry) -> None:
         """Put back a removed record that a build leased meanwhile (unless one was rewritten)."""
         assert self.kv is not None
         try:

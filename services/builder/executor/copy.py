@@ -3,7 +3,13 @@
 - a directory source copies its contents, not the directory itself;
 - a file goes *into* the destination when it ends with `/` or is an existing
   directory of the stage, else it *becomes* the destination;
-- globs match with `*`/`?`/`[...]` per path component, like filepath.Match;
+- globs match with `*`/`?`/`[...]` per path component, like filepath.Match; a
+  source with a wildcard may match nothing (BuildKit's AllowEmptyWildcard), one
+  without must exist;
+- the destination's symlinks are followed inside the image, never out of it;
+- `hidden` paths of the context (an ignored Dockerfile or `.dockerignore`,
+  sent only for the builder to read) are never copied, nor what `--exclude`
+  patterns match (relative to the source root, as BuildKit matches them);
 - several sources (or a glob matching several) need a `dest/`;
 - ADD extracts a local tar archive (plain, gzip, bzip2, xz) into the destination;
 - everything is owned by 0:0 unless `--chown`, `--chmod` sets every mode.
@@ -23,7 +29,9 @@ import stat
 import tarfile
 from pathlib import Path
 
+from shared.buildcontext import PatternMatcher
 from shared.errors import InvalidArgument
+from shared.layers.paths import follow_in_root
 from services.builder.executor import rootfs
 from services.builder.frontend.steps import CopyStep
 
@@ -31,36 +39,21 @@ _GLOB_RE = re.compile(r"[*?\[]")
 _TAR_MAGIC = (b"\x1f\x8b", b"BZh", b"\xfd7zXZ\x00")
 
 
-def _inside(root: Path, rel: str) -> Path:
+def inside(root: Path, rel: str) -> Path:
     """`rel` under `root`, symlinks followed but never out of `root` (like BuildKit's fs.RootPath)."""
-    cur = root
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    hops = 0
-    while parts:
-        name = parts.pop(0)
-        if name == "..":
-            cur = cur.parent if cur != root else root
-            continue
-        nxt = cur / name
-        if nxt.is_symlink():
-            hops += 1
-            if hops > 40:
-                raise InvalidArgument(f"too many levels of symlinks at {rel}")
-            target = os.readlink(nxt)
-            if target.startswith("/"):
-                cur = root
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        cur = nxt
-    return cur
+    def readlink(p: str) -> str | None:
+        return os.readlink(root / p) if (root / p).is_symlink() else None
+
+    return root / follow_in_root(rel, readlink)
 
 
-def match_sources(root: Path, pattern: str, where: str) -> list[tuple[str, Path]]:
-    """(name as matched, path) of what a source names; an error if nothing."""
+def match_sources(root: Path, pattern: str, where: str,
+                  hidden: frozenset[Path] = frozenset()) -> list[tuple[str, Path]]:
+    """(name as matched, path) of what a source names; an error if a plain name is missing."""
     rel = posixpath.normpath("/" + pattern).lstrip("/")
     if not _GLOB_RE.search(rel):
-        p = _inside(root, rel)
-        if not os.path.lexists(p):
+        p = inside(root, rel)
+        if not os.path.lexists(p) or p in hidden:
             raise InvalidArgument(f"{where}: failed to compute cache key: \"/{rel}\": not found "
                                   "(no such file in the build context or excluded by .dockerignore)")
         return [(rel, p)]
@@ -68,6 +61,8 @@ def match_sources(root: Path, pattern: str, where: str) -> list[tuple[str, Path]
     found: list[tuple[str, Path]] = []
 
     def walk(base: Path, idx: int, prefix: str) -> None:
+        if base in hidden:
+            return
         if idx == len(parts):
             found.append((prefix, base))
             return
@@ -86,8 +81,6 @@ def match_sources(root: Path, pattern: str, where: str) -> list[tuple[str, Path]
                 walk(base / n, idx + 1, f"{prefix}/{n}" if prefix else n)
 
     walk(root, 0, "")
-    if not found:
-        raise InvalidArgument(f"{where}: no source files were specified (nothing matches {pattern!r})")
     return found
 
 
@@ -106,10 +99,14 @@ class Stager:
     """Builds the staged tree for one COPY/ADD."""
 
     def __init__(self, staged: Path, dest_lowers: list[Path], uid: int, gid: int, chmod: int | None,
-                 link_ok: bool):
+                 link_ok: bool, hidden: frozenset[Path] = frozenset(), src_root: Path | None = None,
+                 exclude: tuple[str, ...] = ()):
         self.staged, self.lowers = staged, dest_lowers
         self.uid, self.gid, self.chmod = uid, gid, chmod
         self.link_ok = link_ok  # hard links are fine from a private, never-modified context dir
+        self.hidden = hidden
+        self.src_root = src_root
+        self.exclude = PatternMatcher(list(exclude)) if exclude else None
         self.entries = 0
 
     def ensure_dir(self, abs_path: str) -> Path:
@@ -147,7 +144,15 @@ class Stager:
             os.chmod(path, mode)
         os.utime(path, ns=(src_st.st_mtime_ns, src_st.st_mtime_ns), follow_symlinks=False)
 
+    def skipped(self, src: Path) -> bool:
+        if src in self.hidden:
+            return True
+        return (self.exclude is not None and self.src_root is not None
+                and self.exclude.matches(os.path.relpath(src, self.src_root)))
+
     def copy_entry(self, src: Path, dst: Path) -> None:
+        if self.skipped(src):
+            return
         st = os.lstat(src)
         self.entries += 1
         if stat.S_ISDIR(st.st_mode):
@@ -189,21 +194,23 @@ class Stager:
 
 
 def stage_copy(step: CopyStep, src_root: Path, dest_lowers: list[Path], staged: Path,
-               uid: int, gid: int, *, link_ok: bool) -> int:
+               uid: int, gid: int, *, link_ok: bool, hidden: frozenset[Path] = frozenset()) -> int:
     """Stage what `step` copies from `src_root` into `staged`; the number of entries."""
     where = step.src.where(step.name)
-    s = Stager(staged, dest_lowers, uid, gid, step.chmod, link_ok)
+    s = Stager(staged, dest_lowers, uid, gid, step.chmod, link_ok, hidden, src_root, step.exclude)
     matches: list[tuple[str, Path]] = []
     for pattern in step.sources:
-        matches.extend(match_sources(src_root, pattern, where))
-    dest = step.dest
+        matches.extend(m for m in match_sources(src_root, pattern, where, hidden) if not s.skipped(m[1]))
+    dest = rootfs.resolve(dest_lowers, step.dest)
+    if step.dest.endswith("/") and dest != "/":
+        dest += "/"
     into_dir = dest.endswith("/") or s.dest_is_dir(dest)
     if len(matches) + len(step.inline) > 1 and not into_dir:
         raise InvalidArgument(f"{where}: When using {step.name} with more than one source file, "
                               "the destination must be a directory and end with a /")
     for name, matched in matches:
         # The named source is followed if it is a symlink, but only inside its root.
-        path = _inside(src_root, name)
+        path = inside(src_root, name)
         if not os.path.lexists(path):
             raise InvalidArgument(f"{where}: {name}: symlink to nothing")
         st = os.lstat(path)

@@ -14,23 +14,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from services.builder.executor.cache import CacheRecord
+from services.builder.executor.cache import Entry
 from services.builder.executor.store import LocalStore
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One record as read from the KV: its KV key, its cache key, and the revision read."""
-
-    kv_key: str
-    key: str
-    rec: CacheRecord
-    rev: int
-
-    @property
-    def item(self) -> str:
-        what = f"{self.rec.digest} {self.rec.size}" if self.rec.digest else "(no layer)"
-        return f"{self.key[:16]} {what}"
 
 
 @dataclass

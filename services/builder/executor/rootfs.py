@@ -13,6 +13,7 @@ import stat
 from pathlib import Path
 from typing import Iterator
 
+from shared.layers.paths import follow_in_root
 from shared.layers.overlay import mount_overlay, mount_readonly, unmount
 
 
@@ -48,15 +49,15 @@ def readonly(lowers: list[Path], scratch: Path) -> Iterator[Path]:
         unmount(view, detach=True)
 
 
-def lookup(lowers: list[Path], path: str) -> os.stat_result | None:
-    """lstat of `path` in the merged view of `lowers`, without mounting it.
+def locate(lowers: list[Path], path: str) -> Path | None:
+    """Where `path` of the merged view of `lowers` lives on disk, without mounting it.
 
     Walks the layers top-down: the first layer that has the path wins, a
     whiteout of it (or an opaque parent) hides everything below.
     """
     parts = [p for p in path.strip("/").split("/") if p]
     if not parts:
-        return os.stat(lowers[-1]) if lowers else None
+        return lowers[-1] if lowers else None
     for layer in reversed(lowers):
         cur = layer
         hidden = False
@@ -72,7 +73,7 @@ def lookup(lowers: list[Path], path: str) -> os.stat_result | None:
             if st is None:
                 break
             if i == len(parts) - 1:
-                return st
+                return p
             if not stat.S_ISDIR(st.st_mode):
                 hidden = True  # a file shadows whatever lower layers have below it
                 break
@@ -89,6 +90,21 @@ def lookup(lowers: list[Path], path: str) -> os.stat_result | None:
         if hidden:
             return None
     return None
+
+
+def lookup(lowers: list[Path], path: str) -> os.stat_result | None:
+    """lstat of `path` in the merged view of `lowers` (see `locate`)."""
+    p = locate(lowers, path)
+    return None if p is None else os.lstat(p)
+
+
+def resolve(lowers: list[Path], path: str) -> str:
+    """`path` with the image's symlinks followed, never out of the image (see follow_in_root)."""
+    def readlink(p: str) -> str | None:
+        found = locate(lowers, p) if lowers else None
+        return os.readlink(found) if found is not None and found.is_symlink() else None
+
+    return "/" + follow_in_root(path, readlink)
 
 
 def remove_mount_stubs(upper: Path, created: list[str]) -> None:

@@ -10,7 +10,7 @@ from typing import Awaitable, Callable
 
 from shared.errors import InvalidArgument
 from shared.runtime import ContainerSpec, Runtime
-from shared.runtime.spec import build_config
+from shared.runtime.spec import KNOWN_CAPABILITIES, BindMount, build_config
 from services.builder.executor import rootfs, users
 from services.builder.executor.secrets import secret_mounts
 from services.builder.frontend.steps import RunStep
@@ -30,20 +30,22 @@ def _mountpoints(spec: ContainerSpec) -> list[str]:
 
 
 async def run_step(runtime: Runtime, lowers: list[Path], step: RunStep, scratch: Path, *,
-                   secrets: dict[str, bytes], network: str, on_output: OutputFn | None = None) -> Path:
-    """Run `step` in a container; returns the upper dir holding what it changed."""
+                   secrets: dict[str, bytes], network: str, on_output: OutputFn | None = None,
+                   binds: tuple[BindMount, ...] = (), insecure: bool = False) -> Path:
+    """Run `step` in a container with `binds` (its other mounts); the upper dir holding what it changed."""
     where = step.src.where("RUN")
     cid = "dybd-" + uuid.uuid4().hex[:16]
     bundle = scratch / "bundle"
     bundle.mkdir()
     with rootfs.writable(lowers, scratch) as (merged, upper):
         uid, gid, extra = users.resolve(merged, step.user, f"{where}: ") if step.user else (0, 0, ())
-        with secret_mounts(step.secrets, secrets, scratch, where) as binds:
+        with secret_mounts(step.secrets, secrets, scratch, where) as (secret_binds, secret_env):
             spec = ContainerSpec(
-                args=step.argv, rootfs=str(merged), cgroups_path=f"/{cid}", env=step.env,
+                args=step.argv, rootfs=str(merged), cgroups_path=f"/{cid}", env=step.env + secret_env,
                 cwd=step.workdir or "/", uid=uid, gid=gid, additional_gids=extra,
-                hostname="buildkitsandbox", mounts=binds,
-                network="host" if network == "host" else "none")
+                hostname="buildkitsandbox", mounts=binds + secret_binds,
+                network="host" if network == "host" else "none",
+                extra_capabilities=tuple(sorted(KNOWN_CAPABILITIES)) if insecure else ())
             created = [p for p in _mountpoints(spec) if not os.path.lexists(merged / p.lstrip("/"))]
             code = await runtime.run_to_completion(cid, bundle, spec, on_output=on_output)
         if code != 0:

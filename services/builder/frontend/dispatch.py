@@ -8,14 +8,17 @@ config. It needs the base image's config but touches no filesystem.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import posixpath
 import re
 
 from shared.errors import InvalidArgument
+from shared.buildcontext import PatternMatcher
 from services.builder.frontend import instructions as ins
+from services.builder.frontend import lint
 from services.builder.frontend import steps as st
-from services.builder.frontend.graph import BuildArgs, copy_from_ref, stage_base
+from services.builder.frontend.graph import BuildArgs, copy_from_ref, mount_from_ref, stage_base
 from services.builder.frontend.imagestate import ImageState
 from services.builder.frontend.parser import parse_triggers
 from services.builder.frontend.shell import expand_or_raise, expand_words
@@ -24,20 +27,46 @@ _PORT_RE = re.compile(r"^(\d+)(?:-(\d+))?(?:/(tcp|udp|sctp))?$", re.I)
 _SIGNAL_RE = re.compile(r"^(SIG)?[A-Z0-9+-]+$")
 
 
+class _Recorder(dict):
+    """A scope that remembers the names looked up and not found (for UndefinedVar)."""
+
+    def __init__(self, scope: dict[str, str]):
+        super().__init__(scope)
+        self.missing: set[str] = set()
+
+    def get(self, key, default=None):
+        if key not in self:
+            self.missing.add(key)
+        return super().get(key, default)
+
+
 class _StageState:
-    def __init__(self, df: ins.Dockerfile, stage: ins.Stage, base: ImageState, args: BuildArgs):
+    def __init__(self, df: ins.Dockerfile, stage: ins.Stage, base: ImageState, args: BuildArgs,
+                 ignore: PatternMatcher | None):
         self.df, self.stage, self.args = df, stage, args
         self.cfg = base.clone()
         self.cfg.onbuild = []  # the base's triggers run in this stage; only its own ONBUILD lines stay
         self.stage_args: dict[str, str] = {}  # ARGs declared in this stage that have a value
+        self.declared: set[str] = set()  # every ARG this stage declared so far
         self.cmd_set = False
+        self.ignore = ignore  # the context's .dockerignore, for CopyIgnoredFile
+        self.lints: list[lint.Lint] = []
+        self.line = stage.source.src.line  # of the instruction being dispatched
 
     def scope(self) -> dict[str, str]:
         """Variables for expansion: this stage's ARGs, overridden by ENV (docker's precedence)."""
         return {**self.stage_args, **self.cfg.env}
 
     def expand(self, word: str, where: str) -> str:
-        return expand_or_raise(word, self.scope(), self.df.escape, where)
+        scope = _Recorder(self.scope())
+        out = expand_or_raise(word, scope, self.df.escape, where)
+        for name in sorted(scope.missing - self.declared):
+            self.warn(lint.undefined_var(name, list(scope), self.df.file, self.line))
+        return out
+
+    def warn(self, found: lint.Lint | None) -> None:
+        if found is not None and found not in self.lints:
+            self.lints.append(found)
 
     def run_env(self) -> tuple[str, ...]:
         env = dict(self.cfg.env)
@@ -53,8 +82,9 @@ class _StageState:
         return joined + "/" if trailing and joined != "/" else joined
 
 
-def dispatch_stage(df: ins.Dockerfile, stage: ins.Stage, base: ImageState, args: BuildArgs) -> st.StagePlan:
-    """Evaluate `stage` over `base` into a plan and the resulting image config."""
+def dispatch_stage(df: ins.Dockerfile, stage: ins.Stage, base: ImageState, args: BuildArgs,
+                   ignore: PatternMatcher | None = None) -> st.StagePlan:
+    """Evaluate `stage` over `base` into a plan and the resulting image config (`ignore`: for the checks)."""
     base_ref = stage_base(df, stage, args)
     base_text = (f"stage:{base_ref.stage}" if base_ref.stage is not None
                  else base_ref.image if base_ref.image else "scratch")
@@ -62,12 +92,14 @@ def dispatch_stage(df: ins.Dockerfile, stage: ins.Stage, base: ImageState, args:
     # docker runs the base's ONBUILD triggers right after FROM, as if written
     # there; _StageState then drops them so the child does not inherit them.
     triggers = parse_triggers(base.onbuild, base_text) if base.onbuild else []
-    s = _StageState(df, stage, base, args)
+    s = _StageState(df, stage, base, args, ignore)
     for instr in [*triggers, *stage.instructions]:
+        s.line = instr.src.line
         step = _HANDLERS[type(instr)](s, instr)
         if step is not None:
             plan.steps.append(step)
     plan.config = s.cfg
+    plan.lints = s.lints
     return plan
 
 
@@ -86,6 +118,8 @@ def _arg(s: _StageState, i: ins.Arg) -> st.Step:
             value = a.builtins[name]
         else:
             value = None
+        s.warn(lint.secret_key("ARG", name, s.df.file, s.line))
+        s.declared.add(name)
         if value is not None:
             s.stage_args[name] = value
             shown.append(f"{name}={value}")
@@ -100,6 +134,7 @@ def _env(s: _StageState, i: ins.Env) -> st.Step:
     for k, v in i.pairs:
         key = s.expand(k, where)
         val = s.expand(v, where)
+        s.warn(lint.secret_key("ENV", key, s.df.file, s.line))
         s.cfg.env[key] = val
         shown.append(f"{key}={val}")
     return st.ConfigStep(i.src, created_by="ENV " + " ".join(shown))
@@ -175,7 +210,13 @@ def _json(v: list[str]) -> str:
     return json.dumps(v)
 
 
+def _json_args_check(s: _StageState, name: str, shell_form: str | None) -> None:
+    if shell_form is not None and not s.cfg.shell:
+        s.warn(lint.json_args(name, s.df.file, s.line))
+
+
 def _entrypoint(s: _StageState, i: ins.Entrypoint) -> st.Step:
+    _json_args_check(s, "ENTRYPOINT", i.shell_form)
     s.cfg.entrypoint = _argv(s, i.shell_form, i.exec_form)
     if not s.cmd_set:
         s.cfg.cmd = None  # docker: a new ENTRYPOINT drops an inherited CMD
@@ -183,6 +224,7 @@ def _entrypoint(s: _StageState, i: ins.Entrypoint) -> st.Step:
 
 
 def _cmd(s: _StageState, i: ins.Cmd) -> st.Step:
+    _json_args_check(s, "CMD", i.shell_form)
     s.cfg.cmd = _argv(s, i.shell_form, i.exec_form)
     s.cmd_set = True
     return st.ConfigStep(i.src, created_by=f"CMD {_json(s.cfg.cmd)}")
@@ -225,9 +267,27 @@ def _run(s: _StageState, i: ins.Run) -> st.Step:
     shown = " ".join(argv)
     used_args = [f"{k}={v}" for k, v in s.stage_args.items() if k not in s.cfg.env]
     prefix = f"|{len(used_args)} {' '.join(used_args)} " if used_args else ""
+    where = i.src.where("RUN")
+    secrets = tuple(dataclasses.replace(m, id=s.expand(m.id, where), target=s.expand(m.target, where),
+                                        env=s.expand(m.env, where)) for m in i.secrets)
     return st.RunStep(i.src, created_by=f"RUN {prefix}{shown} # buildkit", argv=tuple(argv),
                       env=s.run_env(), workdir=s.cfg.workdir or "/", user=s.cfg.user,
-                      network=i.network, secrets=i.secrets)
+                      network=i.network, secrets=secrets, mounts=tuple(_mount(s, m, where) for m in i.mounts),
+                      security=i.security)
+
+
+def _mount(s: _StageState, m: ins.RunMount, where: str) -> st.Mount:
+    """A RUN mount as BuildKit's dispatchRunMounts makes it: words expanded, target absolute."""
+    target = s.abs_path(s.expand(m.target, where)).rstrip("/") or "/"
+    if target == "/":
+        raise InvalidArgument(f"{where}: invalid mount target {m.target!r}")
+    from_stage, from_image = mount_from_ref(s.df, m.from_, s.stage.index, where) if m.from_ else (None, None)
+    mid = s.expand(m.id, where)
+    if m.type == "cache" and not mid:
+        mid = target
+    return st.Mount(type=m.type, target=target, id=mid, from_stage=from_stage, from_image=from_image,
+                    source=posixpath.normpath("/" + s.expand(m.source, where).lstrip("/")), readonly=m.readonly,
+                    sharing=m.sharing, mode=m.mode, uid=m.uid, gid=m.gid, size=m.size, required=m.required)
 
 
 def _copy(s: _StageState, i: ins.Copy) -> st.Step:
@@ -242,6 +302,9 @@ def _copy(s: _StageState, i: ins.Copy) -> st.Step:
         raise InvalidArgument(f"{where}: When using {i.name} with more than one source file, "
                               "the destination must be a directory and end with a /")
     from_stage, from_image = (copy_from_ref(s.df, i, s.stage.index, s.args) if i.from_ else (None, None))
+    if not i.from_:
+        for src in sources:
+            s.warn(lint.copy_ignored(i.name, src, s.ignore, s.df.file, s.line))
     chmod = None
     if i.chmod:
         text = s.expand(i.chmod, where)

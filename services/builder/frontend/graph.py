@@ -98,6 +98,12 @@ def copy_from_ref(df: ins.Dockerfile, copy: ins.Copy, current: int, args: BuildA
     return (idx, None) if idx is not None else (None, ref)
 
 
+def mount_from_ref(df: ins.Dockerfile, ref: str, current: int, where: str) -> tuple[int | None, str | None]:
+    """A RUN mount's `from`: a stage or an image (BuildKit expands no variable there)."""
+    idx = stage_index(df, ref, current, where)
+    return (idx, None) if idx is not None else (None, ref)
+
+
 def target_stage(df: ins.Dockerfile, target: str | None) -> int:
     if not target:
         return len(df.stages) - 1
@@ -120,9 +126,17 @@ def needed_stages(df: ins.Dockerfile, target: int, args: BuildArgs) -> list[int]
         base = stage_base(df, st, args)
         if base.stage is not None:
             todo.append(base.stage)
-        for instr in st.instructions:
-            if isinstance(instr, ins.Copy) and instr.from_:
-                idx, _ = copy_from_ref(df, instr, i, args)
-                if idx is not None:
-                    todo.append(idx)
+        todo.extend(stage_deps(df, st, args))
     return sorted(needed)
+
+
+def stage_deps(df: ins.Dockerfile, st: ins.Stage, args: BuildArgs) -> set[int]:
+    """The earlier stages `st` reads by COPY --from or RUN --mount from= (not its FROM)."""
+    refs: list[int | None] = []
+    for instr in st.instructions:
+        if isinstance(instr, ins.Copy) and instr.from_:
+            refs.append(copy_from_ref(df, instr, st.index, args)[0])
+        elif isinstance(instr, ins.Run):
+            refs += [mount_from_ref(df, m.from_, st.index, instr.src.where("RUN"))[0]
+                     for m in instr.mounts if m.from_]
+    return {i for i in refs if i is not None}

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from services.builder.frontend.lint import Lint
+
 
 @dataclass(frozen=True)
 class Source:
@@ -50,17 +52,30 @@ class From(Instruction):
 @dataclass(frozen=True)
 class SecretMount:
     id: str
-    target: str  # absolute path in the container
+    target: str  # absolute path in the container; "" when the secret is only an env var
     required: bool = False
     mode: int = 0o400
     uid: int = 0
     gid: int = 0
+    env: str = ""  # also (or only) the value of this variable in the step
 
 
 @dataclass(frozen=True)
-class CacheMount:
-    target: str
-    id: str | None = None
+class RunMount:
+    """A `RUN --mount` of type bind, cache, tmpfs or ssh, as written (BuildKit's field names)."""
+
+    type: str
+    target: str  # a relative one is against the step's WORKDIR
+    id: str = ""  # cache: defaults to the target; ssh: defaults to "default"
+    from_: str | None = None  # bind/cache: a stage or an image (bind's default: the context)
+    source: str = ""  # bind/cache: the path in `from_`
+    readonly: bool = False
+    sharing: str = "shared"  # cache: shared | private | locked
+    mode: int | None = None  # cache and ssh
+    uid: int | None = None
+    gid: int | None = None
+    size: int = 0  # tmpfs: bytes, 0 for the default
+    required: bool = False  # ssh
 
 
 @dataclass(frozen=True)
@@ -70,6 +85,8 @@ class Run(Instruction):
     secrets: tuple[SecretMount, ...] = ()
     network: str = "default"  # default | none | host
     heredocs: tuple[InlineFile, ...] = ()
+    mounts: tuple[RunMount, ...] = ()
+    security: str = "sandbox"  # sandbox | insecure
 
 
 @dataclass(frozen=True)
@@ -187,3 +204,4 @@ class Dockerfile:
     escape: str
     meta_args: list[Arg]  # ARGs before the first FROM: the global scope
     stages: list[Stage]
+    lints: list[Lint] = field(default_factory=list)  # what the parse-time checks found

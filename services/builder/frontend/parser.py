@@ -16,6 +16,7 @@ import dockerfile
 from shared.errors import InvalidArgument
 from services.builder.frontend import instructions as ins
 from services.builder.frontend.flags import Flags, parse_duration, parse_mounts
+from services.builder.frontend.lint import parse_checks
 
 _DIRECTIVE_RE = re.compile(r"^#\s*([a-zA-Z][a-zA-Z0-9]*)\s*=\s*(.+?)\s*$")
 _HEREDOC_RE = re.compile(r"^<<(-?)(['\"]?)([^'\"]+)\2$")
@@ -53,7 +54,9 @@ def parse(text: str, file: str = "Dockerfile") -> ins.Dockerfile:
     escape = _escape_directive(text)
     meta_args: list[ins.Arg] = []
     stages: list[ins.Stage] = []
+    lints = []
     for c in commands:
+        lints += parse_checks(c.cmd, c.value, file, c.start_line)
         instr = _convert(c, file, escape)
         if isinstance(instr, ins.From):
             stages.append(ins.Stage(index=len(stages), source=instr))
@@ -73,7 +76,7 @@ def parse(text: str, file: str = "Dockerfile") -> ins.Dockerfile:
             if st.name in seen:
                 raise InvalidArgument(f"{st.source.src.where('FROM')}: duplicate stage name {st.name!r}")
             seen[st.name] = st.index
-    return ins.Dockerfile(file=file, escape=escape, meta_args=meta_args, stages=stages)
+    return ins.Dockerfile(file=file, escape=escape, meta_args=meta_args, stages=stages, lints=lints)
 
 
 def _convert(c: dockerfile.Command, file: str, escape: str, src: ins.Source | None = None) -> ins.Instruction:
@@ -123,13 +126,16 @@ def _heredoc_files(c: dockerfile.Command) -> dict[str, ins.InlineFile]:
 
 
 def _run(c, src, flags, where) -> ins.Run:
-    secrets = parse_mounts(flags.strings("mount"), where)
+    secrets, mounts = parse_mounts(flags.strings("mount"), where)
     network = flags.string("network") or "default"
     if network not in ("default", "none", "host"):
         raise InvalidArgument(f"{where}: unsupported network mode {network!r}")
-    flags.string("security")  # accepted like BuildKit's labs flag; sandbox is the only mode
+    security = (flags.string("security") or "sandbox").lower()
+    if security not in ("sandbox", "insecure"):
+        raise InvalidArgument(f"{where}: unsupported security mode {security!r}")
+    extra = dict(secrets=secrets, mounts=mounts, network=network, security=security)
     if c.json:
-        return ins.Run(src, shell_form=None, exec_form=tuple(c.value), secrets=secrets, network=network)
+        return ins.Run(src, shell_form=None, exec_form=tuple(c.value), **extra)
     _need(c, where, at_least=1)
     line = c.value[0]
     docs = tuple(ins.InlineFile(h.name, h.content, True) for h in c.heredocs)
@@ -138,7 +144,7 @@ def _run(c, src, flags, where) -> ins.Run:
             line = docs[0].content  # `RUN <<EOF` runs the document as the script
         else:
             line = line + "\n" + "".join(d.content + d.name + "\n" for d in docs)
-    return ins.Run(src, shell_form=line, exec_form=None, secrets=secrets, network=network, heredocs=docs)
+    return ins.Run(src, shell_form=line, exec_form=None, heredocs=docs, **extra)
 
 
 def _copy(c, src, flags, where, is_add: bool = False) -> ins.Copy:

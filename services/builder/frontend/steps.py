@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from services.builder.frontend.imagestate import ImageState
 from services.builder.frontend.instructions import SecretMount, Source
+from services.builder.frontend.lint import Lint
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,30 @@ class ConfigStep(Step):
 
 
 @dataclass(frozen=True)
+class Mount:
+    """A RUN mount (bind, cache, tmpfs, ssh) with its words expanded and its `from` resolved."""
+
+    type: str
+    target: str  # absolute
+    id: str = ""  # cache: the cache's name (default: the target); ssh: the agent's id
+    from_stage: int | None = None
+    from_image: str | None = None
+    source: str = "/"  # the path in `from` (or in the context, for a bind)
+    readonly: bool = False
+    sharing: str = "shared"
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    size: int = 0
+    required: bool = False
+
+    @property
+    def key_text(self) -> str:
+        return (f"{self.type}:{self.target}:{self.id}:{self.from_stage}|{self.from_image}:{self.source}:"
+                f"{self.readonly}:{self.sharing}:{self.mode}:{self.uid}:{self.gid}:{self.size}")
+
+
+@dataclass(frozen=True)
 class RunStep(Step):
     argv: tuple[str, ...]
     env: tuple[str, ...]  # ENV and the stage's ARGs, `K=V`
@@ -37,13 +62,16 @@ class RunStep(Step):
     user: str
     network: str
     secrets: tuple[SecretMount, ...] = ()
+    mounts: tuple[Mount, ...] = ()
+    security: str = "sandbox"
 
     @property
     def cache_text(self) -> str:
         # Secret ids, never contents: a changed secret does not rerun the step,
-        # as with BuildKit.
+        # as with BuildKit. A cache mount's contents never enter the key either.
         return "\0".join(["RUN", *self.argv, "env", *self.env, "cwd", self.workdir, "user", self.user,
-                          "net", self.network, "secrets", *(f"{s.id}:{s.target}" for s in self.secrets)])
+                          "net", self.network, "secrets", *(f"{s.id}:{s.target}:{s.env}" for s in self.secrets),
+                          "mounts", *(m.key_text for m in self.mounts), "security", self.security])
 
 
 @dataclass(frozen=True)
@@ -96,3 +124,4 @@ class StagePlan:
     steps: list[Step] = field(default_factory=list)
     config: ImageState = field(default_factory=ImageState)
     used_args: set[str] = field(default_factory=set)
+    lints: list[Lint] = field(default_factory=list)  # what the dispatch-time checks found

@@ -7,7 +7,7 @@ A subcommand sets `func` to `async def handler(args, ctx) -> int` (the exit code
 
 # command name -> module that registers it (import on demand keeps `dockyard ps` lean)
 MODULES = {
-    "up": "stack", "serve": "stack", "status": "stack",
+    "up": "stack", "serve": "stack", "status": "stack", "context": "contexts",
     "user": "registry", "grant": "registry", "repo": "registry", "login": "registry",
     "logout": "registry",
     "images": "images", "tag": "images", "push": "images", "pull": "images", "rmi": "images",

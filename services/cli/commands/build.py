@@ -15,14 +15,15 @@ import argparse
 import os
 import sys
 import tempfile
+from pathlib import Path
 from typing import Any
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("build", help="build an image from a Dockerfile")
-    p.add_argument("context", help="the build context directory")
+    p.add_argument("context", help="the build context directory, or - for a tar (or a Dockerfile) on stdin")
     p.add_argument("-t", "--tag", action="append", default=[], help="name:tag (repeatable)")
-    p.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile)")
+    p.add_argument("-f", "--file", help="the Dockerfile (default: CONTEXT/Dockerfile; - for stdin)")
     p.add_argument("--build-arg", action="append", default=[], metavar="K=V")
     p.add_argument("--target", default="", help="the stage to build")
     p.add_argument("--no-cache", action="store_true", help="do not use the build cache")
@@ -32,6 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--network", choices=("default", "none", "host"), default="default")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
     p.add_argument("-q", "--quiet", action="store_true", help="print only the image digest")
+    p.add_argument("--check", action="store_true",
+                   help="run the build checks only, build nothing (exit 1 if any warning)")
+    p.add_argument("-o", "--output", action="append", default=[], metavar="type=TYPE[,dest=PATH]",
+                   help="image (default), registry, local, tar, oci or docker")
+    p.add_argument("--iidfile", help="write the image id (config digest) to this file")
+    p.add_argument("--metadata-file", help="write BuildKit's build result keys as JSON to this file")
+    p.add_argument("--no-cache-filter", action="append", default=[], metavar="STAGE",
+                   help="do not use the cache for this stage (repeatable, or comma-separated)")
+    p.add_argument("--pull", action="store_true", help="look base images up again (the builder always does)")
+    p.add_argument("--cache-to", action="append", default=[], metavar="type=registry,ref=REPO:TAG[,mode=max]",
+                   help="export the build cache (or type=inline: in the image's config)")
+    p.add_argument("--cache-from", action="append", default=[], metavar="type=registry,ref=REPO:TAG",
+                   help="import a build cache (a --cache-to artifact or an image with an inline cache)")
     p.set_defaults(func=cmd_build)
 
     p = sub.add_parser("import", help="make a base image from a rootfs tarball")
@@ -206,28 +220,55 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
     from shared import subjects
     from shared.buildcontext import DOCKERIGNORE, DigestCache, context_excludes, context_signature
     from shared.errors import InvalidArgument
-    from shared.messages.builder import BuildReply, BuildRequest
+    from shared.messages.builder import BuildReply, BuildRequest, CheckReply
     from shared.oci.digest import Digest
+    from services.cli.commands import build_outputs as bo
 
-    root = os.path.abspath(args.context)
-    if not os.path.isdir(root):
-        raise InvalidArgument(f"context {args.context!r} is not a directory")
-    dockerfile = os.path.abspath(args.file) if args.file else os.path.join(root, "Dockerfile")
-    try:
-        with open(dockerfile, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise InvalidArgument(f"cannot read Dockerfile: {e}") from e
-    ignore = None
-    if os.path.exists(os.path.join(root, DOCKERIGNORE)):
-        with open(os.path.join(root, DOCKERIGNORE), encoding="utf-8") as f:
-            ignore = f.read()
-    rel = os.path.relpath(dockerfile, root)
-    excludes = context_excludes(ignore, rel)
-    fields = dict(dockerfile=text, dockerfile_name=os.path.basename(dockerfile), tags=args.tag,
-                  build_args=_pairs(args.build_arg, "--build-arg"), target=args.target, no_cache=args.no_cache,
-                  secrets=_secrets(args.secret), compression=args.compression, network=args.network,
-                  labels=_pairs(args.label, "--label"))
+    outputs = [bo.parse_output(o) for o in args.output]
+    if args.file == "-" and args.context == "-":
+        raise InvalidArgument("the Dockerfile and the context cannot both come from stdin")
+    with tempfile.TemporaryDirectory(prefix="dockyard-stdin-") as tmp:
+        stdin_text = None
+        if args.context == "-":
+            root, stdin_text = bo.context_from_stdin(Path(tmp))
+        else:
+            root = os.path.abspath(args.context)
+        if not os.path.isdir(root):
+            raise InvalidArgument(f"context {args.context!r} is not a directory")
+        if args.file == "-" or stdin_text is not None:
+            text = stdin_text if stdin_text is not None else sys.stdin.read()
+            dockerfile = os.path.join(root, "Dockerfile")
+            inside = ""  # not a file of the context: nothing to keep or to hide in it
+        else:
+            if not args.file:
+                dockerfile = os.path.join(root, "Dockerfile")
+            elif args.context == "-":
+                dockerfile = os.path.join(root, args.file)  # a path in the tar
+            else:
+                dockerfile = os.path.abspath(args.file)
+            try:
+                with open(dockerfile, encoding="utf-8") as f:
+                    text = f.read()
+            except OSError as e:
+                raise InvalidArgument(f"cannot read Dockerfile: {e}") from e
+            rel = os.path.relpath(dockerfile, root)
+            inside = rel.replace(os.sep, "/") if not rel.startswith("..") else ""
+        ignore = None
+        if os.path.exists(os.path.join(root, DOCKERIGNORE)):
+            with open(os.path.join(root, DOCKERIGNORE), encoding="utf-8") as f:
+                ignore = f.read()
+        # A Dockerfile from stdin is no file of the context: only `.dockerignore` is always kept.
+        excludes = context_excludes(ignore, inside or DOCKERIGNORE)
+        tags = list(args.tag) + [n for o in outputs if o.type in ("image", "registry") for n in o.names]
+        fields = dict(dockerfile=text, dockerfile_name=os.path.basename(dockerfile), dockerfile_path=inside,
+                      tags=tags, build_args=_pairs(args.build_arg, "--build-arg"), target=args.target,
+                      no_cache=args.no_cache, secrets=_secrets(args.secret), compression=args.compression,
+                      network=args.network, labels=_pairs(args.label, "--label"),
+                      no_cache_filter=[s for f in args.no_cache_filter for s in f.split(",") if s],
+                      cache_to=args.cache_to, cache_from=args.cache_from)
+        cache = DigestCache(_digest_cache_path(ctx, root) if args.context != "-" else None)
+        signature, racy = context_signature(root, excludes)
+        digest = await _send_context(ctx, root, excludes, cache, signature, racy, cache.packed(signature))
     quiet = args.quiet or ctx.json_output
 
     def show(p: Any) -> None:
@@ -242,20 +283,40 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
         else:
             sys.stderr.write(f"{p.message}\n")
 
-    cache = DigestCache(_digest_cache_path(ctx, root))
-    signature, racy = context_signature(root, excludes)
-    digest = await _send_context(ctx, root, excludes, cache, signature, racy, cache.packed(signature))
     b = await ctx.bus()
+    if args.check:
+        return _print_check(ctx, await b.request(subjects.BUILD_CHECK, BuildRequest(context=Digest(digest), **fields),
+                                                 CheckReply, timeout=600))
     reply = await b.request_with_progress(subjects.BUILD, BuildRequest(context=Digest(digest), **fields),
                                           BuildReply, show, timeout=3600)
-    if ctx.json_output:
+    await bo.export(ctx, reply, outputs)
+    bo.write_ids(reply, args.iidfile, args.metadata_file)
+    to_stdout = any(o.dest == "-" for o in outputs)  # stdout carries the output: say the rest on stderr
+    if ctx.json_output and not to_stdout:
         ctx.print_json(reply)
     else:
         if not args.quiet:
             for t in reply.tags:
                 sys.stderr.write(f"naming to {t}\n")
-        print(reply.digest)
+        print(reply.digest, file=sys.stderr if to_stdout else sys.stdout)
     return 0
+
+
+def _print_check(ctx: Any, reply: Any) -> int:
+    """`build --check` output in buildx's shape; non-zero when something was found."""
+    if ctx.json_output:
+        ctx.print_json(reply)
+        return 1 if reply.warnings else 0
+    n = len(reply.warnings)
+    if not n:
+        print("Check complete, no warnings found.")
+        return 0
+    print(f"Check complete, {n} warning{'s have' if n > 1 else ' has'} been found!")
+    for w in reply.warnings:
+        print(f"\nWARNING: {w.rule or w.kind}{' - ' + w.url if w.url else ''}\n{w.message}")
+        if w.file:
+            print(f"{w.file}:{w.line}")
+    return 1
 
 
 async def cmd_import(args: argparse.Namespace, ctx: Any) -> int:

@@ -49,7 +49,7 @@ def register(sub) -> None:
 def _seconds(text: str | None) -> float | None:
     if text is None:
         return None
-    from services.garbage_collector.cron import parse_duration
+    from shared.cron import parse_duration
     return parse_duration(text)
 
 

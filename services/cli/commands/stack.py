@@ -38,8 +38,10 @@ def _stack_options(p: argparse.ArgumentParser) -> None:
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("up", help="start NATS (embedded) and every service on this machine")
     _stack_options(p)
-    p.add_argument("--registry-addr", help="where the registry listens (default 127.0.0.1:5000)")
-    p.add_argument("--nats-port", type=int, default=4222, help="embedded NATS port (0: a free one)")
+    p.add_argument("--registry-addr",
+                   help="where the registry listens (default 127.0.0.1:5000, or a free port if that is taken)")
+    p.add_argument("--nats-port", type=int,
+                   help="embedded NATS port (default 4222, or a free one if that is taken; 0: a free one)")
     p.add_argument("--only", action="append", choices=list(SERVICES), help="start only these services")
     p.set_defaults(func=cmd_up)
 
@@ -97,11 +99,16 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
     import gc
     gc.enable()
     from services.cli.stack_runner import StackRunner
+    from shared.config import DEFAULT_NATS_PORT
     cfg = _config(args, ctx)
     setup_logging(cfg.log_level, "up")
-    embedded = args.nats_url is None and "DOCKYARD_NATS_URL" not in os.environ
-    runner = StackRunner(cfg, services=args.only or available_services(),
-                         nats_port=args.nats_port if embedded else None)
+    nats_port = None  # join the NATS of --nats / DOCKYARD_NATS_URL
+    if args.nats_url is None and "DOCKYARD_NATS_URL" not in os.environ:
+        nats_port = DEFAULT_NATS_PORT if args.nats_port is None else args.nats_port
+    # Ports nobody asked for by name may move when taken; ones asked for fail loudly instead.
+    runner = StackRunner(cfg, services=args.only or available_services(), nats_port=nats_port,
+                         nats_fallback=args.nats_port is None,
+                         registry_fallback=args.registry_addr is None and "DOCKYARD_REGISTRY_ADDR" not in os.environ)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -116,12 +123,14 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
 
 
 async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
-    from services.cli.stack_runner import discover, read_stack_file
+    from services.cli.stack_runner import discover
+    from shared import stackfile
     b = await ctx.bus()
-    expected = read_stack_file(ctx.config.data_path)
-    found = await discover(b, expect=len(expected.get("services", [])) or None)
+    info = stackfile.read(ctx.config.data_path)
+    expected = info.services if info else []
+    found = await discover(b, expect=len(expected) or None)
     names = {f["name"] for f in found}
-    missing = [n for n in expected.get("services", []) if n not in names] if expected else []
+    missing = [n for n in expected if n not in names]
     if ctx.json_output:
         ctx.print_json({"services": found, "missing": missing})
     else:

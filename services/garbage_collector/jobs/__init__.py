@@ -17,7 +17,7 @@ from shared.config import Config
 from shared.errors import DockyardError, InvalidArgument
 from shared.messages.gc import ALL_JOBS, JobReport, RunRequest
 from shared.registry_meta import RegistryMeta
-from services.garbage_collector.cron import parse_duration
+from shared.cron import parse_duration
 from services.garbage_collector.state import GcState
 
 MAX_SETTLE = 600.0  # seconds

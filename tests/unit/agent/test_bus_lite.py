@@ -13,7 +13,8 @@ import pytest
 from shared import bus, bus_lite
 from shared.errors import InvalidArgument, NotFound, Unauthenticated, Unavailable
 from shared.messages.common import Progress
-from shared.natsserver import find_binary, free_port
+from shared.natsserver import find_binary
+from tests.support.ports import address_from_log, refusing_port
 
 
 class Echo(msgspec.Struct, kw_only=True):
@@ -188,10 +189,11 @@ async def test_kv_entries_read_the_live_keys(lite, nc):
 
 
 async def test_url_credentials_and_refusals(tmp_path):
-    port = free_port()
-    srv = subprocess.Popen([find_binary(), "-a", "127.0.0.1", "-p", str(port), "--user", "dy", "--pass", "s3cr%t"],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "nats.log"
+    srv = subprocess.Popen([find_binary(), "-a", "127.0.0.1", "-p", "-1", "--user", "dy", "--pass", "s3cr%t"],
+                           stdout=subprocess.DEVNULL, stderr=open(log, "wb"))
     try:
+        port = address_from_log(log, r"Listening for client connections on \S+:(\d+)", srv)
         deadline = time.monotonic() + 5
         while True:
             try:
@@ -208,8 +210,8 @@ async def test_url_credentials_and_refusals(tmp_path):
     finally:
         srv.terminate()
         srv.wait(5)
-    with pytest.raises(Unavailable, match="cannot reach NATS"):
-        await bus_lite.connect(f"nats://127.0.0.1:{port}", connect_timeout=1)
+    with refusing_port() as dead, pytest.raises(Unavailable, match="cannot reach NATS"):
+        await bus_lite.connect(f"nats://127.0.0.1:{dead}", connect_timeout=1)
     with pytest.raises(bus_lite.NeedFullClient):
         await bus_lite.connect("tls://127.0.0.1:4222")
 

@@ -151,6 +151,30 @@ def test_run_forms_and_mounts():
     assert r4.argv == ("/bin/sh", "-c", "echo one\necho two\n")
 
 
+def test_run_mount_types_as_buildkit_reads_them():
+    _, final, _ = plan('FROM scratch AS tools\nFROM scratch\nARG V=3\nWORKDIR /w\n'
+                       'RUN --mount=type=cache,target=/root/.cache,sharing=locked,mode=0700,uid=5 a\n'
+                       'RUN --mount=type=cache,id=pip-$V,target=rel,from=tools,source=/seed b\n'
+                       'RUN --mount=type=bind,target=/src --mount=type=bind,from=tools,src=bin,dst=/t,rw c\n'
+                       'RUN --mount=type=tmpfs,target=/tmp,size=64m --mount=type=ssh d\n'
+                       'RUN --mount=type=secret,id=tok,env=TOKEN --mount=type=secret,id=k,env=K,target=/k e\n')
+    r1, r2, r3, r4, r5 = [s for s in final.steps if isinstance(s, st.RunStep)]
+    c = r1.mounts[0]
+    assert (c.type, c.target, c.id, c.sharing, c.mode, c.uid, c.readonly) == (
+        "cache", "/root/.cache", "/root/.cache", "locked", 0o700, 5, False)
+    c = r2.mounts[0]
+    assert (c.id, c.target, c.from_stage, c.source) == ("pip-3", "/w/rel", 0, "/seed")
+    b1, b2 = r3.mounts
+    assert (b1.type, b1.from_stage, b1.source, b1.readonly) == ("bind", None, "/", True)
+    assert (b2.from_stage, b2.source, b2.target, b2.readonly) == (0, "/bin", "/t", False)
+    t, sh = r4.mounts
+    assert (t.type, t.size, t.readonly) == ("tmpfs", 64 << 20, False)
+    assert (sh.type, sh.id, sh.target) == ("ssh", "default", "/run/buildkit/ssh_agent.0")
+    s1, s2 = r5.secrets
+    assert (s1.id, s1.env, s1.target) == ("tok", "TOKEN", "") and (s2.env, s2.target) == ("K", "/k")
+    assert r1.cache_text != r2.cache_text  # mounts are part of the step's key
+
+
 def test_config_steps_carry_no_layer_and_history_text():
     _, final, _ = plan("FROM scratch\nENV A=1\nRUN true\nEXPOSE 80\n")
     kinds = [type(s).__name__ for s in final.steps]
@@ -180,7 +204,15 @@ BAD = [
     ("FROM a\nHEALTHCHECK --interval=5x CMD true\n", "Dockerfile:2: HEALTHCHECK: --interval: invalid duration"),
     ("FROM a\nHEALTHCHECK --interval=10us CMD true\n", "cannot be less than 1ms"),
     ("FROM a\nONBUILD FROM b\n", "Dockerfile:2: ONBUILD: FROM isn't allowed as an ONBUILD trigger"),
-    ("FROM a\nRUN --mount=type=cache,target=/c make\n", "Dockerfile:2: RUN: RUN --mount=type=cache is not supported"),
+    ("FROM a\nRUN --mount=type=cache,target=/c,size=1m make\n", "Dockerfile:2: RUN: unexpected key 'size' for mount type 'cache'"),
+    ("FROM a\nRUN --mount=type=nfs,target=/c make\n", "Dockerfile:2: RUN: unsupported mount type 'nfs'"),
+    ("FROM a\nRUN --mount=type=bind,target=/c,uid=1 make\n", 'uid not allowed for "bind" type mounts'),
+    ("FROM a\nRUN --mount=type=tmpfs,target=/c,sharing=locked make\n", "invalid cache sharing set for tmpfs mount"),
+    ("FROM a\nRUN --mount=type=cache,target=/c,sharing=wide make\n", "unsupported sharing value 'wide'"),
+    ("FROM a\nRUN --mount=type=secret,id=a,from=b make\n", "secret mount should not have a from"),
+    ("FROM a\nRUN --mount=type=cache,target=/ make\n", "invalid mount target"),
+    ("FROM a\nRUN --mount=type=bind,target=/c,bogus=1 make\n", "unexpected key 'bogus'"),
+    ("FROM a\nRUN --security=privileged make\n", "unsupported security mode"),
     ("FROM a\nRUN --network=bridge make\n", "Dockerfile:2: RUN: unsupported network mode"),
     ("FROM a\n\nENV A\n", "Dockerfile:3: ENV must have two arguments"),
     ("FROM a\nLABEL\n", "Dockerfile:2: LABEL: LABEL requires at least one argument"),

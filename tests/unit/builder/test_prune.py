@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 
 from shared.oci.digest import Digest
-from services.builder.executor.cache import CacheRecord
-from services.builder.executor.prune import Entry, empty_trash, plan, trash_local
+from services.builder.executor.cache import CacheRecord, Entry
+from services.builder.executor.prune import empty_trash, plan, trash_local
 from services.builder.executor.store import LocalStore
 
 NOW = 1_000_000.0

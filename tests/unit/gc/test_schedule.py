@@ -8,12 +8,11 @@ import uuid
 
 import pytest
 
-from shared import bus, codec, subjects
+from shared import bus, codec, cron, subjects
 from shared.errors import InvalidArgument
 from shared.messages.common import Empty
 from shared.messages.gc import (GcFinished, PolicyRequest, RunReply, RunRequest, Schedule,
                                 ScheduleReply, ScheduleRequest, StatusReply)
-from services.garbage_collector import cron
 from services.garbage_collector.jobs import Settings
 from services.garbage_collector.lease import Leases, LeaseRecord, TickClaim
 from services.garbage_collector.service import GarbageCollector

@@ -67,10 +67,11 @@ def _port_is_free(port: int) -> bool:
 def _pick_ports() -> dict[str, int]:
     # A child's ports cannot be bound as 0 and read back, so they are drawn at random
     # outside the ephemeral range and checked free; a port taken between the check and
-    # weed's own bind makes weed exit, and `start_weed` retries with fresh ports.
+    # weed's own bind makes weed exit, and `start_weed` retries with fresh ports. SystemRandom:
+    # pytest-randomly seeds `random` alike in every xdist worker, they would draw the same ports.
     lo, hi = _below_ephemeral_range()
     while True:
-        ports = random.sample(range(lo, hi), len(_PORTS))
+        ports = random.SystemRandom().sample(range(lo, hi), len(_PORTS))
         if all(_port_is_free(p) for p in ports):
             return dict(zip(_PORTS, ports))
 

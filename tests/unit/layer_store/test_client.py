@@ -110,7 +110,8 @@ async def test_cancel(store):
 
 async def test_unreachable_store_is_unavailable():
     async with aiohttp.ClientSession() as session:
-        from shared.natsserver import free_port
-        client = LayerStoreClient(None, session, signer=new_signer(), url=f"http://127.0.0.1:{free_port()}")
-        with pytest.raises(Unavailable):
-            await client.start_upload()
+        from tests.support.ports import refusing_port
+        with refusing_port() as port:
+            client = LayerStoreClient(None, session, signer=new_signer(), url=f"http://127.0.0.1:{port}")
+            with pytest.raises(Unavailable):
+                await client.start_upload()

@@ -7,6 +7,7 @@ Everything here is named `dynt*` (bridge dynt0, netns dynt-*, chains DYNT-*) on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -56,10 +57,29 @@ async def eventually_gone(path: Path, timeout: float = 3.0) -> bool:
     return True
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+@contextlib.contextmanager
+def reserved_ports(n: int):
+    """`n` consecutive tcp ports on 127.0.0.1 that stay ours for the `with`: bound with
+    SO_REUSEADDR and never listening, so the kernel hands them to no one else while the
+    agent's own probe (SO_REUSEADDR too) still finds them free."""
+    while True:
+        socks = []
+        try:
+            for i in range(n):
+                s = socket.socket()
+                socks.append(s)
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                s.bind(("127.0.0.1", socks[0].getsockname()[1] + i if i else 0))
+        except OSError:
+            for s in socks:
+                s.close()
+            continue  # the next one up was taken: try another base
+        try:
+            yield socks[0].getsockname()[1]
+        finally:
+            for s in socks:
+                s.close()
+        return
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +239,11 @@ async def test_host_mode_and_bad_requests(net):
 
 
 async def test_host_port_conflicts(net, config):
-    port = free_port()
+    with reserved_ports(2) as port, reserved_ports(1) as other:
+        await _host_port_conflicts(net, config, port, other)
+
+
+async def _host_port_conflicts(net, config, port: int, other: int) -> None:
     await net.setup("tc1", "bridge", parse_publish(f"127.0.0.1:{port}:80"))
     # All addresses include 127.0.0.1: the same port there is taken.
     with pytest.raises(Conflict):
@@ -228,7 +252,6 @@ async def test_host_port_conflicts(net, config):
     assert "dynt-tc2" not in netns_names() and net.ipam.get("tc2") is None
     assert f"{PREFIX}:tc2:" not in ruleset()
     # Two mappings of one request may not take the same host port either.
-    other = free_port()
     with pytest.raises(Conflict):
         await net.setup("tc3", "bridge", parse_publish_all([f"{other}:80", f"{other}:81"]))
     # A host service listening on the port also makes it taken.

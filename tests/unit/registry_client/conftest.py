@@ -11,13 +11,11 @@ import aiohttp
 import bcrypt
 import pytest
 
-from shared.natsserver import free_port
+from tests.support.ports import address_from_log
 
 
 class CncfRegistry:
     def __init__(self, root, *, users: dict[str, str] | None = None):
-        self.port = free_port()
-        self.addr = f"127.0.0.1:{self.port}"
         cfg = root / "config.yml"
         auth = ""
         if users:
@@ -25,11 +23,14 @@ class CncfRegistry:
             htpasswd.write_text("".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(4)).decode()}\n"
                                         for u, p in users.items()))
             auth = f"auth:\n  htpasswd:\n    realm: dyau\n    path: {htpasswd}\n"
-        cfg.write_text(f"version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n"
+        # port 0: distribution logs the address it got (at level info)
+        cfg.write_text(f"version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n"
                        f"    rootdirectory: {root / 'data'}\n  delete:\n    enabled: true\n"
-                       f"http:\n  addr: {self.addr}\n{auth}")
+                       f"http:\n  addr: 127.0.0.1:0\n{auth}")
         self.proc = subprocess.Popen(["docker-registry", "serve", str(cfg)], stdout=subprocess.DEVNULL,
                                      stderr=open(root / "registry.log", "wb"))
+        self.addr = address_from_log(root / "registry.log", r"listening on (127\.0\.0\.1:\d+)", self.proc)
+        self.port = int(self.addr.rpartition(":")[2])
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -1,4 +1,5 @@
-"""Cron expressions: five fields (minute first), or six with a seconds field first."""
+"""Cron expressions (five fields, minute first, or six with seconds first) and durations, for the
+garbage-collector's schedules and the CLI that sets them."""
 
 from __future__ import annotations
 
