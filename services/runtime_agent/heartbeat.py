@@ -1,8 +1,9 @@
 """Heartbeats: this host's capacity in the `dockyard-agents` KV bucket, every few seconds.
 
-The bucket's max age (HEARTBEAT_TTL) removes the entry of a host that stopped
-beating; readers also ignore entries older than HEARTBEAT_STALE, so a lost host
-leaves the fleet within 10 s either way. A clean shutdown deletes its entry at once.
+A host that stops beating keeps its last entry: readers call it lost once that is
+older than HEARTBEAT_STALE (within 10 s of its death, see shared.placement), and the
+bucket's max age (HEARTBEAT_TTL) forgets it after a day. The same agent id beating
+again is the host back. A clean shutdown deletes its entry at once.
 """
 
 from __future__ import annotations
@@ -14,9 +15,11 @@ import os
 import time
 from collections.abc import Callable
 
+import nats.errors
+
 from shared import subjects
 from shared.bus import TypedKV, kv_key
-from shared.errors import DockyardError
+from shared.errors import DockyardError, Unavailable
 from shared.messages.agent import HEARTBEAT_INTERVAL, HEARTBEAT_TTL, Heartbeat
 
 log = logging.getLogger("dockyard.agent.heartbeat")
@@ -44,8 +47,22 @@ def capacity(memory_override: int | None, reserved: int) -> tuple[int, int]:
 
 
 async def open_bucket(nc) -> TypedKV:
-    return await TypedKV.open(nc, subjects.KV_AGENTS, Heartbeat, ttl=HEARTBEAT_TTL,
-                              description="runtime-agent heartbeats")
+    kv = await TypedKV.open(nc, subjects.KV_AGENTS, Heartbeat, ttl=HEARTBEAT_TTL,
+                            description="runtime-agent heartbeats")
+    await _keep_lost_hosts(nc.jetstream())
+    return kv
+
+
+async def _keep_lost_hosts(js) -> None:
+    """A bucket made by an older agent drops a silent host's entry within seconds: it could
+    never be shown lost. Give it this version's max age."""
+    stream = f"KV_{subjects.KV_AGENTS}"
+    try:
+        info = await js.stream_info(stream)
+        if info.config.max_age != HEARTBEAT_TTL:
+            await js.update_stream(info.config, max_age=HEARTBEAT_TTL)
+    except nats.errors.Error as e:
+        raise Unavailable(f"KV {subjects.KV_AGENTS}: cannot set its max age: {e}") from e
 
 
 class Heartbeats:

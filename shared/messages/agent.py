@@ -297,8 +297,10 @@ def unix_time(text: str) -> float | None:
 # ---- heartbeats ------------------------------------------------------------------------
 
 HEARTBEAT_INTERVAL = 2.0  # seconds between heartbeats
-HEARTBEAT_TTL = 6.0  # the bucket's max age: a host that stopped beating vanishes in <10 s
-HEARTBEAT_STALE = 8.0  # readers also ignore a heartbeat older than this
+HEARTBEAT_STALE = 8.0  # a host whose last heartbeat is older is lost: shown so, never placed on
+# The bucket's max age: a lost host is shown lost this long (its containers `unknown`),
+# then forgotten. A clean shutdown deletes the entry at once.
+HEARTBEAT_TTL = 24 * 3600.0
 
 
 class Heartbeat(msgspec.Struct, kw_only=True, frozen=True):

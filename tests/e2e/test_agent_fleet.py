@@ -16,11 +16,18 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from tests.support.ports import address_from_log
 from tests.support.images import busybox_layout, skopeo_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CGROUP_PARENT = "/dyag-test"
+GiB = 1 << 30
+MiB = 1 << 20
+
+pytestmark = [pytest.mark.e2e, pytest.mark.root,
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root and an OCI runtime")]
 
 
 def start_registry(root: Path) -> tuple[subprocess.Popen, str]:
@@ -132,8 +139,9 @@ class Fleet:
                 self.cli("rm", "-f", *ids, check=False)
             a.stop()
 
-    def agent_ids(self) -> set[str]:
-        return {a["agent_id"] for a in json.loads(self.cli("agents", "--json").stdout)}
+    def agent_ids(self, *, lost: bool = False) -> set[str]:
+        """The agents `dockyard agents` shows live (or, with `lost`, lost)."""
+        return {a["agent_id"] for a in json.loads(self.cli("agents", "--json").stdout) if a["lost"] == lost}
 
 
 @contextlib.contextmanager
@@ -184,3 +192,78 @@ def remove_test_cgroup_parent() -> None:
             os.rmdir(hier / CGROUP_PARENT.lstrip("/"))
         except OSError:
             pass
+
+
+
+# ---- host loss and placement (shared.placement) -------------------------------------------
+
+@pytest.fixture(scope="module")
+def fleet3(nats_url, tmp_path_factory):
+    # Agent 3 is the roomiest; 1 and 2 are equal, so only locality or the agent id tells them apart.
+    with running_fleet(tmp_path_factory.mktemp("fleet3"), nats_url, {1: 2 * GiB, 2: 2 * GiB, 3: 4 * GiB}) as f:
+        yield f
+
+
+def _agents(f: Fleet) -> dict[str, dict]:
+    return {a["agent_id"]: a for a in json.loads(f.cli("agents", "--json").stdout)}
+
+
+def test_a_request_no_host_fits_names_the_largest(fleet3):
+    p = fleet3.cli("run", "-d", "--memory", "64g", "busybox", "true", check=False)
+    assert p.returncode == 125
+    assert f"no host has 65536 MiB free (largest: 4096 MiB on {fleet3.agents[2].id})" in p.stderr
+    assert fleet3.cli("ps", "-a", "-q").stdout == ""  # refused before anything ran
+
+
+def test_locality_breaks_a_tie_of_free_memory(fleet3):
+    one, two, three = fleet3.agents
+    # Agent 3 promises 3 GiB to a container: 1 GiB free, behind 1 and 2 (2 GiB each).
+    fleet3.cli("run", "-d", "--name", "reserve", "--host", three.id, "--memory", "3g", "--network", "none",
+               "busybox", "sleep", "600")
+    deadline = time.monotonic() + 10
+    while (free := _agents(fleet3)[three.id]["memory_free"]) != 1 * GiB:  # its next heartbeat says so
+        assert time.monotonic() < deadline, free
+        time.sleep(0.1)
+    # Without locality the tie goes to the greater agent id (2); agent 1 now holds the layers.
+    assert two.id > one.id
+    fleet3.cli("run", "--rm", "--host", one.id, "--network", "none", "busybox", "true")
+    fleet3.cli("run", "-d", "--name", "placed", "--network", "none", "busybox", "sleep", "600")
+    assert fleet3.inspect("placed")["Host"] == one.id
+    fleet3.cli("rm", "-f", "placed", "reserve")
+
+
+def test_a_killed_agent_is_lost_avoided_and_reconciles_when_back(fleet3):
+    three = fleet3.agents[2]
+    fleet3.cli("run", "-d", "--name", "stays", "--host", three.id, "--network", "none", "busybox", "sleep", "600")
+    fleet3.cli("run", "-d", "--name", "dies", "--host", three.id, "--network", "none", "busybox",
+               "sh", "-c", "sleep 2; exit 7")
+    stays, dies = fleet3.inspect("stays")["State"]["Pid"], fleet3.inspect("dies")["State"]["Pid"]
+    assert fleet3.cli("run", "-d", "--name", "roomiest", "--network", "none", "busybox", "true").returncode == 0
+    assert fleet3.inspect("roomiest")["Host"] == three.id  # the roomiest host, while it lives
+    fleet3.cli("rm", "-f", "roomiest")
+
+    three.stop(signal.SIGKILL)
+    killed = time.monotonic()
+    while three.id not in fleet3.agent_ids(lost=True):
+        assert time.monotonic() - killed < 10, "a dead agent was not shown lost within 10 s"
+        time.sleep(0.2)
+    row = next(ln for ln in fleet3.cli("agents").stdout.splitlines() if ln.startswith(three.id))
+    assert row.split()[1] == "lost"
+    assert three.id not in fleet3.agent_ids()
+    for i in range(3):  # placement avoids it, though it had the most free memory
+        fleet3.cli("run", "-d", "--name", f"avoid{i}", "--network", "none", "busybox", "sleep", "600")
+        assert fleet3.inspect(f"avoid{i}")["Host"] != three.id
+    p = fleet3.cli("run", "-d", "--host", three.id, "busybox", "true", check=False)
+    assert p.returncode == 125 and f"host {three.id} is lost: no heartbeat for" in p.stderr
+
+    deadline = time.monotonic() + 15
+    while os.path.exists(f"/proc/{dies}"):  # exits while its agent is away
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    three.start()  # same data dir, same agent id
+    assert three.id in fleet3.agent_ids() and three.id not in fleet3.agent_ids(lost=True)
+    st = fleet3.inspect("stays")["State"]
+    assert (st["Status"], st["Pid"]) == ("running", stays) and os.path.exists(f"/proc/{stays}")
+    st = fleet3.inspect("dies")["State"]
+    assert (st["Status"], st["ExitCode"]) == ("exited", 7)
+    fleet3.cli("rm", "-f", "stays", "dies", "avoid0", "avoid1", "avoid2")

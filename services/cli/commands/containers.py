@@ -105,17 +105,23 @@ def register(sub: Any) -> None:
 # ---- the fleet -------------------------------------------------------------------------
 
 async def fleet(ctx) -> list:
-    """Live agents from their heartbeats, freshest first."""
+    """Live agents from their heartbeats, freshest first (lost ones left out)."""
+    from shared.placement import is_lost
+    now = time.time()
+    return [b for b in await heartbeats(ctx) if not is_lost(b, now)]
+
+
+async def heartbeats(ctx) -> list:
+    """Every agent's last heartbeat, live or lost, freshest first."""
     from shared import codec, subjects
-    from shared.messages.agent import HEARTBEAT_STALE, Heartbeat
+    from shared.messages.agent import Heartbeat
     client = await ctx.bus()
     if hasattr(client, "kv_entries"):  # shared.bus_lite: the whole bucket in one round trip
         dec = codec.decoder(Heartbeat)
         beats = [dec.decode(v) for _, v in await client.kv_entries(subjects.KV_AGENTS)]
     else:
         beats = await _fleet_nats(client)
-    now = time.time()
-    return sorted((b for b in beats if now - b.time < HEARTBEAT_STALE), key=lambda b: -b.time)
+    return sorted(beats, key=lambda b: -b.time)
 
 
 async def _fleet_nats(client) -> list:
@@ -131,16 +137,22 @@ async def _fleet_nats(client) -> list:
     return [v for _, v, _ in await TypedKV(kv, Heartbeat).items()]
 
 
-def place(agents: list, memory: int | None):
-    """The agent with the most free memory that fits `memory` (podman/nomad's bin-packing, spread)."""
-    from shared.errors import Unavailable
-    if not agents:
-        raise Unavailable("no runtime-agent is running (see `dockyard agents`)")
-    fits = [a for a in agents if a.memory_free >= (memory or 0)]
-    if not fits:
-        best = max(a.memory_free for a in agents)
-        raise Unavailable(f"no agent has {memory} bytes of memory free (the most is {best})")
-    return max(fits, key=lambda a: (a.memory_free, a.agent_id))
+async def place(ctx, image: str, memory: int | None, pin: str | None) -> str:
+    """The agent to run on (shared.placement); the agents' image lists are asked for only on a tie."""
+    import dataclasses
+    from shared import placement
+    from shared.messages.agent import VERB_IMAGES, ImagesReply, ImagesRequest, fleet as fleet_subject
+    now = time.time()
+    hosts = [placement.Host.from_heartbeat(b, now) for b in await heartbeats(ctx)]
+    wanted: frozenset[str] = frozenset()
+    if not pin and len(placement.contenders(hosts, memory)) > 1:
+        client = await ctx.bus()
+        live = sum(not h.lost for h in hosts)
+        replies = await client.gather(fleet_subject(VERB_IMAGES), ImagesRequest(), ImagesReply,
+                                      timeout=1.0, expect=live)
+        wanted, held = placement.locality(image, replies)
+        hosts = [dataclasses.replace(h, layers=held.get(h.id, frozenset())) for h in hosts]
+    return placement.choose(hosts, memory, wanted=wanted, pin=pin).id
 
 
 async def find(ctx, ref: str, agents: list | None = None):
@@ -193,7 +205,7 @@ async def run(args, ctx) -> int:
                      restart=args.restart, rm=args.rm, detach=args.detach, pull=args.pull, labels=labels,
                      hostname=args.hostname or "")
     client = await ctx.bus()
-    host = args.host or place(await fleet(ctx), memory).agent_id
+    host = await place(ctx, args.image, memory, args.host)
     if args.detach:
         reply = await _request_run(client, host, req)
         if ctx.json_output:
@@ -367,16 +379,18 @@ def _inspect_view(c) -> dict:
 
 
 async def agents(args, ctx) -> int:
-    beats = await fleet(ctx)
-    if ctx.json_output:
-        ctx.print_json(beats)
-        return 0
+    from shared.codec import to_builtins
+    from shared.placement import is_lost
+    beats = sorted(await heartbeats(ctx), key=lambda b: b.agent_id)
     now = time.time()
-    rows = [[b.agent_id, b.address, b.runtime, b.running, b.containers, b.images, b.cpus,
-             _bytes(b.memory_free), _bytes(b.memory_total), f"{max(0.0, now - b.time):.1f}s ago"]
-            for b in sorted(beats, key=lambda b: b.agent_id)]
-    ctx.print_table(["AGENT", "ADDRESS", "RUNTIME", "RUNNING", "CONTAINERS", "IMAGES", "CPUS", "FREE MEMORY",
-                     "MEMORY", "LAST HEARTBEAT"], rows)
+    if ctx.json_output:
+        ctx.print_json([{**to_builtins(b), "lost": is_lost(b, now)} for b in beats])
+        return 0
+    rows = [[b.agent_id, "lost" if is_lost(b, now) else "ready", b.address, b.runtime, b.running, b.containers,
+             b.images, b.cpus, _bytes(b.memory_free), _bytes(b.memory_total), f"{max(0.0, now - b.time):.1f}s ago"]
+            for b in beats]
+    ctx.print_table(["AGENT", "STATUS", "ADDRESS", "RUNTIME", "RUNNING", "CONTAINERS", "IMAGES", "CPUS",
+                     "FREE MEMORY", "MEMORY", "LAST HEARTBEAT"], rows)
     return 0
 
 

@@ -8,12 +8,14 @@ exclude patterns (`dockyard gc exclude`), like docker-gc's exclude file.
 from __future__ import annotations
 
 import asyncio
+import time
 
 import msgspec
 
 from shared import subjects
 from shared.bus import kv_key_parts
 from shared.errors import DockyardError
+from shared.messages.agent import HEARTBEAT_STALE
 from shared.messages.gc import AGENT_PRUNE_VERB, JobReport, PruneReply, PruneRequest
 from services.garbage_collector import kvscan
 from services.garbage_collector.jobs import JobContext, Options
@@ -24,11 +26,15 @@ class _Heartbeat(msgspec.Struct):
 
     agent_id: str = ""
     id: str = ""
+    time: float = 0.0
 
 
 async def agent_ids(ctx: JobContext) -> list[str]:
+    """The live agents: a lost one keeps its last heartbeat in the bucket but cannot answer."""
     beats = await kvscan.scan(ctx.nc, subjects.KV_AGENTS, _Heartbeat)
-    return sorted({hb.agent_id or hb.id or kv_key_parts(key)[-1] for key, hb, _ in beats})
+    now = time.time()
+    return sorted({hb.agent_id or hb.id or kv_key_parts(key)[-1] for key, hb, _ in beats
+                   if now - hb.time < HEARTBEAT_STALE})
 
 
 async def run(ctx: JobContext, opts: Options, report: JobReport) -> None:

@@ -1,4 +1,4 @@
-"""docker's run semantics: entrypoint/cmd/env/workdir/user, volumes, restart, sizes, placement."""
+"""docker's run semantics: entrypoint/cmd/env/workdir/user, volumes, restart, sizes."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import os
 
 import pytest
 
-from services.cli.commands.containers import parse_size, place
+from services.cli.commands.containers import parse_size
 from services.runtime_agent.containers.config import (merge_env, parse_restart, parse_volumes, process_of,
                                                       read_in_root, resolve_user)
-from shared.errors import InvalidArgument, NotFound, Unavailable
-from shared.messages.agent import Heartbeat, RunRequest, unix_time
+from shared.errors import InvalidArgument, NotFound
+from shared.messages.agent import RunRequest, unix_time
 from shared.oci.manifest import ContainerConfig
 
 IMAGE = ContainerConfig(entrypoint=["/entry"], cmd=["serve", "--port=1"], env=["PATH=/bin", "A=1"],
@@ -115,20 +115,6 @@ def test_docker_size_units():
     for bad in ("lots", "1x", "-5", "-1"):
         with pytest.raises(InvalidArgument):
             parse_size(bad)
-
-
-def beat(agent_id: str, free: int) -> Heartbeat:
-    return Heartbeat(agent_id=agent_id, address="h", memory_total=free, memory_free=free)
-
-
-def test_placement_picks_most_free_memory_that_fits():
-    agents = [beat("a", 1 << 30), beat("b", 4 << 30), beat("c", 2 << 30)]
-    assert place(agents, None).agent_id == "b"
-    assert place(agents, 3 << 30).agent_id == "b"
-    with pytest.raises(Unavailable):
-        place(agents, 5 << 30)
-    with pytest.raises(Unavailable):
-        place([], None)
 
 
 def test_rfc3339_with_nanoseconds():
