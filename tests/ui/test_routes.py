@@ -198,3 +198,18 @@ async def test_ui_off(ui_env, monkeypatch):
     async with running_gateway(ui_env.nc, ui_env.suffix, ui_env.auth, signer=ui_env.signer) as url, anon() as s:
         async with s.get(f"{url}/ui/") as r:
             assert r.status == 404
+
+
+async def test_a_password_change_or_removal_ends_the_users_sessions(pushed):
+    await pushed.auth.store.add_user("bob", "bob-pw-1")
+    await pushed.auth.store.grant("bob", "team/*", "pull")
+    async with await login(pushed.url, "bob", "bob-pw-1") as s:
+        async with s.get(f"{pushed.url}/ui/repo", params={"name": "team/svc"}) as r:
+            assert r.status == 200
+        await pushed.auth.store.add_user("bob", "bob-pw-2", update=True)
+        async with s.get(f"{pushed.url}/ui/repo", params={"name": "team/svc"}) as r:
+            assert r.status == 404
+    async with await login(pushed.url, "bob", "bob-pw-2") as s:
+        await pushed.auth.store.remove_user("bob")
+        async with s.get(f"{pushed.url}/ui/repo", params={"name": "team/svc"}) as r:
+            assert r.status == 404

@@ -8,6 +8,9 @@ import json
 import os
 import re
 import tarfile
+import time
+import urllib.error
+import urllib.request
 
 import aiohttp
 
@@ -71,3 +74,19 @@ async def login(base: str, user: str, password: str) -> aiohttp.ClientSession:
                       allow_redirects=False) as r:
         assert r.status == 303, await r.text()
     return s
+
+
+def wait_for_registry(url: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/v2/", timeout=2)
+            return
+        except urllib.error.HTTPError as e:
+            if e.code == 401:  # up, and asking who we are
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the registry at {url} never answered")
+        time.sleep(0.2)

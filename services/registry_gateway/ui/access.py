@@ -9,6 +9,7 @@ grants, matched with the same patterns), not one bus round trip per repository.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterable
 
 from shared.errors import NotFound
@@ -44,7 +45,9 @@ def _match(patterns: dict[str, object], repo: str):
 
 async def visible(auth: Auth, principal: Principal, names: Iterable[str]) -> list[tuple[str, bool]]:
     """(name, public) of each repository `principal` may pull."""
-    vis = {r.pattern: r.public for _, r, _ in await auth.store.visibility.items("visibility.")}
+    kv = auth.store.visibility
+    got = await asyncio.gather(*(kv.get(k) for k in await kv.keys("visibility.")))
+    vis = {g[0].pattern: g[0].public for g in got if g is not None}
     names = list(names)
     if principal.admin:
         return [(n, bool(_match(vis, n))) for n in names]

@@ -104,9 +104,9 @@ def repositories_body(rows: list[tuple[str, bool, int, float]], *, q: str, page_
     return "".join(out)
 
 
-def _platforms(link: ManifestLink, index: Index | None) -> str:
+def _platforms(index: Index | None) -> str:
     if index is None:
-        return ""
+        return '<span class="muted">—</span>'
     return ", ".join(h(f"{d.platform.os}/{d.platform.architecture}"
                        + (f"/{d.platform.variant}" if d.platform.variant else ""))
                      for d in index.manifests if d.platform is not None)
@@ -125,8 +125,8 @@ def repository_body(repo: str, public: bool, tags: list[tuple[str, ManifestLink,
                '<th>Platforms</th><th>Pushed</th>' + ("<th></th>" if admin else "") + "</tr>")
     for tag, link, index in tags:
         out.append(f'<tr><td><a href="{url("image", repo=repo, ref=tag)}">{h(tag)}</a></td>'
-                   f'<td class="mono">{h(link.digest.short if hasattr(link.digest, "short") else link.digest)}</td>'
-                   f'<td class="num">{size(link.total_size)}</td><td>{_platforms(link, index)}</td>'
+                   f'<td class="mono" title="{h(link.digest)}">{h(link.digest.short)}</td>'
+                   f'<td class="num">{size(link.total_size)}</td><td>{_platforms(index)}</td>'
                    f'<td>{when(link.pushed_at)}</td>')
         if admin:
             out.append(f'<td><form class="inline" method="post" action="{url("untag")}" '
@@ -206,8 +206,7 @@ def image_body(repo: str, ref: str, link: ManifestLink, manifest: Manifest, conf
                        '<th></th></tr>')
             for path, wasted, copies in analysis.culprits[:FILES_SHOWN]:
                 out.append(f'<tr><td><code>/{h(path)}</code></td><td class="num">{size(wasted)}</td>'
-                           f'<td class="num">{copies}</td><td><span class="bar" '
-                           f'style="width:{max(2, round(120 * wasted / top))}px"></span></td></tr>')
+                           f'<td class="num">{copies}</td><td><meter min="0" max="{top}" value="{wasted}"></meter></td></tr>')
             out.append("</table>")
         else:
             out.append('<p class="muted">No file is removed or overwritten by a later layer.</p>')

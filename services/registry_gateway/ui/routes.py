@@ -32,7 +32,7 @@ from services.registry_gateway.keys import REGISTRY
 from . import access, pages
 from .dive import LayerCache, analyse
 from .index import RepoIndex
-from .sessions import Session, SessionStore
+from .sessions import Session, SessionStore, fingerprint
 
 PAGE_SIZE = 50
 LAYER_READS = 4  # layer tars read at once for one image page
@@ -58,12 +58,22 @@ def _render(request: web.Request, ui: UI, session: Session, principal: Principal
     return resp
 
 
+async def _current(ui: UI, session: Session) -> Session:
+    """The session, if its user still exists with the password it logged in with; else anonymous."""
+    if not session.username:
+        return session
+    rec = await ui.auth.store.get_user(session.username)
+    if rec is None or fingerprint(rec.password_hash) != session.fingerprint:
+        return ui.sessions.logout(session)
+    return session
+
+
 def handler(fn: Handler) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     """Gives the handler its session and principal; a refusal or failure becomes an HTML page."""
     @functools.wraps(fn)
     async def wrapped(request: web.Request) -> web.StreamResponse:
         ui = request.app[UI_KEY]
-        session = ui.sessions.of(request)
+        session = await _current(ui, ui.sessions.of(request))
         principal = access.principal_of(ui.auth, session.username)
         try:
             return await fn(request, ui, session, principal)
@@ -214,7 +224,9 @@ async def login(request, ui, session, principal):
         status = status_and_code(e)[0]
         body = pages.login_body(ui.sessions.csrf(session), _safe_next(form.get("next", "/ui/")))
         return _render(request, ui, session, principal, "Log in", body, flash=e.message, error=True, status=status)
-    new = ui.sessions.login(who.name)
+    rec = await ui.auth.store.get_user(who.name) if ui.auth.enabled else None
+    ui.sessions.logout(session)
+    new = ui.sessions.login(who.name, rec.password_hash if rec else "")
     resp = _see_other(_safe_next(form.get("next", "/ui/")))
     ui.sessions.set_cookie(request, resp, new)
     return resp

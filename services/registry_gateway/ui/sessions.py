@@ -28,6 +28,12 @@ class Session:
     id: str
     username: str  # "" while anonymous
     expires: float = 0.0
+    # of the password hash it logged in with: a changed password or a removed user ends it
+    fingerprint: str = ""
+
+
+def fingerprint(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()
 
 
 class SessionStore:
@@ -50,8 +56,8 @@ class SessionStore:
             sid = secrets.token_urlsafe(32)
         return Session(sid, "")
 
-    def login(self, username: str) -> Session:
-        s = Session(secrets.token_urlsafe(32), username, time.time() + self._ttl)
+    def login(self, username: str, password_hash: str) -> Session:
+        s = Session(secrets.token_urlsafe(32), username, time.time() + self._ttl, fingerprint(password_hash))
         self._live[s.id] = s
         while len(self._live) > self._max:
             self._live.popitem(last=False)
