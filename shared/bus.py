@@ -25,7 +25,7 @@ from nats.aio.client import Client as NATS
 from nats.micro.request import Request as MicroRequest
 from nats.micro.service import EndpointConfig, ServiceConfig
 
-from shared import codec
+from shared import codec, jsconsumer
 from shared.bus_reply import (DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER, TypedEvents,  # noqa: F401
                               decode_reply)
 from shared.errors import (AlreadyExists, Conflict, DockyardError, Internal, InvalidArgument,
@@ -298,6 +298,10 @@ async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history:
         raise Unavailable(f"cannot create KV bucket {bucket}: {e}") from e
 
 
+# Above this many candidate keys, one consumer costs less than a get per key.
+_GET_EACH_MAX = 32
+
+
 class TypedKV:
     """A KV bucket holding one Struct type per key, with compare-and-set writes."""
 
@@ -310,8 +314,8 @@ class TypedKV:
     async def open(cls, nc: NATS, bucket: str, typ: type[Rep], **kw: Any) -> "TypedKV":
         return cls(await kv_bucket(nc, bucket, **kw), typ)
 
-    async def get(self, key: str) -> tuple[Any, int] | None:
-        """(value, revision), or None when absent or deleted."""
+    async def _entry(self, key: str) -> Any:
+        """The key's live entry, or None when absent or deleted."""
         try:
             e = await self.kv.get(key)
         except nats.js.errors.KeyNotFoundError:
@@ -320,7 +324,12 @@ class TypedKV:
             raise Unavailable(f"KV get {key}: {ex}") from ex
         if e.value is None or e.operation in ("DEL", "PURGE"):
             return None
-        return self._dec.decode(e.value), e.revision
+        return e
+
+    async def get(self, key: str) -> tuple[Any, int] | None:
+        """(value, revision), or None when absent or deleted."""
+        e = await self._entry(key)
+        return None if e is None else (self._dec.decode(e.value), e.revision)
 
     async def require(self, key: str, what: str = "key") -> tuple[Any, int]:
         got = await self.get(key)
@@ -368,16 +377,29 @@ class TypedKV:
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Live keys, optionally under `prefix` (a `kv_key` prefix ending in '.')."""
-        # nats-py's keys() reads every key and filters client-side, and its watcher can send
-        # its "no more" marker before entries already on the wire: so count the subjects
-        # first (server-side filter), then read the watch until the entry with no pending.
+        # The subjects first (stream info, filtered by the server: nats-py's keys() reads every
+        # key). Deleted keys keep their marker there, so each candidate is then checked: a get
+        # each when they are few (a blob's repositories, a job's tick claims; no consumer at
+        # all), else one watch.
         subject = prefix + ">"
         try:
             info = await self.kv._js.stream_info(self.kv._stream, subjects_filter=self.kv._pre + subject)
-            if not info.state.subjects:
-                return []
-            keys: set[str] = set()
-            watcher = await self.kv.watch(subject, meta_only=True)
+        except nats.errors.Error as e:
+            raise Unavailable(f"KV keys: {e}") from e
+        candidates = [s[len(self.kv._pre):] for s in info.state.subjects or {}]
+        if len(candidates) > _GET_EACH_MAX:
+            return await self._watch_keys(subject)
+        live = await asyncio.gather(*(self._entry(k) for k in candidates))
+        return sorted(k for k, e in zip(candidates, live) if e is not None)
+
+    async def _watch_keys(self, subject: str) -> list[str]:
+        # nats-py's watcher can send its "no more" marker before entries already on the wire:
+        # read until the entry with nothing pending. Its consumer is deleted on every way out.
+        keys: set[str] = set()
+        try:
+            watcher = await jsconsumer.created(
+                self.kv.watch(subject, meta_only=True, inactive_threshold=jsconsumer.INACTIVE_THRESHOLD),
+                lambda w: w._sub)
             try:
                 async with asyncio.timeout(30):
                     async for entry in watcher:
@@ -390,7 +412,7 @@ class TypedKV:
                         if entry.delta == 0:
                             break
             finally:
-                await watcher.stop()
+                await jsconsumer.release(watcher._sub)
         except TimeoutError as e:
             raise Unavailable(f"KV keys of {self.kv._stream}: no end of listing") from e
         except nats.errors.Error as e:

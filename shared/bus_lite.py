@@ -431,6 +431,7 @@ class LiteBusClient(TypedEvents):
         stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
         inbox = self.nc.new_inbox()
         sub = await self.nc.subscribe(inbox)
+        name = ""
         config = {"deliver_subject": inbox, "deliver_policy": "last_per_subject", "ack_policy": "none",
                   "filter_subject": prefix + ">", "replay_policy": "instant", "mem_storage": True,
                   "num_replicas": 1, "inactive_threshold": 5_000_000_000}
@@ -443,6 +444,7 @@ class LiteBusClient(TypedEvents):
                 if info["error"].get("err_code") == 10059:  # stream not found: no bucket yet
                     return []
                 raise Unavailable(f"KV {bucket}: {info['error'].get('description', info['error'])}")
+            name = info.get("name", "")
             entries: dict[str, bytes] = {}
             left = info.get("num_pending", 0)
             while left > 0:
@@ -456,14 +458,13 @@ class LiteBusClient(TypedEvents):
                 else:
                     entries[key] = m.data
                 left = _pending_of(m.reply, left - 1)
-            # The consumer is not needed any more; the server would drop it after
-            # inactive_threshold anyway, this only saves it the wait.
-            name = info.get("name", "")
+        finally:
+            await sub.unsubscribe()
+            # Done with the consumer, however the listing ended; the server would drop it
+            # after inactive_threshold anyway, this only saves it the wait.
             if name:
                 await self.nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"",
                                       reply=self.nc.new_inbox())
-        finally:
-            await sub.unsubscribe()
         return sorted(entries.items())
 
     async def close(self) -> None:

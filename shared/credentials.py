@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +22,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from shared.errors import InvalidArgument, Unauthenticated
-from shared.fsutil import write_atomic
+from shared.fsutil import fsync_dir, write_atomic
 
 if TYPE_CHECKING:
     from shared.permissions import Permissions
@@ -55,6 +56,28 @@ def creds_path(data_dir: Path, principal: str) -> Path:
 def write_secret(path: Path, data: bytes) -> None:
     """An atomic write that is 0600 from its creation on."""
     write_atomic(path, data, mode=0o600)
+
+
+def create_secret_once(path: Path, data: bytes) -> bool:
+    """Write a 0600 secret at `path` unless one is there; False if another process made it first.
+
+    Linked into place, never renamed over it: services racing on a first start all end up
+    reading the one secret that won."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)
+    return True
 
 
 def _b64(data: bytes) -> str:

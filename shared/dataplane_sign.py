@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import secrets
 import stat
 import time
@@ -27,9 +26,9 @@ from pathlib import Path
 from urllib.parse import urlencode
 
 from shared.errors import PermissionDenied, Unavailable
-from shared.fsutil import fsync_dir
+from shared.credentials import CREDENTIALS_DIR, create_secret_once, credentials_dir
 
-KEY_FILE = Path("credentials") / "dataplane.key"
+KEY_FILE = Path(CREDENTIALS_DIR) / "dataplane.key"
 KEY_BYTES = 32
 UPLOAD = "UPLOAD"  # the scope of an upload session's URL (any of its methods)
 DOWNLOAD_TTL = 600.0  # a blob GET handed to a client
@@ -47,29 +46,9 @@ def key_path(data_dir: Path | str) -> Path:
 def load_key(data_dir: Path | str) -> bytes:
     """The data-plane key, made on first use (0600 in a 0700 dir; the first writer wins a race)."""
     path = key_path(data_dir)
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if path.parent.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-        path.parent.chmod(0o700)  # made by someone else (e.g. a container volume's 0755)
-    try:
-        return _read_key(path)
-    except FileNotFoundError:
-        pass
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, secrets.token_hex(KEY_BYTES).encode() + b"\n")
-        os.fsync(fd)
-        os.close(fd)
-        fd = -1
-        try:
-            os.link(tmp, path)  # never replaces a key another process already wrote
-        except FileExistsError:
-            pass
-    finally:
-        if fd >= 0:
-            os.close(fd)
-        tmp.unlink(missing_ok=True)
-    fsync_dir(path.parent)
+    credentials_dir(Path(data_dir))
+    if not path.exists():
+        create_secret_once(path, secrets.token_hex(KEY_BYTES).encode() + b"\n")
     return _read_key(path)
 
 

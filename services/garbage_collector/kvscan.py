@@ -5,7 +5,8 @@ blobs garbage. `TypedKV.keys` ends at nats-py's "no more pending" marker, which 
 queue before the first entry when the server delivers everything before the watch is set
 up (an empty listing of a full bucket). Here completion is read from each message's own
 `num_pending` and emptiness from the server's consumer state, and values come in the same
-pass (no get per key, which also makes a 10,000-manifest snapshot fast).
+pass (no get per key, which also makes a 10,000-manifest snapshot fast). The scan's consumer
+is deleted when it ends, however it ends (`shared.jsconsumer`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 from nats.js import api
 
-from shared import codec
+from shared import codec, jsconsumer
 from shared.errors import Unavailable
 
 T = TypeVar("T")
@@ -51,9 +52,10 @@ async def scan(nc: NATS, bucket: str, typ: type[T], *, prefix: str = "", timeout
             done.set_result(True)
 
     try:
-        sub = await js.subscribe(f"{subject_prefix}{prefix}>", stream=f"KV_{bucket}", cb=on_msg,
-                                 ordered_consumer=True,
-                                 deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT)
+        sub = await jsconsumer.created(js.subscribe(
+            f"{subject_prefix}{prefix}>", stream=f"KV_{bucket}", cb=on_msg, ordered_consumer=True,
+            deliver_policy=api.DeliverPolicy.LAST_PER_SUBJECT,
+            inactive_threshold=jsconsumer.INACTIVE_THRESHOLD))
     except nats.js.errors.NotFoundError:
         return []  # no bucket: nothing stored yet
     except nats.errors.Error as e:
@@ -68,8 +70,5 @@ async def scan(nc: NATS, bucket: str, typ: type[T], *, prefix: str = "", timeout
     except nats.errors.Error as e:
         raise Unavailable(f"reading KV {bucket}: {e}") from e
     finally:
-        try:
-            await sub.unsubscribe()
-        except nats.errors.Error:
-            pass
+        await jsconsumer.release(sub)
     return [(k, v[0], v[1]) for k, v in sorted(found.items()) if v is not None]

@@ -17,7 +17,6 @@ import base64
 import hashlib
 import json
 import os
-import secrets
 import sys
 import time
 from dataclasses import dataclass
@@ -28,10 +27,10 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from shared.credentials import CREDENTIALS_DIR, create_secret_once, credentials_dir, write_secret
 from shared.errors import Unavailable
-from shared.fsutil import fsync_dir, write_atomic
+from shared.fsutil import write_atomic
 
-CREDENTIALS_DIR = "credentials"
 KEY_FILE = "registry-token.key"
 PUB_FILE = "registry-token.pub"
 PREVIOUS_PUB_FILE = "registry-token.previous.pub"
@@ -46,14 +45,6 @@ T = TypeVar("T")
 class SigningKey:
     kid: str
     private_key: ec.EllipticCurvePrivateKey
-
-
-def credentials_dir(data_dir: str | os.PathLike) -> Path:
-    """DATA_DIR/credentials, created 0700 (and tightened if it was looser)."""
-    d = Path(data_dir) / CREDENTIALS_DIR
-    d.mkdir(parents=True, exist_ok=True, mode=0o700)
-    os.chmod(d, 0o700)
-    return d
 
 
 def kid_of(public_key: ec.EllipticCurvePublicKey) -> str:
@@ -75,18 +66,6 @@ def _private_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def _public_pem(key: ec.EllipticCurvePublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def _write_secret_tmp(d: Path, data: bytes) -> Path:
-    """A durable 0600 file beside its destination, under a name no one else uses."""
-    tmp = d / f".{KEY_FILE}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    return tmp
 
 
 def _read_private(path: Path) -> SigningKey:
@@ -133,15 +112,8 @@ def load_or_create(data_dir: str | os.PathLike) -> SigningKey:
     """The gateways' signing key, made on first start; its `.pub` written beside it."""
     d = credentials_dir(data_dir)
     path = d / KEY_FILE
-    if not path.exists():
-        tmp = _write_secret_tmp(d, _private_pem(ec.generate_private_key(ec.SECP256R1())))
-        try:
-            os.link(tmp, path)  # never replaces a key another replica made first
-        except FileExistsError:
-            pass
-        finally:
-            tmp.unlink()
-        fsync_dir(d)
+    if not path.exists():  # a replica racing us to it may win: then its key is the one
+        create_secret_once(path, _private_pem(ec.generate_private_key(ec.SECP256R1())))
     if os.stat(path).st_mode & 0o077:
         os.chmod(path, 0o600)  # a copy from another host may have come without its mode
     key = _read_private(path)
@@ -156,9 +128,7 @@ def rotate(data_dir: str | os.PathLike) -> str:
     # Verifiers accept the old key before anyone can sign with the new one, and the new one
     # before its tokens reach them (a verifier re-reads the files on an unknown kid).
     write_atomic(d / PREVIOUS_PUB_FILE, _public_pem(old.private_key.public_key()))
-    tmp = _write_secret_tmp(d, _private_pem(ec.generate_private_key(ec.SECP256R1())))
-    os.replace(tmp, d / KEY_FILE)
-    fsync_dir(d)
+    write_secret(d / KEY_FILE, _private_pem(ec.generate_private_key(ec.SECP256R1())))
     new = _read_private(d / KEY_FILE)
     _publish(d, new)
     return new.kid
