@@ -94,6 +94,7 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
     if kind == s.REGISTRY_GATEWAY:
         return _principal(kind, serves=["dockyard.registry.>"], calls=["dockyard.layerstore.>"],
                           writes=REGISTRY_META + AUTH_STATE,
+                          reads=(s.KV_AGENTS,),  # the web UI's fleet page
                           events=[s.EVENT_IMAGE_PUSHED, s.EVENT_IMAGE_DELETED])
     if kind == s.BUILDER:
         return _principal(kind, serves=["dockyard.builder.>"],

@@ -12,7 +12,7 @@ from shared import codec, subjects
 from shared.dataplane_sign import DataplaneSigner
 from shared.layer_store_client import LayerStoreClient
 from shared.registry_meta import RegistryMeta
-from services.registry_gateway import accesslog, blobs, httputil, manifests
+from services.registry_gateway import accesslog, blobs, httputil, manifests, ui
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import error_middleware
@@ -75,4 +75,5 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
     app.add_routes(blobs.routes)
     app.add_routes(manifests.routes)
     app.add_routes(list(extra_routes))
+    ui.mount(app, nc, authorizer)
     return app

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
+from typing import Any
 
 from nats.aio.client import Client as NATS
 
@@ -190,6 +191,11 @@ class RegistryMeta:
             got = await self._manifests.get(key)
             if got is not None:
                 yield got[0]
+
+    async def watch(self) -> tuple[Any, Any]:
+        """nats-py watchers over the repository records and the manifest links (every current
+        entry, an end-of-initial-values None, then each change): for views kept up to date."""
+        return await self._repos.kv.watchall(), await self._manifests.kv.watchall()
 
     async def delete_manifest(self, repo: str, digest: Digest, *,
                               revision: int | None = None) -> ManifestLink | None:
