@@ -30,8 +30,14 @@ def test_three_hosts_join_and_a_pinned_container_answers_from_host_3(make_fleet,
     for h in (h2, h3):
         h.up("--join", h1.addr, "--token", _token(h1), "--listen", h.addr, "--services", "runtime-agent")
 
-    agents = json.loads(h1.cli("--json", "agents").stdout)
-    assert sorted(a["id"] for a in agents) == sorted(h.agent_id for h in fl.hosts), agents
+    for _ in range(50):  # an agent's first heartbeat follows its readiness closely, not at once
+        agents = json.loads(h1.cli("--json", "agents").stdout)
+        if len(agents) == 3:
+            break
+        time.sleep(0.2)
+    assert sorted(a["agent_id"] for a in agents) == sorted(h.agent_id for h in fl.hosts), agents
+    # each agent says where other hosts reach it: its --listen address
+    assert {a["agent_id"]: a["address"] for a in agents} == {h.agent_id: h.addr for h in fl.hosts}
     hosts = json.loads(h1.cli("--json", "fleet", "ls").stdout)
     assert [(x["host"], x["listen"], x["services"]) for x in hosts] == [
         (h2.agent_id, h2.addr, ["runtime-agent"]), (h3.agent_id, h3.addr, ["runtime-agent"])]
