@@ -64,7 +64,7 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
     try:
         # nats-py retries the first connect forever when reconnects are unlimited: bound it.
         nc = await asyncio.wait_for(nats.connect(
-            url, name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
+            [u.strip() for u in url.split(",")], name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error, **auth), connect_timeout)
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
         if refused:

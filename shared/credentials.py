@@ -155,15 +155,21 @@ class UserCreds:
 def read_creds(path: str | Path) -> UserCreds:
     """The JWT and seed of a `.creds` file."""
     try:
-        lines = [ln.strip() for ln in Path(path).read_text().splitlines()]
+        text = Path(path).read_text()
     except OSError as e:
         raise Unauthenticated(f"cannot read bus credentials {path}: {e.strerror}") from e
+    return read_creds_text(text, str(path))
+
+
+def read_creds_text(text: str, where: str = "the credentials") -> UserCreds:
+    """The JWT and seed of a `.creds` text."""
+    lines = [ln.strip() for ln in text.splitlines()]
     found: dict[str, str] = {}
     for i, ln in enumerate(lines[:-1]):
         if ln.startswith("-----BEGIN") and ("JWT" in ln or "SEED" in ln):
             found["jwt" if "JWT" in ln else "seed"] = lines[i + 1]
     if set(found) != {"jwt", "seed"}:
-        raise Unauthenticated(f"{path} is not a NATS credentials file")
+        raise Unauthenticated(f"{where} is not a NATS credentials file")
     return UserCreds(found["jwt"], found["seed"])
 
 
@@ -184,8 +190,9 @@ class Authority:
         self.account_pub = _pub(self.account)
         write_secret(cred_dir / "account.pub", (self.account_pub + "\n").encode())
 
-    def issue(self, name: str, perms: "Permissions") -> str:
-        """A `.creds` text for principal `name` with exactly `perms` (no expiry; see docs/security.md)."""
+    def issue(self, name: str, perms: "Permissions", *, expires: int = 0) -> str:
+        """A `.creds` text for principal `name` with exactly `perms`; `expires` (unix seconds, 0:
+        never) makes the server refuse it from then on."""
         import nkeys
         user = _new_key(nkeys.PREFIX_BYTE_USER)
         nats = {"pub": {"allow": list(perms.publish)}, "sub": {"allow": list(perms.subscribe)},
@@ -194,17 +201,21 @@ class Authority:
         if perms.responses:
             nats["resp"] = {"max": 1, "ttl": 0}  # one reply per message received, default expiry
         claims = {"name": name, "sub": _pub(user), "nats": nats}
+        if expires:
+            claims["exp"] = int(expires)
         return format_creds(encode_jwt(claims, self.signing), bytes(user.seed))
 
-    def server_config(self) -> str:
-        """The nats-server config (trust, accounts) that makes every client present a user JWT."""
+    def server_config(self, revoked: dict[str, int] | None = None) -> str:
+        """The nats-server config (trust, accounts) that makes every client present a user JWT;
+        `revoked` (user public key -> unix time) lists credentials the account refuses."""
         unlimited = {"subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": True,
                      "conn": -1, "leaf": -1}
         sys_jwt = encode_jwt({"name": "SYS", "sub": _pub(self.sys), "nats": {
             "limits": unlimited, "type": "account", "version": 2}}, self.operator)
         acc_jwt = encode_jwt({"name": ACCOUNT, "sub": self.account_pub, "nats": {
             "limits": {**unlimited, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1},
-            "signing_keys": [_pub(self.signing)], "type": "account", "version": 2}}, self.operator)
+            "signing_keys": [_pub(self.signing)], "type": "account", "version": 2,
+            **({"revocations": revoked} if revoked else {})}}, self.operator)
         op_jwt = encode_jwt({"name": "dockyard", "sub": _pub(self.operator), "nats": {
             "system_account": _pub(self.sys), "type": "operator", "version": 2}}, self.operator)
         return "\n".join([

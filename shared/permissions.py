@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from shared import subjects as s
+from shared import fleet
 from shared.credentials import inbox_prefix
 from shared.messages.agent import (FLEET_PREFIX, VERB_IMAGES, VERB_INSPECT, VERB_KILL, VERB_LOGS, VERB_PS,
                                    VERB_PULL, VERB_RM, VERB_RUN, VERB_START, VERB_STOP)
@@ -113,9 +114,18 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
                                  *_agent_verbs(AGENT_PRUNE_VERB)],
                           writes=(s.KV_GC, *REGISTRY_META), reads=(s.KV_BUILD_CACHE, s.KV_AGENTS),
                           events=[s.EVENT_GC_FINISHED])
+    if kind == fleet.SERVICE:
+        # the first node's join exchange: it signs credentials itself, so it needs no bus state
+        return _principal(kind, serves=[f"{fleet.PREFIX}.>"], calls=[])
     if kind == SUPERVISOR:
         return _principal(kind, serves=[], calls=["$SRV.PING.>", "$SRV.INFO", s.REGISTRY_ENSURE_ADMIN])
     raise ValueError(f"no permissions for service kind {kind!r}")
+
+
+def joiner(token_id: str) -> Permissions:
+    """A join token's credential: it can only ask the exchange for the host's own credentials."""
+    name = f"joiner-{token_id}"
+    return Permissions((fleet.JOIN,), (inbox_prefix(name) + ".>",))
 
 
 # What each role adds, verb by verb: (verb as the CLI names it, subjects it publishes).

@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from shared import bus, credentials, permissions, stackfile
+from shared import bus, credentials, fleet, permissions, stackfile
 from shared.config import Config, split_host_port
 from shared.errors import Unavailable
 from shared.natsserver import EmbeddedNats
@@ -64,8 +64,9 @@ class StackRunner:
     `notices`: for defaults, where the user asked for no port in particular."""
 
     def __init__(self, cfg: Config, *, services: list[str], nats_port: int | None,
-                 nats_fallback: bool = False, registry_fallback: bool = False):
+                 nats_fallback: bool = False, registry_fallback: bool = False, listen: str = "127.0.0.1"):
         self.cfg = cfg
+        self.listen = listen  # the address other hosts of a fleet reach this one at
         self.services = services
         self.nats_port = nats_port
         self.nats_fallback = nats_fallback
@@ -77,13 +78,15 @@ class StackRunner:
         self.exit_code = 0
         self.logs = cfg.data_path / "logs"
         self.creds: dict[str, Path] = {}  # principal -> its .creds file
+        self.exchange: Any = None  # the first node's join exchange (services.cli.fleet_exchange)
+        self.authority: credentials.Authority | None = None
 
     async def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.nats_port is not None:
             conf = await asyncio.to_thread(self._issue_credentials)
-            self.nats = EmbeddedNats(self.cfg.data_path / "nats", port=self.nats_port, fallback=self.nats_fallback,
-                                     log_file=self.logs / "nats.log", config_file=conf)
+            self.nats = EmbeddedNats(self.cfg.data_path / "nats", host=self.listen, port=self.nats_port,
+                                     fallback=self.nats_fallback, log_file=self.logs / "nats.log", config_file=conf)
             await asyncio.to_thread(self.nats.start)
             if self.nats_port and self.nats.port != self.nats_port:
                 self._notice(f"NATS port {self.nats_port} is taken; NATS listens on {self.nats.port}")
@@ -103,17 +106,37 @@ class StackRunner:
             await self._ensure_admin(nc)
         finally:
             await nc.drain()
+        if self.authority is not None:
+            await self._start_exchange()
         self._write_stack_file()
+
+    async def _start_exchange(self) -> None:
+        """The join exchange of a first node: it holds the keys that sign a joining host's credentials."""
+        from services.cli.fleet_exchange import FleetExchange
+        self.exchange = FleetExchange(self.cfg.data_path, self.authority, seeds=[self.cfg.nats_url],
+                                      registry=self.cfg.registry_addr, reload_trust=self._reload_trust)
+        self.exchange_nc = await bus.connect(self.cfg.nats_url, name="dockyard-fleet",
+                                             creds=str(self.creds[fleet.SERVICE]))
+        await self.exchange.start(self.exchange_nc)
+
+    def _reload_trust(self, revoked: dict[str, int]) -> None:
+        """The server config with `revoked` in the account JWT, read again by the running nats-server."""
+        conf = credentials.credentials_dir(self.cfg.data_path) / "nats-server.conf"
+        credentials.write_secret(conf, self.authority.server_config(revoked).encode())
+        if self.nats is not None and self.nats.running:
+            self.nats.proc.send_signal(signal.SIGHUP)
 
     def _issue_credentials(self) -> Path:
         """Each service's credential, the supervisor's and the local administrator's, from the
         permission table, and the server config that demands them. Keys are made on first start;
         the JWTs are signed again on every start, so a changed table applies after an upgrade."""
+        from services.cli.fleet_exchange import revoked_keys
         cdir = credentials.credentials_dir(self.cfg.data_path)
-        authority = credentials.Authority(cdir)
+        authority = self.authority = credentials.Authority(cdir)
         grants = {permissions.principal(n, self.cfg.host_id): permissions.service(n, agent_id=self.cfg.host_id)
                   for n in self.services}
         grants[permissions.SUPERVISOR] = permissions.service(permissions.SUPERVISOR)
+        grants[fleet.SERVICE] = permissions.service(fleet.SERVICE)
         for principal, perms in grants.items():
             path = credentials.creds_path(self.cfg.data_path, principal)
             credentials.write_secret(path, authority.issue(principal, perms).encode())
@@ -121,7 +144,7 @@ class StackRunner:
         credentials.write_secret(credentials.creds_path(self.cfg.data_path, credentials.ADMIN), authority.issue(
             permissions.person(credentials.ADMIN), permissions.role(credentials.ADMIN, "admin")).encode())
         conf = cdir / "nats-server.conf"
-        credentials.write_secret(conf, authority.server_config().encode())
+        credentials.write_secret(conf, authority.server_config(revoked_keys(self.cfg.data_path)).encode())
         return conf
 
     def _listen_registry(self) -> None:
@@ -139,7 +162,9 @@ class StackRunner:
         self.notices.append(text)
 
     def _spawn(self, name: str) -> None:
-        env = {**os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
+        # what other hosts dial: the layer-store's data plane and the agent's address follow --listen
+        env = {"DOCKYARD_LAYER_STORE_ADDR": f"{self.listen}:0", "DOCKYARD_AGENT_ADDRESS": self.listen,
+               **os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
                "DOCKYARD_DATA_DIR": self.cfg.data_dir, "DOCKYARD_REGISTRY_ADDR": self.cfg.registry_addr}
         own = self.creds.get(permissions.principal(name, self.cfg.host_id))
         if own is not None:
@@ -257,6 +282,10 @@ class StackRunner:
         return dead
 
     async def stop(self, timeout: float = 15.0) -> None:
+        if self.exchange is not None:
+            await self.exchange.stop()
+            await self.exchange_nc.drain()
+            self.exchange = None
         for p in self.procs.values():
             if p.poll() is None:
                 p.send_signal(signal.SIGTERM)

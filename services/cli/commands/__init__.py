@@ -15,5 +15,5 @@ MODULES = {
     "run": "containers", "ps": "containers", "logs": "containers", "stop": "containers",
     "start": "containers", "rm": "containers", "inspect": "containers", "agents": "containers",
     "kill": "containers",
-    "gc": "gc",
+    "gc": "gc", "fleet": "fleet",
 }

@@ -12,6 +12,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import msgspec
+
+from shared.errors import InvalidArgument
+
 # service name (as on the bus) -> package under services/
 SERVICES = {
     "layer-store": "layer_store",
@@ -43,6 +47,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--nats-port", type=int,
                    help="embedded NATS port (default 4222, or a free one if that is taken; 0: a free one)")
     p.add_argument("--only", action="append", choices=list(SERVICES), help="start only these services")
+    p.add_argument("--services", help="comma-separated: the same as --only for each")
+    p.add_argument("--listen", default="127.0.0.1",
+                   help="the address other hosts reach this one at: NATS, layer-store, registry, "
+                        "published ports (default 127.0.0.1)")
+    p.add_argument("--join", metavar="ADDR", help="join the fleet whose first node is at ADDR (needs --token)")
+    p.add_argument("--token", help="a line from `dockyard fleet token` on a host of the fleet")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("serve", help="run one service in this process")
@@ -102,13 +112,21 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
     from shared.config import DEFAULT_NATS_PORT
     cfg = _config(args, ctx)
     setup_logging(cfg.log_level, "up")
+    services = (args.only or []) + [s for s in (args.services or "").split(",") if s]
+    unknown = [s for s in services if s not in SERVICES]
+    if unknown:
+        raise InvalidArgument(f"unknown service {', '.join(unknown)}: one of {', '.join(SERVICES)}")
+    registry_named = args.registry_addr is not None or "DOCKYARD_REGISTRY_ADDR" in os.environ
+    if not registry_named and args.listen != "127.0.0.1":
+        cfg = msgspec.structs.replace(cfg, registry_addr=f"{args.listen}:5000")
     nats_port = None  # join the NATS of --nats / DOCKYARD_NATS_URL
     if args.nats_url is None and "DOCKYARD_NATS_URL" not in os.environ:
         nats_port = DEFAULT_NATS_PORT if args.nats_port is None else args.nats_port
+    cfg, nats_port, services = await _join_if_asked(args, cfg, nats_port, services)
     # Ports nobody asked for by name may move when taken; ones asked for fail loudly instead.
-    runner = StackRunner(cfg, services=args.only or available_services(), nats_port=nats_port,
-                         nats_fallback=args.nats_port is None,
-                         registry_fallback=args.registry_addr is None and "DOCKYARD_REGISTRY_ADDR" not in os.environ)
+    runner = StackRunner(cfg, services=services or available_services(), nats_port=nats_port,
+                         nats_fallback=args.nats_port is None, registry_fallback=not registry_named,
+                         listen=args.listen)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -120,6 +138,23 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
     finally:
         await runner.stop()
     return runner.exit_code
+
+
+async def _join_if_asked(args: argparse.Namespace, cfg: Any, nats_port: int | None,
+                         services: list[str]) -> tuple[Any, int | None, list[str]]:
+    """With --join (or a data dir that joined before), the fleet's NATS and registry instead of our own."""
+    from services.cli.commands import fleet
+    state = fleet.joined(cfg.data_path)
+    if args.join or args.token:
+        if not (args.join and args.token):
+            raise InvalidArgument("--join ADDR and --token TOKEN go together")
+        if state is None:
+            state = await fleet.join(cfg, join_addr=args.join, token_text=args.token, listen=args.listen,
+                                     services=services or ["runtime-agent"])
+    if state is None:
+        return cfg, nats_port, services
+    return (msgspec.structs.replace(cfg, nats_url=",".join(state.seeds), registry_addr=state.registry),
+            None, services or state.services)
 
 
 async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:

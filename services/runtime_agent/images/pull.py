@@ -52,7 +52,7 @@ class ImageName:
 
 class Puller:
     def __init__(self, images: ImageStore, snapshots: SnapshotStore, tmp_dir: Path, *,
-                 stack_registry: str, token_provider: TokenProvider | None = None):
+                 stack_registry: str, token_provider: TokenProvider | None = None, stack_url: str = ""):
         self.images = images
         self.snapshots = snapshots
         self.tmp_dir = Path(tmp_dir)
@@ -60,6 +60,8 @@ class Puller:
         for stale in self.tmp_dir.iterdir():  # downloads a crash left behind
             stale.unlink(missing_ok=True)
         self.stack_registry = stack_registry
+        # the stack's own registry speaks plain http on the fleet's addresses too, not only on loopback
+        self.stack_url = stack_url or stack_registry
         self.token_provider = token_provider
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, asyncio.Task] = {}
@@ -102,7 +104,7 @@ class Puller:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                                                                 sock_read=60))
         if n.in_stack:
-            return RegistryClient(self._session, n.registry, token_provider=self.token_provider)
+            return RegistryClient(self._session, self.stack_url, token_provider=self.token_provider)
         return RegistryClient(self._session, n.registry, credentials=CredentialStore())
 
     async def _pull(self, n: ImageName, progress: ProgressFn) -> ImageRecord:
