@@ -201,11 +201,18 @@ def test_a_new_user_has_no_bus_role(stack):
     assert p.returncode != 0 and "has no role on the bus" in p.stderr
 
 
-def test_a_reader_reads_but_cannot_run(stack, people):
+async def test_a_reader_reads_but_cannot_run(stack, people):
     assert "AGENT" in stack.cli("--creds", people["reader"], "agents").stdout
-    p = stack.cli("--creds", people["reader"], "run", "--host", AGENT_ID, "busybox", "true", check=False)
+    p = stack.cli("--creds", people["reader"], "tag", "busybox", "busybox:other", check=False)
     assert p.returncode != 0
-    assert "permission denied: run needs role operator" in p.stderr
+    assert "permission denied: tag needs role operator" in p.stderr
+    # the agent verb itself (placement refuses an unknown host before the bus is asked)
+    c = await bus_lite.connect(stack.nats_url, creds=people["reader"])
+    try:
+        with pytest.raises(PermissionDenied):
+            await c.nc.request(subjects.agent(AGENT_ID, "run"), b"{}", timeout=10)
+    finally:
+        await c.close()
 
 
 async def test_only_an_admin_may_bind_outside_the_volume_roots(stack, people):

@@ -164,6 +164,9 @@ async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
     info = stackfile.read(ctx.config.data_path)
     expected = info.services if info else []
     found = await discover(b, expect=len(expected) or None)
+    if not {n for n in expected} <= {f["name"] for f in found}:
+        # The count was met by others (the fleet exchange, replicas): wait the whole window.
+        found = await discover(b)
     names = {f["name"] for f in found}
     missing = [n for n in expected if n not in names]
     if ctx.json_output:
