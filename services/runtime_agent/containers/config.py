@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shared.errors import InvalidArgument, NotFound, PermissionDenied
+from shared.layers.paths import follow_in_root
 from shared.messages.agent import VOLUME_OUTSIDE_ROOTS, RestartPolicy, RunRequest, Volume
 from shared.oci.manifest import ContainerConfig as ImageRunConfig
 
-_MAX_LINKS = 40
 _MAX_ETC_FILE = 4 << 20
 
 
@@ -188,31 +188,15 @@ def _table(rootfs: Path, rel: str) -> list[list[str]]:
 def read_in_root(root: Path, rel: str) -> bytes:
     """Read `rel` inside `root`, resolving symlinks as if `root` were "/" (a hostile image
     cannot make the agent read a host file through /etc/passwd -> /host/secret)."""
-    parts = [p for p in rel.split("/") if p not in ("", ".")]
-    resolved: list[str] = []
-    hops = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            if resolved:
-                resolved.pop()
-            continue
-        path = os.path.join(root, *resolved, part)
+    def readlink(p: str) -> str | None:
+        path = os.path.join(root, p)
         try:
-            st = os.lstat(path)
+            return os.readlink(path) if stat.S_ISLNK(os.lstat(path).st_mode) else None
         except FileNotFoundError:
             raise NotFound(f"{rel} not in the image") from None
-        if stat.S_ISLNK(st.st_mode):
-            hops += 1
-            if hops > _MAX_LINKS:
-                raise InvalidArgument(f"too many symlinks resolving {rel} in the image")
-            target = os.readlink(path)
-            if target.startswith("/"):
-                resolved = []
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved.append(part)
-    path = os.path.join(root, *resolved)
+
+    resolved = follow_in_root(rel, readlink)
+    path = os.path.join(root, resolved)
     fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     try:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
