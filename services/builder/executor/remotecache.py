@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import msgspec
 
 from shared import codec
+from shared.csvopts import key_values
 from shared.errors import InvalidArgument, NotFound
 from shared.oci import mediatypes as mt
 from shared.oci.digest import Digest
@@ -40,12 +41,7 @@ class CacheSpec:
 
 
 def parse_spec(text: str, flag: str) -> CacheSpec:
-    fields: dict[str, str] = {}
-    for part in text.split(","):
-        k, eq, v = part.partition("=")
-        if not eq:
-            raise InvalidArgument(f"{flag} {text!r}: {part!r} is not key=value")
-        fields[k.strip().lower()] = v.strip()
+    fields = key_values(text, flag)
     kind = fields.pop("type", "registry")
     if kind not in ("registry", "inline"):
         raise InvalidArgument(f"{flag} {text!r}: type must be registry or inline")

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shared.csvopts import key_values
 from shared.errors import InvalidArgument
 
 FILE_OUTPUTS = ("local", "tar", "oci", "docker")
@@ -32,12 +33,7 @@ def parse_output(text: str) -> Output:
     """`type=T,dest=D,name=N` (buildx's CSV), or a bare path: `-` is a tar on stdout, else a local dir."""
     if "=" not in text:
         return Output("tar", "-") if text == "-" else Output("local", text)
-    fields: dict[str, str] = {}
-    for part in text.split(","):
-        k, eq, v = part.partition("=")
-        if not eq:
-            raise InvalidArgument(f"--output {text!r}: {part!r} is not key=value")
-        fields[k.strip().lower()] = v.strip()
+    fields = key_values(text, "--output")
     kind = fields.pop("type", "")
     if kind not in OUTPUT_TYPES:
         raise InvalidArgument(f"--output {text!r}: type must be one of {', '.join(OUTPUT_TYPES)}")
