@@ -2,7 +2,8 @@
 
 An admin logs in, finds an image the test pushed, sees its layers and the file a later layer
 deletes as the biggest waste, makes the repository public and logs out; anonymously the public
-repository is there and the private one is not. Each page is saved under docs/img/ for the README.
+repository is there and the private one is not. Each page is saved under docs/img/ for the README
+when DOCKYARD_UI_SCREENSHOTS=1.
 """
 
 from __future__ import annotations
@@ -64,8 +65,12 @@ def browser(tmp_path):
 
 
 def _shot(page, name: str) -> None:
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / f"ui-{name}.png"), full_page=True)
+    """Render every page; write it to docs/img/ only when asked, so a test run leaves the tree clean."""
+    png = page.screenshot(full_page=True)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", f"{name}: the screenshot is not a PNG"
+    if os.environ.get("DOCKYARD_UI_SCREENSHOTS") == "1":
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        (SHOTS / f"ui-{name}.png").write_bytes(png)
 
 
 def _until(page, url: str, text: str, tries: int = 100) -> None:
