@@ -3,7 +3,7 @@ SHELL := /bin/bash
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-DEBIAN_PACKAGES := crun runc busybox-static iptables skopeo docker-registry iproute2 umoci curl chromium
+DEBIAN_PACKAGES := crun runc busybox-static iptables skopeo docker-registry iproute2 umoci curl chromium tini
 # the peers the benchmarks measure against (../shared/PEERS.md)
 BENCH_PACKAGES := podman buildah uidmap fuse-overlayfs
 PYTEST_ARGS ?=

@@ -149,6 +149,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("gc", ["dockyard.gc.>"]), ("fleet", ["dockyard.fleet.>"]),
         # a host bind outside DOCKYARD_AGENT_VOLUME_ROOTS: root on that host, so admins only
         ("run -v HOSTDIR", _agent_verbs(s.AGENT_RUN_HOST_BIND)),
+        # runflags: --privileged and its kin give away the host as well
+        ("run --privileged", _agent_verbs(s.AGENT_RUN_PRIVILEGED)),
     ],
 }
 

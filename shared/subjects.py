@@ -67,6 +67,9 @@ AGENT_ANY = "dockyard.agent.any"  # queue group of all agents, for fleet-wide qu
 # subjects.agent(agent_id, AGENT_RUN_HOST_BIND). NATS does not tell a subscriber who
 # published, so only the admin role's permissions may allow publishing this verb.
 AGENT_RUN_HOST_BIND = "run-host-bind"
+# runflags: `run`/`create` with --privileged (or a flag as strong: see
+# services/runtime_agent/containers/runflags.py), which also may bind any host path: admins only.
+AGENT_RUN_PRIVILEGED = "run-privileged"
 
 # garbage-collector
 GC_RUN = "dockyard.gc.run"

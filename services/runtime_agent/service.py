@@ -78,6 +78,7 @@ class Agent:
         verbs = [
             (m.VERB_RUN, m.RunRequest, self.run, {"max_bytes": run_bound}),
             (subjects.AGENT_RUN_HOST_BIND, m.RunRequest, self.run_host_bind, {"max_bytes": run_bound}),
+            (subjects.AGENT_RUN_PRIVILEGED, m.RunRequest, self.run_privileged, {"max_bytes": run_bound}),
             (m.VERB_START, m.ContainerRef, self.start, {}), (m.VERB_STOP, m.StopRequest, self.stop, {}),
             (m.VERB_KILL, m.KillRequest, self.kill, {}), (m.VERB_RM, m.RmRequest, self.rm, {}),
             (m.VERB_INSPECT, m.ContainerRef, self.inspect, {}), (m.VERB_LOGS, m.LogsRequest, self.logs, {}),
@@ -108,11 +109,16 @@ class Agent:
         """`run` that may bind any host path: its subject is the admin role's alone."""
         return m.RunReply(container=await self.containers.run(req, any_host_path=True))
 
+    async def run_privileged(self, req: m.RunRequest) -> m.RunReply:
+        """`run --privileged` (and any host path): its subject is the admin role's alone."""
+        return m.RunReply(container=await self.containers.run(req, any_host_path=True, privileged=True))
+
     async def start(self, req: m.ContainerRef) -> m.ContainerReply:
         return m.ContainerReply(container=await self.containers.start(req.container))
 
     async def stop(self, req: m.StopRequest) -> m.ContainerReply:
-        return m.ContainerReply(container=await self.containers.stop(req.container, req.timeout))
+        return m.ContainerReply(container=await self.containers.stop(req.container,
+                                                                    req.timeout if req.timeout_given else None))
 
     async def kill(self, req: m.KillRequest) -> m.ContainerReply:
         return m.ContainerReply(container=await self.containers.kill(req.container, req.signal))
@@ -124,7 +130,12 @@ class Agent:
         return m.ContainerReply(container=self.containers.inspect(req.container))
 
     async def ps(self, req: m.PsRequest) -> m.PsReply:
-        return m.PsReply(host=self.id, containers=self.containers.list(req.all, req.match))
+        found = self.containers.list(req.all, req.match)
+        sizes = {}
+        if req.size:  # runflags: `ps -s`, off the loop (it walks each container's upper)
+            from services.runtime_agent.containers.sizes import writable_size
+            sizes = await asyncio.to_thread(lambda: {c.id: writable_size(self.puller.snapshots, c.id) for c in found})
+        return m.PsReply(host=self.id, containers=found, sizes=sizes)
 
     async def list_images(self, req: m.ImagesRequest) -> m.ImagesReply:
         return m.ImagesReply(host=self.id, images=self.images.list())

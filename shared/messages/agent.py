@@ -15,6 +15,8 @@ from typing import Literal
 
 import msgspec
 
+from shared.messages.runflags import HealthProbe, RunFlags
+
 # ---- subjects --------------------------------------------------------------------------
 
 FLEET_PREFIX = "dockyard.agent.all"
@@ -35,6 +37,9 @@ VERB_PRUNE = "prune"  # the GC's verb (shared.messages.gc.PruneRequest/PruneRepl
 # The detail code of a `run` refused for a host bind outside DOCKYARD_AGENT_VOLUME_ROOTS:
 # the CLI then sends it to shared.subjects.AGENT_RUN_HOST_BIND, which only admins may publish.
 VOLUME_OUTSIDE_ROOTS = "VOLUME_OUTSIDE_ROOTS"
+# runflags: a `run` with --privileged (or another flag that gives the host away) is refused
+# with this detail; the CLI then sends it to shared.subjects.AGENT_RUN_PRIVILEGED (admins only).
+NEEDS_PRIVILEGE = "NEEDS_PRIVILEGE"
 
 
 def fleet(verb: str) -> str:
@@ -99,6 +104,8 @@ class ContainerConfig(msgspec.Struct, kw_only=True, frozen=True):
     auto_remove: bool = False
     limits: Limits = Limits()
     labels: dict[str, str] = {}
+    # runflags: the issue-11 run/create flags, resolved against the image
+    flags: RunFlags = RunFlags()
 
 
 class ContainerState(msgspec.Struct, kw_only=True, frozen=True):
@@ -111,6 +118,10 @@ class ContainerState(msgspec.Struct, kw_only=True, frozen=True):
     finished_at: str = ""
     restart_count: int = 0
     manual_stop: bool = False  # stopped by a user: no restart policy applies
+    # runflags: "" (no check), starting, healthy, unhealthy; the last probes
+    health: str = ""
+    failing_streak: int = 0
+    health_log: list[HealthProbe] = []
 
 
 class NetworkInfo(msgspec.Struct, kw_only=True, frozen=True):
@@ -164,6 +175,9 @@ class RunRequest(msgspec.Struct, kw_only=True):
     labels: dict[str, str] = {}
     hostname: str = ""  # the container's host name; empty: its short id, like docker
     stream_inbox: str = ""
+    # runflags: the issue-11 flags; `create` makes the container without starting it
+    flags: RunFlags = RunFlags()
+    create_only: bool = False
 
 
 class RunReply(msgspec.Struct, kw_only=True):
@@ -180,6 +194,8 @@ class ContainerRef(msgspec.Struct, kw_only=True):
 class StopRequest(msgspec.Struct, kw_only=True):
     container: str
     timeout: float = 10.0
+    # runflags: False when `stop` had no -t: the container's --stop-timeout applies
+    timeout_given: bool = True
 
 
 class KillRequest(msgspec.Struct, kw_only=True):
@@ -204,11 +220,14 @@ class PsRequest(msgspec.Struct, kw_only=True):
     all: bool = False
     # Only containers this reference names (name, id or id prefix); "" matches all.
     match: str = ""
+    # runflags: `ps -s`: the reply's `sizes` gives each container's writable layer
+    size: bool = False
 
 
 class PsReply(msgspec.Struct, kw_only=True):
     host: str
     containers: list[Container] = []
+    sizes: dict[str, int] = {}  # runflags: container id -> bytes of its writable layer (`ps -s`)
 
 
 class LogsRequest(msgspec.Struct, kw_only=True):

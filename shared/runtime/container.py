@@ -291,9 +291,9 @@ class Runtime:
         records.write_atomic(sdir / "exit.json", msgspec.json.encode(ex))
         return UNKNOWN_EXIT
 
-    async def stop(self, cid: str, timeout: float = 10.0) -> int:
-        """TERM, then KILL after `timeout` s (a PID 1 without a TERM handler ignores it)."""
-        for sig, grace in ((_signal.SIGTERM, timeout), (_signal.SIGKILL, None)):
+    async def stop(self, cid: str, timeout: float = 10.0, stop_signal: int = _signal.SIGTERM) -> int:
+        """TERM (or `stop_signal`), then KILL after `timeout` s (a PID 1 without a handler ignores it)."""
+        for sig, grace in ((stop_signal, timeout), (_signal.SIGKILL, None)):
             try:
                 await self.kill(cid, sig)
             except Conflict:

@@ -15,7 +15,7 @@ import resource
 import msgspec
 
 from shared.errors import InvalidArgument
-from shared.runtime import seccomp
+from shared.runtime import seccomp, spec_flags
 
 OCI_VERSION = "1.0.2"
 
@@ -98,6 +98,8 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
     cpu_shares: int | None = None
     extra_capabilities: tuple[str, ...] = ()
     terminal: bool = False
+    # runflags: --cpus, --pids-limit, --ulimit, --tmpfs, --init, caps, seccomp, --privileged
+    flags: spec_flags.SpecFlags = spec_flags.SpecFlags()
 
     def __post_init__(self) -> None:
         if not self.args:
@@ -158,7 +160,7 @@ def normalize_capability(name: str) -> str:
 def build_config(spec: ContainerSpec) -> dict:
     """The OCI runtime-spec config.json for `spec`."""
     caps = list(spec.capabilities)
-    return {
+    config = {
         "ociVersion": OCI_VERSION,
         "process": {
             "terminal": False,
@@ -183,6 +185,8 @@ def build_config(spec: ContainerSpec) -> dict:
             "seccomp": seccomp.default_profile(frozenset(caps)),
         },
     }
+    return spec_flags.apply(spec.flags, config, default_caps=spec.capabilities, known_caps=KNOWN_CAPABILITIES,
+                            seccomp_for=seccomp.default_profile)
 
 
 def host_capped_rlimits() -> list[dict]:

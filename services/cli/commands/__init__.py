@@ -16,4 +16,5 @@ MODULES = {
     "start": "containers", "rm": "containers", "inspect": "containers", "agents": "containers",
     "kill": "containers",
     "gc": "gc", "fleet": "fleet",
+    "create": "create",  # runflags
 }

@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any
 
+from services.cli import runopts
 from services.cli.container_streams import SignalProxy, Stream
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -57,6 +58,7 @@ def register(sub: Any) -> None:
     p.add_argument("--pull", default="missing", choices=("missing", "always", "never"))
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VAL")
     p.add_argument("--host", help="the agent to run on (default: the one with the most free memory)")
+    runopts.add_arguments(p)  # runflags: the issue-11 flags
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=run)
@@ -66,6 +68,13 @@ def register(sub: Any) -> None:
     p.add_argument("-q", "--quiet", action="store_true", help="only ids")
     p.add_argument("--no-trunc", action="store_true")
     p.add_argument("--host", help="only this agent's containers")
+    # runflags: docker's listing flags
+    p.add_argument("-f", "--filter", action="append", default=[], metavar="KEY=VALUE",
+                   help="status, name, label, ancestor, health, host, id")
+    p.add_argument("--format", help="a Go template ({{.ID}}\\t{{.Names}}), table TEMPLATE, or json")
+    p.add_argument("-n", "--last", type=int, help="the N most recently created (any state)")
+    p.add_argument("-l", "--latest", action="store_true", help="the most recently created (any state)")
+    p.add_argument("-s", "--size", action="store_true", help="show the writable layer's size")
     p.set_defaults(func=ps)
 
     p = sub.add_parser("logs", help="a container's output")
@@ -76,7 +85,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=logs)
 
     p = sub.add_parser("stop", help="stop containers (TERM, then KILL after -t seconds)")
-    p.add_argument("-t", "--time", "--timeout", dest="timeout", type=float, default=10.0)
+    p.add_argument("-t", "--time", "--timeout", dest="timeout", type=float,
+                   help="seconds before KILL (default: the container's --stop-timeout, else 10)")
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=stop)
 
@@ -204,6 +214,7 @@ async def run(args, ctx) -> int:
                      memory_swap=swap, cpu_shares=args.cpu_shares, volumes=args.volume, network=args.network,
                      restart=args.restart, rm=args.rm, detach=args.detach, pull=args.pull, labels=labels,
                      hostname=args.hostname or "")
+    req = runopts.apply(req, args)
     client = await ctx.bus()
     host = await place(ctx, args.image, memory, args.host)
     if args.detach:
@@ -229,27 +240,35 @@ async def _request_run(client, host: str, req):
     """`run` on `host`; a host bind outside the agent's volume roots goes to the admin-only verb."""
     from shared import subjects
     from shared.errors import PermissionDenied
-    from shared.messages.agent import VERB_RUN, VOLUME_OUTSIDE_ROOTS, RunReply
+    from shared.messages.agent import NEEDS_PRIVILEGE, VERB_RUN, VOLUME_OUTSIDE_ROOTS, RunReply
+    admin_verbs = {VOLUME_OUTSIDE_ROOTS: subjects.AGENT_RUN_HOST_BIND, NEEDS_PRIVILEGE: subjects.AGENT_RUN_PRIVILEGED}
     try:
         return await client.request(subjects.agent(host, VERB_RUN), req, RunReply, timeout=600)
     except PermissionDenied as e:
         # The agent refuses before it pulls or creates anything, so asking again is safe.
-        if e.detail_code != VOLUME_OUTSIDE_ROOTS:
+        if e.detail_code not in admin_verbs:
             raise
-    return await client.request(subjects.agent(host, subjects.AGENT_RUN_HOST_BIND), req, RunReply, timeout=600)
+        verb = admin_verbs[e.detail_code]
+    return await client.request(subjects.agent(host, verb), req, RunReply, timeout=600)
 
 
 async def ps(args, ctx) -> int:
+    from services.cli import psview
     from shared import subjects
     from shared.messages.agent import VERB_PS, PsReply, PsRequest, fleet as fleet_subject
+    filters = psview.parse_filters(args.filter)
+    last = 1 if args.latest else args.last
+    want = PsRequest(all=args.all or last is not None or psview.needs_all(filters), size=args.size)
     client = await ctx.bus()
     if args.host:
-        replies = [await client.request(subjects.agent(args.host, VERB_PS), PsRequest(all=args.all), PsReply)]
+        replies = [await client.request(subjects.agent(args.host, VERB_PS), want, PsReply)]
     else:
         agents = await fleet(ctx)
-        replies = await client.gather(fleet_subject(VERB_PS), PsRequest(all=args.all), PsReply,
+        replies = await client.gather(fleet_subject(VERB_PS), want, PsReply,
                                       timeout=2.0, expect=len(agents)) if agents else []
-    containers = sorted((c for r in replies for c in r.containers), key=lambda c: c.created, reverse=True)
+    sizes = {cid: s for r in replies for cid, s in r.sizes.items()}
+    containers = sorted((c for r in replies for c in r.containers if psview.matches(c, filters)),
+                        key=lambda c: c.created, reverse=True)[:last if last is not None and last > 0 else None]
     if ctx.json_output:
         ctx.print_json(containers)
         return 0
@@ -264,9 +283,17 @@ async def ps(args, ctx) -> int:
         if not args.no_trunc and len(cmd) > 20:
             cmd = cmd[:19] + "…"
         rows.append([c.id if args.no_trunc else c.id[:12], c.config.image, f'"{cmd}"',
-                     _ago(c.created, now), _status(c, now), ", ".join(_port(p) for p in c.network.ports),
-                     c.name, c.host])
-    ctx.print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "HOST"], rows)
+                     _ago(c.created, now), _status(c, now) + psview.health_suffix(c),
+                     ", ".join(_port(p) for p in c.network.ports), c.name, c.host]
+                    + ([_bytes(sizes.get(c.id, 0))] if args.size else []))
+    if args.format:
+        from services.cli.formatting import emit
+        fields = [psview.row(c, status=r[4], running_for=r[3], ports=r[5], command=r[2], size=r[8] if args.size else "")
+                  for c, r in zip(containers, rows)]
+        emit(args.format, fields, psview.PS_HEADERS, [c.config.labels for c in containers])
+        return 0
+    ctx.print_table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES", "HOST"]
+                    + (["SIZE"] if args.size else []), rows)
     return 0
 
 
@@ -314,8 +341,10 @@ async def _each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0
 
 async def stop(args, ctx) -> int:
     from shared.messages.agent import VERB_STOP, ContainerReply, StopRequest
-    return await _each(args, ctx, VERB_STOP, lambda cid: StopRequest(container=cid, timeout=args.timeout),
-                       ContainerReply, timeout=args.timeout + 30)
+    given = args.timeout is not None
+    req = lambda cid: StopRequest(container=cid, timeout=args.timeout if given else 10.0,  # noqa: E731
+                                  timeout_given=given)
+    return await _each(args, ctx, VERB_STOP, req, ContainerReply, timeout=(args.timeout if given else 300) + 30)
 
 
 async def start(args, ctx) -> int:
@@ -337,6 +366,7 @@ async def rm(args, ctx) -> int:
 
 async def inspect(args, ctx) -> int:
     from shared import subjects
+    from services.cli import psview
     from shared.messages.agent import VERB_INSPECT, ContainerRef, ContainerReply
     client = await ctx.bus()
     agents = await fleet(ctx)
@@ -344,7 +374,7 @@ async def inspect(args, ctx) -> int:
     for ref in args.containers:
         host, c = await find(ctx, ref, agents)
         reply = await client.request(subjects.agent(host, VERB_INSPECT), ContainerRef(container=c.id), ContainerReply)
-        out.append(_inspect_view(reply.container))
+        out.append(psview.inspect_extras(reply.container, _inspect_view(reply.container)))  # runflags
     ctx.print_json(out)
     return 0
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from services.runtime_agent.containers import etcfiles, rootfs
+from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
 from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
                                                       resolve_user)
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
@@ -102,9 +102,10 @@ class Containers:
 
     # ---- run -------------------------------------------------------------------------
 
-    async def run(self, req: RunRequest, *, any_host_path: bool = False) -> Container:
+    async def run(self, req: RunRequest, *, any_host_path: bool = False, privileged: bool = False) -> Container:
         """Create and start; host binds outside `volume_roots` only with `any_host_path`."""
         # Refused before anything is pulled or created.
+        runflags.check_privilege(req.flags, allowed=privileged)
         volumes = confine_volumes(parse_volumes(req.volumes), None if any_host_path else self.volume_roots)
         streamer = Streamer(self.nc, req.stream_inbox if not req.detach else "")
         image = self.puller.local(req.image) if req.pull != "always" else None
@@ -120,6 +121,8 @@ class Containers:
             self._pinned[image.digest] -= 1
             if self._pinned[image.digest] <= 0:
                 del self._pinned[image.digest]
+        if req.create_only:
+            return c
         w = Watch()
         drained = asyncio.get_running_loop().create_future()
         if not req.detach:
@@ -152,7 +155,9 @@ class Containers:
             volumes=volumes, network=req.network, publish=list(req.publish),
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
-            labels=dict(req.labels))
+            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config))
+        if req.flags.publish_all and req.network == "bridge":
+            config = msgspec.structs.replace(config, publish=config.publish + runflags.exposed_publish(cfg.config))
         c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
                       log_path=str(self.store.log_path(cid)))
         self._spec(c, rootfs_path="/", uid=0, gid=0, groups=(), netns="host")  # limits checked now
@@ -168,7 +173,8 @@ class Containers:
             # The /etc files first: a user's volume over one of them wins, as with docker.
             mounts=etc + tuple(BindMount(v.source, v.destination, v.readonly) for v in c.config.volumes),
             network=netns, memory_bytes=lim.memory, memory_swap_bytes=lim.memory_swap,
-            cpu_shares=lim.cpu_shares)
+            cpu_shares=lim.cpu_shares, readonly_rootfs=c.config.flags.read_only,
+            flags=runflags.spec_flags(c.config.flags))
 
     async def _start(self, c: Container, w: Watch, restart_count: int | None = None) -> Container:
         """Mount, network, start; the container is then running under its monitor."""
@@ -186,6 +192,7 @@ class Containers:
                 att = await net  # even on failure: its teardown below must find it settled
             etc = etcfiles.write(self.store.dir(cid) / "etc", hostname=c.config.hostname, mode=att.mode,
                                  ip=att.ip)
+            runflags.write_etc(etc, c.config.flags)
             spec = self._spec(c, rootfs_path=str(root), uid=ids.uid, gid=ids.gid, groups=ids.additional_gids,
                               netns=att.netns_path or "host", etc=etc.mounts())
             with contextlib.suppress(NotFound):
@@ -218,6 +225,7 @@ class Containers:
     def _watch(self, cid: str, w: Watch) -> None:
         self._watches[cid] = w
         w.task = self._spawn(self._monitor(cid, w))
+        self._spawn(health.watch(self.runtime, self.store, self.store.get(cid), w.exited))  # runflags
 
     async def _stream_foreground(self, cid: str, w: Watch, drained: asyncio.Future, streamer: Streamer) -> None:
         try:
@@ -313,7 +321,8 @@ class Containers:
             c = msgspec.structs.replace(c, state=msgspec.structs.replace(c.state, manual_stop=False, error=""))
             return await self._start(c, Watch())
 
-    async def stop(self, ref: str, timeout: float = 10.0) -> Container:
+    async def stop(self, ref: str, timeout: float | None = 10.0) -> Container:
+        """The container's stop signal, then KILL after `timeout` (None: its --stop-timeout, else 10 s)."""
         c = self.store.resolve(ref)
         async with self._lock(c.id):
             c = self.store.get(c.id)
@@ -322,7 +331,7 @@ class Containers:
             self.store.save(msgspec.structs.replace(c, state=msgspec.structs.replace(c.state, manual_stop=True)))
             w = self._watches.get(c.id)
             with contextlib.suppress(NotFound):
-                await self.runtime.stop(c.id, max(0.0, timeout))
+                await self.runtime.stop(c.id, *runflags.stop_with(c.config.flags, timeout))
             if w is not None:
                 await asyncio.shield(w.final)
         return self.store.find(c.id) or c
