@@ -30,6 +30,29 @@ ULIMIT_NAMES = {
 }
 
 
+# Capability numbers (linux/capability.h), to read a bounding set.
+CAP_BY_NUMBER = (
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_DAC_READ_SEARCH", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETPCAP", "CAP_LINUX_IMMUTABLE", "CAP_NET_BIND_SERVICE",
+    "CAP_NET_BROADCAST", "CAP_NET_ADMIN", "CAP_NET_RAW", "CAP_IPC_LOCK", "CAP_IPC_OWNER", "CAP_SYS_MODULE",
+    "CAP_SYS_RAWIO", "CAP_SYS_CHROOT", "CAP_SYS_PTRACE", "CAP_SYS_PACCT", "CAP_SYS_ADMIN", "CAP_SYS_BOOT",
+    "CAP_SYS_NICE", "CAP_SYS_RESOURCE", "CAP_SYS_TIME", "CAP_SYS_TTY_CONFIG", "CAP_MKNOD", "CAP_LEASE",
+    "CAP_AUDIT_WRITE", "CAP_AUDIT_CONTROL", "CAP_SETFCAP", "CAP_MAC_OVERRIDE", "CAP_MAC_ADMIN", "CAP_SYSLOG",
+    "CAP_WAKE_ALARM", "CAP_BLOCK_SUSPEND", "CAP_AUDIT_READ", "CAP_PERFMON", "CAP_BPF", "CAP_CHECKPOINT_RESTORE",
+)
+
+
+def own_bounding_set() -> frozenset[str]:
+    """The capabilities this process may hand on: "all" means these (a host may withhold some)."""
+    try:
+        with open("/proc/self/status") as f:
+            line = next(ln for ln in f if ln.startswith("CapBnd:"))
+    except (OSError, StopIteration):
+        return frozenset(CAP_BY_NUMBER)
+    bits = int(line.split()[1], 16)
+    return frozenset(name for n, name in enumerate(CAP_BY_NUMBER) if bits >> n & 1)
+
+
 class SpecFlags(msgspec.Struct, frozen=True, kw_only=True):
     cpus: float = 0.0
     pids_limit: int = 0  # 0 unset, -1 unlimited
@@ -69,6 +92,8 @@ def apply(flags: SpecFlags, config: dict, *, default_caps: tuple[str, ...], know
                                  "options": ["rbind", "rprivate", "ro"]})
         proc["args"] = [INIT_PATH, "--", *proc["args"]]
     if flags.cap_add or flags.cap_drop or flags.privileged or flags.seccomp_profile:
+        if flags.privileged or "ALL" in flags.cap_add:
+            known_caps = known_caps & own_bounding_set()
         caps = sorted(known_caps) if flags.privileged else capabilities(default_caps, known_caps, flags.cap_add,
                                                                          flags.cap_drop)
         proc["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
