@@ -277,3 +277,15 @@ def test_ps_filters_format_last_and_size(fleet):
         assert sized[0].split()[-1] == "SIZE" and sized[1].split()[-1] == "4.9KiB"
     finally:
         fleet.cli("rm", "-f", "lbl", "done")
+
+
+def test_images_and_agents_format_and_quiet(fleet):
+    a = fleet.agents[1].id
+    lines = fleet.cli("images", "--host", a, "--format", "{{.Repository}}:{{.Tag}}").stdout.splitlines()
+    assert f"{fleet.registry}/library/busybox:latest" in lines
+    ids = fleet.cli("images", "--host", a, "-q").stdout.split()
+    assert ids and all(len(i) == 12 for i in ids) and len(ids) == len(set(ids))
+    assert set(fleet.cli("agents", "-q").stdout.split()) == {x.id for x in fleet.agents}
+    table = fleet.cli("agents", "--format", "table {{.ID}}\\t{{.Status}}").stdout.splitlines()
+    assert table[0].split() == ["AGENT", "STATUS"]
+    assert sorted(r.split() for r in table[1:]) == sorted([x.id, "ready"] for x in fleet.agents)

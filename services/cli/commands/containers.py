@@ -109,6 +109,8 @@ def register(sub: Any) -> None:
     p.set_defaults(func=inspect)
 
     p = sub.add_parser("agents", help="the fleet of runtime-agents")
+    p.add_argument("-q", "--quiet", action="store_true", help="only agent ids")  # runflags
+    p.add_argument("--format", help="a Go template ({{.ID}}\\t{{.Status}}), table TEMPLATE, or json")
     p.set_defaults(func=agents)
 
 
@@ -419,6 +421,9 @@ async def agents(args, ctx) -> int:
     rows = [[b.agent_id, "lost" if is_lost(b, now) else "ready", b.address, b.runtime, b.running, b.containers,
              b.images, b.cpus, _bytes(b.memory_free), _bytes(b.memory_total), f"{max(0.0, now - b.time):.1f}s ago"]
             for b in beats]
+    from services.cli import listing
+    if listing.show(args, [listing.agent_fields(r) for r in rows], listing.AGENT_HEADERS):
+        return 0
     ctx.print_table(["AGENT", "STATUS", "ADDRESS", "RUNTIME", "RUNNING", "CONTAINERS", "IMAGES", "CPUS",
                      "FREE MEMORY", "MEMORY", "LAST HEARTBEAT"], rows)
     return 0

@@ -11,6 +11,8 @@ import argparse
 import sys
 import time
 
+from services.cli import listing
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("images", help="list images in the stack registry")
@@ -18,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-a", "--all", action="store_true", help="also untagged (dangling) images")
     p.add_argument("--digests", action="store_true", help="show manifest digests")
     p.add_argument("--host", metavar="AGENT", help="the images a runtime-agent has pulled, instead of the registry's")
+    p.add_argument("-q", "--quiet", action="store_true", help="only image ids")  # runflags
+    p.add_argument("--format", help="a Go template ({{.Repository}}:{{.Tag}}), table TEMPLATE, or json")
     p.set_defaults(func=images)
 
     p = sub.add_parser("tag", help="give an image another name (copying it if in another registry)")
@@ -150,14 +154,17 @@ async def images(args, ctx) -> int:
         ctx.print_json(reply.images)
         return 0
     headers = ["REPOSITORY", "TAG"] + (["DIGEST"] if args.digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
-    rows = []
+    rows, fields = [], []
     for img in reply.images:
         row = [familiar_repository(img.repository), img.tag or "<none>"]
         if args.digests:
             row.append(img.digest)
         row += [(img.image_id or img.digest).short, human_ago(img.created), human_size(img.size)]
         rows.append(row)
-    ctx.print_table(headers, rows)
+        fields.append(listing.image_fields(repository=row[0], tag=row[1], digest=str(img.digest), image_id=row[-3],
+                                           created=img.created, since=row[-2], size=row[-1]))
+    if not listing.show(args, fields, listing.IMAGE_HEADERS):
+        ctx.print_table(headers, rows)
     return 0
 
 
@@ -170,12 +177,16 @@ async def _agent_images(args, ctx) -> int:
         ctx.print_json(records)
         return 0
     headers = ["REFERENCE"] + (["DIGEST"] if args.digests else []) + ["IMAGE ID", "CREATED", "SIZE"]
-    rows = []
+    rows, fields = [], []
     for r in records:
         for name in r.references or ["<none>"]:
             row = [name] + ([r.digest] if args.digests else [])
             rows.append(row + [Digest(r.config_digest or r.digest).short, human_ago(r.created), human_size(r.size)])
-    ctx.print_table(headers, rows)
+            repo, _, tag = name.rpartition(":") if ":" in name.rsplit("/", 1)[-1] else (name, "", "<none>")
+            fields.append(listing.image_fields(repository=repo, tag=tag, digest=r.digest, image_id=rows[-1][-3],
+                                               created=r.created, since=rows[-1][-2], size=rows[-1][-1]))
+    if not listing.show(args, fields, listing.IMAGE_HEADERS):
+        ctx.print_table(headers, rows)
     return 0
 
 
