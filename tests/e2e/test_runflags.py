@@ -171,7 +171,7 @@ def test_cap_add_cap_drop_and_privileged(fleet):
     assert _cap_eff(p.stdout) & (1 << CAP_SYS_ADMIN) and p.stdout.splitlines()[-1] == "mounted"
 
 
-def test_seccomp_profile_file(fleet, tmp_path):
+def test_seccomp_profile_file_as_the_admin(fleet, tmp_path):
     prof = tmp_path / "no-mkdir.json"
     prof.write_text(json.dumps({"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [
         {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO"}]}))
@@ -247,8 +247,8 @@ def test_privileged_is_refused_on_the_operator_verb(fleet, nats_url):
         finally:
             await nc.drain()
 
-    for flags in (RunFlags(privileged=True), RunFlags(cap_add=["SYS_ADMIN"]),
-                  RunFlags(seccomp_profile="unconfined")):
+    for flags in (RunFlags(privileged=True), RunFlags(cap_add=["SYS_ADMIN"]), RunFlags(cap_add=["ALL"]),
+                  RunFlags(seccomp_profile="unconfined"), RunFlags(seccomp_profile='{"defaultAction": "SCMP_ACT_ALLOW"}')):
         with pytest.raises(PermissionDenied) as ei:
             asyncio.run(run(flags))
         assert ei.value.detail_code == NEEDS_PRIVILEGE

@@ -215,10 +215,12 @@ async def test_a_reader_reads_but_cannot_run(stack, people):
         await c.close()
 
 
-async def test_only_an_admin_may_bind_outside_the_volume_roots(stack, people):
-    """An operator credential is not root on every host: the agent verb that binds any host
-    path is refused by the server for operators (and readers), whatever the agent would say."""
-    host_bind = subjects.agent(AGENT_ID, subjects.AGENT_RUN_HOST_BIND)
+@pytest.mark.parametrize("verb", [subjects.AGENT_RUN_HOST_BIND, subjects.AGENT_RUN_PRIVILEGED])
+async def test_only_an_admin_may_bind_outside_the_volume_roots(stack, people, verb):
+    """An operator credential is not root on every host: the agent verbs that bind any host
+    path or run --privileged are refused by the server for operators (and readers), whatever
+    the agent would say."""
+    host_bind = subjects.agent(AGENT_ID, verb)
     assert permissions.required_role(host_bind) == "admin"
     for role in ("reader", "operator"):
         c = await bus_lite.connect(stack.nats_url, creds=people[role])

@@ -367,8 +367,8 @@ async def rm(args, ctx) -> int:
 
 
 async def inspect(args, ctx) -> int:
-    from shared import subjects
     from services.cli import psview
+    from shared import subjects
     from shared.messages.agent import VERB_INSPECT, ContainerRef, ContainerReply
     client = await ctx.bus()
     agents = await fleet(ctx)

@@ -1,7 +1,7 @@
 """The agent's side of `run`'s issue-11 flags: checked at the bus edge, resolved against the image.
 
-- What gives the host away (--privileged, seccomp=unconfined, a capability that escapes a
-  container) is refused on `run` with NEEDS_PRIVILEGE: only the admin-only subject
+- What gives the host away (--privileged, a seccomp profile other than the default, a
+  capability that escapes a container) is refused on `run` with NEEDS_PRIVILEGE: only the admin-only subject
   `run-privileged` accepts it (the server enforces who may publish there).
 - STOPSIGNAL and HEALTHCHECK of the image apply unless a flag says otherwise; -P publishes
   every EXPOSEd port on a free host port.
@@ -51,6 +51,8 @@ def privilege_needed(flags: RunFlags) -> str:
         return "--privileged"
     if flags.seccomp_profile == "unconfined":
         return "--security-opt seccomp=unconfined"
+    if flags.seccomp_profile:  # any profile of one's own can allow what the default refuses
+        return "--security-opt seccomp=FILE"
     escaping = sorted(set(caps(flags.cap_add)) & HOST_CAPABILITIES)
     return f"--cap-add {','.join(escaping)}" if escaping else ""
 
@@ -80,6 +82,8 @@ def resolve(flags: RunFlags, image: ImageRunConfig) -> RunFlags:
             raise InvalidArgument(f"invalid --tmpfs {t.path!r}: an absolute path other than /")
     for h in flags.add_hosts:
         _ip(h.ip, "--add-host")
+        if not h.name or any(ch.isspace() or ch == "#" for ch in h.name):
+            raise InvalidArgument(f"invalid --add-host name {h.name!r}")
     for d in flags.dns:
         _ip(d, "--dns")
     stop_signal = flags.stop_signal or image.stop_signal or "SIGTERM"
