@@ -198,7 +198,8 @@ def test_stop_signal_and_stop_timeout(fleet):
 
 
 def test_a_failing_health_command_turns_unhealthy_and_restart_does_not_act(fleet):
-    fleet.cli("run", "-d", "--name", "sick", "--network", "none", "--restart", "always",
+    # on the agent placement would not pick: every verb reaches the container where it is
+    fleet.cli("run", "-d", "--name", "sick", "--host", fleet.agents[0].id, "--network", "none", "--restart", "always",
               "--health-cmd", "test -f /tmp/ok", "--health-interval", "200ms", "--health-retries", "2",
               "busybox", "sh", "-c", "touch /tmp/ok; sleep 1.5; rm /tmp/ok; exec sleep 60")
     _wait(lambda: "(healthy)" in fleet.cli("ps", "--filter", "name=sick").stdout, what="healthy")
