@@ -9,7 +9,6 @@ masked or read-only paths, every device node allowed, /sys writable.
 from __future__ import annotations
 
 import json
-import resource
 
 import msgspec
 
@@ -172,8 +171,3 @@ def _privileged(config: dict) -> None:
         if m["destination"] in ("/sys", "/sys/fs/cgroup"):
             m["options"] = [o for o in m["options"] if o != "ro"] + ["rw"]
 
-
-def host_rlimit_hard(name: str) -> int:
-    """The agent's own hard limit of a docker ulimit name (a runtime cannot raise past it here)."""
-    kind = ULIMIT_NAMES[name]
-    return resource.getrlimit(getattr(resource, kind))[1]
