@@ -11,10 +11,13 @@ import os
 import re
 from typing import Any
 
-from shared.errors import InvalidArgument
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
+_DURATION = r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)"  # compiled on use: `dockyard ps` imports this module
 _UNIT = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _bad(message: str) -> Exception:
+    from shared.errors import InvalidArgument  # not at import: `dockyard ps` loads this module too
+    return InvalidArgument(message)
 
 
 def add_arguments(p: Any) -> None:
@@ -65,7 +68,7 @@ def apply(req, args) -> Any:
 
 def _positive(value: float, flag: str) -> float:
     if value <= 0:
-        raise InvalidArgument(f"invalid {flag} {value}: must be positive")
+        raise _bad(f"invalid {flag} {value}: must be positive")
     return value
 
 
@@ -81,16 +84,16 @@ def parse_ulimit(text: str):
     from shared.runtime.spec_flags import ULIMIT_NAMES
     name, eq, values = text.partition("=")
     if not eq or name not in ULIMIT_NAMES:
-        raise InvalidArgument(f"invalid ulimit {text!r}: NAME=SOFT[:HARD] with NAME one of "
+        raise _bad(f"invalid ulimit {text!r}: NAME=SOFT[:HARD] with NAME one of "
                               + ", ".join(sorted(ULIMIT_NAMES)))
     soft_text, _, hard_text = values.partition(":")
     try:
         soft = int(soft_text)
         hard = int(hard_text) if hard_text else soft
     except ValueError:
-        raise InvalidArgument(f"invalid ulimit {text!r}: limits are numbers") from None
+        raise _bad(f"invalid ulimit {text!r}: limits are numbers") from None
     if hard >= 0 and (soft < 0 or soft > hard):
-        raise InvalidArgument(f"invalid ulimit {text!r}: soft limit must be less than or equal to hard limit")
+        raise _bad(f"invalid ulimit {text!r}: soft limit must be less than or equal to hard limit")
     return Ulimit(name=name, soft=soft, hard=hard)
 
 
@@ -102,13 +105,13 @@ def parse_add_host(text: str):
     sep = "=" if "=" in text else ":"
     name, _, ip = text.partition(sep)
     if ip == "host-gateway":
-        raise InvalidArgument("--add-host NAME:host-gateway is not supported: give the address")
+        raise _bad("--add-host NAME:host-gateway is not supported: give the address")
     try:
         ipaddress.ip_address(ip)
     except ValueError:
-        raise InvalidArgument(f"invalid --add-host {text!r}: NAME:IP") from None
+        raise _bad(f"invalid --add-host {text!r}: NAME:IP") from None
     if not name or any(c.isspace() for c in name):
-        raise InvalidArgument(f"invalid --add-host {text!r}: no host name")
+        raise _bad(f"invalid --add-host {text!r}: no host name")
     return HostEntry(name=name, ip=ip)
 
 
@@ -119,12 +122,12 @@ def security_opts(opts: list[str]) -> tuple[bool, str]:
         key, sep, value = o.replace(":", "=", 1).partition("=") if o.startswith("no-new") else o.partition("=")
         if key == "no-new-privileges":
             if value not in ("", "true", "false"):
-                raise InvalidArgument(f"invalid --security-opt {o!r}: no-new-privileges[:true|false]")
+                raise _bad(f"invalid --security-opt {o!r}: no-new-privileges[:true|false]")
             nnp = value != "false"
         elif key == "seccomp" and sep:
             seccomp = "unconfined" if value == "unconfined" else _read(value, "--security-opt seccomp")
         else:
-            raise InvalidArgument(f"unsupported --security-opt {o!r}: no-new-privileges, seccomp=FILE "
+            raise _bad(f"unsupported --security-opt {o!r}: no-new-privileges, seccomp=FILE "
                                   "or seccomp=unconfined (apparmor and label need an LSM this host does not run)")
     return nnp, seccomp
 
@@ -136,12 +139,12 @@ def health(args):
              args.health_retries]
     if args.no_healthcheck:
         if any(v is not None for v in given):
-            raise InvalidArgument("--no-healthcheck conflicts with --health-* options")
+            raise _bad("--no-healthcheck conflicts with --health-* options")
         return Health(test=["NONE"])
     if all(v is None for v in given):
         return None
     if args.health_retries is not None and args.health_retries < 0:
-        raise InvalidArgument("--health-retries cannot be negative")
+        raise _bad("--health-retries cannot be negative")
     return Health(test=["CMD-SHELL", args.health_cmd] if args.health_cmd else [],
                   interval=_duration(args.health_interval, "--health-interval"),
                   timeout=_duration(args.health_timeout, "--health-timeout"),
@@ -156,12 +159,12 @@ def _duration(text: str | None, flag: str) -> float:
     t = text.strip()
     if re.fullmatch(r"\d+(\.\d+)?", t):
         return float(t)
-    parts = _DURATION.findall(t)
+    parts = re.findall(_DURATION, t)
     if not parts or "".join(n + u for n, u in parts) != t:
-        raise InvalidArgument(f"invalid {flag} {text!r}: a duration such as 30s, 1m30s or 500ms")
+        raise _bad(f"invalid {flag} {text!r}: a duration such as 30s, 1m30s or 500ms")
     seconds = sum(float(n) * _UNIT[u] for n, u in parts)
     if 0 < seconds < 0.001:
-        raise InvalidArgument(f"invalid {flag} {text!r}: at least 1ms")
+        raise _bad(f"invalid {flag} {text!r}: at least 1ms")
     return seconds
 
 
@@ -174,7 +177,7 @@ def read_env_file(path: str) -> list[str]:
             continue
         name, eq, _ = line.partition("=")
         if not name or any(c.isspace() for c in name):
-            raise InvalidArgument(f"{path}:{n}: variable {name!r} contains whitespaces")
+            raise _bad(f"{path}:{n}: variable {name!r} contains whitespaces")
         if eq:
             out.append(line)
         elif name in os.environ:
@@ -187,4 +190,4 @@ def _read(path: str, flag: str) -> str:
         with open(path, encoding="utf-8") as f:
             return f.read()
     except OSError as e:
-        raise InvalidArgument(f"{flag} {path}: {e.strerror}") from None
+        raise _bad(f"{flag} {path}: {e.strerror}") from None
