@@ -112,7 +112,8 @@ class S3Driver:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> "S3Driver":
-        """DOCKYARD_S3_{ENDPOINT,BUCKET,ACCESS_KEY,SECRET_KEY} (required), _REGION, _PREFIX."""
+        """DOCKYARD_S3_{ENDPOINT,BUCKET} (required), _ACCESS_KEY and _SECRET_KEY (else
+        botocore's credential chain), _REGION, _ADDRESSING (path|virtual), _PREFIX."""
         env = os.environ if environ is None else environ
 
         def get(name: str, default: str | None = None) -> str:
@@ -121,8 +122,10 @@ class S3Driver:
                 raise InvalidArgument(f"DOCKYARD_S3_{name} must be set for the s3 storage driver")
             return value
 
-        config = S3Config(endpoint=get("ENDPOINT"), bucket=get("BUCKET"), access_key=get("ACCESS_KEY"),
-                          secret_key=get("SECRET_KEY"), region=get("REGION", "us-east-1"))
+        config = S3Config(endpoint=get("ENDPOINT"), bucket=get("BUCKET"),
+                          access_key=env.get("DOCKYARD_S3_ACCESS_KEY", ""),
+                          secret_key=env.get("DOCKYARD_S3_SECRET_KEY", ""),
+                          region=get("REGION", "us-east-1"), addressing=get("ADDRESSING", "path"))
         return cls(config, prefix=env.get("DOCKYARD_S3_PREFIX", ""))
 
     @property
@@ -248,9 +251,8 @@ class S3Driver:
         if offset > 0 or length is not None:
             byte_range = f"bytes={offset}-{offset + length - 1 if length is not None else ''}"
         try:
-            async with self._client.open_object(key, byte_range) as resp:
-                async for chunk in resp.content.iter_chunked(READ_CHUNK):
-                    yield chunk
+            async for chunk in self._client.read_object(key, byte_range, READ_CHUNK):
+                yield chunk
         except NotFound as e:
             raise blob_unknown(digest) from e
         except InvalidRange as e:

@@ -1,41 +1,35 @@
-"""A small S3 client on aiohttp: the dozen object and multipart calls the driver needs.
+"""The S3 calls the driver needs, on aiobotocore.
 
-Path-style addressing (`<endpoint>/<bucket>/<key>`), which AWS, MinIO, Ceph RGW, R2
-and SeaweedFS all accept. Every payload is signed (x-amz-content-sha256 is the body's
-sha256, which the server checks), so a body damaged in transit is refused rather
-than stored. S3 failures become shared.errors classes here, at the adapter:
-`NoSuchKey` (a NotFound), `PreconditionFailed` (a Conflict: a conditional write lost),
-`InvalidRange`, and Unavailable for transport errors and 5xx.
+aiobotocore brings what a hand-written client would have to re-earn: SigV4 for every
+key and query, retries with back-off, the credential chain (environment, shared files,
+instance metadata) when no keys are configured, and both path-style and virtual-host
+addressing. This module keeps the driver's small interface and turns botocore's
+failures into shared.errors classes, at the adapter: `NoSuchKey` (a NotFound),
+`PreconditionFailed` (a Conflict: a conditional write lost), `InvalidRange`, and
+Unavailable for transport errors and 5xx.
 """
 
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
-import hashlib
 import logging
-import xml.etree.ElementTree as ET
 from collections.abc import AsyncIterator, Mapping, Sequence
-from contextlib import asynccontextmanager
-from email.utils import parsedate_to_datetime
-from typing import NamedTuple
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import Any, NamedTuple
 from urllib.parse import urlsplit
 
 import aiohttp
-from yarl import URL
+from aiobotocore.session import get_session
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
-from services.layer_store.storage.s3_sigv4 import (EMPTY_SHA256, Credentials, canonical_query,
-                                                   encode_path, sign)
 from shared.errors import (Conflict, DockyardError, InvalidArgument, NotFound, PermissionDenied,
                            Unavailable)
 
 log = logging.getLogger("dockyard.layer_store.s3")
 
-META = "x-amz-meta-"
-# Hashing a big body for the signature is done off the event loop.
-_THREAD_HASH_BYTES = 1 << 20
-_RETRIES = 3
-_RETRY_STATUS = {500, 502, 503, 504}
+_ATTEMPTS = 3
+_RETRY_CODES = {"SlowDown", "InternalError", "RequestTimeout", "ServiceUnavailable"}
 
 
 class S3Error(DockyardError):
@@ -71,271 +65,225 @@ class ListedObject(NamedTuple):
 class S3Config(NamedTuple):
     endpoint: str  # e.g. http://127.0.0.1:9000 or https://s3.eu-west-1.amazonaws.com
     bucket: str
-    access_key: str
-    secret_key: str
+    access_key: str = ""  # both empty: botocore's credential chain finds them
+    secret_key: str = ""
     region: str = "us-east-1"
+    addressing: str = "path"  # or "virtual" (bucket.host); path works on every server
 
 
-def _local(tag: str) -> str:
-    return tag.rpartition("}")[2]  # drop the XML namespace
-
-
-def _find(el: ET.Element, name: str) -> str:
-    for child in el:
-        if _local(child.tag) == name:
-            return child.text or ""
-    return ""
-
-
-def _iso_time(value: str) -> float:
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp() if value else 0.0
-
-
-def _http_time(value: str | None) -> float:
-    try:
-        return parsedate_to_datetime(value).timestamp() if value else 0.0
-    except (TypeError, ValueError):
-        return 0.0
-
-
-def _error(status: int, body: bytes, what: str) -> DockyardError:
-    code = message = ""
-    try:
-        root = ET.fromstring(body)
-        code, message = _find(root, "Code"), _find(root, "Message")
-    except ET.ParseError:
-        pass
+def _error(e: ClientError, what: str) -> DockyardError:
+    err = e.response.get("Error", {})
+    code, message = str(err.get("Code", "")), str(err.get("Message", ""))
+    status = int(e.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
     text = f"S3 {what}: {status} {code or 'error'} {message}".rstrip()
-    if status == 404 or code in ("NoSuchKey", "NoSuchUpload"):
+    if status == 404 or code in ("NoSuchKey", "NoSuchUpload", "404"):
         return NoSuchKey(text)
     if status == 412 or code in ("PreconditionFailed", "ConditionalRequestConflict"):
         return PreconditionFailed(text, detail_code="PRECONDITION_FAILED")
-    if status == 416:
+    if status == 416 or code == "InvalidRange":
         return InvalidRange(text)
-    if status == 403:
+    if status == 403 or code in ("AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId"):
         return PermissionDenied(text)
-    if status >= 500 or code in ("SlowDown", "InternalError", "RequestTimeout"):
+    if status >= 500 or code in _RETRY_CODES:
         return Unavailable(text)
     return S3Error(text, detail_code=code or None)
 
 
+@asynccontextmanager
+async def _translated(what: str) -> AsyncIterator[None]:
+    try:
+        yield
+    except ClientError as e:
+        raise _error(e, what) from e
+    except (BotoCoreError, aiohttp.ClientError) as e:
+        raise Unavailable(f"S3 {what}: {e}") from e
+    except asyncio.TimeoutError as e:
+        raise Unavailable(f"S3 {what}: timed out") from e
+
+
 class S3Client:
     def __init__(self, config: S3Config, *, connections: int = 64):
-        self.config = config
         parts = urlsplit(config.endpoint.rstrip("/"))
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise InvalidArgument(f"invalid S3 endpoint {config.endpoint!r}: want http(s)://host[:port]")
-        self._base = f"{parts.scheme}://{parts.netloc}"
-        self._host = parts.netloc
-        self._creds = Credentials(config.access_key, config.secret_key)
+        if config.addressing not in ("path", "virtual"):
+            raise InvalidArgument(f"invalid S3 addressing {config.addressing!r}: want path or virtual")
+        if bool(config.access_key) != bool(config.secret_key):
+            raise InvalidArgument("S3 access key and secret key go together (or neither: the credential chain)")
+        self.config = config
         self._connections = connections
-        self._session: aiohttp.ClientSession | None = None
+        self._session = get_session()  # one, so that both clients share its loaded S3 model
+        self._stack: AsyncExitStack | None = None
+        self._clients: dict[bool, Any] = {}
+        self._opening = asyncio.Lock()
 
-    def _http(self) -> aiohttp.ClientSession:
-        # Made on first use: the driver is constructed outside any event loop.
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=self._connections),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120),
-                auto_decompress=False)
-        return self._session
+    def _boto_config(self, retried: bool) -> BotoConfig:
+        return BotoConfig(
+            region_name=self.config.region, signature_version="s3v4",
+            s3={"addressing_style": self.config.addressing},
+            retries={"max_attempts": _ATTEMPTS if retried else 1, "mode": "standard"},
+            max_pool_connections=self._connections, connect_timeout=10, read_timeout=120,
+            # the driver checks every blob's sha256 itself; extra CRCs only cost CPU
+            request_checksum_calculation="when_required",
+            response_checksum_validation="when_required")
+
+    async def _client(self, retried: bool = True) -> Any:
+        """The botocore client, made on first use (the driver is built outside any loop).
+
+        Conditional writes go through a client that never retries: a first attempt that
+        landed must not be replayed blindly (its replay would fail its own precondition)."""
+        if retried not in self._clients:
+            async with self._opening:
+                if retried not in self._clients:
+                    if self._stack is None:
+                        self._stack = AsyncExitStack()
+                    keys = {}
+                    if self.config.access_key:
+                        keys = {"aws_access_key_id": self.config.access_key,
+                                "aws_secret_access_key": self.config.secret_key}
+                    self._clients[retried] = await self._stack.enter_async_context(
+                        self._session.create_client("s3", endpoint_url=self.config.endpoint,
+                                                    config=self._boto_config(retried), **keys))
+        return self._clients[retried]
 
     async def close(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._stack is not None:
+            stack, self._stack, self._clients = self._stack, None, {}
+            await stack.aclose()
 
-    async def _signed(self, method: str, key: str, query: Sequence[tuple[str, str]],
-                      headers: Mapping[str, str], body: bytes) -> tuple[URL, dict[str, str]]:
-        if not body:
-            payload = EMPTY_SHA256
-        elif len(body) >= _THREAD_HASH_BYTES:
-            payload = await asyncio.to_thread(lambda: hashlib.sha256(body).hexdigest())
-        else:
-            payload = hashlib.sha256(body).hexdigest()
-        path = encode_path(self.config.bucket, key)
-        qs = canonical_query(query)
-        signed = sign(method, self._host, path, query, headers, payload, self._creds,
-                      self.config.region)
-        # encoded=True: yarl must send the path and query exactly as they were signed.
-        return URL(self._base + path + (f"?{qs}" if qs else ""), encoded=True), signed
-
-    @asynccontextmanager
-    async def _request(self, method: str, key: str = "", *, query: Sequence[tuple[str, str]] = (),
-                       headers: Mapping[str, str] | None = None, body: bytes = b"",
-                       retry: bool = True) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A signed request whose 2xx response the caller reads; errors are raised typed.
-
-        Transport errors and 5xx are retried unless `retry` is False (a conditional write
-        whose first attempt may have landed must not be replayed blindly)."""
-        what = f"{method} {key or '/'}"
-        attempts = _RETRIES if retry else 1
-        data = body if body or method in ("PUT", "POST") else None
-        for attempt in range(attempts):
-            url, signed = await self._signed(method, key, query, headers or {}, body)
-            try:
-                resp = await self._http().request(method, url, headers=signed, data=data,
-                                                  skip_auto_headers=("Content-Type",))
-                if resp.status < 300:
-                    break
-                try:
-                    err = _error(resp.status, await resp.read(), what)
-                finally:
-                    resp.release()
-                if resp.status not in _RETRY_STATUS or attempt == attempts - 1:
-                    raise err
-            except aiohttp.ClientError as e:
-                if attempt == attempts - 1:
-                    raise Unavailable(f"S3 {what}: {e}") from e
-            except asyncio.TimeoutError as e:
-                if attempt == attempts - 1:
-                    raise Unavailable(f"S3 {what}: timed out") from e
-            log.debug("retrying S3 %s", what)
-            await asyncio.sleep(0.1 * 4 ** attempt)
-        try:
-            yield resp
-        except aiohttp.ClientError as e:  # the body broke off while the caller read it
-            raise Unavailable(f"S3 {what}: {e}") from e
-        except asyncio.TimeoutError as e:
-            raise Unavailable(f"S3 {what}: timed out reading") from e
-        finally:
-            resp.release()
-
-    async def _xml(self, resp: aiohttp.ClientResponse, what: str) -> ET.Element:
-        """The reply document; some calls (copy, complete) report errors inside a 200."""
-        body = await resp.read()
-        try:
-            root = ET.fromstring(body)
-        except ET.ParseError as e:
-            raise S3Error(f"S3 {what}: unreadable reply") from e
-        if _local(root.tag) == "Error":
-            raise _error(500 if _find(root, "Code") in ("InternalError", "SlowDown") else 400, body, what)
-        return root
+    def _args(self, key: str, **extra: Any) -> dict[str, Any]:
+        return {"Bucket": self.config.bucket, "Key": key,
+                **{k: v for k, v in extra.items() if v is not None}}
 
     # ---- objects ------------------------------------------------------------------------
 
-    async def put_object(self, key: str, body: bytes, *, metadata: Mapping[str, str] | None = None,
+    async def put_object(self, key: str, body: bytes | bytearray, *, metadata: Mapping[str, str] | None = None,
                          if_none_match: bool = False, if_match: str | None = None) -> str:
         """Store `body` at `key` and return its ETag; conditional writes raise PreconditionFailed."""
-        headers = {META + k: v for k, v in (metadata or {}).items()}
-        headers["content-type"] = "application/octet-stream"
-        if if_none_match:
-            headers["if-none-match"] = "*"
-        if if_match is not None:
-            headers["if-match"] = if_match
         conditional = if_none_match or if_match is not None
-        async with self._request("PUT", key, headers=headers, body=body, retry=not conditional) as resp:
-            return resp.headers.get("ETag", "")
+        client = await self._client(retried=not conditional)
+        async with _translated(f"PUT {key}"):
+            resp = await client.put_object(**self._args(
+                key, Body=body, Metadata=dict(metadata or {}), ContentType="application/octet-stream",
+                IfNoneMatch="*" if if_none_match else None, IfMatch=if_match))
+        return resp.get("ETag", "")
 
     async def head_object(self, key: str) -> ObjectHead | None:
+        client = await self._client()
         try:
-            async with self._request("HEAD", key) as resp:
-                meta = {k.lower()[len(META):]: v for k, v in resp.headers.items()
-                        if k.lower().startswith(META)}
-                return ObjectHead(size=int(resp.headers.get("Content-Length", "0")),
-                                  etag=resp.headers.get("ETag", ""), metadata=meta,
-                                  last_modified=_http_time(resp.headers.get("Last-Modified")))
+            async with _translated(f"HEAD {key}"):
+                resp = await client.head_object(**self._args(key))
         except NoSuchKey:
             return None
+        modified = resp.get("LastModified")
+        return ObjectHead(size=int(resp.get("ContentLength", 0)), etag=resp.get("ETag", ""),
+                          metadata={k.lower(): v for k, v in resp.get("Metadata", {}).items()},
+                          last_modified=modified.timestamp() if modified else 0.0)
 
     async def get_object(self, key: str, *, if_match: str | None = None) -> tuple[bytes, str] | None:
         """A small object's bytes and ETag, or None when absent."""
-        headers = {"if-match": if_match} if if_match else {}
+        client = await self._client()
         try:
-            async with self._request("GET", key, headers=headers) as resp:
-                return await resp.read(), resp.headers.get("ETag", "")
+            async with _translated(f"GET {key}"):
+                resp = await client.get_object(**self._args(key, IfMatch=if_match))
+                async with resp["Body"] as body:
+                    return await body.read(), resp.get("ETag", "")
         except NoSuchKey:
             return None
 
-    @asynccontextmanager
-    async def open_object(self, key: str, byte_range: str | None = None) -> AsyncIterator[aiohttp.ClientResponse]:
-        """A streaming GET (NoSuchKey when absent, InvalidRange past the end)."""
-        headers = {"range": byte_range} if byte_range else {}
-        async with self._request("GET", key, headers=headers) as resp:
-            yield resp
+    async def read_object(self, key: str, byte_range: str | None = None,
+                          chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+        """A streaming GET in chunks of at most `chunk` bytes (NoSuchKey when absent,
+        InvalidRange past the end)."""
+        client = await self._client()
+        async with _translated(f"GET {key}"):
+            resp = await client.get_object(**self._args(key, Range=byte_range))
+            async with resp["Body"] as body:
+                async for data in body.iter_chunks(chunk):
+                    yield data
 
     async def delete_object(self, key: str) -> None:
+        client = await self._client()
         try:
-            async with self._request("DELETE", key):
-                pass
+            async with _translated(f"DELETE {key}"):
+                await client.delete_object(**self._args(key))
         except NoSuchKey:
             pass  # S3 answers 204 anyway; some servers say 404
 
     async def list_objects(self, prefix: str, start_after: str = "",
                            page_size: int = 1000) -> AsyncIterator[ListedObject]:
         """Every object under `prefix` in key order, strictly after `start_after`."""
+        client = await self._client()
         token = ""
         while True:
-            query = [("list-type", "2"), ("prefix", prefix), ("max-keys", str(page_size))]
+            args: dict[str, Any] = {"Bucket": self.config.bucket, "Prefix": prefix, "MaxKeys": page_size}
             if token:
-                query.append(("continuation-token", token))
+                args["ContinuationToken"] = token
             elif start_after:
-                query.append(("start-after", start_after))
-            async with self._request("GET", query=query) as resp:
-                root = await self._xml(resp, f"list {prefix}")
-            for el in root:
-                if _local(el.tag) == "Contents":
-                    yield ListedObject(key=_find(el, "Key"), size=int(_find(el, "Size") or 0),
-                                       etag=_find(el, "ETag"),
-                                       last_modified=_iso_time(_find(el, "LastModified")))
-            token = _find(root, "NextContinuationToken")
-            if _find(root, "IsTruncated") != "true" or not token:
+                args["StartAfter"] = start_after
+            async with _translated(f"list {prefix}"):
+                page = await client.list_objects_v2(**args)
+            for obj in page.get("Contents", []):
+                modified = obj.get("LastModified")
+                yield ListedObject(key=obj["Key"], size=int(obj.get("Size", 0)), etag=obj.get("ETag", ""),
+                                   last_modified=modified.timestamp() if modified else 0.0)
+            token = page.get("NextContinuationToken", "")
+            if not page.get("IsTruncated") or not token:
                 return
 
     # ---- multipart ----------------------------------------------------------------------
 
     async def create_multipart_upload(self, key: str, metadata: Mapping[str, str]) -> str:
-        headers = {META + k: v for k, v in metadata.items()}
-        headers["content-type"] = "application/octet-stream"
-        async with self._request("POST", key, query=[("uploads", "")], headers=headers) as resp:
-            return _find(await self._xml(resp, f"create upload {key}"), "UploadId")
+        client = await self._client()
+        async with _translated(f"create upload {key}"):
+            resp = await client.create_multipart_upload(**self._args(
+                key, Metadata=dict(metadata), ContentType="application/octet-stream"))
+        return resp["UploadId"]
 
-    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
-        query = [("partNumber", str(number)), ("uploadId", upload_id)]
-        async with self._request("PUT", key, query=query, body=body) as resp:
-            return resp.headers.get("ETag", "")
+    async def upload_part(self, key: str, upload_id: str, number: int, body: bytes | bytearray) -> str:
+        client = await self._client()
+        async with _translated(f"upload part {number} of {key}"):
+            resp = await client.upload_part(**self._args(key, UploadId=upload_id, PartNumber=number,
+                                                         Body=body))
+        return resp.get("ETag", "")
 
     async def upload_part_copy(self, key: str, upload_id: str, number: int, source: str,
                                source_etag: str) -> str:
         """Copy a whole object into a part, server-side, only if it still has `source_etag`."""
-        query = [("partNumber", str(number)), ("uploadId", upload_id)]
-        headers = {"x-amz-copy-source": encode_path(self.config.bucket, source),
-                   "x-amz-copy-source-if-match": source_etag}
-        async with self._request("PUT", key, query=query, headers=headers) as resp:
-            return _find(await self._xml(resp, f"copy part {source}"), "ETag")
+        client = await self._client()
+        async with _translated(f"copy part {source}"):
+            resp = await client.upload_part_copy(**self._args(
+                key, UploadId=upload_id, PartNumber=number,
+                CopySource={"Bucket": self.config.bucket, "Key": source}, CopySourceIfMatch=source_etag))
+        return resp.get("CopyPartResult", {}).get("ETag", "")
 
     async def complete_multipart_upload(self, key: str, upload_id: str, etags: Sequence[str], *,
                                         if_none_match: bool = False) -> str:
-        parts = "".join(f"<Part><PartNumber>{n}</PartNumber><ETag>{_xml_escape(e)}</ETag></Part>"
-                        for n, e in enumerate(etags, 1))
-        body = f"<CompleteMultipartUpload>{parts}</CompleteMultipartUpload>".encode()
-        headers = {"content-type": "application/xml"}
-        if if_none_match:
-            headers["if-none-match"] = "*"
-        async with self._request("POST", key, query=[("uploadId", upload_id)], headers=headers,
-                                 body=body, retry=not if_none_match) as resp:
-            return _find(await self._xml(resp, f"complete {key}"), "ETag")
+        client = await self._client(retried=not if_none_match)
+        parts = [{"PartNumber": n, "ETag": e} for n, e in enumerate(etags, 1)]
+        async with _translated(f"complete {key}"):
+            resp = await client.complete_multipart_upload(**self._args(
+                key, UploadId=upload_id, MultipartUpload={"Parts": parts},
+                IfNoneMatch="*" if if_none_match else None))
+        return resp.get("ETag", "")
 
     async def abort_multipart_upload(self, key: str, upload_id: str) -> None:
+        client = await self._client()
         try:
-            async with self._request("DELETE", key, query=[("uploadId", upload_id)]):
-                pass
+            async with _translated(f"abort {key}"):
+                await client.abort_multipart_upload(**self._args(key, UploadId=upload_id))
         except NoSuchKey:
             pass
 
     async def create_bucket(self) -> None:
         """Create the bucket (for test fixtures and first start); an existing one of ours is fine."""
-        body = b""
+        client = await self._client()
+        args: dict[str, Any] = {"Bucket": self.config.bucket}
         if self.config.region != "us-east-1":
-            body = (f"<CreateBucketConfiguration><LocationConstraint>{self.config.region}"
-                    f"</LocationConstraint></CreateBucketConfiguration>").encode()
+            args["CreateBucketConfiguration"] = {"LocationConstraint": self.config.region}
         try:
-            async with self._request("PUT", body=body):
-                pass
+            async with _translated(f"create bucket {self.config.bucket}"):
+                await client.create_bucket(**args)
         except S3Error as e:
             if e.detail_code != "BucketAlreadyOwnedByYou":
                 raise
-
-
-def _xml_escape(value: str) -> str:
-    return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace('"', "&quot;")

@@ -31,8 +31,9 @@ INGEST = "ingest/"
 INFO = "info"
 SEG = "seg/"
 # An append is cut into objects of this size: the memory one append holds (twice,
-# with one segment in flight), and 10,000 multipart parts of it bound a blob (80 GiB).
-SEGMENT_BYTES = 8 << 20
+# with one segment in flight), and 10,000 multipart parts of it bound a blob (50 GiB).
+# S3's smallest part, so that every full segment is copied server-side at commit.
+SEGMENT_BYTES = 5 << 20
 MIN_PART = 5 << 20  # S3's smallest multipart part, except the last
 MAX_PARTS = 10_000
 ASSEMBLY_CONCURRENCY = 4
@@ -150,8 +151,10 @@ class LiveSession:
         A body that breaks off keeps every byte that arrived (the client resumes from
         the size reported); a cancelled append waits for the segment in flight, so
         the session stays known, and drops what was still buffered."""
-        buf: list[bytes] = []
-        n = 0
+        # Chunks are copied once, into the segment they belong to; a full segment is
+        # handed to its write as it is. Two segments are alive at most: the one filling
+        # and the one in flight.
+        buf, n = bytearray(SEGMENT_BYTES), 0
         pending: asyncio.Task | None = None
         body_error: Exception | None = None
         try:
@@ -168,14 +171,17 @@ class LiveSession:
                     break
                 if not chunk:
                     continue
-                buf.append(chunk)
-                n += len(chunk)
-                while n >= SEGMENT_BYTES:
-                    data = b"".join(buf)
-                    buf, n = [data[SEGMENT_BYTES:]], len(data) - SEGMENT_BYTES
-                    pending = await self._next_write(area, pending, data[:SEGMENT_BYTES])
+                view = memoryview(chunk)
+                while view:
+                    take = min(len(view), SEGMENT_BYTES - n)
+                    buf[n:n + take] = view[:take]
+                    n, view = n + take, view[take:]
+                    if n == SEGMENT_BYTES:
+                        pending = await self._next_write(area, pending, buf)
+                        buf, n = bytearray(SEGMENT_BYTES), 0
             if n:
-                pending = await self._next_write(area, pending, b"".join(buf))
+                del buf[n:]
+                pending = await self._next_write(area, pending, buf)
             if pending is not None:
                 task, pending = pending, None
                 await task
@@ -186,13 +192,13 @@ class LiveSession:
             raise body_error
 
     async def _next_write(self, area: Area, pending: asyncio.Task | None,
-                          data: bytes) -> asyncio.Task:
+                          data: bytearray) -> asyncio.Task:
         if pending is not None:
             await pending
         # The previous write has landed (or raised): the next segment starts at the size.
         return asyncio.create_task(self._write_segment(area, self.size, data))
 
-    async def _write_segment(self, area: Area, offset: int, data: bytes) -> None:
+    async def _write_segment(self, area: Area, offset: int, data: bytearray) -> None:
         try:
             etag = await area.client.put_object(area.segment_key(self.id, offset), data,
                                                 if_none_match=True)

@@ -114,7 +114,7 @@ def start_weed(workdir: Path) -> WeedProcess:
         data.mkdir()
         args = [exe, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
                 f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
-                "-master.telemetry=false", "-volume.max=20", "-master.volumeSizeLimitMB=64",
+                "-master.telemetry=false", "-volume.max=100", "-master.volumeSizeLimitMB=64",
                 f"-filer.localSocket={workdir}/filer{attempt}.sock",
                 f"-s3.localSocket={workdir}/s3-{attempt}.sock",
                 *(f"-{name}={port}" for name, port in ports.items())]
