@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
+from services.runtime_agent.containers.release import release, release_exited
 from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
                                                       resolve_user)
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
@@ -199,8 +200,7 @@ class Containers:
                 await self.runtime.delete(cid)  # an earlier run's runtime state
             pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid))
         except BaseException as e:
-            with contextlib.suppress(Exception):
-                await self.network.teardown(cid)
+            await release(self.network, self.snapshots, cid)  # a failed start holds nothing either
             msg = e.message if isinstance(e, DockyardError) else f"{type(e).__name__}: {e}"
             failed = msgspec.structs.replace(c.state, status="created" if not c.state.started_at else "exited",
                                              error=msg, pid=0)
@@ -277,8 +277,9 @@ class Containers:
             code, oom, finished = st.exit_code, st.oom_killed, st.finished_at or rfc3339nano()
         except NotFound:
             code, oom, finished = 255, False, rfc3339nano()
-        with contextlib.suppress(Exception):
-            await self.network.teardown(cid)
+        # Released before the exit is recorded: a `start` (which waits for "exited") then
+        # finds nothing of the last run still mounted or wired.
+        await release(self.network, self.snapshots, cid)
         state = msgspec.structs.replace(c.state, status="exited", pid=0, exit_code=code, oom_killed=oom,
                                         finished_at=finished)
         c = msgspec.structs.replace(c, state=state, network=NetworkInfo(mode=c.network.mode))
@@ -396,6 +397,9 @@ class Containers:
                 st = None
             (running if st is not None and st.status == "running" else exited).append(c)
         await self.network.restore(keep=[c.id for c in running])
+        settled = {c.id for c in running} | {c.id for c in exited if c.state.status == "running"}
+        with contextlib.suppress(Exception):
+            await release_exited(self.snapshots, [c.id for c in self.store.all() if c.id not in settled])
         for c in running:
             self._watch(c.id, Watch())
         for c in exited:
