@@ -126,3 +126,26 @@ def container_traces(stack: Stack, cid: str) -> list[str]:
     rel = stack.env["DOCKYARD_CGROUP_PARENT"].strip("/")
     found += [f"cgroup {h.name}" for h in Path("/sys/fs/cgroup").iterdir() if (h / rel / cid).exists()]
     return found
+
+
+def kv_containers(stack: Stack) -> dict[str, int]:
+    """Live keys and stored messages (records, purge markers) of the `dockyard-containers` bucket."""
+    import asyncio
+
+    async def count() -> dict[str, int]:
+        import nats.js.errors
+        from shared import bus, subjects
+        from shared.bus import TypedKV
+        from shared.messages.agent import Container
+        nc = await bus.connect(stack.nats_url, name="soak-counts")
+        try:
+            try:
+                kv = await nc.jetstream().key_value(subjects.KV_CONTAINERS)
+            except nats.js.errors.BucketNotFoundError:
+                return {"kv_keys": 0, "kv_messages": 0}
+            info = await nc.jetstream().stream_info(f"KV_{subjects.KV_CONTAINERS}")
+            return {"kv_keys": len(await TypedKV(kv, Container).keys()), "kv_messages": info.state.messages}
+        finally:
+            await nc.drain()
+
+    return asyncio.run(count())

@@ -29,6 +29,13 @@ def _wait_exited(a, ref: str, timeout: float = 30.0) -> dict:
     return st
 
 
+def _until(cond, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.1)
+
+
 def _get(port: int, path: str = "/passwd", timeout: float = 15.0) -> bytes:
     deadline = time.monotonic() + timeout
     while True:
@@ -49,8 +56,11 @@ def _httpd(a, *extra: str) -> str:
 def test_a_stopped_container_is_released_and_start_takes_it_all_again(agent_stack):
     a = agent_stack
     before = hostcounts.host(a.stack)
+    keys = hostcounts.kv_containers(a.stack)["kv_keys"]
     cid = _httpd(a)
     assert hostcounts.container_traces(a.stack, cid)  # running: it holds all of them
+    # mirrored by the agent under its own credential (the `ps` of a gone agent)
+    _until(lambda: hostcounts.kv_containers(a.stack)["kv_keys"] == keys + 1)
     port = _inspect(a, cid)["NetworkSettings"]["Ports"][0]["host_port"]
     assert _get(port).startswith(b"root:")
     a.cli("stop", "-t", "1", cid)
@@ -67,6 +77,7 @@ def test_a_stopped_container_is_released_and_start_takes_it_all_again(agent_stac
     assert any(t.startswith("mount") for t in traces) and any(t.startswith("cgroup") for t in traces)
     a.cli("rm", "-f", cid)
     assert hostcounts.host(a.stack) == before
+    _until(lambda: hostcounts.kv_containers(a.stack)["kv_keys"] == keys)
 
 
 def test_kill_own_exit_and_oom_release_too(agent_stack):
