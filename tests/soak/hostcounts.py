@@ -62,6 +62,13 @@ def iptables_rules(stack: Stack) -> int:
     return n
 
 
+def ipam_leases(stack: Stack) -> int:
+    """Addresses the agent's IPAM holds for containers (one JSON file per bridge)."""
+    import json
+    return sum(len(json.loads(p.read_bytes()).get("allocations", {}))
+               for p in (stack.data_dir / "runtime-agent").glob("*/network/ipam-*.json"))
+
+
 def agent_paths(stack: Stack) -> set[str]:
     """Files and directories under the runtime-agent's data dir (containers, snapshots, state)."""
     root = stack.data_dir / "runtime-agent"
@@ -109,7 +116,7 @@ def process(pid: int) -> dict[str, int]:
 def host(stack: Stack) -> dict[str, int]:
     """The kernel objects and files of the stack's containers."""
     return {"mounts": mounts(stack), "netns": netns(stack), "veths": veths(stack), "cgroups": cgroups(stack),
-            "iptables": iptables_rules(stack), "agent_files": agent_files(stack)}
+            "iptables": iptables_rules(stack), "ipam_leases": ipam_leases(stack), "agent_files": agent_files(stack)}
 
 
 def container_traces(stack: Stack, cid: str) -> list[str]:

@@ -25,6 +25,7 @@ from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
 from services.runtime_agent.containers.release import release, release_exited
 from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
                                                       resolve_user)
+from services.runtime_agent.containers.locks import KeyedLocks
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
@@ -66,7 +67,7 @@ class Containers:
         self.cgroup_parent = cgroup_parent
         self.volume_roots = volume_roots  # host binds elsewhere need `any_host_path`
         self._watches: dict[str, Watch] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._removing: set[str] = set()
         self._pinned: Counter[str] = Counter()  # images a run is about to use
         self._tasks: set[asyncio.Task] = set()
@@ -415,8 +416,8 @@ class Containers:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _lock(self, cid: str) -> asyncio.Lock:
-        return self._locks.setdefault(cid, asyncio.Lock())
+    def _lock(self, cid: str):
+        return self._locks(cid)
 
     def _spawn(self, coro: Awaitable) -> asyncio.Task:
         t = asyncio.ensure_future(coro)
