@@ -22,11 +22,11 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
-from services.runtime_agent.containers.release import release, release_exited
 from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
                                                       resolve_user)
 from services.runtime_agent.containers.locks import KeyedLocks
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
+from services.runtime_agent.containers.release import release, release_exited
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
