@@ -221,6 +221,9 @@ class Authority:
         return "\n".join([
             # A CONNECT carries the user JWT, whose permission lists pass the 4 KB default.
             "max_control_line: 65536",
+            # Each closed connection is kept for monitoring, 10,000 by default, and each CLI
+            # command is one, with its JWT: over days that is the server's RSS (the soak found it).
+            "max_closed_clients: 100",
             f"operator: {op_jwt}",
             f"system_account: {_pub(self.sys)}",
             "resolver: MEMORY",

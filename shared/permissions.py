@@ -67,6 +67,11 @@ def kv_write(bucket: str) -> list[str]:
                               f"$JS.API.STREAM.UPDATE.{stream}", f"$JS.API.STREAM.PURGE.{stream}"]
 
 
+def kv_write_own(bucket: str, key_prefix: str) -> list[str]:
+    """Read the bucket, create it, and write (put, delete, purge) only keys under `key_prefix`."""
+    return kv_read(bucket) + [f"$KV.{bucket}.{key_prefix}.>", f"$JS.API.STREAM.CREATE.KV_{bucket}"]
+
+
 def _agent_verbs(*verbs: str) -> list[str]:
     return [s.agent("*", v) for v in verbs]
 
@@ -106,7 +111,9 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
         if not agent_id:
             raise ValueError("a runtime-agent's permissions name its agent id")
         return _principal(principal(kind, agent_id), serves=[s.agent(agent_id, ">"), f"{FLEET_PREFIX}.>"],
-                          calls=[s.REGISTRY_TOKEN], writes=(s.KV_AGENTS,),
+                          calls=[s.REGISTRY_TOKEN,
+                                 *kv_write_own(s.KV_CONTAINERS, agent_id)],  # lifecycle: its own records only
+                          writes=(s.KV_AGENTS,),
                           events=[f"{s.EVENT_CONTAINER}.{agent_id}.>"])
     if kind == s.GARBAGE_COLLECTOR:
         return _principal(kind, serves=["dockyard.gc.>"],
@@ -131,7 +138,7 @@ def joiner(token_id: str) -> Permissions:
 # What each role adds, verb by verb: (verb as the CLI names it, subjects it publishes).
 _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
     "reader": [
-        ("ps", _agent_verbs(VERB_PS)), ("logs", _agent_verbs(VERB_LOGS)),
+        ("ps", [*_agent_verbs(VERB_PS), *kv_read(s.KV_CONTAINERS)]), ("logs", _agent_verbs(VERB_LOGS)),
         ("inspect", _agent_verbs(VERB_INSPECT)), ("images", [s.REGISTRY_IMAGES, *_agent_verbs(VERB_IMAGES)]),
         ("agents", kv_read(s.KV_AGENTS)), ("history", [s.BUILD_HISTORY]),
         ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>"]),

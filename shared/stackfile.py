@@ -18,6 +18,7 @@ class StackInfo(msgspec.Struct, kw_only=True):
     pids: dict[str, int] = {}  # service -> pid
     nats_pid: int = 0  # the embedded nats-server; 0 when `up` joined another NATS
     up_pid: int = 0
+    agent_id: str = ""  # the runtime-agent `up` runs ("" without one): `down --containers` stops its containers
 
     def addresses(self) -> dict[str, str]:
         """The Config fields this stack decides (empty ones left out)."""

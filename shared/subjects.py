@@ -103,3 +103,4 @@ BUILDER_PRUNE = "dockyard.builder.prune"
 UPLOAD_COMMITTED = "dockyard.registry.upload.committed"
 KV_BUILD_LEASES = "dockyard-build-leases"
 EVENT_CACHE_PRUNED = "dockyard.events.builder.cache-pruned"
+KV_CONTAINERS = "dockyard-containers"  # lifecycle: each agent's container records, for `ps` of a gone agent

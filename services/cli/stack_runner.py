@@ -183,7 +183,8 @@ class StackRunner:
         stackfile.write(self.cfg.data_path, stackfile.StackInfo(
             services=self.services, nats_url=self.cfg.nats_url, registry=self.cfg.registry_addr,
             pids={n: p.pid for n, p in self.procs.items()}, up_pid=os.getpid(),
-            nats_pid=self.nats.proc.pid if self.nats and self.nats.proc else 0))
+            nats_pid=self.nats.proc.pid if self.nats and self.nats.proc else 0,
+            agent_id=self.cfg.host_id if "runtime-agent" in self.services else ""))
 
     async def _wait_jetstream(self, nc: Any) -> None:
         deadline = time.monotonic() + 10

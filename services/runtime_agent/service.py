@@ -18,6 +18,7 @@ from pathlib import Path
 from services.runtime_agent.containers.config import parse_volume_roots
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow, tail
 from services.runtime_agent.containers.manager import Containers
+from services.runtime_agent.containers.mirror import ContainerMirror
 from services.runtime_agent.containers.store import ContainerStore
 from services.runtime_agent.heartbeat import Heartbeats, capacity, cpus, open_bucket
 from services.runtime_agent.images import ImageStore, Puller
@@ -189,6 +190,7 @@ async def serve(cfg: Config) -> None:
     agent: Agent | None = None
     svc: bus.BusService | None = None
     beats: Heartbeats | None = None
+    mirror: ContainerMirror | None = None
     try:
         await network.start()
         agent = Agent(cfg, nc, agent_id, root, runtime, network)
@@ -199,6 +201,10 @@ async def serve(cfg: Config) -> None:
         beats = Heartbeats(await open_bucket(nc), agent_id, agent.heartbeat)
         await beats.start()
         agent.containers.on_change = beats.poke
+        store = agent.containers.store
+        mirror = await ContainerMirror.open(nc, agent_id, store.find)  # lifecycle: `ps` of a gone agent
+        store.on_change = mirror.mark
+        await mirror.start([c.id for c in store.all()])
         await svc.start()
         log.info("runtime-agent %s ready", agent_id)
         await asyncio.Event().wait()
@@ -209,6 +215,10 @@ async def serve(cfg: Config) -> None:
             with contextlib.suppress(Exception):
                 await beats.stop()
         idle = agent is not None and not agent.containers.list(all=True)
+        if mirror is not None:  # its records stay: they are what `ps` shows of this agent while it is gone
+            agent.containers.store.on_change = None
+            with contextlib.suppress(Exception):
+                await mirror.stop()
         if agent is not None:
             agent.containers.on_change = None
             await agent.containers.close()

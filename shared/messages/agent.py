@@ -51,7 +51,8 @@ def fleet(verb: str) -> str:
 
 NetworkMode = Literal["bridge", "none", "host"]
 RestartName = Literal["no", "on-failure", "always", "unless-stopped"]
-ContainerStatus = Literal["created", "running", "exited", "removing", "dead"]
+# "unknown": shown by `ps` for a container whose agent is gone (never sent by an agent)
+ContainerStatus = Literal["created", "running", "exited", "removing", "dead", "unknown"]
 
 
 class RestartPolicy(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):

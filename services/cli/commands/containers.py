@@ -268,8 +268,12 @@ async def ps(args, ctx) -> int:
         agents = await fleet(ctx)
         replies = await client.gather(fleet_subject(VERB_PS), want, PsReply,
                                       timeout=2.0, expect=len(agents)) if agents else []
+    found = [c for r in replies for c in r.containers]
+    if want.all and not args.host:  # lifecycle: what agents that are gone last said they held
+        from services.cli.ps_gone import containers_of_gone_agents
+        found += await containers_of_gone_agents(client, {r.host for r in replies})
     sizes = {cid: s for r in replies for cid, s in r.sizes.items()}
-    containers = sorted((c for r in replies for c in r.containers if psview.matches(c, filters)),
+    containers = sorted((c for c in found if psview.matches(c, filters)),
                         key=lambda c: c.created, reverse=True)[:last if last is not None and last > 0 else None]
     if ctx.json_output:
         ctx.print_json(containers)

@@ -24,7 +24,9 @@ import msgspec
 from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
 from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
                                                       resolve_user)
+from services.runtime_agent.containers.locks import KeyedLocks
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
+from services.runtime_agent.containers.release import release, release_exited
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
@@ -65,7 +67,7 @@ class Containers:
         self.cgroup_parent = cgroup_parent
         self.volume_roots = volume_roots  # host binds elsewhere need `any_host_path`
         self._watches: dict[str, Watch] = {}
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._locks = KeyedLocks()
         self._removing: set[str] = set()
         self._pinned: Counter[str] = Counter()  # images a run is about to use
         self._tasks: set[asyncio.Task] = set()
@@ -199,8 +201,7 @@ class Containers:
                 await self.runtime.delete(cid)  # an earlier run's runtime state
             pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid))
         except BaseException as e:
-            with contextlib.suppress(Exception):
-                await self.network.teardown(cid)
+            await release(self.network, self.snapshots, cid)  # a failed start holds nothing either
             msg = e.message if isinstance(e, DockyardError) else f"{type(e).__name__}: {e}"
             failed = msgspec.structs.replace(c.state, status="created" if not c.state.started_at else "exited",
                                              error=msg, pid=0)
@@ -277,8 +278,9 @@ class Containers:
             code, oom, finished = st.exit_code, st.oom_killed, st.finished_at or rfc3339nano()
         except NotFound:
             code, oom, finished = 255, False, rfc3339nano()
-        with contextlib.suppress(Exception):
-            await self.network.teardown(cid)
+        # Released before the exit is recorded: a `start` (which waits for "exited") then
+        # finds nothing of the last run still mounted or wired.
+        await release(self.network, self.snapshots, cid)
         state = msgspec.structs.replace(c.state, status="exited", pid=0, exit_code=code, oom_killed=oom,
                                         finished_at=finished)
         c = msgspec.structs.replace(c, state=state, network=NetworkInfo(mode=c.network.mode))
@@ -396,6 +398,9 @@ class Containers:
                 st = None
             (running if st is not None and st.status == "running" else exited).append(c)
         await self.network.restore(keep=[c.id for c in running])
+        settled = {c.id for c in running} | {c.id for c in exited if c.state.status == "running"}
+        with contextlib.suppress(Exception):
+            await release_exited(self.snapshots, [c.id for c in self.store.all() if c.id not in settled])
         for c in running:
             self._watch(c.id, Watch())
         for c in exited:
@@ -411,8 +416,8 @@ class Containers:
 
     # ---- helpers ---------------------------------------------------------------------
 
-    def _lock(self, cid: str) -> asyncio.Lock:
-        return self._locks.setdefault(cid, asyncio.Lock())
+    def _lock(self, cid: str):
+        return self._locks(cid)
 
     def _spawn(self, coro: Awaitable) -> asyncio.Task:
         t = asyncio.ensure_future(coro)

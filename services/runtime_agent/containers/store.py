@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 from services.runtime_agent.fsutil import read_record, write_record
@@ -32,6 +33,7 @@ class ContainerStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._by_id: dict[str, Container] = {}
+        self.on_change: Callable[[str], None] | None = None  # a record was saved or removed (the KV mirror)
         for d in sorted(self.root.iterdir()):
             if not _ID_RE.match(d.name):
                 continue
@@ -89,9 +91,13 @@ class ContainerStore:
     def save(self, container: Container) -> None:
         write_record(self.dir(container.id) / "record.json", container)
         self._by_id[container.id] = container
+        if self.on_change is not None:
+            self.on_change(container.id)
 
     def remove(self, cid: str) -> None:
         d = self.dir(cid)
         (d / "record.json").unlink(missing_ok=True)  # the record goes first: no half-removed container
         shutil.rmtree(d, ignore_errors=True)
         self._by_id.pop(cid, None)
+        if self.on_change is not None:
+            self.on_change(cid)
