@@ -1,0 +1,104 @@
+"""Bounded admission: beyond the limit a request waits briefly, then gets 429 with Retry-After
+(the registry's error table), over real HTTP; a request with a body waits longer."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from services.layer_store import admission as ls_gate
+from services.registry_gateway import admission as gw_gate
+from services.registry_gateway.errors import error_middleware
+from shared.admission import Admission
+from shared.errors import InvalidArgument
+
+
+async def _serve(app: web.Application):
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    return runner, f"http://127.0.0.1:{runner.addresses[0][1]}"
+
+
+def _slow_app(middlewares, release: asyncio.Event, path: str) -> web.Application:
+    async def slow(request: web.Request) -> web.Response:
+        await request.read()
+        await release.wait()
+        return web.Response(text="ok")
+    app = web.Application(middlewares=middlewares)
+    app.router.add_route("*", path, slow)
+    return app
+
+
+@pytest.mark.parametrize("plane", ["gateway", "layer-store"])
+async def test_beyond_the_limit_429_with_retry_after_then_all_succeed(plane):
+    adm = Admission(3, wait=0.2, body_wait=30, retry_after=2)
+    release = asyncio.Event()
+    if plane == "gateway":
+        app = _slow_app([gw_gate.middleware(adm), error_middleware], release, "/v2/x/manifests/t")
+    else:
+        app = _slow_app([ls_gate.middleware(adm)], release, "/v2/x/manifests/t")
+    runner, base = await _serve(app)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            async def get():
+                async with http.get(f"{base}/v2/x/manifests/t") as r:
+                    return r.status, r.headers.get("Retry-After"), await r.read()
+            async def head():
+                async with http.head(f"{base}/v2/x/manifests/t") as r:
+                    return r.status, r.headers.get("Retry-After"), b""
+            async def put():  # a body: it waits for a slot instead of being refused
+                async with http.put(f"{base}/v2/x/manifests/t", data=b"m" * 1000) as r:
+                    return r.status, r.headers.get("Retry-After"), await r.read()
+            held = [asyncio.ensure_future(get()) for _ in range(3)]
+            while adm.inflight < 3:
+                await asyncio.sleep(0.01)
+            bodies = [asyncio.ensure_future(put()) for _ in range(3)]
+            refused = await asyncio.gather(*(get() for _ in range(10)), *(head() for _ in range(5)))
+            assert all(s == 429 and ra == "2" for s, ra, _ in refused), refused
+            assert b'"TOOMANYREQUESTS"' in refused[0][2]
+            assert adm.refused == 15 and adm.waiting == 3  # the bodies still wait
+            release.set()
+            done = await asyncio.gather(*held, *bodies)
+            assert [s for s, _, _ in done] == [200] * 6
+            again = await asyncio.gather(*(get() for _ in range(10)))
+            assert [s for s, _, _ in again] == [200] * 10
+            assert adm.inflight == 0 and adm.waiting == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_layer_store_counts_only_registry_clients():
+    """The gateway's own requests (`/blobs`, `/uploads`) are bounded by the gateway's listener."""
+    adm = Admission(1, wait=0.1)
+    release = asyncio.Event()
+    app = _slow_app([ls_gate.middleware(adm)], release, "/blobs/{d}")
+    runner, base = await _serve(app)
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def get():
+                async with http.get(f"{base}/blobs/x") as r:
+                    return r.status
+            tasks = [asyncio.ensure_future(get()) for _ in range(5)]
+            await asyncio.sleep(0.3)
+            release.set()
+            assert await asyncio.gather(*tasks) == [200] * 5
+    finally:
+        await runner.cleanup()
+
+
+def test_settings_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DOCKYARD_MAX_INFLIGHT", "7")
+    monkeypatch.setenv("DOCKYARD_ADMISSION_WAIT", "0.5")
+    monkeypatch.setenv("DOCKYARD_RETRY_AFTER", "3")
+    adm = Admission.from_env()
+    assert (adm.limit, adm.wait, adm.retry_after) == (7, 0.5, 3)
+    monkeypatch.setenv("DOCKYARD_MAX_INFLIGHT", "lots")
+    with pytest.raises(InvalidArgument, match="DOCKYARD_MAX_INFLIGHT"):
+        Admission.from_env()
+    monkeypatch.setenv("DOCKYARD_MAX_INFLIGHT", "0")  # off
+    assert Admission.from_env().limit == 0
