@@ -112,7 +112,7 @@ class RegistryClient:
         for attempt in range(MAX_ATTEMPTS):
             self.stats.requests += 1
             t0 = time.monotonic()
-            async with self.http.get(url, headers={"Authorization": aiohttp.BasicAuth(*self.creds).encode()}) as r:
+            async with self.http.get(url, headers={"Authorization": aiohttp.encode_basic_auth(*self.creds)}) as r:
                 self.stats.statuses[r.status] += 1
                 body = await r.read()
                 if r.status in (429, 503) and self.respect_retry_after:
