@@ -20,13 +20,16 @@ Settings (per service, each listener its own limit):
     DOCKYARD_MAX_INFLIGHT       requests handled at once (default 256; 0 turns it off)
     DOCKYARD_ADMISSION_WAIT     seconds a request may wait for a slot (default 2)
     DOCKYARD_ADMISSION_BODY_WAIT  the same for a request with a body (default 60)
-    DOCKYARD_RETRY_AFTER        seconds the refusal tells the client to wait (default 1)
+    DOCKYARD_RETRY_AFTER        the least Retry-After of a refusal, seconds (default 1); under
+                                a longer overload it grows with it (`retry_after_now`)
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
+import time
 from aiohttp import web
 
 from shared.errors import InvalidArgument, Unavailable
@@ -37,6 +40,7 @@ DEFAULT_MAX_INFLIGHT = 256
 DEFAULT_WAIT = 2.0
 DEFAULT_BODY_WAIT = 60.0
 DEFAULT_RETRY_AFTER = 1
+MAX_RETRY_AFTER = 30
 
 
 def _number(name: str, default: float, cast: type) -> float:
@@ -65,6 +69,10 @@ class Admission:
         self.inflight = 0
         self.waiting = 0
         self.refused = 0  # since start: what an operator reads to size the limit
+        # admitted and refused in the current and the previous second (the Retry-After estimate)
+        self._second = 0
+        self._now = [0, 0]
+        self._prev = [0, 0]
 
     @classmethod
     def from_env(cls) -> "Admission":
@@ -73,9 +81,27 @@ class Admission:
                    body_wait=_number("ADMISSION_BODY_WAIT", DEFAULT_BODY_WAIT, float),
                    retry_after=int(_number("RETRY_AFTER", DEFAULT_RETRY_AFTER, int)))
 
+    def _count(self, refused: bool) -> None:
+        second = int(time.monotonic())
+        if second != self._second:
+            self._prev = self._now if second == self._second + 1 else [0, 0]
+            self._now = [0, 0]
+            self._second = second
+        self._now[refused] += 1
+
+    def retry_after_now(self) -> int:
+        """Seconds in which the requests refused lately can be served at the rate requests
+        were admitted lately (at least the configured Retry-After, at most MAX_RETRY_AFTER):
+        clients that wait as long as told then come back spread over that time instead of
+        all at once, so a client that retries a few times only (skopeo: 5) gets through."""
+        admitted, refused = self._prev[0] + self._now[0], self._prev[1] + self._now[1] + self.waiting
+        estimate = math.ceil(refused / max(admitted, 1))
+        return max(self.retry_after, min(MAX_RETRY_AFTER, estimate))
+
     def too_many(self) -> Unavailable:
-        return Unavailable(f"too many requests in flight (limit {self.limit}): retry in {self.retry_after} s",
-                           detail_code=TOO_MANY_REQUESTS, detail={"retry_after": self.retry_after})
+        wait = self.retry_after_now()
+        return Unavailable(f"too many requests in flight (limit {self.limit}): retry in {wait} s",
+                           detail_code=TOO_MANY_REQUESTS, detail={"retry_after": wait})
 
     async def acquire(self, *, body: bool = False) -> None:
         """Take a slot, or raise `too_many()` once `wait` (`body_wait` for a request with a
@@ -87,19 +113,23 @@ class Admission:
             try:
                 await asyncio.wait_for(self._slots.acquire(), self.body_wait if body else self.wait)
             except TimeoutError:
-                self.refused += 1
-                raise self.too_many() from None
+                raise self._refuse() from None
             finally:
                 self.waiting -= 1
         else:
             await self._slots.acquire()
+        self._count(False)
         self.inflight += 1
+
+    def _refuse(self) -> Unavailable:
+        self.refused += 1
+        self._count(True)
+        return self.too_many()
 
     def release(self) -> None:
         if self._slots is not None:
             self.inflight -= 1
             self._slots.release()
-
 
 
 def refuse_unread_body(request: web.Request, resp: web.StreamResponse) -> web.StreamResponse:

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections import Counter
 from pathlib import Path
 
@@ -22,7 +23,8 @@ import pytest
 from bench.loadgen import LoadConfig, run_load, verify_all
 from bench.loadgen.client import RegistryClient
 from bench.loadgen.stats import Stats
-from tests.e2e.conftest import start_stack, stop_stack
+from tests.e2e.conftest import skopeo, start_stack, stop_stack
+from tests.support.images import oci_layout, skopeo_env
 
 pytestmark = pytest.mark.e2e
 
@@ -118,3 +120,30 @@ def test_overload_clients_that_respect_retry_after_complete(tight_stack):
     assert s.throttled > 0 and s.retry_after_missing == 0, s.report("flood")
     assert set(s.statuses) <= {200, 201, 202, 204, 307, 401, 404, 429, 503}, s.statuses
     assert asyncio.run(verify_all(cfg, result.images)) == []
+
+
+def test_overload_skopeo_push_completes(tight_stack, tmp_path):
+    """skopeo retries a refused request (one without a body) a few times, as long as
+    Retry-After says: during a flood of 60 clients it still completes its push."""
+    cfg = LoadConfig(base_url=tight_stack.registry_url, creds=_creds(tight_stack), clients=60, duration=8,
+                     min_layer_mb=0.1, max_layer_mb=1, shared_layers=3, prefix="skflood")
+    layout = tmp_path / "layout"
+    oci_layout(layout, [os.urandom(300_000), os.urandom(200_000)])
+    ref = f"docker://{tight_stack.registry_addr}/skflood/skopeo:latest"
+    creds = ":".join(_creds(tight_stack))
+
+    async def flood_and_skopeo() -> tuple:
+        load = asyncio.ensure_future(run_load(cfg))
+        await asyncio.sleep(1)  # the flood is on
+        p = await asyncio.create_subprocess_exec(
+            "skopeo", "copy", "-q", "--dest-tls-verify=false", "--dest-creds", creds, f"oci:{layout}:latest", ref,
+            env=skopeo_env(tmp_path / "home"), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+        _, err = await asyncio.wait_for(p.communicate(), 240)
+        return await load, p.returncode, err.decode()
+
+    result, code, err = asyncio.run(flood_and_skopeo())
+    assert code == 0, err
+    assert result.stats.errors == [], result.stats.report("flood")
+    assert result.stats.throttled > 0, result.stats.report("flood")
+    got = skopeo("inspect", "--tls-verify=false", "--creds", creds, ref)
+    assert '"Digest"' in got.stdout
