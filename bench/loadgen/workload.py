@@ -235,15 +235,17 @@ def session(cfg: LoadConfig, clients: int) -> aiohttp.ClientSession:
                                  auto_decompress=False)
 
 
-async def run_load(cfg: LoadConfig) -> LoadResult:
-    """Run `cfg.clients` clients for `cfg.duration` seconds; every image pushed is in the result."""
+async def run_load(cfg: LoadConfig, images: list[Image] = ()) -> LoadResult:
+    """Run `cfg.clients` clients for `cfg.duration` seconds; every image pushed is in the result.
+    `images`: ones already in the registry, to pull and look at from the start."""
     w = Workload(cfg)
+    w.images.extend(images)
     async with session(cfg, cfg.clients) as http:
         deadline = time.monotonic() + cfg.duration
         w.stats.started = time.monotonic()
         await asyncio.gather(*(w.client(n, http, deadline) for n in range(cfg.clients)))
         w.stats.finished = time.monotonic()
-    return LoadResult(w.stats, list(w.images))
+    return LoadResult(w.stats, w.images[len(images):])
 
 
 async def verify_all(cfg: LoadConfig, images: list[Image], *, concurrency: int = 8) -> list[str]:
