@@ -126,6 +126,22 @@ class Admission:
         self._count(True)
         return self.too_many()
 
+    async def enter(self, request: web.Request) -> None:
+        """`acquire` for a request; while a body waits, its connection is not read (the
+        bytes stay in the kernel's socket buffer, not in this process), so waiting uploads
+        cost no memory here beyond what arrived with their headers."""
+        body = request.body_exists
+        transport = request.transport
+        paused = body and transport is not None and self._slots is not None and self._slots.locked()
+        if paused:
+            transport.pause_reading()
+        try:
+            await self.acquire(body=body)
+        finally:
+            # unless aiohttp's own flow control holds it (a full read buffer): it resumes it then
+            if paused and not transport.is_closing() and not getattr(request.protocol, "_reading_paused", False):
+                transport.resume_reading()
+
     def release(self) -> None:
         if self._slots is not None:
             self.inflight -= 1

@@ -118,3 +118,48 @@ def test_settings_from_the_environment(monkeypatch):
         Admission.from_env()
     monkeypatch.setenv("DOCKYARD_MAX_INFLIGHT", "0")  # off
     assert Admission.from_env().limit == 0
+
+
+async def test_a_waiting_body_is_left_in_the_socket():
+    """While an upload waits for a slot its connection is not read: with a 16 MiB read
+    buffer aiohttp alone would take ~32 MiB of it into the process; here only what the
+    kernel's socket buffers hold has left the client."""
+    adm = Admission(1, wait=0.1, body_wait=30)
+    release = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.Response:
+        n = 0
+        async for chunk in request.content.iter_any():
+            n += len(chunk)
+        await release.wait()
+        return web.Response(text=str(n))
+    app = web.Application(middlewares=[gw_gate.middleware(adm), error_middleware],
+                          handler_args={"read_bufsize": 16 << 20})
+    app.router.add_route("*", "/v2/x/blobs/uploads/u", slow)
+    runner, base = await _serve(app)
+    sent = 0
+    total = 64 << 20
+
+    async def body():
+        nonlocal sent
+        piece = b"b" * (1 << 20)
+        while sent < total:
+            sent += len(piece)
+            yield piece
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
+            held = asyncio.ensure_future(http.put(f"{base}/v2/x/blobs/uploads/u", data=b"x"))
+            while adm.inflight < 1:
+                await asyncio.sleep(0.01)
+            upload = asyncio.ensure_future(http.patch(f"{base}/v2/x/blobs/uploads/u", data=body()))
+            while adm.waiting < 1:
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(1.0)
+            assert sent < 24 << 20, sent
+            release.set()
+            (await held).close()
+            r = await upload
+            assert r.status == 200 and await r.text() == str(total)
+            r.close()
+    finally:
+        await runner.cleanup()
