@@ -32,7 +32,7 @@ def middleware(admission: Admission):
         if not request.path.startswith("/v2/"):
             return await handler(request)
         try:
-            await admission.acquire(body=request.body_exists)
+            await admission.enter(request)
         except Unavailable as e:
             return refuse_unread_body(request, too_many_response(e, head=request.method == "HEAD"))
         try:

@@ -18,7 +18,7 @@ def middleware(admission: Admission):
     @web.middleware
     async def admit(request: web.Request, handler):
         try:
-            await admission.acquire(body=request.body_exists)
+            await admission.enter(request)
         except Unavailable as e:
             return refuse_unread_body(request, error_response(e, head=request.method == "HEAD"))
         try:
