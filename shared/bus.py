@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -420,16 +421,18 @@ class TypedKV:
         return sorted(keys)
 
     async def items(self, prefix: str = "") -> list[tuple[str, Any, int]]:
-        out = []
-        for k in await self.keys(prefix):
-            got = await self.get(k)
-            if got is not None:
-                out.append((k, got[0], got[1]))
-        return out
+        keys = await self.keys(prefix)
+        gate = asyncio.Semaphore(_GET_EACH_MAX)  # read together, not one round trip after another
 
-    async def mutate(self, key: str, fn: Callable[[Any | None], Any], *, retries: int = 20) -> Any:
+        async def one(k: str):
+            async with gate:
+                return await self.get(k)
+        got = await asyncio.gather(*(one(k) for k in keys))
+        return [(k, g[0], g[1]) for k, g in zip(keys, got) if g is not None]
+
+    async def mutate(self, key: str, fn: Callable[[Any | None], Any], *, retries: int = 40) -> Any:
         """Read-modify-write with CAS, retried on conflict; `fn(None)` creates."""
-        for _ in range(retries):
+        for attempt in range(retries):
             got = await self.get(key)
             new = fn(got[0] if got else None)
             try:
@@ -439,5 +442,7 @@ class TypedKV:
                     await self.update(key, new, last=got[1])
                 return new
             except (Conflict, AlreadyExists):
-                await asyncio.sleep(0.005)
+                # Jittered and growing: writers that lost together must not retry together (a
+                # fixed 5 ms made 60 tags of one manifest at once fail after 20 rounds).
+                await asyncio.sleep(random.uniform(0, min(0.1, 0.005 * 2 ** attempt)))
         raise Conflict(f"{key}: too many concurrent updates")

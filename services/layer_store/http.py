@@ -26,12 +26,13 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from services.layer_store import oci_uploads
+from services.layer_store import admission as gate, oci_uploads
 from services.layer_store.plane import (COMMIT_HOOK, DIGEST_HEADER, DRIVER, ON_COMMIT, READ_BUFSIZE, SIGNER,
                                         CommitHook, OnCommit, announce_commit, body_chunks, digest_param)
 from services.layer_store.ranges import parse_content_range, parse_range, range_header
 from services.layer_store.storage.base import StorageDriver
 from shared import codec
+from shared.admission import Admission
 from shared.dataplane_sign import UPLOAD, DataplaneSigner
 from shared.errors import DockyardError, Internal, InvalidArgument, PermissionDenied
 from shared.layer_store_client import UPLOAD_OFFSET_HEADER, RangeNotSatisfiable
@@ -201,10 +202,12 @@ async def _close_driver(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(driver: StorageDriver, signer: DataplaneSigner, *, on_commit: OnCommit | None = None,
-               commit_hook: CommitHook | None = None) -> web.Application:
+               commit_hook: CommitHook | None = None, admission: Admission | None = None) -> web.Application:
     """The data-plane app; it owns `driver` and closes it on cleanup. Without a
-    `commit_hook` (no bus), OCI upload sessions cannot be committed here."""
-    app = web.Application(middlewares=[signature_middleware, errors_middleware])
+    `commit_hook` (no bus), OCI upload sessions cannot be committed here. `admission`
+    bounds registry clients' requests in flight (default: from DOCKYARD_MAX_INFLIGHT)."""
+    admission = admission or Admission.from_env()
+    app = web.Application(middlewares=[signature_middleware, gate.middleware(admission), errors_middleware])
     app[DRIVER] = driver
     app[SIGNER] = signer
     app[ON_COMMIT] = on_commit

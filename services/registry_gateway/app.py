@@ -9,14 +9,15 @@ from aiohttp import web
 from nats.aio.client import Client as NATS
 
 from shared import codec, subjects
+from shared.admission import Admission
 from shared.dataplane_sign import DataplaneSigner
 from shared.layer_store_client import LayerStoreClient
 from shared.registry_meta import RegistryMeta
-from services.registry_gateway import accesslog, blobs, httputil, manifests, ui
+from services.registry_gateway import accesslog, admission as gate, blobs, httputil, manifests, ui
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
 from services.registry_gateway.core import Registry
 from services.registry_gateway.errors import error_middleware
-from services.registry_gateway.keys import (AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER,
+from services.registry_gateway.keys import (ADMISSION, AUTHORIZER, BLOB_REDIRECT, DIRECT_UPLOAD, REGISTRY, SIGNER,
                                             UPLOAD_HOOK)
 
 # Big reads off the socket: blob bodies are copied to the layer-store in as few steps as can be.
@@ -42,12 +43,16 @@ async def catalog(request: web.Request) -> web.Response:
 def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
                extra_routes: Iterable[web.AbstractRouteDef] = (), blob_redirect: str = "off",
                direct_upload: str = "off", upload_hook: str = subjects.UPLOAD_COMMITTED,
-               meta_suffix: str = "", layer_store_url: str | None = None) -> web.Application:
+               meta_suffix: str = "", layer_store_url: str | None = None,
+               admission: Admission | None = None) -> web.Application:
     """The gateway app over one NATS connection; it opens its metadata and layer-store client
     on start-up and closes them on clean-up. `extra_routes` carries the token endpoint;
     `signer` holds the data-plane key the layer-store checks.
-    Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`)."""
-    app = web.Application(middlewares=[*accesslog.middlewares(), error_middleware], client_max_size=1 << 20,
+    Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`).
+    `admission` bounds the requests in flight (default: from DOCKYARD_MAX_INFLIGHT and co)."""
+    admission = admission or Admission.from_env()
+    app = web.Application(middlewares=[*accesslog.middlewares(), gate.middleware(admission), error_middleware],
+                          client_max_size=1 << 20,
                           handler_args={"read_bufsize": READ_BUFSIZE})
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -63,6 +68,7 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
 
     app.cleanup_ctx.append(resources)
     app[AUTHORIZER] = authorizer
+    app[ADMISSION] = admission
     app[SIGNER] = signer
     app[BLOB_REDIRECT] = blob_redirect
     app[DIRECT_UPLOAD] = direct_upload

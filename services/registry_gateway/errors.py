@@ -10,7 +10,7 @@ import logging
 
 from aiohttp import web
 
-from shared import codec
+from shared import admission, codec
 from shared.errors import (AlreadyExists, Conflict, DockyardError, Internal, InvalidArgument,
                            NotFound, PermissionDenied, Unauthenticated, Unavailable)
 
@@ -20,7 +20,7 @@ log = logging.getLogger("dockyard.registry")
 MANIFEST_TOO_LARGE = "MANIFEST_TOO_LARGE"
 RANGE_INVALID = "RANGE_INVALID"
 PAGINATION_NUMBER_INVALID = "PAGINATION_NUMBER_INVALID"
-TOO_MANY_REQUESTS = "TOOMANYREQUESTS"
+TOO_MANY_REQUESTS = admission.TOO_MANY_REQUESTS  # 429, with Retry-After (detail "retry_after")
 
 # Keys of an error's `detail` dict that become response headers; `oci_detail`, if present,
 # is the body's `detail` as it stands (distribution's list of access records, say).

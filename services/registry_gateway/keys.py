@@ -6,6 +6,7 @@ from aiohttp import web
 
 from services.registry_gateway.authz import Authorizer
 from services.registry_gateway.core import Registry
+from shared.admission import Admission
 from shared.dataplane_sign import DataplaneSigner
 
 REGISTRY = web.AppKey("registry", Registry)
@@ -22,3 +23,5 @@ BLOB_REDIRECT = web.AppKey("blob_redirect", str)
 DIRECT_UPLOAD = web.AppKey("direct_upload", str)
 # The bus subject the layer-store asks when a direct upload is committed.
 UPLOAD_HOOK = web.AppKey("upload_hook", str)
+# The listener's bound on requests in flight (shared.admission).
+ADMISSION = web.AppKey("admission", Admission)

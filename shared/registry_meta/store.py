@@ -102,7 +102,9 @@ class RegistryMeta:
         return got[0].digest if got else None
 
     async def list_tags(self, repo: str, *, last: str = "", n: int | None = None) -> list[str]:
-        return _page(list(await self.tags(repo)), last, n)
+        # The keys alone: reading each tag's record too made a tag list of a busy repository
+        # (50 tags) take ~1 s at p50 under load, 4x distribution's.
+        return _page([kv_key_parts(k)[1] for k in await self._tags.keys(kv_key(repo) + ".")], last, n)
 
     async def tags(self, repo: str) -> dict[str, Digest]:
         """Every tag of `repo` and the digest it points at."""

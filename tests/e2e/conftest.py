@@ -108,14 +108,16 @@ def isolation_env(n: int) -> dict[str, str]:
             "DOCKYARD_SUBNET": f"10.{160 + slot // 256}.{slot % 256}.0/24"}
 
 
-def start_stack(data_dir: Path, *, only: list[str] | None = None, timeout: float = 90) -> Stack:
+def start_stack(data_dir: Path, *, only: list[str] | None = None, timeout: float = 90,
+                extra_env: dict[str, str] | None = None) -> Stack:
     """`dockyard up` with every port chosen by the kernel (0), read back from stack.json.
 
     The CLI of the stack gets only its data dir and finds NATS and the registry from there,
-    as a user's would; its contexts file is private to the stack."""
+    as a user's would; its contexts file is private to the stack. `extra_env`: settings of
+    this stack's services (DOCKYARD_...)."""
     own = isolation_env(next(_stacks_started))
     _seed_authority(data_dir)
-    env = {**own, **os.environ, "DOCKYARD_DATA_DIR": str(data_dir),
+    env = {**own, **os.environ, **(extra_env or {}), "DOCKYARD_DATA_DIR": str(data_dir),
            "DOCKER_CONFIG": str(data_dir / "docker-config"), "XDG_CONFIG_HOME": str(data_dir / "config"),
            "PYTHONUNBUFFERED": "1"}
     for k in ("DOCKYARD_NATS_URL", "DOCKYARD_REGISTRY_ADDR", "DOCKYARD_CONTEXT", "DOCKYARD_CREDS"):

@@ -69,6 +69,7 @@ class AuthStore:
         # sha256(user, password, stored hash) -> expiry. Keyed by the stored hash too, so a
         # password change or a removed user takes effect on the next request.
         self._verified: OrderedDict[bytes, float] = OrderedDict()
+        self._checking: dict[bytes, asyncio.Future[bool]] = {}  # the same key: one bcrypt at a time
 
     @classmethod
     async def open(cls, nc: NATS, *, users_bucket: str = subjects.KV_USERS, acl_bucket: str = subjects.KV_ACL,
@@ -138,8 +139,15 @@ class AuthStore:
         pw = password.encode()
         if not pw or len(pw) > MAX_PASSWORD_BYTES:
             return False
-        # bcrypt is slow on purpose: off the event loop.
-        ok = await asyncio.to_thread(bcrypt.checkpw, pw, rec.password_hash.encode())
+        # bcrypt is slow on purpose: off the event loop, and once for concurrent checks of the
+        # same password (fifty clients logging in at once cost one check, not fifty in a row
+        # on the executor's few threads: seconds of waiting, measured under load).
+        pending = self._checking.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(asyncio.to_thread(bcrypt.checkpw, pw, rec.password_hash.encode()))
+            self._checking[key] = pending
+            pending.add_done_callback(lambda _f: self._checking.pop(key, None))
+        ok = await asyncio.shield(pending)
         if ok:
             self._verified[key] = now + self._verify_ttl
             self._verified.move_to_end(key)

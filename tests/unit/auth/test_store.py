@@ -54,6 +54,29 @@ async def test_users_bcrypt_and_password_change(auth):
         await store.add_user("carol", "x" * 73)
 
 
+async def test_concurrent_logins_cost_one_bcrypt(auth, monkeypatch):
+    """Found under load: fifty clients logging in at once queued fifty bcrypt checks on the
+    executor's few threads (token p99 ~7 s). The same check in flight is shared."""
+    import asyncio
+
+    import bcrypt
+    from services.registry_gateway.auth import store as store_mod
+    calls = []
+    real = bcrypt.checkpw
+
+    def counting(pw, hashed):
+        calls.append(pw)
+        return real(pw, hashed)
+    monkeypatch.setattr(store_mod.bcrypt, "checkpw", counting)
+    store = auth.store
+    await store.add_user("erin", "pw-erin")
+    assert all(await asyncio.gather(*(store.verify_password("erin", "pw-erin") for _ in range(20))))
+    assert calls == [b"pw-erin"]
+    assert not any(await asyncio.gather(*(store.verify_password("erin", "nope") for _ in range(20))))
+    assert calls == [b"pw-erin", b"nope"]
+    assert not store._checking  # nothing left pending
+
+
 async def test_remove_user_drops_grants(auth):
     store = auth.store
     await store.add_user("dave", "pw")

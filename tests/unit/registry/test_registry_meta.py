@@ -45,6 +45,22 @@ async def test_tags_pages_and_moves(meta):
     assert await meta.list_repositories(last="a/b") == ["a/b/c"]
 
 
+async def test_many_tags_list_from_keys_alone(meta):
+    """More tags than are read one by one (the KV's watch path), some deleted: a tag list
+    names the live ones only, in order, paged; `tags()` reads their digests together.
+    The 60 tags are put at once: each bumps the one manifest's link by CAS, and every
+    one of them lands (with a fixed retry interval the last ones failed with Conflict)."""
+    await meta.put_manifest(link("many", D1))
+    names = [f"t{i:03d}" for i in range(60)]
+    await asyncio.gather(*(meta.tag_manifest("many", t, D1) for t in names))
+    for t in names[::3]:
+        await meta.delete_tag("many", t)
+    live = [t for i, t in enumerate(names) if i % 3]
+    assert await meta.list_tags("many") == live
+    assert await meta.list_tags("many", last=live[10], n=5) == live[11:16]
+    assert await meta.tags("many") == {t: D1 for t in live}
+
+
 async def test_tag_requires_the_manifest(meta):
     with pytest.raises(NotFound):
         await meta.tag_manifest("r", "t", D1)
