@@ -17,4 +17,7 @@ MODULES = {
     "kill": "containers",
     "gc": "gc", "fleet": "fleet",
     "create": "create",  # runflags
+    # verbs: the everyday verbs of issue 11
+    "wait": "verbs", "restart": "verbs", "rename": "verbs", "port": "verbs", "pause": "verbs",
+    "unpause": "verbs", "update": "verbs", "top": "verbs", "stats": "verbs", "events": "events",
 }
