@@ -177,20 +177,24 @@ class PathStat(msgspec.Struct, kw_only=True, frozen=True):
 
 class CopyFromReply(msgspec.Struct, kw_only=True):
     stat: PathStat
+    sent: int = 0  # bytes of the tar stream
 
 
 class CopyToRequest(msgspec.Struct, kw_only=True):
-    """`cp - CONTAINER:PATH`: the agent answers with an inbox to send the tar's Chunks to."""
+    """`cp SRC CONTAINER:PATH`: the agent asks `stream_inbox` for the tar's chunks (ChunkWant).
+
+    PATH an existing directory: the archive goes into it. Otherwise its parent must be one,
+    and the archive's top entry `src_base` is renamed to PATH's last name (docker's rule)."""
 
     container: str
-    path: str  # an existing directory inside the container
+    path: str
+    src_base: str = ""
     copy_uid_gid: bool = False  # -a: keep the archive's owners (else root)
-    no_overwrite_dir_non_dir: bool = True
+    stream_inbox: str = ""
 
 
 class CopyToReply(msgspec.Struct, kw_only=True):
-    inbox: str  # send Chunks here as requests; each is acked when written
-    window: int = 8  # chunks that may be in flight unacknowledged
+    written: int = 0  # bytes of regular files
 
 
 class Chunk(msgspec.Struct, kw_only=True):
@@ -202,6 +206,12 @@ class Chunk(msgspec.Struct, kw_only=True):
     error: str = ""
 
 
+class ChunkWant(msgspec.Struct, kw_only=True):
+    """`cp` into a container: the agent asks the requester for chunk `seq` (answered with a Chunk)."""
+
+    seq: int
+
+
 class ChunkAck(msgspec.Struct, kw_only=True):
     seq: int
     error: str = ""
@@ -211,6 +221,10 @@ class ChunkAck(msgspec.Struct, kw_only=True):
 class ExportRequest(msgspec.Struct, kw_only=True):
     container: str
     stream_inbox: str = ""
+
+
+class ExportReply(msgspec.Struct, kw_only=True):
+    sent: int = 0  # bytes of the tar stream
 
 
 class CommitRequest(msgspec.Struct, kw_only=True):

@@ -20,4 +20,5 @@ MODULES = {
     # verbs: the everyday verbs of issue 11
     "wait": "verbs", "restart": "verbs", "rename": "verbs", "port": "verbs", "pause": "verbs",
     "unpause": "verbs", "update": "verbs", "top": "verbs", "stats": "verbs", "events": "events",
+    "diff": "verbs", "cp": "copy", "export": "copy", "commit": "copy",
 }

@@ -191,6 +191,10 @@ def register_inspecting(sub: Any) -> None:
     p.add_argument("containers", nargs="*")
     p.set_defaults(func=stats)
 
+    p = sub.add_parser("diff", help="files changed in a container against its image (A, C, D)")
+    p.add_argument("container")
+    p.set_defaults(func=diff)
+
 
 async def top(args, ctx) -> int:
     from shared import subjects
@@ -295,3 +299,18 @@ async def stats(args, ctx) -> int:
         await asyncio.sleep(1.0)
         if not args.containers:
             targets = await _targets(args, ctx)
+
+
+async def diff(args, ctx) -> int:
+    from shared import subjects
+    from shared.messages.agent import ContainerRef
+    from shared.messages.verbs import VERB_DIFF, DiffReply
+    host, c = await locate(ctx, args.container)
+    client = await ctx.bus()
+    r = await client.request(subjects.agent(host, VERB_DIFF), ContainerRef(container=c.id), DiffReply, timeout=120)
+    if ctx.json_output:
+        ctx.print_json([{"Kind": {"C": 0, "A": 1, "D": 2}[ch.kind],  # docker's API codes
+                         "Path": ch.path} for ch in r.changes])
+        return 0
+    sys.stdout.write("".join(f"{ch.kind} {ch.path}\n" for ch in r.changes))
+    return 0

@@ -7,9 +7,10 @@ module does one verb group: lifecycle (wait, restart, rename, pause, update), in
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from services.runtime_agent.verbs import inspect, lifecycle
+from services.runtime_agent.verbs import files, inspect, lifecycle
 from services.runtime_agent.verbs.events import EventLog
 from shared import subjects
 from shared.messages import verbs as v
@@ -32,6 +33,9 @@ class Verbs:
             (v.VERB_UNPAUSE, ContainerRef, self.unpause), (v.VERB_UPDATE, v.UpdateRequest, self.update),
             (v.VERB_EVENTS, v.EventsRequest, self.kept_events),
             (v.VERB_TOP, v.TopRequest, self.top), (v.VERB_STATS, v.StatsRequest, self.stats),
+            (v.VERB_DIFF, ContainerRef, self.diff), (v.VERB_CP_FROM, v.CopyFromRequest, self.cp_from),
+            (v.VERB_CP_TO, v.CopyToRequest, self.cp_to), (v.VERB_EXPORT, v.ExportRequest, self.export),
+            (v.VERB_COMMIT, v.CommitRequest, self.commit),
         ]
         for verb, typ, handler in verbs:
             svc.endpoint(subjects.agent(aid, verb), typ, handler, queue=queue)
@@ -62,6 +66,28 @@ class Verbs:
     async def stats(self, req: v.StatsRequest) -> v.StatsReply:
         pre, cur = await self.sampler.two(self.cs.inspect(req.container))
         return v.StatsReply(stats=cur, pre=pre)
+
+    async def diff(self, req: ContainerRef) -> v.DiffReply:
+        c = self.cs.inspect(req.container)
+        return v.DiffReply(changes=await asyncio.to_thread(files.changes, self.cs, c))
+
+    async def cp_from(self, req: v.CopyFromRequest) -> v.CopyFromReply:
+        info, sent = await files.copy_from(self.cs, self.agent.nc, self.cs.inspect(req.container), req.path,
+                                           req.follow_link, req.stream_inbox)
+        return v.CopyFromReply(stat=info, sent=sent)
+
+    async def cp_to(self, req: v.CopyToRequest) -> v.CopyToReply:
+        written = await files.copy_to(self.cs, self.agent.nc, self.cs.inspect(req.container), req.path,
+                                      req.src_base, req.copy_uid_gid, req.stream_inbox)
+        return v.CopyToReply(written=written)
+
+    async def export(self, req: v.ExportRequest) -> v.ExportReply:
+        return v.ExportReply(sent=await files.export(self.cs, self.agent.nc, self.cs.inspect(req.container),
+                                                     req.stream_inbox))
+
+    async def commit(self, req: v.CommitRequest) -> v.CommitReply:
+        from services.runtime_agent.verbs.commit import commit
+        return await commit(self.cs, self.agent.puller, self.cs.inspect(req.container), req)
 
     async def kept_events(self, req: v.EventsRequest) -> v.EventsReply:
         return v.EventsReply(host=self.agent.id, events=self.events.between(req.since, req.until))
