@@ -112,7 +112,7 @@ class Stats(msgspec.Struct, kw_only=True, frozen=True):
 
 
 class StatsReply(msgspec.Struct, kw_only=True):
-    """The sample now and one before it (kept from the last request, or taken 0.1 s earlier)."""
+    """The sample now and one before it (kept from the last request, else one at the start)."""
 
     stats: Stats
     pre: Stats | None = None

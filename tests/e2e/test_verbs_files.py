@@ -170,3 +170,75 @@ def test_diff_and_export_against_the_image(fleet, tmp_path):
         assert "bin/ls" not in names
         assert tf.extractfile("etc/passwd").read().endswith(b"extra\n")
     fleet.cli("rm", "changed")
+
+
+def test_commit_makes_an_image_that_runs_on_another_agent(fleet):
+    import json
+    import urllib.request
+    placed, other = fleet.agents[1].id, fleet.agents[0].id
+    fleet.cli("run", "-d", "--name", "tocommit", "--host", placed, "--network", "none", "busybox", "sh", "-c",
+              "echo committed-bytes > /hello && rm /bin/ls && sleep 600")
+    deadline = time.monotonic() + 20
+    while _cli_bytes(fleet, "cp", "tocommit:/hello", "-", check=False).returncode != 0:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    digest = fleet.cli("commit", "-m", "a message", "-a", "tester", "-c", 'CMD ["cat", "/hello"]',
+                       "-c", "ENV FLAVOUR=mint", "-c", "LABEL tier=web", "tocommit", "committed:v1").stdout.strip()
+    assert digest.startswith("sha256:") and len(digest) == 71
+    assert fleet.inspect("tocommit")["State"]["Status"] == "running"  # frozen only while it was written
+
+    def get(path: str, accept: str = "application/vnd.oci.image.manifest.v1+json") -> bytes:
+        req = urllib.request.Request(f"http://{fleet.registry}/v2/library/committed/{path}", headers={"Accept": accept})
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.read()
+
+    manifest = json.loads(get("manifests/v1"))
+    assert hashlib.sha256(get("manifests/v1")).hexdigest() == digest.split(":")[1]
+    config = json.loads(get(f"blobs/{manifest['config']['digest']}"))
+    assert len(manifest["layers"]) == len(config["rootfs"]["diff_ids"]) == 2  # busybox's + the container's
+    assert config["config"]["Cmd"] == ["cat", "/hello"] and "FLAVOUR=mint" in config["config"]["Env"]
+    assert config["config"]["Labels"] == {"tier": "web"} and config["author"] == "tester"
+    assert config["history"][-1]["comment"] == "a message"
+
+    p = fleet.cli("run", "--rm", "--host", other, "--network", "none", "committed:v1")
+    assert p.stdout == "committed-bytes\n"
+    p = fleet.cli("run", "--rm", "--host", other, "--network", "none", "committed:v1", "ls", check=False)
+    assert p.returncode != 0  # the deletion is in the image too (a whiteout)
+    p = fleet.cli("commit", "-c", "RUN rm -rf /", "tocommit", "committed:v2", check=False)
+    assert p.returncode != 0 and "RUN is not one of" in p.stderr
+    fleet.cli("rm", "-f", "tocommit")
+
+
+def _kib(pid: int, field: str) -> int:
+    for ln in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if ln.startswith(field + ":"):
+            return int(ln.split()[1])
+    raise AssertionError(field)
+
+
+def test_cp_of_100_mb_each_way_in_bounded_memory(fleet, tmp_path):
+    agent = fleet.agents[0]
+    fleet.cli("run", "-d", "--name", "bulk", "--host", agent.id, "--network", "none", "busybox", "sleep", "600")
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as f:
+        for _ in range(100):
+            f.write(os.urandom(1 << 20))
+    pid = agent.proc.pid
+    Path(f"/proc/{pid}/clear_refs").write_text("5")  # the agent's peak RSS starts again from now
+    base = _kib(pid, "VmRSS")
+
+    def cli_peak_kib(*args: str) -> int:
+        p = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], env=fleet.env, cwd=REPO_ROOT,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _, status, usage = os.wait4(p.pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0, p.stderr.read()
+        return usage.ru_maxrss
+
+    cli_in = cli_peak_kib("cp", str(src), "bulk:/root/big.bin")
+    cli_out = cli_peak_kib("cp", "bulk:/root/big.bin", str(tmp_path / "back.bin"))
+    assert hashlib.sha256((tmp_path / "back.bin").read_bytes()).digest() == hashlib.sha256(src.read_bytes()).digest()
+    grew = (_kib(pid, "VmHWM") - base) * 1024
+    assert grew < 64 << 20, f"the agent's peak RSS grew by {grew >> 20} MiB for a 100 MiB copy"
+    for peak in (cli_in, cli_out):  # a Python CLI with its imports is ~50 MiB; the file is 100
+        assert peak * 1024 < 100 << 20, f"the CLI peaked at {peak >> 10} MiB"
+    fleet.cli("rm", "-f", "bulk")

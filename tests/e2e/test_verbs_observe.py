@@ -60,20 +60,24 @@ def test_top_lists_the_container_processes(fleet):
 
 
 @pytest.mark.parametrize("where", ["placed", "other"])
-def test_stats_memory_rises_when_the_container_allocates(fleet, where):
+def test_stats_memory_rises_when_the_container_allocates(fleet, where, tmp_path):
     host = ["--host", fleet.agents[0].id] if where == "other" else []
     name = f"grower-{where}"
-    # It allocates 64 MiB of tmpfs (charged to its cgroup) only when told to (USR1), after the first sample.
+    # It allocates 64 MiB of tmpfs (charged to its cgroup) only once a trigger file is copied in,
+    # after the first sample: a sample can never race the allocation.
     fleet.cli("run", "-d", "--name", name, *host, "--network", "none", "-m", "256m", "--tmpfs", "/big:size=100m",
               "busybox", "sh", "-c",
-              "trap 'dd if=/dev/zero of=/big/f bs=1M count=64 2>/dev/null; touch /big/done' USR1; "
-              "while :; do sleep 0.05; done")
+              "while [ ! -e /trigger/go ]; do sleep 0.05; done; dd if=/dev/zero of=/big/f bs=1M count=64; "
+              "sleep 600")
     first = _stats(fleet, name)
     used, limit = (_bytes(x) for x in first["MemUsage"].split(" / "))
     assert limit == 256 * MiB and used < 32 * MiB, first
     assert first["Name"] == name and int(first["PIDs"]) >= 1
     assert first["NetIO"] == "0B / 0B" and re.fullmatch(r"\d+\.\d\d%", first["CPUPerc"])
-    fleet.cli("kill", "-s", "USR1", name)
+    trigger = tmp_path / "trigger"
+    trigger.mkdir()
+    (trigger / "go").write_text("go")
+    fleet.cli("cp", str(trigger), f"{name}:/")
     deadline = time.monotonic() + 30
     while True:
         now = _stats(fleet, name)

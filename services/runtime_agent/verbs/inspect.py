@@ -3,7 +3,8 @@
 `top` runs the host's `ps` with the user's options (docker's way: pids as the host sees
 them) and keeps the rows whose PID is in the container's cgroup. `stats` reads the
 cgroup's counters and the container's network namespace (its /proc/<pid>/net/dev: the
-veth's far end) and answers two samples, so one request gives a CPU %.
+veth's far end) and answers two samples, so one request gives a CPU %: the last one it
+took for that container, or (the first time) one at the container's start.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ from shared.messages.verbs import Stats, TopReply
 from shared.runtime import cgroups
 
 _PRE_MAX_AGE = 10.0  # a kept sample younger than this is the "before" of the next one
-_PRE_WAIT = 0.1  # else two samples this far apart
 
 
 def cgroup_pids(parent: str, cid: str) -> set[int]:
@@ -112,6 +112,17 @@ def sample(c: Container, parent: str) -> Stats:
                  block_read=k["block_read"], block_write=k["block_write"], pids=k["pids"])
 
 
+def since_start(c: Container, cur: Stats) -> Stats:
+    """A "before" at the container's start (nothing used yet): the first CPU % is its average so
+    far, as podman's first sample is, instead of a wait for a second sample."""
+    from shared.messages.agent import unix_time
+    started = unix_time(c.state.started_at) or cur.read
+    elapsed = max(0.0, cur.read - started)
+    return Stats(id=cur.id, name=cur.name, read=started, running=cur.running, cpu_ns=0,
+                 system_ns=max(0, cur.system_ns - int(elapsed * 1e9 * cur.online_cpus)),
+                 online_cpus=cur.online_cpus)
+
+
 class Sampler:
     """Keeps each container's last sample, the `before` of its next one."""
 
@@ -120,11 +131,10 @@ class Sampler:
         self._last: dict[str, Stats] = {}
 
     async def two(self, c: Container) -> tuple[Stats, Stats]:
-        pre = self._last.get(c.id)
-        if pre is None or time.time() - pre.read > _PRE_MAX_AGE or not pre.running:
-            pre = await asyncio.to_thread(sample, c, self.parent)
-            await asyncio.sleep(_PRE_WAIT)
         cur = await asyncio.to_thread(sample, c, self.parent)
+        pre = self._last.get(c.id)
+        if pre is None or cur.read - pre.read > _PRE_MAX_AGE or not pre.running:
+            pre = since_start(c, cur)
         if len(self._last) > 4096:
             self._last.clear()
         self._last[c.id] = cur
