@@ -35,7 +35,10 @@ VERB_COMMIT = "commit"
 
 READER_VERBS = (VERB_WAIT, VERB_TOP, VERB_STATS, VERB_EVENTS, VERB_DIFF)
 OPERATOR_VERBS = (VERB_RESTART, VERB_RENAME, VERB_PAUSE, VERB_UNPAUSE, VERB_UPDATE, VERB_CP_FROM, VERB_CP_TO,
-                  VERB_EXPORT, VERB_COMMIT)
+                  VERB_EXPORT)
+# commit pushes with the agent's own registry credential, which no repository grant limits:
+# admins only, until the gateway issues the agent a token bound to the person who asks.
+ADMIN_VERBS = (VERB_COMMIT,)
 
 
 # ---- wait, restart, rename, pause, update ----------------------------------------------

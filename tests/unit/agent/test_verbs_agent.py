@@ -49,3 +49,15 @@ def test_events_are_kept_across_a_restart(tmp_path):
     assert [e.action for e in again.between(0, 0)] == ["create", "die"]
     assert again.between(0, first.time_nano / 1e9 + 1e-6)[0].action == "create"
     assert again.between(float("nan"), 1e300) == again.between(0, 0)  # nonsense bounds: unbounded
+
+
+def test_each_verb_has_the_narrowest_role():
+    from shared import subjects
+    from shared.messages import verbs as v
+    from shared.permissions import required_role
+    for verb in (v.VERB_WAIT, v.VERB_TOP, v.VERB_STATS, v.VERB_DIFF):
+        assert required_role(subjects.agent("h", verb)) == "reader"
+    assert required_role("dockyard.agent.all.events") == "reader"
+    for verb in (v.VERB_PAUSE, v.VERB_UPDATE, v.VERB_CP_TO, v.VERB_CP_FROM, v.VERB_EXPORT, v.VERB_RESTART):
+        assert required_role(subjects.agent("h", verb)) == "operator"
+    assert required_role(subjects.agent("h", v.VERB_COMMIT)) == "admin"
