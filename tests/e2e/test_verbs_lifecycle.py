@@ -107,6 +107,7 @@ def test_pause_stops_cpu_time_and_unpause_resumes_it(fleet, where):
     info = fleet.inspect(name)["State"]
     assert (info["Status"], info["Paused"], info["Running"]) == ("paused", True, True)
     assert "(Paused)" in fleet.cli("ps", "--filter", f"name={name}").stdout
+    assert fleet.cli("ps", "-q", "--no-trunc", "--filter", "status=paused").stdout.split() == [cid]
     frozen = _cpu_ns(cid)
     time.sleep(0.5)
     assert _cpu_ns(cid) == frozen  # not one nanosecond more while frozen
