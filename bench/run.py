@@ -13,6 +13,7 @@ first each round:
   rm-bridge   run --rm IMAGE true                     (each tool's default bridge)
   publish     run -d -p 127.0.0.1:H:8080 IMAGE httpd  until the first HTTP 200
   lifecycle   run -d IMAGE sleep 600; stop -t 0; rm
+  stats, cp   stats --no-stream, cp 100 MB in and out (bench/verbs_cases.py)
 
 Prints medians and the ratios dockyard/podman (target: every ratio <= 0.5). Puts
 ip_forward and netavark's chains back as it found them.
@@ -218,6 +219,8 @@ def main() -> int:
             print(f"{case:<12}{d:>10.3f}{p:>10.3f}{d / p:>8.2f}")
         print(f"{'cold pull':<12}{cold_d:>10.3f}{cold_p:>10.3f}{cold_d / cold_p:>8.2f}   (reported apart)")
         print(f"worst ratio {worst:.2f} (target <= 0.5)")
+        from bench import verbs_cases  # verbs: stats --no-stream, cp 100 MB each way
+        print(f"worst verbs ratio {verbs_cases.run([dockyard, podman], args.rounds, tmp):.2f} (target <= 0.5)")
         return 0
     finally:
         if agent_env is not None:

@@ -20,6 +20,7 @@ from shared.credentials import inbox_prefix
 from shared.messages.agent import (FLEET_PREFIX, VERB_IMAGES, VERB_INSPECT, VERB_KILL, VERB_LOGS, VERB_PS,
                                    VERB_PULL, VERB_RM, VERB_RUN, VERB_START, VERB_STOP)
 from shared.messages.gc import AGENT_PRUNE_VERB
+from shared.messages.verbs import ADMIN_VERBS, OPERATOR_VERBS, READER_VERBS
 
 SUPERVISOR = "supervisor"  # `dockyard up` itself: waits for services, creates the admin user
 ROLES = ("reader", "operator", "admin")  # each includes the one before it
@@ -142,6 +143,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("inspect", _agent_verbs(VERB_INSPECT)), ("images", [s.REGISTRY_IMAGES, *_agent_verbs(VERB_IMAGES)]),
         ("agents", kv_read(s.KV_AGENTS)), ("history", [s.BUILD_HISTORY]),
         ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>"]),
+        # verbs: wait, top, stats, events, diff
+        ("wait, top, stats, events, diff", _agent_verbs(*READER_VERBS)),
     ],
     "operator": [
         ("run", _agent_verbs(VERB_RUN)), ("stop", _agent_verbs(VERB_STOP)), ("start", _agent_verbs(VERB_START)),
@@ -149,6 +152,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("build", [s.BUILD, s.BUILD_CHECK, s.BUILD_IMPORT, s.BUILD_CONTEXT_MISSING, s.REGISTRY_TOKEN]),
         ("push", [s.REGISTRY_COPY]), ("pull", [s.REGISTRY_COPY, *_agent_verbs(VERB_PULL)]),
         ("rmi", [s.REGISTRY_RMI]), ("tag", [s.REGISTRY_TAG, s.REGISTRY_UNTAG]),
+        # verbs: restart, rename, pause, unpause, update, cp, export
+        ("restart, rename, pause, update, cp, export", _agent_verbs(*OPERATOR_VERBS)),
     ],
     "admin": [
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),
@@ -158,6 +163,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("run -v HOSTDIR", _agent_verbs(s.AGENT_RUN_HOST_BIND)),
         # runflags: --privileged and its kin give away the host as well
         ("run --privileged", _agent_verbs(s.AGENT_RUN_PRIVILEGED)),
+        # verbs: commit pushes with the agent's registry credential (shared/messages/verbs.py)
+        ("commit", _agent_verbs(*ADMIN_VERBS)),
     ],
 }
 

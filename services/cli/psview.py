@@ -45,7 +45,7 @@ def _label(c, want: str) -> bool:
 
 def matches(c, filters: dict[str, list[str]]) -> bool:
     tests = {
-        "status": lambda v: c.state.status == v,
+        "status": lambda v: ("paused" if c.state.paused else c.state.status) == v,  # verbs: docker's paused
         "name": lambda v: v in c.name,
         "label": lambda v: _label(c, v),
         "ancestor": lambda v: _ancestor(c, v),

@@ -91,6 +91,9 @@ class Agent:
             svc.endpoint(subjects.agent(self.id, verb), typ, handler, queue=own, **bounds)
         svc.endpoint(m.fleet(m.VERB_PS), m.PsRequest, self.ps, queue=own, empty_ok=True)
         svc.endpoint(m.fleet(m.VERB_IMAGES), m.ImagesRequest, self.list_images, queue=own)
+        from services.runtime_agent.verbs import Verbs  # verbs: wait, restart, top, stats, cp, ... (issue 11)
+        self.verbs = Verbs(self, self.containers.store.root.parent)
+        self.verbs.register(svc, own)
 
     def heartbeat(self) -> m.Heartbeat:
         all_ = self.containers.list(all=True)

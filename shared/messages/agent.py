@@ -119,6 +119,7 @@ class ContainerState(msgspec.Struct, kw_only=True, frozen=True):
     finished_at: str = ""
     restart_count: int = 0
     manual_stop: bool = False  # stopped by a user: no restart policy applies
+    paused: bool = False  # verbs: `pause` froze its cgroup (status stays running, as docker's Running)
     # runflags: "" (no check), starting, healthy, unhealthy; the last probes
     health: str = ""
     failing_streak: int = 0

@@ -18,4 +18,8 @@ MODULES = {
     "gc": "gc", "fleet": "fleet",
     "create": "create",  # runflags
     "down": "down",  # lifecycle
+    # verbs: the everyday verbs of issue 11
+    "wait": "verbs", "restart": "verbs", "rename": "verbs", "port": "verbs", "pause": "verbs",
+    "unpause": "verbs", "update": "verbs", "top": "verbs", "stats": "verbs", "events": "events",
+    "diff": "verbs", "cp": "copy", "export": "copy", "commit": "copy",
 }

@@ -392,7 +392,8 @@ def _inspect_view(c) -> dict:
     return {
         "Id": c.id, "Name": c.name, "Created": c.created, "Host": c.host,
         "Image": c.config.image_digest, "ImageName": c.config.image,
-        "State": {"Status": st.status, "Running": st.status == "running", "Pid": st.pid,
+        "State": {"Status": "paused" if st.paused else st.status, "Running": st.status == "running",
+                  "Paused": st.paused, "Pid": st.pid,
                   "ExitCode": st.exit_code if st.exit_code is not None else 0, "OOMKilled": st.oom_killed,
                   "Error": st.error, "StartedAt": st.started_at, "FinishedAt": st.finished_at,
                   "RestartCount": st.restart_count},
@@ -469,7 +470,8 @@ def _status(c, now: float) -> str:
     st = c.state
     if st.status == "running":
         t = unix_time(st.started_at)
-        return f"Up {_human(now - t)}" if t else "Up"
+        up = f"Up {_human(now - t)}" if t else "Up"
+        return f"{up} (Paused)" if st.paused else up  # verbs: docker's paused status
     if st.status == "exited":
         t = unix_time(st.finished_at)
         return f"Exited ({st.exit_code}) {_human(now - t)} ago" if t else f"Exited ({st.exit_code})"

@@ -72,6 +72,8 @@ class Containers:
         self._pinned: Counter[str] = Counter()  # images a run is about to use
         self._tasks: set[asyncio.Task] = set()
         self.on_change: Callable[[], None] | None = None  # a container started or ended
+        # verbs: docker's lifecycle events (action, container, attributes), for `dockyard events`
+        self.on_event: Callable[[str, Container, dict[str, str]], None] | None = None
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -119,6 +121,7 @@ class Containers:
         try:
             c = self._new_container(req, image, volumes)
             self.store.create(c)
+            self.event("create", c)
         finally:
             self._pinned[image.digest] -= 1
             if self._pinned[image.digest] <= 0:
@@ -217,11 +220,21 @@ class Containers:
         self.store.save(c)
         self._watch(cid, w)
         self._changed()
+        self.event("start", c)
         return c
 
     def _changed(self) -> None:
         if self.on_change is not None:
             self.on_change()
+
+    def event(self, action: str, c: Container, **attributes: str) -> None:
+        if self.on_event is not None:
+            self.on_event(action, c, attributes)
+
+    def run_ended(self, cid: str) -> asyncio.Future | None:
+        """verbs (`wait`): resolved with the exit code once the current run is recorded."""
+        w = self._watches.get(cid)
+        return w.final if w is not None else None
 
     def _watch(self, cid: str, w: Watch) -> None:
         self._watches[cid] = w
@@ -282,11 +295,14 @@ class Containers:
         # finds nothing of the last run still mounted or wired.
         await release(self.network, self.snapshots, cid)
         state = msgspec.structs.replace(c.state, status="exited", pid=0, exit_code=code, oom_killed=oom,
-                                        finished_at=finished)
+                                        finished_at=finished, paused=False)
         c = msgspec.structs.replace(c, state=state, network=NetworkInfo(mode=c.network.mode))
         if self.store.find(cid) is not None:  # not removed while we waited
             self.store.save(c)
         self._changed()
+        if oom:
+            self.event("oom", c)
+        self.event("die", c, exitCode=str(code))
         return c
 
     def _should_restart(self, c: Container) -> bool:
@@ -333,16 +349,28 @@ class Containers:
             self.store.save(msgspec.structs.replace(c, state=msgspec.structs.replace(c.state, manual_stop=True)))
             w = self._watches.get(c.id)
             with contextlib.suppress(NotFound):
+                self._thaw(c)
                 await self.runtime.stop(c.id, *runflags.stop_with(c.config.flags, timeout))
             if w is not None:
                 await asyncio.shield(w.final)
+            self.event("stop", c)
         return self.store.find(c.id) or c
+
+    def _thaw(self, c: Container) -> None:
+        """verbs: a paused container is thawed to be stopped or killed (a frozen process cannot die)."""
+        if c.state.paused:
+            from services.runtime_agent.verbs import cgroupctl
+            cgroupctl.thaw(self.cgroup_parent, c.id)
 
     async def kill(self, ref: str, signal: str = "KILL") -> Container:
         c = self.store.resolve(ref)
         if c.state.status != "running":
             raise Conflict(f"container {c.id[:12]} is not running")
-        await self.runtime.kill(c.id, parse_signal(signal))
+        sig = parse_signal(signal)
+        await self.runtime.kill(c.id, sig)
+        if sig == _signal.SIGKILL:
+            self._thaw(c)
+        self.event("kill", c, signal=str(sig))
         return c
 
     async def remove(self, ref: str, force: bool = False) -> str:
@@ -357,6 +385,7 @@ class Containers:
                 w = self._watches.get(c.id)
                 with contextlib.suppress(NotFound, Conflict):
                     await self.runtime.kill(c.id, _signal.SIGKILL)
+                self._thaw(c)
                 if w is not None:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(w.final)
@@ -382,8 +411,11 @@ class Containers:
         for r in results:
             if isinstance(r, BaseException):
                 raise r
+        gone = self.store.find(cid)
         self.store.remove(cid)
         self._changed()
+        if gone is not None:
+            self.event("destroy", gone)
 
     # ---- restore after an agent restart --------------------------------------------
 

@@ -51,6 +51,10 @@ class ImageStore:
     def config(self, digest: str) -> ImageConfig:
         return parse_image_config((self._dir(digest) / "config.json").read_bytes())
 
+    def config_bytes(self, digest: str) -> bytes:
+        """The config exactly as pulled (verbs: `commit` builds the new image's on it)."""
+        return (self._dir(digest) / "config.json").read_bytes()
+
     def put(self, record: ImageRecord, config_bytes: bytes) -> ImageRecord:
         """Store (or update) an image; its references leave any other image."""
         for ref in record.references:

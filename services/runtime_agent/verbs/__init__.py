@@ -1,0 +1,93 @@
+"""The everyday verbs of issue 11 on the agent that holds the container (shared.messages.verbs).
+
+`Verbs(agent).register(svc, queue)` adds their endpoints beside the agent's own; each
+module does one verb group: lifecycle (wait, restart, rename, pause, update), inspect
+(top, stats), events, files (cp, diff, export) and commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from services.runtime_agent.verbs import files, inspect, lifecycle
+from services.runtime_agent.verbs.events import EventLog
+from shared import subjects
+from shared.messages import verbs as v
+from shared.messages.agent import ContainerRef, fleet
+
+
+class Verbs:
+    def __init__(self, agent, root: Path):
+        self.agent = agent
+        self.cs = agent.containers
+        self.events = EventLog(agent.nc, agent.id, root / "events.jsonl")
+        self.cs.on_event = self.events.record
+        self.sampler = inspect.Sampler(self.cs.cgroup_parent)
+
+    def register(self, svc, queue: str) -> None:
+        aid = self.agent.id
+        verbs = [
+            (v.VERB_WAIT, v.WaitRequest, self.wait), (v.VERB_RESTART, v.RestartRequest, self.restart),
+            (v.VERB_RENAME, v.RenameRequest, self.rename), (v.VERB_PAUSE, ContainerRef, self.pause),
+            (v.VERB_UNPAUSE, ContainerRef, self.unpause), (v.VERB_UPDATE, v.UpdateRequest, self.update),
+            (v.VERB_EVENTS, v.EventsRequest, self.kept_events),
+            (v.VERB_TOP, v.TopRequest, self.top), (v.VERB_STATS, v.StatsRequest, self.stats),
+            (v.VERB_DIFF, ContainerRef, self.diff), (v.VERB_CP_FROM, v.CopyFromRequest, self.cp_from),
+            (v.VERB_CP_TO, v.CopyToRequest, self.cp_to), (v.VERB_EXPORT, v.ExportRequest, self.export),
+            (v.VERB_COMMIT, v.CommitRequest, self.commit),
+        ]
+        for verb, typ, handler in verbs:
+            svc.endpoint(subjects.agent(aid, verb), typ, handler, queue=queue)
+        svc.endpoint(fleet(v.VERB_EVENTS), v.EventsRequest, self.kept_events, queue=queue, empty_ok=True)
+
+    async def wait(self, req: v.WaitRequest) -> v.WaitReply:
+        return await lifecycle.wait(self.cs, req.container, req.timeout)
+
+    async def restart(self, req: v.RestartRequest) -> v.ContainerVerbReply:
+        return v.ContainerVerbReply(container=await lifecycle.restart(
+            self.cs, req.container, req.timeout if req.timeout_given else None))
+
+    async def rename(self, req: v.RenameRequest) -> v.ContainerVerbReply:
+        return v.ContainerVerbReply(container=await lifecycle.rename(self.cs, req.container, req.name))
+
+    async def pause(self, req: ContainerRef) -> v.ContainerVerbReply:
+        return v.ContainerVerbReply(container=await lifecycle.pause(self.cs, req.container, True))
+
+    async def unpause(self, req: ContainerRef) -> v.ContainerVerbReply:
+        return v.ContainerVerbReply(container=await lifecycle.pause(self.cs, req.container, False))
+
+    async def update(self, req: v.UpdateRequest) -> v.ContainerVerbReply:
+        return v.ContainerVerbReply(container=await lifecycle.update(self.cs, req))
+
+    async def top(self, req: v.TopRequest) -> v.TopReply:
+        return await inspect.top(self.cs.inspect(req.container), self.cs.cgroup_parent, req.ps_args)
+
+    async def stats(self, req: v.StatsRequest) -> v.StatsReply:
+        pre, cur = await self.sampler.two(self.cs.inspect(req.container))
+        return v.StatsReply(stats=cur, pre=pre)
+
+    async def diff(self, req: ContainerRef) -> v.DiffReply:
+        c = self.cs.inspect(req.container)
+        return v.DiffReply(changes=await asyncio.to_thread(files.changes, self.cs, c))
+
+    async def cp_from(self, req: v.CopyFromRequest) -> v.CopyFromReply:
+        info, sent = await files.copy_from(self.cs, self.agent.nc, self.cs.inspect(req.container), req.path,
+                                           req.follow_link, req.stream_inbox)
+        return v.CopyFromReply(stat=info, sent=sent)
+
+    async def cp_to(self, req: v.CopyToRequest) -> v.CopyToReply:
+        written = await files.copy_to(self.cs, self.agent.nc, self.cs.inspect(req.container), req.path,
+                                      req.src_base, req.copy_uid_gid, req.stream_inbox)
+        return v.CopyToReply(written=written)
+
+    async def export(self, req: v.ExportRequest) -> v.ExportReply:
+        return v.ExportReply(sent=await files.export(self.cs, self.agent.nc, self.cs.inspect(req.container),
+                                                     req.stream_inbox))
+
+    async def commit(self, req: v.CommitRequest) -> v.CommitReply:
+        from services.runtime_agent.verbs.commit import commit
+        return await commit(self.cs, self.agent.puller, self.cs.inspect(req.container), req)
+
+    async def kept_events(self, req: v.EventsRequest) -> v.EventsReply:
+        return v.EventsReply(host=self.agent.id, events=self.events.between(req.since, req.until))
