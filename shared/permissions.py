@@ -142,6 +142,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("build", [s.BUILD, s.BUILD_CHECK, s.BUILD_IMPORT, s.BUILD_CONTEXT_MISSING, s.REGISTRY_TOKEN]),
         ("push", [s.REGISTRY_COPY]), ("pull", [s.REGISTRY_COPY, *_agent_verbs(VERB_PULL)]),
         ("rmi", [s.REGISTRY_RMI]), ("tag", [s.REGISTRY_TAG, s.REGISTRY_UNTAG]),
+        # interactive: attach, and the input of an attach or exec session
+        ("attach", _agent_verbs(s.AGENT_ATTACH, s.AGENT_STDIN)),
     ],
     "admin": [
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),

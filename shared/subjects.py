@@ -103,3 +103,9 @@ BUILDER_PRUNE = "dockyard.builder.prune"
 UPLOAD_COMMITTED = "dockyard.registry.upload.committed"
 KV_BUILD_LEASES = "dockyard-build-leases"
 EVENT_CACHE_PRUNED = "dockyard.events.builder.cache-pruned"
+
+# interactive (services/runtime_agent/interactive): subjects.agent(agent_id, VERB) for each;
+# the frames of a session go to the inbox its client names (shared/messages/interactive.py)
+AGENT_ATTACH = "attach"  # a new session on a container's stdio
+AGENT_EXEC = "exec"  # a process in a running container (attached unless -d)
+AGENT_STDIN = "stdin"  # a session's input: stdin bytes (as requests), acks, resizes, close

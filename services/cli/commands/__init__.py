@@ -17,4 +17,5 @@ MODULES = {
     "kill": "containers",
     "gc": "gc", "fleet": "fleet",
     "create": "create",  # runflags
+    "attach": "interactive", "exec": "interactive",  # interactive: attach, exec (run -i/-t: containers)
 }

@@ -70,6 +70,7 @@ class Containers:
         self._pinned: Counter[str] = Counter()  # images a run is about to use
         self._tasks: set[asyncio.Task] = set()
         self.on_change: Callable[[], None] | None = None  # a container started or ended
+        self.stdio = None  # interactive: makes the stdio of -i/-t containers (services/runtime_agent/interactive)
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -128,7 +129,7 @@ class Containers:
         if not req.detach:
             w.readers.add(drained)  # the exit waits for the output to be sent
         try:
-            c = await self._start(c, w)
+            c = await self._start(c, w, attach=req.attach)
         except BaseException:
             if req.rm:
                 with contextlib.suppress(DockyardError):
@@ -155,7 +156,7 @@ class Containers:
             volumes=volumes, network=req.network, publish=list(req.publish),
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
-            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config))
+            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config), stdio=req.stdio)
         if req.flags.publish_all and req.network == "bridge":
             config = msgspec.structs.replace(config, publish=config.publish + runflags.exposed_publish(cfg.config))
         c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
@@ -174,11 +175,13 @@ class Containers:
             mounts=etc + tuple(BindMount(v.source, v.destination, v.readonly) for v in c.config.volumes),
             network=netns, memory_bytes=lim.memory, memory_swap_bytes=lim.memory_swap,
             cpu_shares=lim.cpu_shares, readonly_rootfs=c.config.flags.read_only,
-            flags=runflags.spec_flags(c.config.flags))
+            flags=runflags.spec_flags(c.config.flags), terminal=c.config.stdio.tty)
 
-    async def _start(self, c: Container, w: Watch, restart_count: int | None = None) -> Container:
+    async def _start(self, c: Container, w: Watch, restart_count: int | None = None,
+                     attach=None) -> Container:
         """Mount, network, start; the container is then running under its monitor."""
         cid = c.id
+        stdio = None
         try:
             image = self.images.get(c.config.image_digest)
             # The rootfs (a thread) and the network (its own processes) do not wait on each other.
@@ -197,8 +200,13 @@ class Containers:
                               netns=att.netns_path or "host", etc=etc.mounts())
             with contextlib.suppress(NotFound):
                 await self.runtime.delete(cid)  # an earlier run's runtime state
-            pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid))
+            if self.stdio is not None and c.config.stdio.interactive:  # interactive: -i/-t
+                stdio = self.stdio.prepare(c, attach)
+            pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid),
+                                                      stdio=stdio.spec if stdio is not None else None)
         except BaseException as e:
+            if stdio is not None:
+                stdio.abort()
             with contextlib.suppress(Exception):
                 await self.network.teardown(cid)
             msg = e.message if isinstance(e, DockyardError) else f"{type(e).__name__}: {e}"
@@ -215,6 +223,8 @@ class Containers:
         c = msgspec.structs.replace(c, state=state, network=net)
         self.store.save(c)
         self._watch(cid, w)
+        if stdio is not None:
+            w.readers.add(stdio.begin(cid))  # the exit waits for the sessions to have it
         self._changed()
         return c
 
