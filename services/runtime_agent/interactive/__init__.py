@@ -6,8 +6,9 @@ on each start): pipes, or a pty whose master the runtime sends to a console sock
 stdio of its own. Input of every session comes on one subject (`AGENT_STDIN`), handled in
 order without waiting on a process. The bounds are in shared/messages/interactive.py.
 
-What the agent holds dies with it: after an agent restart an interactive container keeps
-running, but its stdio is gone (attach is refused; `logs` still has what it wrote before).
+What the agent holds dies with it: when the agent stops, an interactive container's stdio
+closes (a shell on its terminal gets SIGHUP, as when an ssh session drops; a process that
+leaves its stdio alone carries on) and attach is refused until it is started again.
 """
 
 from __future__ import annotations

@@ -103,9 +103,7 @@ class ProcessIO:
 
     def attach(self, s: Session) -> None:
         s.on_room = self._maybe_resume
-        self.sessions[s.id] = s
-        if self._ended.done() and not self.closed:
-            pass  # it ends soon: the exit frame reaches this session too
+        self.sessions[s.id] = s  # one that comes after the end still gets the exit frame
 
     def detach(self, sid: str) -> None:
         s = self.sessions.pop(sid, None)
