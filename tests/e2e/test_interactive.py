@@ -265,3 +265,21 @@ def test_attach_to_a_non_interactive_container_is_refused_clearly(fleet):
         assert p.returncode != 0 and "not started with -i or -t" in p.stderr
     finally:
         fleet.cli("rm", "-f", "plain", check=False)
+
+
+def test_run_i_proxies_sigterm_to_the_container_and_ends_with_its_code(fleet, other):
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "run", "-i", "--rm", "--host", other,
+                             "--network", "none", "busybox", "sh", "-c",
+                             'trap "echo got-term; exit 9" TERM; echo ready; while true; do sleep 0.1; done'],
+                            env=fleet.env, cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    try:
+        r, _, _ = select.select([proc.stdout], [], [], 60)
+        assert r and proc.stdout.readline() == b"ready\n", proc.stderr.read1(4096) if not r else ""
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert (proc.returncode, out) == (9, b"got-term\n"), err
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
