@@ -258,12 +258,24 @@ def test_a_killed_cli_leaves_the_container_running_and_attach_reconnects(fleet):
         fleet.cli("rm", "-f", "survivor", check=False)
 
 
-def test_attach_to_a_non_interactive_container_is_refused_clearly(fleet):
-    fleet.cli("run", "-d", "--name", "plain", "--network", "none", "busybox", "sleep", "300")
+def test_attach_to_a_container_without_stdin_shows_its_new_output_and_its_exit_code(fleet, other):
+    fleet.cli("run", "-d", "--name", "plain", "--host", other, "--network", "none", "busybox", "sh", "-c",
+              "echo before; until [ -e /tmp/go ]; do echo tick; sleep 0.2; done; echo out; echo err >&2; exit 6")
+    proc = subprocess.Popen([sys.executable, "-m", "services.cli.main", "attach", "plain"], env=fleet.env,
+                            cwd=REPO_ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        p = fleet.cli("attach", "--no-stdin", "plain", check=False)
-        assert p.returncode != 0 and "not started with -i or -t" in p.stderr
+        r, _, _ = select.select([proc.stdout], [], [], 60)
+        assert r and proc.stdout.readline() == b"tick\n"  # attached: now let it finish
+        fleet.cli("exec", "plain", "touch", "/tmp/go")
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 6, err
+        assert set(out.splitlines()[:-1]) <= {b"tick"} and out.endswith(b"\nout\n") and err == b"err\n"
+        p = fleet.cli("attach", "plain", check=False)
+        assert p.returncode != 0 and "start it first" in p.stderr
     finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
         fleet.cli("rm", "-f", "plain", check=False)
 
 

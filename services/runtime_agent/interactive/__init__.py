@@ -23,6 +23,7 @@ import msgspec
 
 from services.runtime_agent.interactive import execs
 from services.runtime_agent.interactive.console import ConsoleSocket
+from services.runtime_agent.interactive.follow import follow_log
 from services.runtime_agent.interactive.pump import ProcessIO
 from services.runtime_agent.interactive.session import Session
 from shared import codec, subjects
@@ -87,11 +88,29 @@ class Interactive:
             raise Conflict("You cannot attach to a stopped container, start it first")
         io = self.ios.get(c.id)
         if io is None or io.closed:
-            raise Conflict(f"container {c.id[:12]} has no stdio to attach to: it was not started with -i or -t "
-                           "(or the agent restarted since); `logs -f` shows its output")
+            if c.config.stdio.interactive:
+                raise Conflict(f"container {c.id[:12]} lost its stdio when the agent stopped: start it again")
+            return self._follow(c, req.attach)
         self._add_session(io, req.attach)
         io.resize(req.attach.rows, req.attach.cols)
         return AttachReply(id=c.id, tty=io.tty, stdin=io.stdin_open)
+
+    def _follow(self, c: Container, spec: AttachSpec) -> AttachReply:
+        """Output only, from the log: the container's stdio is its shim's."""
+        exited = self.containers.exited_event(c.id)
+        if exited is None:
+            raise Conflict("You cannot attach to a stopped container, start it first")
+        io = ProcessIO(tty=False, stdin=False)
+        self._add_session(io, msgspec.structs.replace(spec, stdin=False))
+
+        async def run() -> None:
+            try:
+                await follow_log(io, c.log_path, exited, self.runtime, c.id)
+            finally:
+                self._forget(io)
+
+        self._spawn(run())
+        return AttachReply(id=c.id, tty=False, stdin=False)
 
     async def exec(self, req: ExecRequest) -> ExecReply:
         c = self.containers.inspect(req.container)

@@ -52,6 +52,7 @@ class ProcessIO:
         self._writer = self._loop.create_task(self._write_loop())
         self.closed = False
         self.after_resize: Callable[[], object] | None = None  # a runtime in between to tell
+        self._room_waiter: asyncio.Future | None = None
 
     # ---- wiring --------------------------------------------------------------------
 
@@ -140,6 +141,23 @@ class ProcessIO:
         if full:
             self._pause()
 
+    def feed_output(self, stream: int, data: bytes) -> None:
+        """Output that does not come from our fds (a log followed for `attach`)."""
+        for s in list(self.sessions.values()):
+            s.offer(stream, data)
+        if any(s.full for s in self.sessions.values()):
+            self._paused = True
+
+    def outputs_done(self) -> None:
+        if not self._ended.done():
+            self._ended.set_result(None)
+
+    async def room(self) -> None:
+        """Until no session's queue is full (or every session is gone)."""
+        while any(s.full and not s.closed for s in self.sessions.values()):
+            self._room_waiter = self._loop.create_future()
+            await self._room_waiter
+
     def _pause(self) -> None:
         if not self._paused:
             self._paused = True
@@ -151,6 +169,8 @@ class ProcessIO:
             self._paused = False
             for fd in self._outputs:
                 self._loop.add_reader(fd, self._readable, fd)
+            if self._room_waiter is not None and not self._room_waiter.done():
+                self._room_waiter.set_result(None)
 
     # ---- input ---------------------------------------------------------------------
 
