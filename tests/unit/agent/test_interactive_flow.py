@@ -91,6 +91,12 @@ async def test_input_is_written_in_order_and_answered_once_written(nc):
         assert await asyncio.to_thread(proc.wait, 20) == 0
         await io.finish(0)
         assert [i for i, _ in answered] == list(range(50)) and all(e is None for _, e in answered)
+        # published before finish returned; they reach our subscription a round trip later
+        await nc.flush()
+        async def all_there():
+            while len(log) < 50_000:
+                await asyncio.sleep(0.01)
+        await asyncio.wait_for(all_there(), 20)
         assert bytes(log) == b"".join(chunks)
     finally:
         if proc.poll() is None:
