@@ -150,6 +150,9 @@ class ClientSession:
         in_flight: set[asyncio.Future] = set()
         try:
             while True:
+                for d in [f for f in in_flight if f.done()]:
+                    in_flight.discard(d)
+                    decode_reply(d.result(), InputReply)  # a refusal ends the session now
                 while len(in_flight) >= STDIN_IN_FLIGHT:
                     done, in_flight = await asyncio.wait(in_flight, timeout=_REPLY_TIMEOUT,
                                                          return_when=asyncio.FIRST_COMPLETED)

@@ -26,7 +26,7 @@ from shared.runtime.jsonlog import rfc3339nano
 from shared.runtime.probe import RuntimeInfo, probe_runtime
 from shared.runtime.records import ExitRecord, Meta, ShimRecord
 from shared.runtime.spec import ContainerSpec, build_config
-from shared.runtime.stdio import StdioSpec
+from shared.runtime.stdio import StdioSpec, take_held
 
 DEFAULT_STATE_ROOT = Path("/run/dockyard/runtime")
 _START_TIMEOUT = 60.0
@@ -224,6 +224,13 @@ class Runtime:
             except NotFound:
                 pass  # deleted while we looked
         return out
+
+    def held_stdio(self, cid: str) -> list[int]:
+        """Copies of an interactive container's stdio ends that its shim holds (stdio.py)."""
+        shim = records.read(self._existing_dir(cid) / "shim.json", ShimRecord)
+        if shim is None or not shim.held or (self._dir(cid) / "exit.json").exists():
+            return []
+        return take_held(shim.shim_pid, shim.shim_start, shim.held)
 
     # -- signal, wait, stop -----------------------------------------------
 

@@ -8,7 +8,7 @@ tells the caller the container's pid over an inherited pipe, then copies the
 output into a docker json-file log, reaps the container, records its exit in
 `exit.json` (atomically) and deletes it from the runtime.
 
-argv: SYNC_FD [--stdio=IN,OUT,ERR | --console=SOCKET] ID BUNDLE LOG_PATH STATE_DIR
+argv: SYNC_FD [--stdio=IN,OUT,ERR --hold=FD,... | --console=SOCKET] ID BUNDLE LOG_PATH STATE_DIR
 MEMORY_CGROUP_DIR|- RUNTIME_ARGV... (the options: an interactive container's stdio is the
 caller's, see stdio.py; the shim then writes no log).
 The caller reads one line from SYNC_FD: `ok <container pid> <shim pid>` or
@@ -51,7 +51,7 @@ def main(argv):
         args = _wait_for_work(ctl_fd)
         if args is None:
             return 0  # not needed after all
-    stdio, console, args = _options(args)
+    stdio, console, held, args = _options(args)
     cid, bundle, log_path, state_dir, memcg = args[:5]
     runtime = args[5:]
     try:
@@ -61,14 +61,22 @@ def main(argv):
         _report(sync_fd, "error cannot open log %s: %s" % (log_path, e.strerror))
         return 1
     try:
+        listener = _console_listener(console) if console else None
         pid, out_r, err_r = _start(cid, bundle, state_dir, runtime, stdio, console)
+        if listener is not None:
+            held = held + (_receive_console(listener),)
     except (_StartError, OSError) as e:
         _report(sync_fd, "error " + str(e).replace("\n", " "))
         return 1
     started_at = _now()
+    # `held`: the caller's ends of an interactive container's stdio (its pty master, its
+    # output pipes), kept open here so that they outlive the caller; a restarted caller
+    # takes copies with pidfd_getfd.
     _atomic_write(os.path.join(state_dir, "shim.json"),
-                  '{"pid": %d, "pid_start": %d, "shim_pid": %d, "shim_start": %d, "started_at": "%s"}'
-                  % (pid, _start_ticks(pid), os.getpid(), _start_ticks(os.getpid()), started_at))
+                  '{"pid": %d, "pid_start": %d, "shim_pid": %d, "shim_start": %d, "started_at": "%s", '
+                  '"held": [%s]}'
+                  % (pid, _start_ticks(pid), os.getpid(), _start_ticks(os.getpid()), started_at,
+                     ", ".join(map(str, held))))
     try:
         _report(sync_fd, "ok %d %d" % (pid, os.getpid()), close=False)
     except OSError:
@@ -114,17 +122,46 @@ class _StartError(Exception):
 
 
 def _options(args):
-    """Leading `--stdio=IN,OUT,ERR` (the caller's pipe ends, inherited) or `--console=SOCKET`."""
-    stdio, console = None, ""
+    """Leading `--stdio=IN,OUT,ERR` (the container's pipe ends, inherited), `--hold=FD,...`
+    (the caller's ends, inherited, kept open) or `--console=SOCKET` (a path to listen on)."""
+    stdio, console, held = None, "", ()
     while args and args[0].startswith("--"):
         opt, _, value = args.pop(0).partition("=")
         if opt == "--stdio":
             stdio = tuple(int(fd) for fd in value.split(","))
-            for fd in stdio:
-                os.set_inheritable(fd, False)  # only the runtime gets them, as its 0, 1, 2
+        elif opt == "--hold":
+            held = tuple(int(fd) for fd in value.split(","))
         elif opt == "--console":
             console = value
-    return stdio, console, args
+    for fd in (*(stdio or ()), *held):
+        os.set_inheritable(fd, False)  # the runtime gets the stdio as its 0, 1, 2; the rest nobody
+    return stdio, console, held, args
+
+
+def _console_listener(path):
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.bind(path)
+    s.listen(1)
+    return s
+
+
+def _receive_console(listener):
+    """The pty master the runtime sent during `run -d` (it waits in the backlog till then)."""
+    import socket
+    listener.settimeout(10)
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            _, fds, _, _ = socket.recv_fds(conn, 4096, 1, socket.MSG_CMSG_CLOEXEC)
+    except OSError as e:
+        raise _StartError("no terminal from the runtime: %s" % e)
+    finally:
+        listener.close()
+    if not fds:
+        raise _StartError("the runtime sent no terminal")
+    return fds[0]
 
 
 def _set_subreaper():

@@ -295,3 +295,45 @@ def test_run_i_proxies_sigterm_to_the_container_and_ends_with_its_code(fleet, ot
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_an_agent_restart_keeps_the_terminal_and_attach_takes_it_back(fleet):
+    agent = fleet.agents[0]
+    try:
+        with Term(["run", "-it", "--name", "outlives", "--host", agent.id, "--network", "none", "busybox", "sh"],
+                  fleet.env) as t:
+            t.expect(PROMPT)
+            t.send(b"echo one\r")
+            t.expect(b"\r\none\r\n")
+            t.send(CTRL_P + CTRL_Q)
+            assert t.wait() == 0
+        assert agent.stop() == 0
+        agent.start()
+        assert _state(fleet, "outlives")["Status"] == "running"
+        with Term(["attach", "outlives"], fleet.env) as t:
+            t.send(b"\r")
+            t.expect(PROMPT)
+            t.send(b"echo two; exit 8\r")
+            t.expect(b"\r\ntwo\r\n")
+            assert t.wait() == 8
+        assert "one" in fleet.cli("logs", "outlives").stdout
+    finally:
+        fleet.cli("rm", "-f", "outlives", check=False)
+
+
+def test_an_agent_restart_takes_back_the_output_pipes_of_run_di(fleet):
+    agent = fleet.agents[0]
+    fleet.cli("run", "-di", "--name", "ticker", "--host", agent.id, "--network", "none", "busybox", "sh", "-c",
+              "while true; do echo tick; sleep 0.1; done")
+    try:
+        assert agent.stop() == 0
+        agent.start()
+        ticks = lambda: fleet.cli("logs", "ticker").stdout.count("tick\n")  # noqa: E731
+        seen = ticks()
+        deadline = time.monotonic() + 30
+        while ticks() < seen + 5:  # still logged: the agent reads the pipes again
+            assert time.monotonic() < deadline, "no output logged after the restart"
+            time.sleep(0.3)
+        assert _state(fleet, "ticker")["Status"] == "running"
+    finally:
+        fleet.cli("rm", "-f", "ticker", check=False)

@@ -407,7 +407,12 @@ class Containers:
             (running if st is not None and st.status == "running" else exited).append(c)
         await self.network.restore(keep=[c.id for c in running])
         for c in running:
-            self._watch(c.id, Watch())
+            w = Watch()
+            self._watch(c.id, w)
+            if self.stdio is not None and c.config.stdio.interactive:  # interactive: its stdio back
+                drained = self.stdio.reclaim(c)
+                if drained is not None:
+                    w.readers.add(drained)
         for c in exited:
             if c.state.status == "running":
                 self._watch(c.id, Watch())  # the monitor finds it ended and settles it

@@ -6,9 +6,10 @@ on each start): pipes, or a pty whose master the runtime sends to a console sock
 stdio of its own. Input of every session comes on one subject (`AGENT_STDIN`), handled in
 order without waiting on a process. The bounds are in shared/messages/interactive.py.
 
-What the agent holds dies with it: when the agent stops, an interactive container's stdio
-closes (a shell on its terminal gets SIGHUP, as when an ssh session drops; a process that
-leaves its stdio alone carries on) and attach is refused until it is started again.
+A container's stdio outlives the agent: its shim keeps our ends open (the pty master, the
+output pipes) and a restarted agent takes copies back with pidfd_getfd (`reclaim`). While
+no agent reads, the process blocks once the kernel's buffer is full; a pipe stdin does
+not survive (its end is the agent's alone, so that closing it is an EOF).
 """
 
 from __future__ import annotations
@@ -16,19 +17,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import secrets
+import shutil
+import tempfile
 import time
 
 import msgspec
 
 from services.runtime_agent.interactive import execs
-from services.runtime_agent.interactive.console import ConsoleSocket
 from services.runtime_agent.interactive.follow import follow_log
 from services.runtime_agent.interactive.pump import ProcessIO
 from services.runtime_agent.interactive.session import Session
 from shared import codec, subjects
 from shared.bus import DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER
-from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
+from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound, Unavailable
 from shared.messages.agent import Container
 from shared.messages.common import ErrorReply
 from shared.messages.interactive import (STDIN_CHUNK, AttachReply, AttachRequest, AttachSpec, ExecReply,
@@ -79,6 +82,59 @@ class Interactive:
 
     def prepare(self, c: Container, attach: AttachSpec | None) -> "Prepared":
         return Prepared(self, c, attach)
+
+    def reclaim(self, c: Container) -> asyncio.Future | None:
+        """After an agent restart: the stdio of a running container, back from its shim."""
+        try:
+            held = self.runtime.held_stdio(c.id)
+        except (OSError, NotFound) as e:
+            log.warning("stdio of %s not taken back: %s", c.id[:12], e)
+            return None
+        if not held:
+            return None
+        # A terminal's master is its input too; a pipe stdin was ours alone and is gone.
+        io = ProcessIO(tty=c.config.stdio.tty, stdin=c.config.stdio.tty and c.config.stdio.open_stdin,
+                       log_path=c.log_path)
+        if c.config.stdio.tty:
+            for extra in held[1:]:
+                os.close(extra)
+            io.connect_master(held[0])
+        elif len(held) == 2:
+            io.adopt_outputs(*held)
+        else:
+            for fd in held:
+                os.close(fd)
+            return None
+        log.info("stdio of %s taken back from its shim", c.id[:12])
+        return self.pump(c.id, io)
+
+    def pump(self, cid: str, io: ProcessIO) -> asyncio.Future:
+        """`io` is the container's stdio until it exits; resolves once its sessions have the end."""
+        old = self.ios.get(cid)
+        if old is not None and old is not io:
+            self._forget(old)
+        if not io.closed:
+            self.ios[cid] = io
+        drained = asyncio.get_running_loop().create_future()
+
+        async def run() -> None:
+            try:
+                try:
+                    code: int | None = await self.runtime.wait(cid)
+                except NotFound:
+                    code = None  # removed under us (rm -f)
+                await io.finish(code)
+            except Exception:
+                log.exception("stdio of %s failed", cid[:12])
+            finally:
+                if self.ios.get(cid) is io:
+                    del self.ios[cid]
+                self._forget(io)
+                if not drained.done():
+                    drained.set_result(None)
+
+        self._spawn(run())
+        return drained
 
     # ---- verbs ---------------------------------------------------------------------
 
@@ -236,17 +292,24 @@ class Interactive:
 
 
 class Prepared:
-    """The stdio of one start of an interactive container, made before the runtime starts it."""
+    """The stdio of one start of an interactive container, made before the runtime starts it.
+
+    The shim keeps our ends open (the pty master it received, or the output pipes), so
+    that they outlive the agent: a restarted agent takes copies of them (`reclaim`)."""
 
     def __init__(self, owner: Interactive, c: Container, attach: AttachSpec | None):
         self.owner = owner
         self.attach = attach
         tty = c.config.stdio.tty
         self.io = ProcessIO(tty=tty, stdin=c.config.stdio.open_stdin, log_path=c.log_path)
-        self.console = ConsoleSocket() if tty else None
+        # A directory of its own under /tmp: a socket path has 108 bytes at most.
+        self.console_dir = tempfile.mkdtemp(prefix="dycon-") if tty else ""
         try:
-            self.spec = (StdioSpec(console_socket=self.console.path) if self.console is not None
-                         else StdioSpec(fds=self.io.make_pipes()))
+            if tty:
+                self.spec = StdioSpec(console_socket=os.path.join(self.console_dir, "s"))
+            else:
+                fds = self.io.make_pipes()
+                self.spec = StdioSpec(fds=fds, hold=self.io.output_fds())
             if attach is not None:
                 owner._add_session(self.io, attach)
         except BaseException:
@@ -256,40 +319,25 @@ class Prepared:
     def abort(self) -> None:
         """The start failed: nothing of this stdio stays."""
         self.owner._forget(self.io)
-        if self.console is not None:
-            self.console.close()
+        if self.console_dir:
+            shutil.rmtree(self.console_dir, ignore_errors=True)
 
     def begin(self, cid: str) -> asyncio.Future:
         """The container runs: pump its stdio; the future resolves once sessions have its end."""
-        old = self.owner.ios.get(cid)
-        if old is not None and old is not self.io:
-            self.owner._forget(old)
-        self.owner.ios[cid] = self.io
-        drained = asyncio.get_running_loop().create_future()
-        self.owner._spawn(self._run(cid, drained))
-        return drained
-
-    async def _run(self, cid: str, drained: asyncio.Future) -> None:
         try:
-            if self.console is not None:
+            if self.console_dir:
                 try:
-                    self.io.connect_master(await self.console.master())
+                    held = self.owner.runtime.held_stdio(cid)
                 finally:
-                    self.console.close()
+                    shutil.rmtree(self.console_dir, ignore_errors=True)
+                if not held:
+                    raise Unavailable("the container's shim holds no terminal")
+                self.io.connect_master(held[0])
                 if self.attach is not None:
                     self.io.resize(self.attach.rows, self.attach.cols)
             else:
                 self.io.started()
-            try:
-                code: int | None = await self.owner.runtime.wait(cid)
-            except NotFound:
-                code = None  # removed under us (rm -f)
-            await self.io.finish(code)
         except Exception:
-            log.exception("stdio of %s failed", cid[:12])
-        finally:
-            if self.owner.ios.get(cid) is self.io:
-                del self.owner.ios[cid]
+            log.exception("stdio of %s", cid[:12])
             self.owner._forget(self.io)
-            if not drained.done():
-                drained.set_result(None)
+        return self.owner.pump(cid, self.io)

@@ -66,6 +66,15 @@ class ProcessIO:
         self._outputs = {out_r: STDOUT, err_r: STDERR}
         return in_r, out_w, err_w
 
+    def output_fds(self) -> tuple[int, ...]:
+        return tuple(self._outputs)
+
+    def adopt_outputs(self, stdout_r: int, stderr_r: int) -> None:
+        """Output pipes taken back from the shim (after an agent restart); stdin is gone."""
+        self._outputs = {stdout_r: STDOUT, stderr_r: STDERR}
+        self.stdin_open = False
+        self._begin()
+
     def extra_output(self) -> int:
         """A pipe whose output counts as stderr (a runtime's own messages beside a pty); its write end."""
         r, w = os.pipe()
