@@ -14,6 +14,8 @@ first each round:
   publish     run -d -p 127.0.0.1:H:8080 IMAGE httpd  until the first HTTP 200
   lifecycle   run -d IMAGE sleep 600; stop -t 0; rm
   stats, cp   stats --no-stream, cp 100 MB in and out (bench/verbs_cases.py)
+  exec-true   exec CONTAINER true                     (a running sleep container)
+  run-i-echo  echo hello | run -i --rm IMAGE cat      (stdin in, stdout back, exit)
 
 Prints medians and the ratios dockyard/podman (target: every ratio <= 0.5). Puts
 ip_forward and netavark's chains back as it found them.
@@ -102,6 +104,47 @@ class Tool:
         self.run("stop", "-t", "0", cid)
         self.run("rm", cid)
         return time.perf_counter() - t0
+
+
+# ---- interactive: exec and run -i (their own table; the targets are made once per tool) ----
+
+def exec_true(tool: Tool, target: str) -> float:
+    return timed([*tool.argv, "exec", target, "true"], tool.env)
+
+
+def run_i_echo(tool: Tool) -> float:
+    """`echo hello | run -i --rm IMAGE cat`: stdin in, the same bytes out, exit."""
+    t0 = time.perf_counter()
+    p = subprocess.run([*tool.argv, "run", "-i", "--rm", "--network", "none", tool.image, "cat"], env=tool.env,
+                       input=b"hello\n", capture_output=True, timeout=120)
+    took = time.perf_counter() - t0
+    if p.returncode != 0 or p.stdout != b"hello\n":
+        raise RuntimeError(f"{tool.name} run -i: {p.returncode} {p.stdout!r} {p.stderr[-500:]!r}")
+    return took
+
+
+def interactive_cases(tools: list[Tool], rounds: int) -> float:
+    """Print the exec and run -i table; the worse ratio."""
+    targets = {t.name: t.run("run", "-d", "--network", "none", t.image, "sleep", "600").stdout.strip()
+               for t in tools}
+    for t in tools:
+        exec_true(t, targets[t.name])  # warm-up
+    cases = {"exec-true": lambda t: exec_true(t, targets[t.name]), "run-i-echo": run_i_echo}
+    times: dict[tuple[str, str], list[float]] = {(c, t.name): [] for c in cases for t in tools}
+    for r in range(rounds):
+        for case, fn in cases.items():
+            for t in (tools if r % 2 == 0 else tools[::-1]):
+                times[(case, t.name)].append(fn(t))
+    for t in tools:
+        t.run("rm", "-f", targets[t.name], check=False)
+    print(f"{'case':<12}{'dockyard':>10}{'podman':>10}{'ratio':>8}   (interactive)")
+    worst = 0.0
+    for case in cases:
+        d = statistics.median(times[(case, "dockyard")])
+        p = statistics.median(times[(case, "podman")])
+        worst = max(worst, d / p)
+        print(f"{case:<12}{d:>10.3f}{p:>10.3f}{d / p:>8.2f}")
+    return worst
 
 
 def setup_podman(root: Path, regport: int, rootfs_tar: Path) -> dict:
@@ -218,6 +261,7 @@ def main() -> int:
             worst = max(worst, d / p)
             print(f"{case:<12}{d:>10.3f}{p:>10.3f}{d / p:>8.2f}")
         print(f"{'cold pull':<12}{cold_d:>10.3f}{cold_p:>10.3f}{cold_d / cold_p:>8.2f}   (reported apart)")
+        worst = max(worst, interactive_cases([dockyard, podman], args.rounds))  # interactive
         print(f"worst ratio {worst:.2f} (target <= 0.5)")
         from bench import verbs_cases  # verbs: stats --no-stream, cp 100 MB each way
         print(f"worst verbs ratio {verbs_cases.run([dockyard, podman], args.rounds, tmp):.2f} (target <= 0.5)")

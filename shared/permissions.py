@@ -154,6 +154,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("rmi", [s.REGISTRY_RMI]), ("tag", [s.REGISTRY_TAG, s.REGISTRY_UNTAG]),
         # verbs: restart, rename, pause, unpause, update, cp, export
         ("restart, rename, pause, update, cp, export", _agent_verbs(*OPERATOR_VERBS)),
+        # interactive: attach, and the input of an attach or exec session
+        ("attach", _agent_verbs(s.AGENT_ATTACH, s.AGENT_STDIN)),
     ],
     "admin": [
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),

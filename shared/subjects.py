@@ -104,3 +104,9 @@ UPLOAD_COMMITTED = "dockyard.registry.upload.committed"
 KV_BUILD_LEASES = "dockyard-build-leases"
 EVENT_CACHE_PRUNED = "dockyard.events.builder.cache-pruned"
 KV_CONTAINERS = "dockyard-containers"  # lifecycle: each agent's container records, for `ps` of a gone agent
+
+# interactive (services/runtime_agent/interactive): subjects.agent(agent_id, VERB) for each;
+# the frames of a session go to the inbox its client names (shared/messages/interactive.py)
+AGENT_ATTACH = "attach"  # a new session on a container's stdio
+AGENT_EXEC = "exec"  # a process in a running container (attached unless -d)
+AGENT_STDIN = "stdin"  # a session's input: stdin bytes (as requests), acks, resizes, close

@@ -22,6 +22,7 @@ from services.runtime_agent.containers.mirror import ContainerMirror
 from services.runtime_agent.containers.store import ContainerStore
 from services.runtime_agent.heartbeat import Heartbeats, capacity, cpus, open_bucket
 from services.runtime_agent.images import ImageStore, Puller
+from services.runtime_agent.interactive import Interactive
 from services.runtime_agent.network import Network, NetworkConfig
 from services.runtime_agent.prune import prune
 from shared import bus, subjects
@@ -68,6 +69,8 @@ class Agent:
                                      runtime=runtime, images=self.images, puller=self.puller, network=network,
                                      nc=nc, cgroup_parent=cfg.env("CGROUP_PARENT", "/dockyard"),
                                      volume_roots=parse_volume_roots(cfg.env("AGENT_VOLUME_ROOTS")))
+        self.interactive = Interactive(nc, agent_id, self.containers, runtime)  # attach, exec, -i/-t
+        self.containers.stdio = self.interactive
         mem = cfg.env("AGENT_MEMORY", "")
         self.memory_override = int(mem) if mem else None
         self.address = cfg.env("AGENT_ADDRESS", "") or _default_address()
@@ -89,6 +92,7 @@ class Agent:
         ]
         for verb, typ, handler, bounds in verbs:
             svc.endpoint(subjects.agent(self.id, verb), typ, handler, queue=own, **bounds)
+        self.interactive.register(svc)
         svc.endpoint(m.fleet(m.VERB_PS), m.PsRequest, self.ps, queue=own, empty_ok=True)
         svc.endpoint(m.fleet(m.VERB_IMAGES), m.ImagesRequest, self.list_images, queue=own)
         from services.runtime_agent.verbs import Verbs  # verbs: wait, restart, top, stats, cp, ... (issue 11)
@@ -209,6 +213,7 @@ async def serve(cfg: Config) -> None:
         store.on_change = mirror.mark
         await mirror.start([c.id for c in store.all()])
         await svc.start()
+        await agent.interactive.start()
         log.info("runtime-agent %s ready", agent_id)
         await asyncio.Event().wait()
     finally:
@@ -223,6 +228,7 @@ async def serve(cfg: Config) -> None:
             with contextlib.suppress(Exception):
                 await mirror.stop()
         if agent is not None:
+            await agent.interactive.close()
             agent.containers.on_change = None
             await agent.containers.close()
             await agent.puller.close()

@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.messages.interactive import AttachSpec, StdioConfig
 from shared.messages.runflags import HealthProbe, RunFlags
 
 # ---- subjects --------------------------------------------------------------------------
@@ -107,6 +108,8 @@ class ContainerConfig(msgspec.Struct, kw_only=True, frozen=True):
     labels: dict[str, str] = {}
     # runflags: the issue-11 run/create flags, resolved against the image
     flags: RunFlags = RunFlags()
+    # interactive: -i / -t (shared/messages/interactive.py)
+    stdio: StdioConfig = StdioConfig()
 
 
 class ContainerState(msgspec.Struct, kw_only=True, frozen=True):
@@ -180,6 +183,9 @@ class RunRequest(msgspec.Struct, kw_only=True):
     # runflags: the issue-11 flags; `create` makes the container without starting it
     flags: RunFlags = RunFlags()
     create_only: bool = False
+    # interactive: -i / -t, and the CLI's session on the container's stdio from its start
+    stdio: StdioConfig = StdioConfig()
+    attach: AttachSpec | None = None
 
 
 class RunReply(msgspec.Struct, kw_only=True):

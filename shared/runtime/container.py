@@ -26,6 +26,7 @@ from shared.runtime.jsonlog import rfc3339nano
 from shared.runtime.probe import RuntimeInfo, probe_runtime
 from shared.runtime.records import ExitRecord, Meta, ShimRecord
 from shared.runtime.spec import ContainerSpec, build_config
+from shared.runtime.stdio import StdioSpec, take_held
 
 DEFAULT_STATE_ROOT = Path("/run/dockyard/runtime")
 _START_TIMEOUT = 60.0
@@ -88,8 +89,11 @@ class Runtime:
     # -- start ------------------------------------------------------------
 
     async def create_and_start(self, cid: str, bundle_dir: str | os.PathLike,
-                               spec: ContainerSpec, log_path: str | os.PathLike) -> int:
-        """Write the bundle's config.json and start the container under a shim; its pid."""
+                               spec: ContainerSpec, log_path: str | os.PathLike,
+                               stdio: StdioSpec | None = None) -> int:
+        """Write the bundle's config.json and start the container under a shim; its pid.
+
+        `stdio`: the caller keeps the container's stdio (interactive: shared/runtime/stdio.py)."""
         sdir = self._dir(records.check_id(cid))
         try:
             sdir.mkdir()
@@ -101,7 +105,7 @@ class Runtime:
             meta = Meta(bundle=str(bundle), log_path=str(log_path), cgroups_path=spec.cgroups_path,
                         runtime_argv=tuple(self.command()), runtime_root=str(self.runtime_root))
             records.write_atomic(sdir / "meta.json", msgspec.json.encode(meta))
-            pid = await self._spawn_shim(cid, sdir, bundle, Path(log_path), spec.cgroups_path)
+            pid = await self._spawn_shim(cid, sdir, bundle, Path(log_path), spec.cgroups_path, stdio)
         except BaseException:
             # Failed, cancelled or timed out: undo whatever part of the start happened.
             # (A shim still inside `run -d` at this instant can win the race; the
@@ -114,13 +118,16 @@ class Runtime:
         return pid
 
     async def _spawn_shim(self, cid: str, sdir: Path, bundle: Path, log_path: Path,
-                          cgroups_path: str) -> int:
+                          cgroups_path: str, stdio: StdioSpec | None = None) -> int:
         memcg = cgroups.controller_dir("memory", cgroups_path)
-        args = [cid, str(bundle), str(log_path), str(sdir), str(memcg) if memcg else "-", *self.command()]
-        sync_r = self._use_spare(args)
+        args = [*(stdio.shim_options() if stdio else ()), cid, str(bundle), str(log_path), str(sdir),
+                str(memcg) if memcg else "-", *self.command()]
+        pass_fds = stdio.pass_fds if stdio else ()
+        # A spare cannot be handed fds (its arguments come down a pipe): pipes need a cold shim.
+        sync_r = self._use_spare(args) if not pass_fds else None
         spare = sync_r is not None
         if sync_r is None:
-            sync_r = self._cold_shim(sdir, args)
+            sync_r = self._cold_shim(sdir, args, pass_fds)
         asyncio.get_running_loop().call_soon(self._new_spare)  # for the next start
         pid = await self._started(cid, sync_r)
         if pid is None and spare and not shimctl.log_tail(sdir) and not (sdir / "shim.json").exists():
@@ -148,9 +155,9 @@ class Runtime:
             raise InvalidArgument(f"container {cid} did not start: {rest}")
         return None
 
-    def _cold_shim(self, sdir: Path, args: list[str]) -> int:
+    def _cold_shim(self, sdir: Path, args: list[str], pass_fds: tuple[int, ...] = ()) -> int:
         """Start a shim for `args` now; the read end of its sync pipe."""
-        proc, sync_r = shimctl.start_cold(sdir, args)
+        proc, sync_r = shimctl.start_cold(sdir, args, pass_fds)
         self._unreap(proc)
         return sync_r
 
@@ -217,6 +224,13 @@ class Runtime:
             except NotFound:
                 pass  # deleted while we looked
         return out
+
+    def held_stdio(self, cid: str) -> list[int]:
+        """Copies of an interactive container's stdio ends that its shim holds (stdio.py)."""
+        shim = records.read(self._existing_dir(cid) / "shim.json", ShimRecord)
+        if shim is None or not shim.held or (self._dir(cid) / "exit.json").exists():
+            return []
+        return take_held(shim.shim_pid, shim.shim_start, shim.held)
 
     # -- signal, wait, stop -----------------------------------------------
 

@@ -35,6 +35,7 @@ class ShimRecord(msgspec.Struct, frozen=True):
     shim_pid: int
     shim_start: int
     started_at: str
+    held: tuple[int, ...] = ()  # interactive: the shim's fds of the caller's stdio ends (stdio.py)
 
 
 class ExitRecord(msgspec.Struct, frozen=True):

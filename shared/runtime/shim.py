@@ -8,7 +8,9 @@ tells the caller the container's pid over an inherited pipe, then copies the
 output into a docker json-file log, reaps the container, records its exit in
 `exit.json` (atomically) and deletes it from the runtime.
 
-argv: SYNC_FD ID BUNDLE LOG_PATH STATE_DIR MEMORY_CGROUP_DIR|- RUNTIME_ARGV...
+argv: SYNC_FD [--stdio=IN,OUT,ERR --hold=FD,... | --console=SOCKET] ID BUNDLE LOG_PATH STATE_DIR
+MEMORY_CGROUP_DIR|- RUNTIME_ARGV... (the options: an interactive container's stdio is the
+caller's, see stdio.py; the shim then writes no log).
 The caller reads one line from SYNC_FD: `ok <container pid> <shim pid>` or
 `error <message>`; EOF without a line means the shim died (see shim.log).
 After `ok` the pipe stays open: once the exit is recorded in exit.json the shim
@@ -49,6 +51,7 @@ def main(argv):
         args = _wait_for_work(ctl_fd)
         if args is None:
             return 0  # not needed after all
+    stdio, console, held, args = _options(args)
     cid, bundle, log_path, state_dir, memcg = args[:5]
     runtime = args[5:]
     try:
@@ -58,19 +61,30 @@ def main(argv):
         _report(sync_fd, "error cannot open log %s: %s" % (log_path, e.strerror))
         return 1
     try:
-        pid, out_r, err_r = _start(cid, bundle, state_dir, runtime)
+        listener = _console_listener(console) if console else None
+        pid, out_r, err_r = _start(cid, bundle, state_dir, runtime, stdio, console)
+        if listener is not None:
+            held = held + (_receive_console(listener),)
     except (_StartError, OSError) as e:
         _report(sync_fd, "error " + str(e).replace("\n", " "))
         return 1
     started_at = _now()
+    # `held`: the caller's ends of an interactive container's stdio (its pty master, its
+    # output pipes), kept open here so that they outlive the caller; a restarted caller
+    # takes copies with pidfd_getfd.
     _atomic_write(os.path.join(state_dir, "shim.json"),
-                  '{"pid": %d, "pid_start": %d, "shim_pid": %d, "shim_start": %d, "started_at": "%s"}'
-                  % (pid, _start_ticks(pid), os.getpid(), _start_ticks(os.getpid()), started_at))
+                  '{"pid": %d, "pid_start": %d, "shim_pid": %d, "shim_start": %d, "started_at": "%s", '
+                  '"held": [%s]}'
+                  % (pid, _start_ticks(pid), os.getpid(), _start_ticks(os.getpid()), started_at,
+                     ", ".join(map(str, held))))
     try:
         _report(sync_fd, "ok %d %d" % (pid, os.getpid()), close=False)
     except OSError:
         pass  # the caller died meanwhile: the container is ours to keep all the same
-    _copy_logs(log, out_r, err_r)
+    if stdio is None:
+        _copy_logs(log, out_r, err_r)
+    else:
+        os.close(log)  # the caller holds the container's output and writes the log
     status = _reap(pid)
     code = os.waitstatus_to_exitcode(status)
     if code < 0:
@@ -107,6 +121,49 @@ class _StartError(Exception):
     pass
 
 
+def _options(args):
+    """Leading `--stdio=IN,OUT,ERR` (the container's pipe ends, inherited), `--hold=FD,...`
+    (the caller's ends, inherited, kept open) or `--console=SOCKET` (a path to listen on)."""
+    stdio, console, held = None, "", ()
+    while args and args[0].startswith("--"):
+        opt, _, value = args.pop(0).partition("=")
+        if opt == "--stdio":
+            stdio = tuple(int(fd) for fd in value.split(","))
+        elif opt == "--hold":
+            held = tuple(int(fd) for fd in value.split(","))
+        elif opt == "--console":
+            console = value
+    for fd in (*(stdio or ()), *held):
+        os.set_inheritable(fd, False)  # the runtime gets the stdio as its 0, 1, 2; the rest nobody
+    return stdio, console, held, args
+
+
+def _console_listener(path):
+    import socket
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    s.bind(path)
+    s.listen(1)
+    return s
+
+
+def _receive_console(listener):
+    """The pty master the runtime sent during `run -d` (it waits in the backlog till then)."""
+    import socket
+    listener.settimeout(10)
+    try:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(10)
+            _, fds, _, _ = socket.recv_fds(conn, 4096, 1, socket.MSG_CMSG_CLOEXEC)
+    except OSError as e:
+        raise _StartError("no terminal from the runtime: %s" % e)
+    finally:
+        listener.close()
+    if not fds:
+        raise _StartError("the runtime sent no terminal")
+    return fds[0]
+
+
 def _set_subreaper():
     import ctypes  # only here: ~3 ms, and nothing else needs it
     libc = ctypes.CDLL(None, use_errno=True)
@@ -114,28 +171,39 @@ def _set_subreaper():
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
 
 
-def _start(cid, bundle, state_dir, runtime):
-    """`run -d` with new pipes as the container's stdio: its pid and the read ends."""
+def _start(cid, bundle, state_dir, runtime, stdio=None, console=""):
+    """`run -d` with new pipes as the container's stdio: its pid and the read ends.
+
+    With `stdio` the caller's fds are the container's stdio instead (the read ends
+    returned are then None); with `console` the runtime sends a pty master there, and the
+    pipes carry only the runtime's own messages."""
     pid_file = os.path.join(state_dir, "container.pid")
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    devnull = os.open(os.devnull, os.O_RDONLY)
+    extra = ["--console-socket", console] if console else []
+    if stdio is not None:
+        out_r = err_r = None
+        in_fd, out_w, err_w = stdio
+    else:
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        in_fd = os.open(os.devnull, os.O_RDONLY)
     try:
-        rt = os.posix_spawnp(runtime[0], runtime + ["run", "-d", "--pid-file", pid_file,
+        rt = os.posix_spawnp(runtime[0], runtime + ["run", "-d", "--pid-file", pid_file, *extra,
                                                     "--bundle", bundle, cid], os.environ,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0),
+                             file_actions=[(os.POSIX_SPAWN_DUP2, in_fd, 0),
                                            (os.POSIX_SPAWN_DUP2, out_w, 1),
                                            (os.POSIX_SPAWN_DUP2, err_w, 2)])
     finally:
         os.close(out_w)
         os.close(err_w)
-        os.close(devnull)
+        os.close(in_fd)
     _, status = os.waitpid(rt, 0)
     if status != 0:
         # Before the container exists only the runtime writes: its error is all there is.
-        os.set_blocking(err_r, False)
         msg = b""
         for fd in (err_r, out_r):
+            if fd is None:
+                continue  # the runtime's message went to the caller's stderr pipe
+            os.set_blocking(fd, False)
             try:
                 msg += os.read(fd, _CHUNK)
             except BlockingIOError:

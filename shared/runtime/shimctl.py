@@ -24,12 +24,14 @@ SHIM = Path(__file__).with_name("shim.py")
 _PYTHON = (sys.executable, "-S", "-I", str(SHIM))
 
 
-def start_cold(sdir: Path, args: list[str]) -> tuple[subprocess.Popen, int]:
-    """A shim for `args` (ID BUNDLE LOG STATE MEMCG RUNTIME...): its first half, its sync pipe."""
+def start_cold(sdir: Path, args: list[str], pass_fds: tuple[int, ...] = ()) -> tuple[subprocess.Popen, int]:
+    """A shim for `args` (ID BUNDLE LOG STATE MEMCG RUNTIME...): its first half, its sync pipe.
+
+    `pass_fds`: the container's stdio when the caller keeps it (`--stdio=` in `args`)."""
     sync_r, sync_w = os.pipe()
     try:
         with open(sdir / "shim.log", "ab") as shim_log:
-            proc = subprocess.Popen([*_PYTHON, str(sync_w), *args], pass_fds=(sync_w,),
+            proc = subprocess.Popen([*_PYTHON, str(sync_w), *args], pass_fds=(sync_w, *pass_fds),
                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                     stderr=shim_log, start_new_session=True)
     except OSError as e:

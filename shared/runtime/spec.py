@@ -115,8 +115,6 @@ class ContainerSpec(msgspec.Struct, frozen=True, kw_only=True):
         for m in self.mounts:
             if not posixpath.isabs(m.destination) or not posixpath.isabs(m.source):
                 raise InvalidArgument(f"bind mount paths must be absolute: {m.source}:{m.destination}")
-        if self.terminal:
-            raise InvalidArgument("terminal containers are not supported")
         for e in self.env:
             if "=" not in e:
                 raise InvalidArgument(f"environment entry is not NAME=VALUE: {e!r}")
@@ -163,7 +161,7 @@ def build_config(spec: ContainerSpec) -> dict:
     config = {
         "ociVersion": OCI_VERSION,
         "process": {
-            "terminal": False,
+            "terminal": spec.terminal,  # interactive: a pty whose master crun sends to the console socket
             "user": {"uid": spec.uid, "gid": spec.gid,
                      **({"additionalGids": list(spec.additional_gids)} if spec.additional_gids else {})},
             "args": list(spec.args),

@@ -22,4 +22,5 @@ MODULES = {
     "wait": "verbs", "restart": "verbs", "rename": "verbs", "port": "verbs", "pause": "verbs",
     "unpause": "verbs", "update": "verbs", "top": "verbs", "stats": "verbs", "events": "events",
     "diff": "verbs", "cp": "copy", "export": "copy", "commit": "copy",
+    "attach": "interactive", "exec": "interactive",  # interactive: attach, exec (run -i/-t: containers)
 }

@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from services.cli import runopts
+from services.cli.commands import interactive
 from services.cli.container_streams import SignalProxy, Stream
 
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40, "p": 1 << 50}
@@ -59,6 +60,7 @@ def register(sub: Any) -> None:
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VAL")
     p.add_argument("--host", help="the agent to run on (default: the one with the most free memory)")
     runopts.add_arguments(p)  # runflags: the issue-11 flags
+    interactive.add_run_flags(p)  # interactive: -i, -t, --detach-keys, --sig-proxy
     p.add_argument("image")
     p.add_argument("command", nargs=argparse.REMAINDER)
     p.set_defaults(func=run)
@@ -217,8 +219,11 @@ async def run(args, ctx) -> int:
                      restart=args.restart, rm=args.rm, detach=args.detach, pull=args.pull, labels=labels,
                      hostname=args.hostname or "")
     req = runopts.apply(req, args)
+    req = interactive.apply_run_flags(req, args)
     client = await ctx.bus()
     host = await place(ctx, args.image, memory, args.host)
+    if interactive.wants_session(args):
+        return await interactive.run_attached(args, ctx, client, host, req, _request_run)
     if args.detach:
         reply = await _request_run(client, host, req)
         if ctx.json_output:

@@ -74,6 +74,7 @@ class Containers:
         self.on_change: Callable[[], None] | None = None  # a container started or ended
         # verbs: docker's lifecycle events (action, container, attributes), for `dockyard events`
         self.on_event: Callable[[str, Container, dict[str, str]], None] | None = None
+        self.stdio = None  # interactive: makes the stdio of -i/-t containers (services/runtime_agent/interactive)
 
     # ---- queries ---------------------------------------------------------------------
 
@@ -133,7 +134,7 @@ class Containers:
         if not req.detach:
             w.readers.add(drained)  # the exit waits for the output to be sent
         try:
-            c = await self._start(c, w)
+            c = await self._start(c, w, attach=req.attach)
         except BaseException:
             if req.rm:
                 with contextlib.suppress(DockyardError):
@@ -160,7 +161,7 @@ class Containers:
             volumes=volumes, network=req.network, publish=list(req.publish),
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
-            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config))
+            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config), stdio=req.stdio)
         if req.flags.publish_all and req.network == "bridge":
             config = msgspec.structs.replace(config, publish=config.publish + runflags.exposed_publish(cfg.config))
         c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
@@ -179,11 +180,13 @@ class Containers:
             mounts=etc + tuple(BindMount(v.source, v.destination, v.readonly) for v in c.config.volumes),
             network=netns, memory_bytes=lim.memory, memory_swap_bytes=lim.memory_swap,
             cpu_shares=lim.cpu_shares, readonly_rootfs=c.config.flags.read_only,
-            flags=runflags.spec_flags(c.config.flags))
+            flags=runflags.spec_flags(c.config.flags), terminal=c.config.stdio.tty)
 
-    async def _start(self, c: Container, w: Watch, restart_count: int | None = None) -> Container:
+    async def _start(self, c: Container, w: Watch, restart_count: int | None = None,
+                     attach=None) -> Container:
         """Mount, network, start; the container is then running under its monitor."""
         cid = c.id
+        stdio = None
         try:
             image = self.images.get(c.config.image_digest)
             # The rootfs (a thread) and the network (its own processes) do not wait on each other.
@@ -202,8 +205,13 @@ class Containers:
                               netns=att.netns_path or "host", etc=etc.mounts())
             with contextlib.suppress(NotFound):
                 await self.runtime.delete(cid)  # an earlier run's runtime state
-            pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid))
+            if self.stdio is not None and c.config.stdio.interactive:  # interactive: -i/-t
+                stdio = self.stdio.prepare(c, attach)
+            pid = await self.runtime.create_and_start(cid, self.store.bundle(cid), spec, self.store.log_path(cid),
+                                                      stdio=stdio.spec if stdio is not None else None)
         except BaseException as e:
+            if stdio is not None:
+                stdio.abort()
             await release(self.network, self.snapshots, cid)  # a failed start holds nothing either
             msg = e.message if isinstance(e, DockyardError) else f"{type(e).__name__}: {e}"
             failed = msgspec.structs.replace(c.state, status="created" if not c.state.started_at else "exited",
@@ -219,6 +227,8 @@ class Containers:
         c = msgspec.structs.replace(c, state=state, network=net)
         self.store.save(c)
         self._watch(cid, w)
+        if stdio is not None:
+            w.readers.add(stdio.begin(cid))  # the exit waits for the sessions to have it
         self._changed()
         self.event("start", c)
         return c
@@ -434,7 +444,12 @@ class Containers:
         with contextlib.suppress(Exception):
             await release_exited(self.snapshots, [c.id for c in self.store.all() if c.id not in settled])
         for c in running:
-            self._watch(c.id, Watch())
+            w = Watch()
+            self._watch(c.id, w)
+            if self.stdio is not None and c.config.stdio.interactive:  # interactive: its stdio back
+                drained = self.stdio.reclaim(c)
+                if drained is not None:
+                    w.readers.add(drained)
         for c in exited:
             if c.state.status == "running":
                 self._watch(c.id, Watch())  # the monitor finds it ended and settles it
