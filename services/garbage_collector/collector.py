@@ -8,6 +8,7 @@ import logging
 
 from shared.messages.gc import GcFinished, JobReport, RunRequest
 from shared.subjects import EVENT_GC_FINISHED
+from services.garbage_collector import metrics
 from services.garbage_collector.jobs import JobContext, Options, expand, run_job
 from services.garbage_collector.lease import Lease, Leases
 
@@ -62,5 +63,6 @@ class Collector:
         return report
 
     async def announce(self, reports: list[JobReport], dry_run: bool, trigger: str) -> None:
+        metrics.record(reports, dry_run, trigger)
         await self.ctx.bus.publish(EVENT_GC_FINISHED,
                                    GcFinished(reports=reports, dry_run=dry_run, trigger=trigger))

@@ -11,6 +11,8 @@ from nats.aio.client import Client as NATS
 from shared import codec, subjects
 from shared.dataplane_sign import DataplaneSigner
 from shared.layer_store_client import LayerStoreClient
+from shared.metrics import exposition
+from shared.metrics import http as http_metrics
 from shared.registry_meta import RegistryMeta
 from services.registry_gateway import accesslog, blobs, httputil, manifests, ui
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
@@ -47,7 +49,8 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
     on start-up and closes them on clean-up. `extra_routes` carries the token endpoint;
     `signer` holds the data-plane key the layer-store checks.
     Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`)."""
-    app = web.Application(middlewares=[*accesslog.middlewares(), error_middleware], client_max_size=1 << 20,
+    app = web.Application(middlewares=[http_metrics.middleware, *accesslog.middlewares(), error_middleware],
+                          client_max_size=1 << 20,
                           handler_args={"read_bufsize": READ_BUFSIZE})
 
     async def resources(app: web.Application) -> AsyncIterator[None]:
@@ -70,6 +73,7 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
     app.router.add_get("/v2/", base)
     app.router.add_get("/v2", base)
     app.router.add_get("/v2/_catalog", catalog)
+    exposition.add_route(app)  # loopback clients or DOCKYARD_METRICS_TOKEN, not registry users
     # uploads before blobs: `/blobs/uploads/` must not be read as a blob digest
     app.add_routes(blobs.upload_routes)
     app.add_routes(blobs.routes)
