@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -91,7 +92,7 @@ async def serve_standalone(addr: str, advertise_host: str = "") -> web.AppRunner
         await runner.cleanup()
         raise Unavailable(f"metrics cannot listen on {addr}: {e.strerror or e}") from e
     bound = runner.addresses[0][1]
-    shown = advertise_host or (host if host not in ("0.0.0.0", "::") else "127.0.0.1")
+    shown = advertise_host or (host if host not in ("0.0.0.0", "::") else socket.gethostname())
     shown = f"[{shown}]" if ":" in shown else shown
     _advertised[:] = [f"http://{shown}:{bound}{PATH}"]
     log.info("metrics on %s", _advertised[0])
