@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.e2e.conftest import skopeo
-from tests.support.images import oci_layout, skopeo_env, tar_dir
+from tests.support.images import busybox_layout, oci_layout, skopeo_env, tar_dir
 from tests.unit.registry_client.conftest import CncfRegistry
 
 pytestmark = pytest.mark.e2e
@@ -148,3 +148,16 @@ def test_gc_reports_each_job_as_it_ends(stack):
     assert re.fullmatch(r"#1 DONE \d+\.\ds examined \d+, would remove \d+, freed \S+", lines[1]), p.stderr
     assert "JOB" in p.stdout  # the table stays on stdout
     assert stack.cli("gc", "run", "-q", "--dry-run", "--job", "uploads").stderr == ""
+
+
+def test_run_shows_the_agents_pull_per_layer(stack, tmp_path):
+    layout = tmp_path / "layout"
+    busybox_layout(layout, tmp_path)
+    ref = f"dypg/bb-{uuid.uuid4().hex[:6]}:1"
+    skopeo("copy", "--dest-tls-verify=false", f"--dest-creds={stack.admin_creds}", f"oci:{layout}:latest",
+           f"docker://{stack.registry_addr}/{ref}", env=skopeo_env(tmp_path / "home"))
+    p = stack.cli("run", "--rm", "--pull", "always", ref, "echo", "ran", timeout=300)
+    lines = p.stderr.splitlines()
+    assert any(re.fullmatch(r"[0-9a-f]{12}: Pulling", ln) for ln in lines), p.stderr
+    assert any(re.fullmatch(r"[0-9a-f]{12}: Pull complete \S+", ln) for ln in lines), p.stderr
+    assert p.stdout == "ran\n"
