@@ -219,4 +219,27 @@ def test_labels_stay_bounded(endpoints, pushed):
         for metric, labels in samples:
             for k, v in labels:
                 assert "sha256" not in v and "dymt" not in v, (name, metric, k, v)
-        assert value(samples, "dockyard_nats_reconnects_total") == 0
+        assert value(samples, "dockyard_nats_reconnects_total") == 0  # before the test that kills NATS
+
+
+def test_nats_reconnects_are_counted(stack, endpoints):
+    """The stack's nats-server killed: `up` starts it again on its port, and every service's
+    one connection comes back, counted once. Last in the module: the stack saw a NATS death."""
+    import signal
+    import time
+    before = scrape_all(endpoints)
+    nats_pid = json.loads((stack.data_dir / "stack.json").read_text())["nats_pid"]
+    os.kill(nats_pid, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while True:
+        after = scrape_all(endpoints)
+        back = [n for n in SERVICES if delta(before[n], after[n], "dockyard_nats_reconnects_total") >= 1]
+        if len(back) == len(SERVICES) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert sorted(back) == sorted(SERVICES), {n: delta(before[n], after[n], "dockyard_nats_reconnects_total")
+                                              for n in SERVICES}
+    for n in SERVICES:
+        lost = delta(before[n], after[n], "dockyard_nats_disconnects_total")
+        assert delta(before[n], after[n], "dockyard_nats_reconnects_total") == lost == 1, n  # one connection each
+    assert stack.cli("status").returncode == 0
