@@ -46,6 +46,13 @@ def mode_for(progress: str = "auto", *, quiet: bool = False, json_output: bool =
     return "tty" if stream.isatty() else "plain"
 
 
+def reporter_for(args: argparse.Namespace, ctx: Any, *, verb: str = "Push") -> "Reporter":
+    """The Reporter a command's flags ask for (`--progress`, `-q`, the global `--json`): what
+    `save` and `load` call, with verb "Save" or "Load", before their transfers."""
+    return Reporter(mode_for(getattr(args, "progress", "auto"), quiet=getattr(args, "quiet", False),
+                             json_output=getattr(ctx, "json_output", False)), verb=verb)
+
+
 def human_size(n: float) -> str:
     for unit in ("B", "kB", "MB", "GB", "TB"):
         if n < 1000 or unit == "TB":

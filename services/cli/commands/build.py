@@ -271,7 +271,7 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
         signature, racy = context_signature(root, excludes)
         digest = await _send_context(ctx, root, excludes, cache, signature, racy, cache.packed(signature))
     from services.cli import progress as pg
-    reporter = pg.Reporter(pg.mode_for(args.progress, quiet=args.quiet, json_output=ctx.json_output))
+    reporter = pg.reporter_for(args, ctx)
 
     def show(p: Any) -> None:
         if p.kind == "step":

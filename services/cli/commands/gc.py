@@ -81,7 +81,7 @@ async def run(args, ctx) -> int:
     from services.cli import progress as pg
     from shared import codec
     from shared.messages.gc import JobReport
-    reporter = pg.Reporter(pg.mode_for(args.progress, quiet=args.quiet, json_output=ctx.json_output))
+    reporter = pg.reporter_for(args, ctx)
 
     def show(p) -> None:
         if p.kind == "step":

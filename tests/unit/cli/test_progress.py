@@ -120,3 +120,19 @@ def test_tty_draws_bars_on_a_pty():
     assert "━" in text  # rich's bar
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     assert "aaa: Pushed" in plain and "bbb: Already exists" in plain and "1.0/1.0 MB" in plain
+
+
+def test_reporter_for_a_commands_flags():
+    import argparse
+
+    class Ctx:
+        json_output = False
+
+    p = argparse.ArgumentParser()
+    p.add_argument("-q", "--quiet", action="store_true")
+    pg.add_flag(p)
+    assert pg.reporter_for(p.parse_args(["-q"]), Ctx()).mode == "quiet"
+    assert pg.reporter_for(p.parse_args(["--progress", "plain"]), Ctx(), verb="Save").verb == "Save"
+    Ctx.json_output = True
+    assert pg.reporter_for(p.parse_args([]), Ctx()).mode == "json"
+    assert pg.reporter_for(argparse.Namespace(), Ctx()).mode == "json"  # a command without the flags
