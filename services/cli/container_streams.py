@@ -8,7 +8,7 @@ import sys
 class Stream:
     """Output the agent sends to our inbox; answers its pings; done at `end`."""
 
-    def __init__(self, client, *, timestamps: bool = False, progress: bool = True):
+    def __init__(self, client, *, timestamps: bool = False, progress: bool = True, json_output: bool = False):
         import asyncio
         self.client = client
         self.inbox = client.nc.new_inbox()
@@ -17,6 +17,7 @@ class Stream:
         self.done = asyncio.get_running_loop().create_future()
         self.sub = None
         self.reporter = None  # made on the first pull progress
+        self.json_output = json_output
         self._sizes: dict[str, int] = {}
 
     async def __aenter__(self) -> "Stream":
@@ -58,7 +59,7 @@ class Stream:
 
         from services.cli import progress as pg
         if self.reporter is None:
-            self.reporter = pg.Reporter(pg.mode_for("auto"), verb="Pull")
+            self.reporter = pg.Reporter(pg.mode_for("auto", json_output=self.json_output), verb="Pull")
         m = re.fullmatch(r"([0-9a-f]{12}): downloading (\d+) bytes", message)
         if m:
             self.reporter.transfer(m.group(1), pg.ACTIVE, 0, int(m.group(2)))

@@ -161,3 +161,29 @@ def test_run_shows_the_agents_pull_per_layer(stack, tmp_path):
     assert any(re.fullmatch(r"[0-9a-f]{12}: Pulling", ln) for ln in lines), p.stderr
     assert any(re.fullmatch(r"[0-9a-f]{12}: Pull complete \S+", ln) for ln in lines), p.stderr
     assert p.stdout == "ran\n"
+    # `create` (and `run -d`) show the pull too (its layers are there now); stdout is the id alone
+    p = stack.cli("create", "--pull", "always", ref, timeout=300)
+    assert p.stderr.splitlines()[0].startswith("pulling ") and "sha256:" in p.stderr, p.stderr
+    cid = p.stdout.strip()
+    assert re.fullmatch(r"[0-9a-f]{64}", cid), p.stdout
+    stack.cli("rm", cid)
+
+
+async def test_gc_progress_goes_to_inboxes_only(stack):
+    """The collector may publish where its caller may not: a progress_inbox that names another
+    subject is refused before any job runs."""
+    from shared import bus, subjects
+    from shared.errors import InvalidArgument
+    from shared.messages.gc import RunReply, RunRequest
+    nc = await bus.connect(stack.nats_url)
+    try:
+        client = bus.BusClient(nc)
+        with pytest.raises(InvalidArgument, match="no inbox"):
+            await client.request(subjects.GC_RUN, RunRequest(jobs=["uploads"], dry_run=True,
+                                                              progress_inbox=subjects.BLOB_DELETE), RunReply)
+        seen = []
+        reply = await client.request_with_progress(subjects.GC_RUN, RunRequest(jobs=["uploads"], dry_run=True),
+                                                   RunReply, seen.append)
+        assert [p.kind for p in seen] == ["step", "report"] and reply.reports[0].job == "uploads"
+    finally:
+        await nc.drain()

@@ -220,13 +220,15 @@ async def run(args, ctx) -> int:
     client = await ctx.bus()
     host = await place(ctx, args.image, memory, args.host)
     if args.detach:
-        reply = await _request_run(client, host, req)
+        import msgspec
+        async with Stream(client, json_output=ctx.json_output) as stream:  # the pull's progress only
+            reply = await _request_run(client, host, msgspec.structs.replace(req, stream_inbox=stream.inbox))
         if ctx.json_output:
             ctx.print_json(reply.container)
         else:
             print(reply.container.id)
         return 0
-    async with Stream(client) as stream:
+    async with Stream(client, json_output=ctx.json_output) as stream:
         import msgspec
         # Signals are the container's to handle from here on; its exit code becomes ours.
         with SignalProxy(client, host, ctx) as proxy:
