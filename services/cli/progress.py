@@ -175,6 +175,11 @@ class Reporter:
         elif self.mode != "quiet":
             self.log(f"WARNING: {message}")
 
+    def data(self, event: str, **fields: Any) -> None:
+        """A machine-readable event (a GC job's report): in json mode only, where numbers beat words."""
+        if self.mode == "json":
+            self._json(event=event, **fields)
+
     def close(self) -> None:
         self.finish_step()
         if self._live is not None:

@@ -148,6 +148,11 @@ def test_gc_reports_each_job_as_it_ends(stack):
     assert re.fullmatch(r"#1 DONE \d+\.\ds examined \d+, would remove \d+, freed \S+", lines[1]), p.stderr
     assert "JOB" in p.stdout  # the table stays on stdout
     assert stack.cli("gc", "run", "-q", "--dry-run", "--job", "uploads").stderr == ""
+    js = stack.cli("--json", "gc", "run", "--dry-run", "--job", "uploads")
+    events = [json.loads(ln) for ln in js.stderr.splitlines()]
+    assert [e["event"] for e in events] == ["step", "gc_job", "step_done"], js.stderr
+    job = events[1]
+    assert job["job"] == "uploads" and job["freed"] == json.loads(js.stdout)["reports"][0]["freed"]
 
 
 def test_run_shows_the_agents_pull_per_layer(stack, tmp_path):

@@ -88,6 +88,8 @@ async def run(args, ctx) -> int:
             reporter.step(p.step, p.total_steps, p.message)
         elif p.kind == "report":
             r = codec.decode(p.data, JobReport)
+            reporter.data("gc_job", job=r.job, examined=r.examined, removed=r.removed, freed=r.freed,
+                          kept=r.kept, seconds=round(r.duration, 3), error=r.error)
             verb = "would remove" if args.dry_run else "removed"
             reporter.finish_step(f"error: {r.error}" if r.error else
                                  f"examined {r.examined}, {verb} {r.removed}, freed {_bytes(r.freed)}")
