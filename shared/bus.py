@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -56,6 +57,12 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
     connected = False
     refused: list[str] = []
 
+    async def on_disconnect() -> None:
+        _count_connection("NATS_DISCONNECTS")
+
+    async def on_reconnect() -> None:
+        _count_connection("NATS_RECONNECTS")
+
     async def on_error(e: Exception) -> None:
         # Before the first connection the caller gets one Unavailable instead of a log per try.
         (log.warning if connected else log.debug)("NATS %s: %s", url, str(e) or type(e).__name__)
@@ -66,7 +73,8 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
         # nats-py retries the first connect forever when reconnects are unlimited: bound it.
         nc = await asyncio.wait_for(nats.connect(
             [u.strip() for u in url.split(",")], name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error, **auth), connect_timeout)
+            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error,
+            disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **auth), connect_timeout)
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
         if refused:
             raise Unauthenticated(f"NATS at {_without_password(url)} refused the credentials: "
@@ -74,6 +82,15 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
         raise Unavailable(f"cannot reach NATS at {_without_password(url)}: {str(e) or 'timed out'}") from e
     connected = True
     return nc
+
+
+def _count_connection(family: str) -> None:
+    """Count a lost or regained connection, in a service (which has loaded its metrics) only:
+    a short CLI command does not pay for prometheus-client."""
+    import sys
+    families = sys.modules.get("shared.metrics.families")
+    if families is not None:
+        getattr(families, family).inc()
 
 
 def _without_password(url: str) -> str:
@@ -125,10 +142,14 @@ class BusService:
         self.nc = nc
         self.name = name
         self._config = ServiceConfig(name=name, version=version, description=description,
-                                     metadata=metadata or {}, queue_group=f"dockyard.{name}")
+                                     metadata=dict(metadata or {}), queue_group=f"dockyard.{name}")
         self._endpoints: list[EndpointConfig] = []
         self._inflight: set[asyncio.Task] = set()
         self._service: nats.micro.Service | None = None
+        from shared.metrics import bus as bus_metrics, exposition
+        self._observe = bus_metrics.observe
+        if exposition.advertised_url():
+            self._config.metadata.setdefault("metrics", exposition.advertised_url())
 
     @property
     def id(self) -> str:
@@ -162,18 +183,26 @@ class BusService:
 
     async def _serve_one(self, req: MicroRequest, ep: Endpoint, dec: msgspec.json.Decoder,
                          handler: Handler) -> None:
+        start, code, sent = time.perf_counter(), "ok", 0
         try:
             reply = await handler(ep.decode(dec, req.data))
             if req._msg.reply:
-                await req.respond(codec.encode(reply) if reply is not None else b"{}")
+                body = codec.encode(reply) if reply is not None else b"{}"
+                sent = len(body)
+                await req.respond(body)
         except DockyardError as e:
+            code = e.code
             await _respond_error(req, e)
         except asyncio.CancelledError:
+            code = Unavailable.code
             await _respond_error(req, Unavailable(f"{self.name} is shutting down"))
             raise
         except Exception as e:  # a bug: report it to the caller instead of a timeout
+            code = Internal.code
             log.exception("handler for %s failed", req.subject)
             await _respond_error(req, Internal(f"{self.name}: {type(e).__name__}: {e}"))
+        finally:
+            self._observe(ep.subject, code, time.perf_counter() - start, len(req.data), sent)
 
     async def start(self) -> None:
         self._service = await nats.micro.add_service(self.nc, self._config)

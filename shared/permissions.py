@@ -99,7 +99,8 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
         return _principal(kind, serves=["dockyard.layerstore.>"], calls=[s.UPLOAD_COMMITTED],
                           events=[s.EVENT_BLOB_COMMITTED, s.EVENT_BLOB_DELETED])
     if kind == s.REGISTRY_GATEWAY:
-        return _principal(kind, serves=["dockyard.registry.>"], calls=["dockyard.layerstore.>"],
+        return _principal(kind, serves=["dockyard.registry.>"],
+                          calls=["dockyard.layerstore.>", s.GC_STATUS],  # GC_STATUS: the web UI's GC page
                           writes=REGISTRY_META + AUTH_STATE,
                           reads=(s.KV_AGENTS,),  # the web UI's fleet page
                           events=[s.EVENT_IMAGE_PUSHED, s.EVENT_IMAGE_DELETED])

@@ -19,6 +19,7 @@ from shared.messages.builder import (BuildRequest, CachePruned, ContextMissingRe
 from shared.messages.gc import PruneRequest
 from shared.messages.common import Progress
 from shared.registry.auth import bus_token_provider
+from services.builder import metrics
 from services.builder.executor.build import ALLOW_INSECURE_ENV
 from services.builder.executor.cache import BuildCache
 from services.builder.executor.images import Registries
@@ -50,7 +51,8 @@ async def serve(cfg: Config) -> None:
 
         builder = Builder(LocalStore(cfg.service_dir("builder")), cache, regs, publish, leases, announce,
                           allow_insecure=os.environ.get(ALLOW_INSECURE_ENV) == "1")
-        svc.endpoint(subjects.BUILD, BuildRequest, builder.build, max_bytes=512 << 10)  # the Dockerfile is inline
+        svc.endpoint(subjects.BUILD, BuildRequest, metrics.counted(builder.build),
+                     max_bytes=512 << 10)  # the Dockerfile is inline
         svc.endpoint(subjects.BUILD_CHECK, BuildRequest, builder.check, max_bytes=512 << 10)
         svc.endpoint(subjects.BUILD_IMPORT, ImportRequest, builder.import_image)
         svc.endpoint(subjects.BUILD_HISTORY, HistoryRequest, builder.history)

@@ -8,7 +8,7 @@ import sys
 class Stream:
     """Output the agent sends to our inbox; answers its pings; done at `end`."""
 
-    def __init__(self, client, *, timestamps: bool = False, progress: bool = True):
+    def __init__(self, client, *, timestamps: bool = False, progress: bool = True, json_output: bool = False):
         import asyncio
         self.client = client
         self.inbox = client.nc.new_inbox()
@@ -16,6 +16,9 @@ class Stream:
         self.progress = progress
         self.done = asyncio.get_running_loop().create_future()
         self.sub = None
+        self.reporter = None  # made on the first pull progress
+        self.json_output = json_output
+        self._sizes: dict[str, int] = {}
 
     async def __aenter__(self) -> "Stream":
         from shared import codec
@@ -26,14 +29,15 @@ class Stream:
         async def on_msg(msg) -> None:
             sm = dec.decode(msg.data)
             if sm.kind == "output":
+                if self.reporter is not None:  # the pull is over: bars stop before the output
+                    self.reporter.close()
                 for ln in sm.lines:
                     f = err if ln.stream == "stderr" else out
                     f.write(((ln.time + " ") if self.timestamps else "").encode() + ln.line.encode())
                 out.flush()
                 err.flush()
             elif sm.kind == "progress" and self.progress:
-                err.write(sm.message.encode() + b"\n")
-                err.flush()
+                self._pull_progress(sm.message)
             elif sm.kind == "ping" and msg.reply:
                 await msg.respond(b"")
             elif sm.kind == "end" and not self.done.done():
@@ -45,6 +49,26 @@ class Stream:
     async def __aexit__(self, *exc) -> None:
         if self.sub is not None:
             await self.sub.unsubscribe()
+        if self.reporter is not None:
+            self.reporter.close()
+
+    def _pull_progress(self, message: str) -> None:
+        """The agent's pull, one layer at a time (`<layer>: downloading N bytes`, `<layer>:
+        unpacked`), as bars on a terminal, else as lines (services.cli.progress)."""
+        import re
+
+        from services.cli import progress as pg
+        if self.reporter is None:
+            self.reporter = pg.Reporter(pg.mode_for("auto", json_output=self.json_output), verb="Pull")
+        m = re.fullmatch(r"([0-9a-f]{12}): downloading (\d+) bytes", message)
+        if m:
+            self.reporter.transfer(m.group(1), pg.ACTIVE, 0, int(m.group(2)))
+            self._sizes[m.group(1)] = int(m.group(2))
+        elif (m := re.fullmatch(r"([0-9a-f]{12}): unpacked", message)):
+            size = self._sizes.get(m.group(1), 0)
+            self.reporter.transfer(m.group(1), pg.DONE, size, size)
+        else:
+            self.reporter.log(message)
 
 
 class SignalProxy:

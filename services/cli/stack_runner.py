@@ -25,6 +25,9 @@ MAX_RESTARTS_PER_MINUTE = 5
 NATS = "nats-server"
 # the registry-gateway serves on the listening socket `up` passes it as this fd
 REGISTRY_FD_ENV = "DOCKYARD_REGISTRY_FD"
+# services with no HTTP listener of their own get a metrics listener on a free port
+METRICS_ADDR_ENV = "DOCKYARD_METRICS_ADDR"
+HTTP_SERVICES = frozenset({"registry-gateway", "layer-store"})
 
 
 def bind_listener(addr: str, *, fallback: bool) -> tuple[socket.socket, str]:
@@ -170,6 +173,10 @@ class StackRunner:
         if own is not None:
             env["DOCKYARD_CREDS"] = str(own)
         env.pop(REGISTRY_FD_ENV, None)
+        if name in HTTP_SERVICES or os.environ.get(METRICS_ADDR_ENV, "").strip().lower() == "off":
+            env.pop(METRICS_ADDR_ENV, None)
+        else:  # a free port each (`dockyard status` lists it): one fixed port cannot serve three
+            env[METRICS_ADDR_ENV] = f"{self.listen}:0"
         fds: tuple[int, ...] = ()
         if name == "registry-gateway" and self.registry_sock is not None:
             fds = (self.registry_sock.fileno(),)

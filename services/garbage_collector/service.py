@@ -14,8 +14,9 @@ import uuid
 from shared import bus, cron, subjects
 from shared.config import Config
 from shared.errors import InvalidArgument
-from shared.messages.common import Empty
-from shared.messages.gc import (ALL_JOBS, ExcludeReply, ExcludeRequest, JobStatus, Policy,
+from shared import codec
+from shared.messages.common import Empty, Progress
+from shared.messages.gc import (ALL_JOBS, ExcludeReply, ExcludeRequest, JobReport, JobStatus, Policy,
                                 PolicyRequest, RunReply, RunRequest, ScheduleReply,
                                 ScheduleRequest, StatusReply)
 from shared.registry_meta import RegistryMeta
@@ -55,7 +56,24 @@ class GarbageCollector:
 
     async def on_run(self, req: RunRequest) -> RunReply:
         expand(req.jobs)  # unknown names fail before anything runs
-        return RunReply(reports=await self.collector.run(req))
+        if req.progress_inbox and not req.progress_inbox.startswith("_INBOX."):
+            # we may publish to subjects the caller may not: progress goes to inboxes only
+            raise InvalidArgument(f"progress_inbox {req.progress_inbox[:80]!r} is no inbox (_INBOX.…)")
+        return RunReply(reports=await self.collector.run(req, on_job=self._progress(req.progress_inbox)))
+
+    def _progress(self, inbox: str):
+        """Each job to the requester's inbox as it starts ("step") and ends ("report": its
+        JobReport as JSON in `data`)."""
+        if not inbox:
+            return None
+
+        async def on_job(no: int, total: int, job: str, report: JobReport | None) -> None:
+            if report is None:
+                p = Progress(kind="step", message=job, step=no, total_steps=total)
+            else:
+                p = Progress(kind="report", message=job, data=codec.encode(report), step=no, total_steps=total)
+            await bus.publish_progress(self.ctx.nc, inbox, p)
+        return on_job
 
     async def on_status(self, _: Empty) -> StatusReply:
         state = self.ctx.state

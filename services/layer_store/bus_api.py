@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from services.layer_store import metrics
 from services.layer_store.storage.base import StorageDriver
 from shared import subjects
 from shared.bus import BusClient, BusService
@@ -44,6 +45,7 @@ class LayerStoreApi:
         info = await self.driver.delete(req.digest, unless_touched_since=req.unless_touched_since,
                                         dry_run=req.dry_run)
         if not req.dry_run:
+            metrics.deleted(info.size)
             await self._publish(subjects.EVENT_BLOB_DELETED, BlobDeleted(digest=info.digest, size=info.size))
         return DeleteReply(deleted=not req.dry_run, freed=info.size)
 
@@ -66,6 +68,7 @@ class LayerStoreApi:
         return Ok()
 
     async def on_commit(self, info: BlobInfo) -> None:
+        metrics.committed(info)
         await self._publish(subjects.EVENT_BLOB_COMMITTED, BlobCommitted(
             digest=info.digest, size=info.size, committed_at=info.committed_at))
 

@@ -10,7 +10,8 @@
     PUT      /uploads/<id>?digest=D[&size=N]   optional final body; 201 {BlobInfo}
     DELETE   /uploads/<id>          204
 
-Every request, on every path, carries the registry-gateway's signature
+`GET /metrics` (Prometheus) answers loopback clients and `DOCKYARD_METRICS_TOKEN` only.
+Every other request, on every path, carries the registry-gateway's signature
 (`?exp=&sig=`, shared.dataplane_sign); without a valid one the answer is 403 with an OCI
 error body (DENIED), and nothing else is revealed. Other errors are JSON
 {"code","message","detail_code"} with the status of their class. Sessions labelled for it
@@ -26,7 +27,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 from aiohttp import web
 
-from services.layer_store import admission as gate, oci_uploads
+from services.layer_store import admission as gate, metrics, oci_uploads
 from services.layer_store.plane import (COMMIT_HOOK, DIGEST_HEADER, DRIVER, ON_COMMIT, READ_BUFSIZE, SIGNER,
                                         CommitHook, OnCommit, announce_commit, body_chunks, digest_param)
 from services.layer_store.ranges import parse_content_range, parse_range, range_header
@@ -38,6 +39,8 @@ from shared.errors import DockyardError, Internal, InvalidArgument, PermissionDe
 from shared.layer_store_client import UPLOAD_OFFSET_HEADER, RangeNotSatisfiable
 from shared.messages.common import ErrorReply
 from shared.messages.layer_store import StartUploadRequest, UploadInfo
+from shared.metrics import exposition
+from shared.metrics import http as http_metrics
 from shared.oci.digest import Digest
 
 __all__ = ["READ_BUFSIZE", "create_app"]
@@ -85,7 +88,10 @@ def _signed_scope(request: web.Request) -> tuple[str, str]:
 
 @web.middleware
 async def signature_middleware(request: web.Request, handler):
-    """Every route, and every unknown path, answers only a request the gateway signed."""
+    """Every route, and every unknown path, answers only a request the gateway signed; but
+    `GET /metrics`, which answers only loopback clients or the metrics token instead."""
+    if request.path == exposition.PATH and request.method == "GET":
+        return await handler(request)
     method, digest = _signed_scope(request)
     try:
         request.app[SIGNER].verify(method, request.path, digest, request.query.get("exp"),
@@ -207,12 +213,14 @@ def create_app(driver: StorageDriver, signer: DataplaneSigner, *, on_commit: OnC
     `commit_hook` (no bus), OCI upload sessions cannot be committed here. `admission`
     bounds registry clients' requests in flight (default: from DOCKYARD_MAX_INFLIGHT)."""
     admission = admission or Admission.from_env()
-    app = web.Application(middlewares=[signature_middleware, gate.middleware(admission), errors_middleware])
+    app = web.Application(middlewares=[http_metrics.middleware, signature_middleware, gate.middleware(admission),
+                                       metrics.uploads_in_flight, errors_middleware])
     app[DRIVER] = driver
     app[SIGNER] = signer
     app[ON_COMMIT] = on_commit
     app[COMMIT_HOOK] = commit_hook
     app.cleanup_ctx.append(_close_driver)
+    exposition.add_route(app)
     app.add_routes(oci_uploads.routes)  # before blobs: `/blobs/uploads/<id>` is no digest
     app.router.add_get("/blobs/{digest}", get_blob)  # HEAD too
     app.router.add_get("/v2/{name:.+}/blobs/{digest}", get_blob)  # a registry's blob redirect

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
+from services.layer_store import metrics
 from services.layer_store.bus_api import LayerStoreApi
 from services.layer_store.http import READ_BUFSIZE, create_app
 from services.layer_store.storage.base import StorageDriver
@@ -107,8 +108,9 @@ async def serve(cfg: Config) -> None:
         await runner.setup()
         bound = await listen(runner, host, port, cfg.service_dir(subjects.LAYER_STORE) / PORT_FILE)
         api.url = advertised_url(cfg, host, bound)
+        metrics.watch(driver)
         svc = bus.BusService(nc, subjects.LAYER_STORE, description="blob bytes, content-addressed",
-                             metadata={"url": api.url, "driver": driver.name})
+                             metadata={"url": api.url, "driver": driver.name, "metrics": f"{api.url}/metrics"})
         api.register(svc)
         await svc.start()
         log.info("layer-store serving %s (data in %s)", api.url, driver.root)

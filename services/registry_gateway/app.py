@@ -12,6 +12,8 @@ from shared import codec, subjects
 from shared.admission import Admission
 from shared.dataplane_sign import DataplaneSigner
 from shared.layer_store_client import LayerStoreClient
+from shared.metrics import exposition
+from shared.metrics import http as http_metrics
 from shared.registry_meta import RegistryMeta
 from services.registry_gateway import accesslog, admission as gate, blobs, httputil, manifests, ui
 from services.registry_gateway.authz import CATALOG_ACTIONS, Authorizer
@@ -51,7 +53,8 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
     Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`).
     `admission` bounds the requests in flight (default: from DOCKYARD_MAX_INFLIGHT and co)."""
     admission = admission or Admission.from_env()
-    app = web.Application(middlewares=[*accesslog.middlewares(), gate.middleware(admission), error_middleware],
+    app = web.Application(middlewares=[http_metrics.middleware, *accesslog.middlewares(), gate.middleware(admission),
+                                       error_middleware],
                           client_max_size=1 << 20,
                           handler_args={"read_bufsize": READ_BUFSIZE})
 
@@ -76,6 +79,7 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
     app.router.add_get("/v2/", base)
     app.router.add_get("/v2", base)
     app.router.add_get("/v2/_catalog", catalog)
+    exposition.add_route(app)  # loopback clients or DOCKYARD_METRICS_TOKEN, not registry users
     # uploads before blobs: `/blobs/uploads/` must not be read as a blob digest
     app.add_routes(blobs.upload_routes)
     app.add_routes(blobs.routes)

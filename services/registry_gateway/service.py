@@ -45,7 +45,8 @@ async def serve(cfg: Config) -> None:
         await _site(runner, cfg).start()
         registry = app[REGISTRY]
         service = bus.BusService(nc, subjects.REGISTRY_GATEWAY, description="OCI distribution API",
-                                 metadata={"url": cfg.registry_base_url})
+                                 metadata={"url": cfg.registry_base_url,
+                                           "metrics": f"{cfg.registry_base_url}/metrics"})
         images.register(service, registry)
         blobs.register_upload_hook(service, registry, app[UPLOAD_HOOK])
         auth.register_bus(service)

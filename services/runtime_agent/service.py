@@ -205,6 +205,8 @@ async def serve(cfg: Config) -> None:
         svc = bus.BusService(nc, subjects.RUNTIME_AGENT, description="containers and images of one host",
                              metadata={"agent_id": agent_id, "runtime": runtime.info.name})
         agent.register(svc)
+        from services.runtime_agent import metrics
+        metrics.watch(agent_id, lambda: [c.state.status for c in agent.containers.list(all=True)], agent.heartbeat)
         beats = Heartbeats(await open_bucket(nc), agent_id, agent.heartbeat)
         await beats.start()
         agent.containers.on_change = beats.poke

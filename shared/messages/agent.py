@@ -157,8 +157,9 @@ class Container(msgspec.Struct, kw_only=True, frozen=True):
 # ---- requests and replies --------------------------------------------------------------
 
 class RunRequest(msgspec.Struct, kw_only=True):
-    """`dockyard run`: pull if needed, create and start. `detach=False` streams output
-    (and pull progress) to `stream_inbox`, ending with an `end` message carrying the exit code."""
+    """`dockyard run`: pull if needed, create and start. The pull's progress goes to
+    `stream_inbox` when one is named; with `detach=False` the output follows, ending with an
+    `end` message carrying the exit code."""
 
     image: str
     name: str = ""

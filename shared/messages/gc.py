@@ -45,6 +45,7 @@ ALL_JOBS = (JOB_UNTAGGED, JOB_REGISTRY, JOB_UPLOADS, JOB_BUILD_CACHE, JOB_AGENTS
 class RunRequest(msgspec.Struct, kw_only=True):
     jobs: list[str] = []  # empty or "all": every job
     dry_run: bool = False
+    progress_inbox: str = ""  # a Progress "step" per job as it starts, a "report" (its JobReport) as it ends
     # Overrides of the service's settings for this run (None: the configured value).
     grace_seconds: float | None = None  # registry: blobs committed/touched this recently stay
     # registry: how long after T0 the manifest links are read, so that a manifest push that

@@ -73,7 +73,7 @@ def test_the_signed_url_serves_the_blob(signed_blob_url):
 
 def test_unsigned_reads_are_refused(signed_blob_url):
     base = signed_blob_url.with_path("/").with_query(None)
-    for path in (signed_blob_url.path, f"/blobs/{DIGEST}", "/", "/metrics", "/uploads/x"):
+    for path in (signed_blob_url.path, f"/blobs/{DIGEST}", "/", "/metrics/x", "/uploads/x"):
         status, _, body = request(base.with_path(path))
         assert denied(status, body), (path, status, body)
     status, _, _ = request(base.with_path(f"/blobs/{DIGEST}"), "HEAD")
@@ -132,3 +132,50 @@ def test_the_key_is_private(stack):
     path = key_path(stack.data_dir)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+
+
+def test_metrics_is_the_one_unsigned_route_and_answers_loopback(stack, signed_blob_url):
+    """`GET /metrics` needs no signature (Prometheus has none); from loopback it answers.
+    Any other method on it is still refused as an unsigned request."""
+    base = signed_blob_url.with_path("/metrics").with_query(None)
+    status, headers, body = request(base)
+    assert status == 200 and b"dockyard_blob_store_blobs " in body, (status, body[:200])
+    assert headers["Content-Type"].startswith("text/plain")
+    assert denied(*request(base, "POST", data=b"")[::2])
+    assert denied(*request(base, "DELETE")[::2])
+
+
+async def test_metrics_refuses_remote_clients_without_the_token(tmp_path, monkeypatch):
+    """A client that is not on loopback gets metrics only with DOCKYARD_METRICS_TOKEN."""
+    import aiohttp
+    from aiohttp import web
+
+    from services.layer_store.http import create_app
+    from services.layer_store.storage.filesystem import FilesystemDriver
+    from tests.support.hostaddr import non_loopback_address
+
+    token = os.urandom(16).hex()
+    monkeypatch.setenv("DOCKYARD_METRICS_TOKEN", token)
+    app = create_app(FilesystemDriver(tmp_path / "store"), DataplaneSigner(os.urandom(32)))
+    runner = web.AppRunner(app)
+    await runner.setup()
+    try:
+        with non_loopback_address() as addr:
+            site = web.TCPSite(runner, addr, 0)
+            await site.start()
+            url = f"http://{addr}:{runner.addresses[0][1]}/metrics"
+            async with aiohttp.ClientSession() as http:
+                for headers in ({}, {"Authorization": f"Bearer {token[:-1]}x"}, {"Authorization": f"Basic {token}"},
+                                {"Authorization": "Bearer "}):
+                    async with http.get(url, headers=headers) as r:
+                        body = await r.read()
+                        assert r.status == 403, (headers, r.status)
+                        assert b"dockyard_" not in body and json.loads(body)["errors"][0]["code"] == "DENIED"
+                async with http.get(url, headers={"Authorization": f"Bearer {token}"}) as r:
+                    assert r.status == 200 and b"dockyard_blob_store_blobs " in await r.read()
+            monkeypatch.delenv("DOCKYARD_METRICS_TOKEN")
+            async with aiohttp.ClientSession() as http:  # no token configured: no bearer opens it
+                async with http.get(url, headers={"Authorization": "Bearer "}) as r:
+                    assert r.status == 403
+    finally:
+        await runner.cleanup()

@@ -28,7 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--target", default="", help="the stage to build")
     p.add_argument("--no-cache", action="store_true", help="do not use the build cache")
     p.add_argument("--secret", action="append", default=[], metavar="id=X,src=FILE")
-    p.add_argument("--progress", choices=("auto", "plain"), default="auto")
+    p.add_argument("--progress", choices=("auto", "tty", "plain", "json", "quiet"), default="auto",
+                   help="tty: a line per step with a spinner, plain: BuildKit's plain lines, json: JSON lines")
     p.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
     p.add_argument("--network", choices=("default", "none", "host"), default="default")
     p.add_argument("--label", action="append", default=[], metavar="K=V")
@@ -269,26 +270,27 @@ async def cmd_build(args: argparse.Namespace, ctx: Any) -> int:
         cache = DigestCache(_digest_cache_path(ctx, root) if args.context != "-" else None)
         signature, racy = context_signature(root, excludes)
         digest = await _send_context(ctx, root, excludes, cache, signature, racy, cache.packed(signature))
-    quiet = args.quiet or ctx.json_output
+    from services.cli import progress as pg
+    reporter = pg.reporter_for(args, ctx)
 
     def show(p: Any) -> None:
-        if quiet:
-            return
         if p.kind == "step":
-            sys.stderr.write(f"#{p.step} {p.message}\n")
+            cached = p.message.startswith("CACHED ")
+            reporter.step(p.step, p.total_steps, p.message[len("CACHED "):] if cached else p.message, cached)
         elif p.kind == "output":
-            sys.stderr.write(f"#{p.step} {p.message}\n")
+            reporter.output(p.step, p.message)
         elif p.kind == "warning":
-            sys.stderr.write(f"WARNING: {p.message}\n")
+            reporter.warning(p.message)
         else:
-            sys.stderr.write(f"{p.message}\n")
+            reporter.log(p.message)
 
     b = await ctx.bus()
     if args.check:
         return _print_check(ctx, await b.request(subjects.BUILD_CHECK, BuildRequest(context=Digest(digest), **fields),
                                                  CheckReply, timeout=600))
-    reply = await b.request_with_progress(subjects.BUILD, BuildRequest(context=Digest(digest), **fields),
-                                          BuildReply, show, timeout=3600)
+    with reporter:
+        reply = await b.request_with_progress(subjects.BUILD, BuildRequest(context=Digest(digest), **fields),
+                                              BuildReply, show, timeout=3600)
     await bo.export(ctx, reply, outputs)
     bo.write_ids(reply, args.iidfile, args.metadata_file)
     to_stdout = any(o.dest == "-" for o in outputs)  # stdout carries the output: say the rest on stderr

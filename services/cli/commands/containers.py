@@ -225,13 +225,15 @@ async def run(args, ctx) -> int:
     if interactive.wants_session(args):
         return await interactive.run_attached(args, ctx, client, host, req, _request_run)
     if args.detach:
-        reply = await _request_run(client, host, req)
+        import msgspec
+        async with Stream(client, json_output=ctx.json_output) as stream:  # the pull's progress only
+            reply = await _request_run(client, host, msgspec.structs.replace(req, stream_inbox=stream.inbox))
         if ctx.json_output:
             ctx.print_json(reply.container)
         else:
             print(reply.container.id)
         return 0
-    async with Stream(client) as stream:
+    async with Stream(client, json_output=ctx.json_output) as stream:
         import msgspec
         # Signals are the container's to handle from here on; its exit code becomes ours.
         with SignalProxy(client, host, ctx) as proxy:

@@ -22,6 +22,9 @@ def register(sub) -> None:
     r.add_argument("--cache-max-age", help="build-cache: drop records unused for longer than this")
     r.add_argument("--cache-max-bytes", type=int,
                    help="build-cache: drop least recently used records until the cache fits")
+    r.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    from services.cli.progress import add_flag
+    add_flag(r)
     r.set_defaults(func=run)
 
     s = gsub.add_parser("status", help="schedules, last run of each job and what it freed")
@@ -75,7 +78,24 @@ async def run(args, ctx) -> int:
                      exited_before_seconds=_seconds(args.exited_before),
                      cache_max_age_seconds=_seconds(args.cache_max_age),
                      cache_max_bytes=args.cache_max_bytes)
-    reply = await (await ctx.bus()).request(subjects.GC_RUN, req, RunReply, timeout=3600)
+    from services.cli import progress as pg
+    from shared import codec
+    from shared.messages.gc import JobReport
+    reporter = pg.reporter_for(args, ctx)
+
+    def show(p) -> None:
+        if p.kind == "step":
+            reporter.step(p.step, p.total_steps, p.message)
+        elif p.kind == "report":
+            r = codec.decode(p.data, JobReport)
+            reporter.data("gc_job", job=r.job, examined=r.examined, removed=r.removed, freed=r.freed,
+                          kept=r.kept, seconds=round(r.duration, 3), error=r.error)
+            verb = "would remove" if args.dry_run else "removed"
+            reporter.finish_step(f"error: {r.error}" if r.error else
+                                 f"examined {r.examined}, {verb} {r.removed}, freed {_bytes(r.freed)}")
+
+    with reporter:
+        reply = await (await ctx.bus()).request_with_progress(subjects.GC_RUN, req, RunReply, show, timeout=3600)
     if ctx.json_output:
         ctx.print_json(reply)
     else:

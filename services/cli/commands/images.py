@@ -11,7 +11,7 @@ import argparse
 import sys
 import time
 
-from services.cli import listing
+from services.cli import listing, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -35,6 +35,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--insecure", action="store_true", default=None,
                        help="plain http to the other registry (default: only for loopback)")
         p.add_argument("-q", "--quiet", action="store_true")
+        progress.add_flag(p)
         p.set_defaults(func=push if name == "push" else pull)
 
     p = sub.add_parser("rmi", help="remove images by name or unique id prefix")
@@ -95,30 +96,27 @@ def _say(ctx, text: str, quiet: bool = False) -> None:
 
 
 async def _copy(ctx, source: str, destination: str, *, src_domain: str | None, dst_domain: str | None,
-                insecure: bool | None, verb: str, quiet: bool):
-    """REGISTRY_COPY with the user's credentials for the foreign side, showing progress."""
+                insecure: bool | None, verb: str, quiet: bool, progress: str = "auto"):
+    """REGISTRY_COPY with the user's credentials for the foreign side, showing progress per
+    layer on stderr (services.cli.progress)."""
+    from services.cli import progress as pg
     from shared import subjects
     from shared.messages.auth import CopyReply, CopyRequest
     bus = await ctx.bus()
-    labels = {"exists": "Already exists", "mounted": "Mounted", "copied": f"{verb} complete"}
-    tty = sys.stderr.isatty() and not quiet and not ctx.json_output
+    states = {"copying": pg.ACTIVE, "copied": pg.DONE, "exists": pg.EXISTS, "mounted": pg.MOUNTED}
+    reporter = pg.Reporter(pg.mode_for(progress, quiet=quiet, json_output=ctx.json_output), verb=verb)
 
     def on_progress(p) -> None:
         short, _, event = p.message.partition(": ")
-        if event == "copying":
-            if tty:
-                sys.stderr.write(f"\r{short}: {verb}ing {human_size(p.current)}/{human_size(p.total)}\x1b[K")
-                sys.stderr.flush()
-        elif event in labels and not quiet and not ctx.json_output:
-            if tty:
-                sys.stderr.write("\r\x1b[K")
-            print(f"{short}: {labels[event]}", flush=True)
+        if event in states:
+            reporter.transfer(short, states[event], p.current, p.total)
 
     req = CopyRequest(source=source, destination=destination,
                       source_credentials=_credentials(src_domain) if src_domain else None,
                       destination_credentials=_credentials(dst_domain) if dst_domain else None,
                       insecure=insecure)
-    return await bus.request_with_progress(subjects.REGISTRY_COPY, req, CopyReply, on_progress, timeout=3600)
+    with reporter:
+        return await bus.request_with_progress(subjects.REGISTRY_COPY, req, CopyReply, on_progress, timeout=3600)
 
 
 async def _stack_digest(ctx, ref) -> str:
@@ -238,7 +236,8 @@ async def push(args, ctx) -> int:
     else:
         _say(ctx, f"The push refers to repository [{ref.repository}]", args.quiet)
         reply = await _copy(ctx, local_name(ref.with_domain(None)), str(ref), src_domain=None,
-                            dst_domain=ref.domain, insecure=args.insecure, verb="Push", quiet=args.quiet)
+                            dst_domain=ref.domain, insecure=args.insecure, verb="Push", quiet=args.quiet,
+                            progress=args.progress)
         digest = reply.digest
     if ctx.json_output:
         ctx.print_json({"reference": str(ref), "digest": digest})
@@ -257,7 +256,8 @@ async def pull(args, ctx) -> int:
     else:
         _say(ctx, f"{ref.tag or ref.digest}: Pulling from {ref.repository}", args.quiet)
         reply = await _copy(ctx, str(ref), local_name(ref.with_domain(None)), src_domain=ref.domain,
-                            dst_domain=None, insecure=args.insecure, verb="Pull", quiet=args.quiet)
+                            dst_domain=None, insecure=args.insecure, verb="Pull", quiet=args.quiet,
+                            progress=args.progress)
         digest = reply.digest
         status = "Downloaded newer image for" if reply.blobs_copied else "Image is up to date for"
     if ctx.json_output:

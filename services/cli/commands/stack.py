@@ -84,6 +84,7 @@ async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
     setup_logging(cfg.log_level, args.service)
     _use_service_creds(cfg, args.service)
     mod = importlib.import_module(f"services.{SERVICES[args.service]}.service")
+    metrics = await _metrics_listener()
     task = asyncio.create_task(mod.serve(cfg))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -92,7 +93,18 @@ async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
         await task
     except asyncio.CancelledError:
         pass
+    finally:
+        if metrics is not None:
+            await metrics.cleanup()
     return 0
+
+
+async def _metrics_listener() -> Any:
+    """The service's own /metrics listener when DOCKYARD_METRICS_ADDR asks for one (the services
+    with an HTTP listener of their own serve /metrics there as well)."""
+    from shared.metrics import exposition
+    addr = exposition.listen_addr(os.environ.get(exposition.ADDR_ENV))
+    return await exposition.serve_standalone(addr) if addr else None
 
 
 def _use_service_creds(cfg: Any, service: str) -> None:

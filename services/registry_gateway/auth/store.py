@@ -117,6 +117,10 @@ class AuthStore:
             if await self.grants.get(key) is not None:
                 await self.grants.delete(key)
 
+    async def list_users(self) -> list[UserRecord]:
+        """Every user, by name (the web UI's users page)."""
+        return [rec for _, rec, _ in await self.users.items()]
+
     async def get_user(self, username: str) -> UserRecord | None:
         try:
             username = parse_username(username)

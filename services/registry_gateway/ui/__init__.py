@@ -44,6 +44,8 @@ def mount(app: web.Application, nc: NATS, authorizer: object) -> None:
 
     app.cleanup_ctx.append(follow)
     add_routes(app)
+    from . import admin  # after routes: it uses their handler wrapper
+    admin.add_routes(app)
 
 
 __all__ = ["enabled", "mount"]

@@ -53,6 +53,7 @@ def page(title: str, body: str, *, user: str, admin: bool, csrf: str, flash: str
     nav = [f'<a href="{url("")}">Repositories</a>']
     if admin:
         nav.append(f'<a href="{url("fleet")}">Fleet</a>')
+        nav.append(f'<a href="{url("users")}">Users</a><a href="{url("gc")}">GC</a>')
     if user:
         who = (f'{h(user)} <form class="inline" method="post" action="{url("logout")}">{hidden_csrf(csrf)}'
                f'<button type="submit">Log out</button></form>')

@@ -112,7 +112,7 @@ class Containers:
         # Refused before anything is pulled or created.
         runflags.check_privilege(req.flags, allowed=privileged)
         volumes = confine_volumes(parse_volumes(req.volumes), None if any_host_path else self.volume_roots)
-        streamer = Streamer(self.nc, req.stream_inbox if not req.detach else "")
+        streamer = Streamer(self.nc, req.stream_inbox)  # the pull's progress, detached or not
         image = self.puller.local(req.image) if req.pull != "always" else None
         if image is None:
             if req.pull == "never":
