@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import re
+import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -41,17 +42,24 @@ Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
 
 
 async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5,
-                  creds: str | None = None) -> NATS:
+                  creds: str | None = None, ca: "str | ssl.SSLContext | None" = None) -> NATS:
     """Connect, reconnecting forever once connected; a server not there at first is Unavailable.
 
     `creds` is a NATS credentials file (default `$DOCKYARD_CREDS`, unless the URL carries a
-    user and password); its principal's replies arrive under its own inbox prefix.
+    user and password); its principal's replies arrive under its own inbox prefix. `ca` is
+    the fleet CA file a server demanding TLS must present a certificate of (default
+    shared.tls.default_ca_file), or a ready SSL context; a server that does not demand TLS
+    is spoken to plainly.
     """
     auth: dict[str, Any] = {}
     creds = creds if creds is not None else ("" if "@" in url else os.environ.get("DOCKYARD_CREDS", ""))
     if creds:
         from shared.credentials import read_creds
         auth = {"user_credentials": creds, "inbox_prefix": read_creds(creds).inbox}
+    from shared import tls
+    ca = ca if ca is not None else tls.default_ca_file()
+    if ca:
+        auth["tls"] = ca if isinstance(ca, ssl.SSLContext) else tls.client_context(ca)
     connected = False
     refused: list[str] = []
 

@@ -125,7 +125,7 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
 def joiner(token_id: str) -> Permissions:
     """A join token's credential: it can only ask the exchange for the host's own credentials."""
     name = f"joiner-{token_id}"
-    return Permissions((fleet.JOIN,), (inbox_prefix(name) + ".>",))
+    return Permissions((fleet.CA, fleet.JOIN), (inbox_prefix(name) + ".>",))
 
 
 # What each role adds, verb by verb: (verb as the CLI names it, subjects it publishes).

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Callable
 
 import msgspec
 
-from shared import bus, credentials, dataplane_sign, fleet, permissions
+from shared import bus, credentials, dataplane_sign, fleet, permissions, tls
 from shared.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
 
 log = logging.getLogger("dockyard.fleet")
@@ -25,6 +26,7 @@ STATE_FILE = "fleet.json"
 # what a token may grant: a registry-gateway also signs users and tokens, which stays on the first node
 JOINABLE = ("runtime-agent", "builder", "layer-store", "garbage-collector")
 MAX_TTL = 7 * 86400
+_ADDRESS = re.compile(r"[0-9A-Za-z][0-9A-Za-z.:-]{0,252}")  # an IP (v4, v6) or a DNS name
 
 
 class _Token(msgspec.Struct):
@@ -76,6 +78,7 @@ class FleetExchange:
     async def start(self, nc) -> None:
         self.svc = bus.BusService(nc, fleet.SERVICE, description="join exchange of the fleet")
         self.svc.endpoint(fleet.TOKEN, fleet.TokenRequest, self.token, empty_ok=True)
+        self.svc.endpoint(fleet.CA, fleet.CARequest, self.ca, empty_ok=True)
         self.svc.endpoint(fleet.JOIN, fleet.JoinRequest, self.join)
         self.svc.endpoint(fleet.LIST, fleet.ListRequest, self.list)
         self.svc.endpoint(fleet.REMOVE, fleet.RemoveRequest, self.remove)
@@ -97,9 +100,23 @@ class FleetExchange:
             f"joiner-{token_id}", permissions.joiner(token_id), expires=exp))
         self.state.tokens[token_id] = _Token(digest=_digest(secret), exp=exp, services=list(req.services))
         self._save()
+        ca = self._ca_pem()
         return fleet.TokenReply(token=fleet.encode_token(fleet.JoinToken(
             seeds=self.seeds, jwt=joiner.jwt, seed=joiner.seed, secret=secret, exp=exp,
-            services=list(req.services))))
+            services=list(req.services), ca=tls.fingerprint(ca) if ca else "")))
+
+    def _ca_pem(self) -> bytes:
+        """The fleet CA certificate; empty when this node serves loopback only (no TLS)."""
+        try:
+            return (credentials.credentials_dir(self.data_dir) / tls.CA_FILE).read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    async def ca(self, req: fleet.CARequest) -> fleet.CAReply:
+        ca = self._ca_pem()
+        if not ca:
+            raise NotFound("this fleet has no CA: its first node listens on loopback only")
+        return fleet.CAReply(pem=ca.decode())
 
     def _find(self, secret: str) -> _Token:
         digest = _digest(secret)
@@ -119,6 +136,8 @@ class FleetExchange:
         if extra:
             raise Unauthenticated(f"the join token does not grant {', '.join(extra)} (it grants "
                                   f"{', '.join(t.services)})")
+        if not _ADDRESS.fullmatch(req.listen):
+            raise InvalidArgument(f"{req.listen!r} is not an address other hosts can reach (--listen)")
         if req.host in self.state.hosts or any(c in req.host for c in ".*> \t/") or not req.host:
             raise Conflict(f"host {req.host!r} is already in the fleet or is not a valid host id")
         grants = {permissions.principal(n, req.host): permissions.service(n, agent_id=req.host) for n in req.services}
@@ -127,6 +146,11 @@ class FleetExchange:
         files = {}
         if "layer-store" in req.services:
             files[dataplane_sign.KEY_FILE.name] = dataplane_sign.load_key(self.data_dir).hex() + "\n"
+        ca = self._ca_pem()
+        if ca:  # the host's own certificate, for the servers it runs (its NATS node)
+            cert, key = tls.issue_node_cert(credentials.credentials_dir(self.data_dir), req.host, [req.listen])
+            files.update({tls.CA_FILE: ca.decode(), tls.NODE_CERT_FILE: cert.decode(),
+                          tls.NODE_KEY_FILE: key.decode()})
         t.used_by = req.host
         self.state.hosts[req.host] = fleet.Host(
             host=req.host, listen=req.listen, services=list(req.services), joined_at=time.time(),

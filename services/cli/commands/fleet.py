@@ -69,6 +69,27 @@ def joined(data_dir: Path) -> Joined | None:
         return None
 
 
+async def _pinned_ca(seeds: list[str], tok: Any, joiner_file: Path, cdir: Path) -> str:
+    """The fleet CA, fetched over a connection not yet verified and kept only if it is the one
+    the token pins; written to `cdir`. The secret goes only over a connection verified with it."""
+    from shared import bus, credentials, fleet, tls
+    from shared.errors import Unauthenticated
+    try:
+        nc = await bus.connect(",".join(seeds), name="dockyard-join", creds=str(joiner_file),
+                               ca=tls.unverified_context())
+    except Unauthenticated as e:
+        raise Unauthenticated("the fleet refused the join token's credential: it is forged, expired "
+                              "or from another fleet") from e
+    try:
+        reply = await bus.BusClient(nc).request(fleet.CA, fleet.CARequest(), fleet.CAReply, timeout=10)
+    finally:
+        await nc.drain()
+    tls.check_pinned(reply.pem.encode(), tok.ca)
+    path = cdir / tls.CA_FILE
+    credentials.write_secret(path, reply.pem.encode())
+    return str(path)
+
+
 def _seeds(join_addr: str, seeds: list[str]) -> list[str]:
     """The token's seeds, with the address the user named first (host, or host:port)."""
     if not join_addr:
@@ -89,8 +110,9 @@ async def join(cfg: Any, *, join_addr: str, token_text: str, listen: str, servic
     joiner_file = cdir / "joiner.creds"
     credentials.write_secret(joiner_file, credentials.format_creds(tok.jwt, tok.seed.encode()).encode())
     try:
+        ca = await _pinned_ca(seeds, tok, joiner_file, cdir) if tok.ca else ""
         try:
-            nc = await bus.connect(",".join(seeds), name="dockyard-join", creds=str(joiner_file))
+            nc = await bus.connect(",".join(seeds), name="dockyard-join", creds=str(joiner_file), ca=ca)
         except Unauthenticated as e:
             raise Unauthenticated("the fleet refused the join token's credential: it is forged, expired "
                                   "or from another fleet") from e
