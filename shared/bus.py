@@ -9,6 +9,7 @@ code, which `BusClient.request` turns back into the same error class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import re
@@ -69,12 +70,17 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
         if not connected and "authorization violation" in str(e).lower():
             refused.append(str(e))
 
+    nc = NATS()
     try:
         # nats-py retries the first connect forever when reconnects are unlimited: bound it.
-        nc = await asyncio.wait_for(nats.connect(
+        await asyncio.wait_for(nc.connect(
             [u.strip() for u in url.split(",")], name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
             reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error, **auth), connect_timeout)
     except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
+        # A cancelled first connect can leave nats-py's reconnecting tasks behind (over TLS
+        # they keep the process alive): close the client for good.
+        with contextlib.suppress(Exception):
+            await nc.close()
         if refused:
             raise Unauthenticated(f"NATS at {_without_password(url)} refused the credentials: "
                                   "Authorization Violation") from e

@@ -86,6 +86,7 @@ class Host(msgspec.Struct, frozen=True):
     services: list[str]
     joined_at: float
     users: list[str] = []  # public keys of the user JWTs issued to it (what `remove` revokes)
+    first: bool = False  # the first node: holds the keys, runs the exchange; cannot be removed
 
 
 class ListRequest(msgspec.Struct, frozen=True):

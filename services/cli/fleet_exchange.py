@@ -60,8 +60,9 @@ class FleetExchange:
     the current revocations and makes the local nats-server read it."""
 
     def __init__(self, data_dir: Path, authority: credentials.Authority, *, seeds: list[str], registry: str,
-                 reload_trust: Callable[[dict[str, int]], None]):
+                 reload_trust: Callable[[dict[str, int]], None], first: fleet.Host | None = None):
         self.data_dir = Path(data_dir)
+        self.first = first  # this node, listed first by `fleet ls`
         self.authority = authority
         self.seeds = seeds
         self.registry = registry
@@ -160,9 +161,12 @@ class FleetExchange:
         return fleet.JoinReply(creds=creds, files=files, seeds=self.seeds, registry=self.registry)
 
     async def list(self, req: fleet.ListRequest) -> fleet.ListReply:
-        return fleet.ListReply(hosts=sorted(self.state.hosts.values(), key=lambda h: h.joined_at))
+        joined = sorted(self.state.hosts.values(), key=lambda h: h.joined_at)
+        return fleet.ListReply(hosts=([self.first] if self.first else []) + joined)
 
     async def remove(self, req: fleet.RemoveRequest) -> fleet.RemoveReply:
+        if self.first is not None and req.host == self.first.host:
+            raise Conflict(f"{req.host} is the first node: it holds the fleet's keys and cannot be removed")
         host = self.state.hosts.pop(req.host, None)
         if host is None:
             raise NotFound(f"no host {req.host!r} in the fleet (see `dockyard fleet ls`)")

@@ -113,8 +113,11 @@ class StackRunner:
     async def _start_exchange(self) -> None:
         """The join exchange of a first node: it holds the keys that sign a joining host's credentials."""
         from services.cli.fleet_exchange import FleetExchange
+        first = fleet.Host(host=self.cfg.host_id, listen=self.listen, services=list(self.services),
+                           joined_at=time.time(), first=True)
         self.exchange = FleetExchange(self.cfg.data_path, self.authority, seeds=[self.cfg.nats_url],
-                                      registry=self.cfg.registry_addr, reload_trust=self._reload_trust)
+                                      registry=self.cfg.registry_addr, reload_trust=self._reload_trust,
+                                      first=first)
         self.exchange_nc = await bus.connect(self.cfg.nats_url, name="dockyard-fleet", ca=self.cfg.nats_ca_file,
                                              creds=str(self.creds[fleet.SERVICE]))
         await self.exchange.start(self.exchange_nc)

@@ -26,7 +26,7 @@ def register(sub) -> None:
     t.add_argument("--services", default="runtime-agent",
                    help="comma-separated services the joining host may run (default runtime-agent)")
     t.set_defaults(func=token)
-    ls = fsub.add_parser("ls", help="hosts that joined and their services")
+    ls = fsub.add_parser("ls", help="hosts of the fleet (the first node too): services, address, last seen")
     ls.set_defaults(func=list_hosts)
     rm = fsub.add_parser("remove", help="revoke a host's credentials and forget it")
     rm.add_argument("host")
@@ -43,14 +43,25 @@ async def token(args, ctx) -> int:
 
 
 async def list_hosts(args, ctx) -> int:
+    """Hosts as the exchange knows them, with the last heartbeat of each one's runtime-agent."""
+    from services.cli.commands.containers import heartbeats
     from shared import fleet
+    from shared.placement import is_lost
     reply = await (await ctx.bus()).request(fleet.LIST, fleet.ListRequest(), fleet.ListReply)
+    beats = {b.agent_id: b for b in await heartbeats(ctx)}
+    now = time.time()
+    rows = []
+    for h in reply.hosts:
+        b = beats.get(h.host)
+        status = "-" if b is None else ("lost" if is_lost(b, now) else "ready")
+        rows.append({**msgspec.to_builtins(h), "status": status, "last_seen": b.time if b else None})
     if ctx.json_output:
-        ctx.print_json(msgspec.to_builtins(reply.hosts))
-    else:
-        ctx.print_table(["HOST", "ADDRESS", "SERVICES", "JOINED"],
-                        [[h.host, h.listen, ",".join(h.services),
-                          time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(h.joined_at))] for h in reply.hosts])
+        ctx.print_json(rows)
+        return 0
+    ctx.print_table(["HOST", "ROLE", "ADDRESS", "SERVICES", "STATUS", "LAST SEEN", "JOINED"],
+                    [[r["host"], "first" if r["first"] else "joined", r["listen"], ",".join(r["services"]),
+                      r["status"], "-" if r["last_seen"] is None else f"{max(0.0, now - r['last_seen']):.1f}s ago",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["joined_at"]))] for r in rows])
     return 0
 
 
