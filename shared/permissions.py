@@ -116,7 +116,9 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
                           events=[s.EVENT_GC_FINISHED])
     if kind == fleet.SERVICE:
         # the first node's join exchange: it signs credentials itself, so it needs no bus state
-        return _principal(kind, serves=[f"{fleet.PREFIX}.>"], calls=[])
+        # but the heartbeat of a host it removes, which it forgets
+        return _principal(kind, serves=[f"{fleet.PREFIX}.>"], calls=[], reads=(s.KV_AGENTS,),
+                          events=[f"$KV.{s.KV_AGENTS}.>"])
     if kind == SUPERVISOR:
         return _principal(kind, serves=[], calls=["$SRV.PING.>", "$SRV.INFO", s.REGISTRY_ENSURE_ADMIN])
     raise ValueError(f"no permissions for service kind {kind!r}")

@@ -7,6 +7,7 @@ keys go into the account JWT's revocation list, which this node's nats-server re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -70,6 +71,7 @@ class FleetExchange:
         self.path = credentials.credentials_dir(data_dir) / STATE_FILE
         self.state = (msgspec.json.decode(self.path.read_bytes(), type=_State) if self.path.exists() else _State())
         self.svc: bus.BusService | None = None
+        self._tasks: set[asyncio.Task] = set()  # heartbeats of removed hosts being forgotten
 
     def _save(self) -> None:
         now = time.time()
@@ -77,6 +79,7 @@ class FleetExchange:
         credentials.write_secret(self.path, msgspec.json.encode(self.state))
 
     async def start(self, nc) -> None:
+        self.nc = nc
         self.svc = bus.BusService(nc, fleet.SERVICE, description="join exchange of the fleet")
         self.svc.endpoint(fleet.TOKEN, fleet.TokenRequest, self.token, empty_ok=True)
         self.svc.endpoint(fleet.CA, fleet.CARequest, self.ca, empty_ok=True)
@@ -86,6 +89,8 @@ class FleetExchange:
         await self.svc.start()
 
     async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
         if self.svc is not None:
             await self.svc.stop()
 
@@ -174,5 +179,22 @@ class FleetExchange:
         self.state.revoked.update({k: now for k in host.users})
         self._save()
         self.reload_trust(self.state.revoked)
+        if "runtime-agent" in host.services:
+            # One more heartbeat may be in flight while the server reloads: forget it again later.
+            t = asyncio.get_running_loop().create_task(self._forget_heartbeat(req.host, again_after=3.0))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
         log.info("host %s removed; %d credentials revoked", req.host, len(host.users))
         return fleet.RemoveReply(revoked=len(host.users))
+
+    async def _forget_heartbeat(self, host: str, again_after: float) -> None:
+        """A removed host is gone, not lost: `agents` and placement stop showing it."""
+        from shared import subjects
+        for delay in (0.0, again_after):
+            await asyncio.sleep(delay)
+            try:
+                kv = await self.nc.jetstream().key_value(subjects.KV_AGENTS)
+                await kv.delete(bus.kv_key(host))
+            except Exception as e:  # noqa: BLE001 - no bucket, or the bus is going down: nothing to forget
+                log.warning("could not forget the heartbeat of removed host %s: %s", host, e)
+                return

@@ -90,7 +90,7 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
     assert after["die"]["state"]["exit_code"] == 137, after["die"]["state"]
     assert _run(h1, "--name", "again") and _ps(h1, h2.agent_id)["again"]["state"]["status"] == "running"
 
-    # removed: its credentials are revoked; it cannot connect again and its agent falls silent
+    # removed: its credentials are revoked, it cannot connect again, and `agents` forgets it
     creds = next((h2.data_dir / "credentials").glob("runtime-agent*.creds"))
     removed = h1.cli("fleet", "remove", h2.agent_id)
     assert "credentials revoked" in removed.stdout
@@ -103,6 +103,8 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
 
     with pytest.raises(Unauthenticated):
         asyncio.run(connect())
-    _wait("removed host's agent silent", lambda: _agents(h1)[h2.agent_id]["lost"])
+    _wait("removed host forgotten by `agents`", lambda: h2.agent_id not in _agents(h1))
+    time.sleep(3.5)  # past the exchange's second look: a heartbeat in flight did not bring it back
+    assert h2.agent_id not in _agents(h1)
     again = h1.cli("fleet", "remove", h2.agent_id, check=False)
     assert again.returncode != 0 and "no host" in again.stderr
