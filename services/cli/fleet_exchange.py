@@ -178,7 +178,7 @@ class FleetExchange:
         now = int(time.time())
         self.state.revoked.update({k: now for k in host.users})
         self._save()
-        self.reload_trust(self.state.revoked)
+        await asyncio.to_thread(self.reload_trust, self.state.revoked)
         if "runtime-agent" in host.services:
             # One more heartbeat may be in flight while the server reloads: forget it again later.
             t = asyncio.get_running_loop().create_task(self._forget_heartbeat(req.host, again_after=3.0))

@@ -123,11 +123,12 @@ class StackRunner:
         await self.exchange.start(self.exchange_nc)
 
     def _reload_trust(self, revoked: dict[str, int]) -> None:
-        """The server config with `revoked` in the account JWT, read again by the running nats-server."""
+        """The server config with `revoked` in the account JWT, in force in the running
+        nats-server when this returns."""
         conf = credentials.credentials_dir(self.cfg.data_path) / "nats-server.conf"
         credentials.write_secret(conf, self._server_config(revoked).encode())
-        if self.nats is not None and self.nats.running:
-            self.nats.proc.send_signal(signal.SIGHUP)
+        if self.nats is not None:
+            self.nats.reload()
 
     def _issue_credentials(self) -> Path:
         """Each service's credential, the supervisor's and the local administrator's, from the
