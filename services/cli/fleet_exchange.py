@@ -71,6 +71,7 @@ class FleetExchange:
         self.path = credentials.credentials_dir(data_dir) / STATE_FILE
         self.state = (msgspec.json.decode(self.path.read_bytes(), type=_State) if self.path.exists() else _State())
         self.svc: bus.BusService | None = None
+        self.nc = None  # the exchange's own bus connection, from start()
         self._tasks: set[asyncio.Task] = set()  # heartbeats of removed hosts being forgotten
 
     def _save(self) -> None:
@@ -154,7 +155,10 @@ class FleetExchange:
             files[dataplane_sign.KEY_FILE.name] = dataplane_sign.load_key(self.data_dir).hex() + "\n"
         ca = self._ca_pem()
         if ca:  # the host's own certificate, for the servers it runs (its NATS node)
-            cert, key = tls.issue_node_cert(credentials.credentials_dir(self.data_dir), req.host, [req.listen])
+            try:
+                cert, key = tls.issue_node_cert(credentials.credentials_dir(self.data_dir), req.host, [req.listen])
+            except ValueError as e:
+                raise InvalidArgument(f"no certificate can name {req.listen!r} (--listen): {e}") from e
             files.update({tls.CA_FILE: ca.decode(), tls.NODE_CERT_FILE: cert.decode(),
                           tls.NODE_KEY_FILE: key.decode()})
         t.used_by = req.host
