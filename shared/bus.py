@@ -9,10 +9,12 @@ code, which `BusClient.request` turns back into the same error class.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import re
+import ssl
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -43,19 +45,28 @@ Handler = Callable[[Any], Awaitable[msgspec.Struct | None]]
 
 
 async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 5,
-                  creds: str | None = None) -> NATS:
+                  creds: str | None = None, ca: "str | ssl.SSLContext | None" = None) -> NATS:
     """Connect, reconnecting forever once connected; a server not there at first is Unavailable.
 
     `creds` is a NATS credentials file (default `$DOCKYARD_CREDS`, unless the URL carries a
-    user and password); its principal's replies arrive under its own inbox prefix.
+    user and password); its principal's replies arrive under its own inbox prefix. `ca` is
+    the fleet CA file a server demanding TLS must present a certificate of (default
+    shared.tls.default_ca_file), or a ready SSL context; a server that does not demand TLS
+    is spoken to plainly.
     """
     auth: dict[str, Any] = {}
     creds = creds if creds is not None else ("" if "@" in url else os.environ.get("DOCKYARD_CREDS", ""))
     if creds:
         from shared.credentials import read_creds
         auth = {"user_credentials": creds, "inbox_prefix": read_creds(creds).inbox}
+    from shared import tls
+    ca = ca if ca is not None else tls.default_ca_file()
+    if ca:
+        auth["tls"] = ca if isinstance(ca, ssl.SSLContext) else tls.client_context(ca)
     connected = False
     refused: list[str] = []
+    hopeless = asyncio.Event()  # set by an error that no retry mends: refused credentials, a bad certificate
+    bad_cert: list[str] = []
 
     async def on_disconnect() -> None:
         _count_connection("NATS_DISCONNECTS")
@@ -66,22 +77,51 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
     async def on_error(e: Exception) -> None:
         # Before the first connection the caller gets one Unavailable instead of a log per try.
         (log.warning if connected else log.debug)("NATS %s: %s", url, str(e) or type(e).__name__)
-        if not connected and "authorization violation" in str(e).lower():
+        if connected:
+            return
+        if "authorization violation" in str(e).lower():
             refused.append(str(e))
+            hopeless.set()
+        elif isinstance(e, ssl.SSLCertVerificationError):
+            bad_cert.append(e.verify_message or str(e))
+            hopeless.set()
 
+    nc = NATS()
+    # nats-py retries the first connect forever when reconnects are unlimited: bound it, and
+    # end it at the first error that retrying cannot fix.
+    attempt = asyncio.ensure_future(nc.connect(
+        [u.strip() for u in url.split(",")], name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
+        reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error,
+        disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **auth))
+    give_up = asyncio.ensure_future(hopeless.wait())
     try:
-        # nats-py retries the first connect forever when reconnects are unlimited: bound it.
-        nc = await asyncio.wait_for(nats.connect(
-            [u.strip() for u in url.split(",")], name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
-            reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error,
-            disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **auth), connect_timeout)
-    except (OSError, nats.errors.Error, asyncio.TimeoutError) as e:
-        if refused:
-            raise Unauthenticated(f"NATS at {_without_password(url)} refused the credentials: "
-                                  "Authorization Violation") from e
-        raise Unavailable(f"cannot reach NATS at {_without_password(url)}: {str(e) or 'timed out'}") from e
-    connected = True
-    return nc
+        await asyncio.wait({attempt, give_up}, timeout=connect_timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        give_up.cancel()
+    failure: BaseException | None = None
+    if attempt.done() and not attempt.cancelled():
+        failure = attempt.exception()
+    else:
+        attempt.cancel()
+        with contextlib.suppress(BaseException):
+            await attempt
+        failure = asyncio.TimeoutError()
+    if failure is None:
+        connected = True
+        return nc
+    # A cancelled first connect can leave nats-py's reconnecting tasks behind (over TLS they
+    # keep the process alive): close the client for good.
+    with contextlib.suppress(Exception):
+        await nc.close()
+    where = _without_password(url)
+    if refused:
+        raise Unauthenticated(f"NATS at {where} refused the credentials: Authorization Violation") from failure
+    if bad_cert:
+        raise Unavailable(f"NATS at {where}: its TLS certificate is not one the fleet CA signed for that "
+                          f"address ({bad_cert[0]})") from failure
+    if not isinstance(failure, (OSError, nats.errors.Error, asyncio.TimeoutError)):
+        raise failure
+    raise Unavailable(f"cannot reach NATS at {where}: {str(failure) or 'timed out'}") from failure
 
 
 def _count_connection(family: str) -> None:

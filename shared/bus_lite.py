@@ -5,8 +5,9 @@ dataclasses, its transports) costs more than the command's whole bus traffic. Th
 module speaks the NATS client protocol (CONNECT, PING/PONG, SUB/UNSUB, PUB, MSG,
 HMSG) over one asyncio connection and offers what CLI handlers use: `request`,
 `request_with_progress`, `gather`, `publish`, `subscribe`, plus a one-round-trip
-read of a KV bucket's live entries. Plain `nats://` only: for TLS, websockets or a
-server that demands TLS, `NeedFullClient` tells the caller to use `shared.bus`.
+read of a KV bucket's live entries. `nats://` only, upgraded to TLS when the server
+demands it and a CA is given; for `tls://`, websockets, or TLS without a CA,
+`NeedFullClient` tells the caller to use `shared.bus`.
 Services keep nats-py (reconnects, JetStream, micro).
 """
 
@@ -141,9 +142,10 @@ def _unquote(text: str) -> str:
 class Connection(asyncio.Protocol):
     """One NATS client connection: the protocol parser and the verbs on top of it."""
 
-    def __init__(self, name: str = "dockyard-cli", creds: "UserCreds | None" = None):
+    def __init__(self, name: str = "dockyard-cli", creds: "UserCreds | None" = None, ca: str = ""):
         self.name = name
         self.creds = creds
+        self.ca = ca  # the fleet CA file: a server demanding TLS is verified against it
         # A principal may subscribe only under its own prefix (shared/permissions.py).
         self._inbox = (creds.inbox if creds is not None else "_INBOX") + "."
         self.info: dict[str, Any] = {}
@@ -183,8 +185,12 @@ class Connection(asyncio.Protocol):
         await loop.create_connection(lambda: self, host, port)
         await self._info_seen
         if self.info.get("tls_required"):
-            self._reset()
-            raise NeedFullClient("the server requires TLS")
+            if not self.ca:
+                self._reset()
+                raise NeedFullClient("the server requires TLS")
+            from shared import tls  # ssl costs an import only when a server demands it
+            self._transport = await loop.start_tls(self._transport, self, tls.client_context(self.ca),
+                                                   server_hostname=host)
         opts = {"verbose": False, "pedantic": False, "lang": "python3", "version": _VERSION,
                 "protocol": 1, "headers": True, "no_responders": True, "name": self.name, **auth}
         if self.creds is not None and not auth:
@@ -482,8 +488,10 @@ def _pending_of(ack_subject: str, fallback: int) -> int:
 
 
 async def connect(url: str, name: str = "dockyard-cli", *, connect_timeout: float = 3.0,
-                  creds: str = "") -> LiteBusClient:
+                  creds: str = "", ca: str = "") -> LiteBusClient:
     """A connected LiteBusClient, authenticated by the `.creds` file `creds` unless the URL
-    carries a user and password; NeedFullClient if `url` needs shared.bus."""
+    carries a user and password, verifying a TLS server against the CA file `ca`;
+    NeedFullClient if `url` needs shared.bus."""
     from shared.credentials import read_creds
-    return LiteBusClient(await Connection(name, read_creds(creds) if creds else None).connect(url, connect_timeout))
+    return LiteBusClient(await Connection(name, read_creds(creds) if creds else None, ca).connect(
+        url, connect_timeout))

@@ -31,6 +31,8 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
     layer_store_url: str = ""  # the URL others use when it differs from the listen address
     agent_id: str = ""
     log_level: str = "info"
+    # the fleet CA that a NATS demanding TLS is verified against; empty: the data dir's, if any
+    nats_ca: str = ""
 
     @property
     def data_path(self) -> Path:
@@ -49,6 +51,14 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
             return self.creds
         admin = creds_path(self.data_path, ADMIN)
         return str(admin) if os.access(admin, os.R_OK) else ""
+
+    @property
+    def nats_ca_file(self) -> str:
+        """`nats_ca`, else DATA_DIR/credentials/ca.pem if readable, else "" (plain NATS only)."""
+        if self.nats_ca:
+            return self.nats_ca
+        ca = self.data_path / "credentials" / "ca.pem"
+        return str(ca) if os.access(ca, os.R_OK) else ""
 
     @property
     def registry_base_url(self) -> str:

@@ -183,6 +183,7 @@ class Authority:
             self.signing = nkeys.from_seed(bytearray((cred_dir / _KEY_FILES["signing"]).read_bytes().strip()))
             self.account_pub = (cred_dir / "account.pub").read_text().strip()
             return
+        self._dir = cred_dir
         self.signing = _load_or_create(cred_dir / _KEY_FILES["signing"], nkeys.PREFIX_BYTE_ACCOUNT)
         self.operator = _load_or_create(cred_dir / _KEY_FILES["operator"], nkeys.PREFIX_BYTE_OPERATOR)
         self.sys = _load_or_create(cred_dir / _KEY_FILES["sys"], nkeys.PREFIX_BYTE_ACCOUNT)
@@ -205,6 +206,23 @@ class Authority:
             claims["exp"] = int(expires)
         return format_creds(encode_jwt(claims, self.signing), bytes(user.seed))
 
+    def _operator_jwt(self) -> str:
+        """The operator JWT, signed once and kept in `operator.jwt`: nats-server refuses a
+        reload whose trusted operator differs in any byte (a new `iat` is enough), so the
+        revocations of `fleet remove` would never apply if it were signed again."""
+        path = self._dir / "operator.jwt"
+        try:
+            kept = path.read_text().strip()
+            claims = jwt_claims(kept)
+            if claims.get("sub") == _pub(self.operator) and claims["nats"]["system_account"] == _pub(self.sys):
+                return kept
+        except (OSError, InvalidArgument, KeyError, TypeError):
+            pass  # none yet, or one of other keys: signed below
+        op_jwt = encode_jwt({"name": "dockyard", "sub": _pub(self.operator), "nats": {
+            "system_account": _pub(self.sys), "type": "operator", "version": 2}}, self.operator)
+        write_secret(path, (op_jwt + "\n").encode())
+        return op_jwt
+
     def server_config(self, revoked: dict[str, int] | None = None) -> str:
         """The nats-server config (trust, accounts) that makes every client present a user JWT;
         `revoked` (user public key -> unix time) lists credentials the account refuses."""
@@ -216,8 +234,7 @@ class Authority:
             "limits": {**unlimited, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1},
             "signing_keys": [_pub(self.signing)], "type": "account", "version": 2,
             **({"revocations": revoked} if revoked else {})}}, self.operator)
-        op_jwt = encode_jwt({"name": "dockyard", "sub": _pub(self.operator), "nats": {
-            "system_account": _pub(self.sys), "type": "operator", "version": 2}}, self.operator)
+        op_jwt = self._operator_jwt()
         return "\n".join([
             # A CONNECT carries the user JWT, whose permission lists pass the 4 KB default.
             "max_control_line: 65536",

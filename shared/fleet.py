@@ -1,7 +1,8 @@
 """The fleet's join exchange: the join token a new host is given, and the `dockyard.fleet.*` messages.
 
-A token carries the NATS seed URLs, a one-time secret and a minimal "joiner" credential (a
-user JWT that expires with the token and may publish only `dockyard.fleet.join`): that is
+A token carries the NATS seed URLs, the fingerprint of the fleet's CA (the joiner trusts
+the CA the bus hands it only if it matches), a one-time secret and a minimal "joiner" credential (a
+user JWT that expires with the token and may publish only `dockyard.fleet.join` and `.ca`): that is
 how a host with no credential of its own reaches the bus at all. The first node's `up`
 (which holds the account signing key) trades the secret, once, for the host's own
 credentials.
@@ -21,6 +22,7 @@ JOIN = f"{PREFIX}.join"
 TOKEN = f"{PREFIX}.token"
 LIST = f"{PREFIX}.ls"
 REMOVE = f"{PREFIX}.remove"
+CA = f"{PREFIX}.ca"  # the fleet CA certificate, which a joiner checks against the token's pin
 SERVICE = "fleet"  # the first node's exchange, as it appears in `dockyard status`
 TOKEN_MARK = "dyjoin1."
 
@@ -32,6 +34,7 @@ class JoinToken(msgspec.Struct, frozen=True):
     secret: str
     exp: int  # unix seconds
     services: list[str]
+    ca: str = ""  # sha256 fingerprint of the fleet CA (shared.tls); "" for a loopback-only fleet
 
 
 def encode_token(t: JoinToken) -> str:
@@ -83,6 +86,7 @@ class Host(msgspec.Struct, frozen=True):
     services: list[str]
     joined_at: float
     users: list[str] = []  # public keys of the user JWTs issued to it (what `remove` revokes)
+    first: bool = False  # the first node: holds the keys, runs the exchange; cannot be removed
 
 
 class ListRequest(msgspec.Struct, frozen=True):
@@ -99,3 +103,11 @@ class RemoveRequest(msgspec.Struct, frozen=True):
 
 class RemoveReply(msgspec.Struct, frozen=True):
     revoked: int
+
+
+class CARequest(msgspec.Struct, frozen=True):
+    pass
+
+
+class CAReply(msgspec.Struct, frozen=True):
+    pem: str  # the CA certificate; public, checked by the joiner against the token's fingerprint

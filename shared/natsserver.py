@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -116,6 +117,35 @@ class EmbeddedNats:
                 return "\n".join(f.read().decode(errors="replace").splitlines()[-lines:])
         except OSError:
             return ""
+
+    def reload(self, timeout: float = 10.0) -> None:
+        """Make the running server read its config file again, and return once it has: a
+        revocation must be in force when the caller says so. Unavailable if the server
+        refused the new config (it keeps the old one then)."""
+        if not self.running:
+            return  # the next start reads the file anyway
+        try:
+            mark = self.log_file.stat().st_size
+        except OSError:
+            mark = 0
+        self.proc.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self._log_since(mark):
+                if "Reloaded server configuration" in line:
+                    return
+                if "Failed to reload server configuration" in line:
+                    raise Unavailable(f"nats-server refused its new config: {line.split('[ERR] ', 1)[-1]}")
+            time.sleep(0.02)
+        raise Unavailable(f"nats-server did not reload its config within {timeout:.0f}s")
+
+    def _log_since(self, mark: int) -> list[str]:
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(mark)
+                return f.read().decode(errors="replace").splitlines()
+        except OSError:
+            return []
 
     def stop(self, timeout: float = 5.0) -> None:
         if self.proc and self.proc.poll() is None:

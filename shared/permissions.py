@@ -125,7 +125,9 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
                           events=[s.EVENT_GC_FINISHED])
     if kind == fleet.SERVICE:
         # the first node's join exchange: it signs credentials itself, so it needs no bus state
-        return _principal(kind, serves=[f"{fleet.PREFIX}.>"], calls=[])
+        # but the heartbeat of a host it removes, which it forgets
+        return _principal(kind, serves=[f"{fleet.PREFIX}.>"], calls=[], reads=(s.KV_AGENTS,),
+                          events=[f"$KV.{s.KV_AGENTS}.>"])
     if kind == SUPERVISOR:
         return _principal(kind, serves=[], calls=["$SRV.PING.>", "$SRV.INFO", s.REGISTRY_ENSURE_ADMIN])
     raise ValueError(f"no permissions for service kind {kind!r}")
@@ -134,7 +136,7 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
 def joiner(token_id: str) -> Permissions:
     """A join token's credential: it can only ask the exchange for the host's own credentials."""
     name = f"joiner-{token_id}"
-    return Permissions((fleet.JOIN,), (inbox_prefix(name) + ".>",))
+    return Permissions((fleet.CA, fleet.JOIN), (inbox_prefix(name) + ".>",))
 
 
 # What each role adds, verb by verb: (verb as the CLI names it, subjects it publishes).

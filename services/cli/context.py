@@ -53,11 +53,13 @@ class CliContext:
             from shared import bus_lite
             try:
                 self._bus = await bus_lite.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3,
-                                                   creds=self.config.bus_creds)  # type: ignore[assignment]
+                                                   creds=self.config.bus_creds,
+                                                   ca=self.config.nats_ca_file)  # type: ignore[assignment]
             except bus_lite.NeedFullClient:
                 bus = _import_bus(self.config.nats_url)
                 self._bus = bus.BusClient(await bus.connect(self.config.nats_url, name="dockyard-cli",
-                                                            connect_timeout=3, creds=self.config.bus_creds))
+                                                            connect_timeout=3, creds=self.config.bus_creds,
+                                                            ca=self.config.nats_ca_file))
         return self._bus
 
     async def close(self) -> None:

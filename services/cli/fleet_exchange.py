@@ -7,9 +7,11 @@ keys go into the account JWT's revocation list, which this node's nats-server re
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
+import re
 import secrets
 import time
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Callable
 
 import msgspec
 
-from shared import bus, credentials, dataplane_sign, fleet, permissions
+from shared import bus, credentials, dataplane_sign, fleet, permissions, tls
 from shared.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
 
 log = logging.getLogger("dockyard.fleet")
@@ -25,6 +27,7 @@ STATE_FILE = "fleet.json"
 # what a token may grant: a registry-gateway also signs users and tokens, which stays on the first node
 JOINABLE = ("runtime-agent", "builder", "layer-store", "garbage-collector")
 MAX_TTL = 7 * 86400
+_ADDRESS = re.compile(r"[0-9A-Za-z][0-9A-Za-z.:-]{0,252}")  # an IP (v4, v6) or a DNS name
 
 
 class _Token(msgspec.Struct):
@@ -58,8 +61,9 @@ class FleetExchange:
     the current revocations and makes the local nats-server read it."""
 
     def __init__(self, data_dir: Path, authority: credentials.Authority, *, seeds: list[str], registry: str,
-                 reload_trust: Callable[[dict[str, int]], None]):
+                 reload_trust: Callable[[dict[str, int]], None], first: fleet.Host | None = None):
         self.data_dir = Path(data_dir)
+        self.first = first  # this node, listed first by `fleet ls`
         self.authority = authority
         self.seeds = seeds
         self.registry = registry
@@ -67,6 +71,8 @@ class FleetExchange:
         self.path = credentials.credentials_dir(data_dir) / STATE_FILE
         self.state = (msgspec.json.decode(self.path.read_bytes(), type=_State) if self.path.exists() else _State())
         self.svc: bus.BusService | None = None
+        self.nc = None  # the exchange's own bus connection, from start()
+        self._tasks: set[asyncio.Task] = set()  # heartbeats of removed hosts being forgotten
 
     def _save(self) -> None:
         now = time.time()
@@ -74,14 +80,18 @@ class FleetExchange:
         credentials.write_secret(self.path, msgspec.json.encode(self.state))
 
     async def start(self, nc) -> None:
+        self.nc = nc
         self.svc = bus.BusService(nc, fleet.SERVICE, description="join exchange of the fleet")
         self.svc.endpoint(fleet.TOKEN, fleet.TokenRequest, self.token, empty_ok=True)
+        self.svc.endpoint(fleet.CA, fleet.CARequest, self.ca, empty_ok=True)
         self.svc.endpoint(fleet.JOIN, fleet.JoinRequest, self.join)
         self.svc.endpoint(fleet.LIST, fleet.ListRequest, self.list)
         self.svc.endpoint(fleet.REMOVE, fleet.RemoveRequest, self.remove)
         await self.svc.start()
 
     async def stop(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
         if self.svc is not None:
             await self.svc.stop()
 
@@ -97,9 +107,23 @@ class FleetExchange:
             f"joiner-{token_id}", permissions.joiner(token_id), expires=exp))
         self.state.tokens[token_id] = _Token(digest=_digest(secret), exp=exp, services=list(req.services))
         self._save()
+        ca = self._ca_pem()
         return fleet.TokenReply(token=fleet.encode_token(fleet.JoinToken(
             seeds=self.seeds, jwt=joiner.jwt, seed=joiner.seed, secret=secret, exp=exp,
-            services=list(req.services))))
+            services=list(req.services), ca=tls.fingerprint(ca) if ca else "")))
+
+    def _ca_pem(self) -> bytes:
+        """The fleet CA certificate; empty when this node serves loopback only (no TLS)."""
+        try:
+            return (credentials.credentials_dir(self.data_dir) / tls.CA_FILE).read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    async def ca(self, req: fleet.CARequest) -> fleet.CAReply:
+        ca = self._ca_pem()
+        if not ca:
+            raise NotFound("this fleet has no CA: its first node listens on loopback only")
+        return fleet.CAReply(pem=ca.decode())
 
     def _find(self, secret: str) -> _Token:
         digest = _digest(secret)
@@ -119,6 +143,8 @@ class FleetExchange:
         if extra:
             raise Unauthenticated(f"the join token does not grant {', '.join(extra)} (it grants "
                                   f"{', '.join(t.services)})")
+        if not _ADDRESS.fullmatch(req.listen):
+            raise InvalidArgument(f"{req.listen!r} is not an address other hosts can reach (--listen)")
         if req.host in self.state.hosts or any(c in req.host for c in ".*> \t/") or not req.host:
             raise Conflict(f"host {req.host!r} is already in the fleet or is not a valid host id")
         grants = {permissions.principal(n, req.host): permissions.service(n, agent_id=req.host) for n in req.services}
@@ -127,6 +153,14 @@ class FleetExchange:
         files = {}
         if "layer-store" in req.services:
             files[dataplane_sign.KEY_FILE.name] = dataplane_sign.load_key(self.data_dir).hex() + "\n"
+        ca = self._ca_pem()
+        if ca:  # the host's own certificate, for the servers it runs (its NATS node)
+            try:
+                cert, key = tls.issue_node_cert(credentials.credentials_dir(self.data_dir), req.host, [req.listen])
+            except ValueError as e:
+                raise InvalidArgument(f"no certificate can name {req.listen!r} (--listen): {e}") from e
+            files.update({tls.CA_FILE: ca.decode(), tls.NODE_CERT_FILE: cert.decode(),
+                          tls.NODE_KEY_FILE: key.decode()})
         t.used_by = req.host
         self.state.hosts[req.host] = fleet.Host(
             host=req.host, listen=req.listen, services=list(req.services), joined_at=time.time(),
@@ -136,15 +170,35 @@ class FleetExchange:
         return fleet.JoinReply(creds=creds, files=files, seeds=self.seeds, registry=self.registry)
 
     async def list(self, req: fleet.ListRequest) -> fleet.ListReply:
-        return fleet.ListReply(hosts=sorted(self.state.hosts.values(), key=lambda h: h.joined_at))
+        joined = sorted(self.state.hosts.values(), key=lambda h: h.joined_at)
+        return fleet.ListReply(hosts=([self.first] if self.first else []) + joined)
 
     async def remove(self, req: fleet.RemoveRequest) -> fleet.RemoveReply:
+        if self.first is not None and req.host == self.first.host:
+            raise Conflict(f"{req.host} is the first node: it holds the fleet's keys and cannot be removed")
         host = self.state.hosts.pop(req.host, None)
         if host is None:
             raise NotFound(f"no host {req.host!r} in the fleet (see `dockyard fleet ls`)")
         now = int(time.time())
         self.state.revoked.update({k: now for k in host.users})
         self._save()
-        self.reload_trust(self.state.revoked)
+        await asyncio.to_thread(self.reload_trust, self.state.revoked)
+        if "runtime-agent" in host.services:
+            # One more heartbeat may be in flight while the server reloads: forget it again later.
+            t = asyncio.get_running_loop().create_task(self._forget_heartbeat(req.host, again_after=3.0))
+            self._tasks.add(t)
+            t.add_done_callback(self._tasks.discard)
         log.info("host %s removed; %d credentials revoked", req.host, len(host.users))
         return fleet.RemoveReply(revoked=len(host.users))
+
+    async def _forget_heartbeat(self, host: str, again_after: float) -> None:
+        """A removed host is gone, not lost: `agents` and placement stop showing it."""
+        from shared import subjects
+        for delay in (0.0, again_after):
+            await asyncio.sleep(delay)
+            try:
+                kv = await self.nc.jetstream().key_value(subjects.KV_AGENTS)
+                await kv.delete(bus.kv_key(host))
+            except Exception as e:  # noqa: BLE001 - no bucket, or the bus is going down: nothing to forget
+                log.warning("could not forget the heartbeat of removed host %s: %s", host, e)
+                return

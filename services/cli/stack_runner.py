@@ -14,7 +14,7 @@ from typing import Any
 
 import msgspec
 
-from shared import bus, credentials, fleet, permissions, stackfile
+from shared import bus, credentials, fleet, permissions, stackfile, tls
 from shared.config import Config, split_host_port
 from shared.errors import Unavailable
 from shared.natsserver import EmbeddedNats
@@ -99,7 +99,7 @@ class StackRunner:
                 self.creds[p.stem] = p
         if "registry-gateway" in self.services:
             self._listen_registry()
-        nc = await bus.connect(self.cfg.nats_url, name="dockyard-up",
+        nc = await bus.connect(self.cfg.nats_url, name="dockyard-up", ca=self.cfg.nats_ca_file,
                                creds=str(self.creds.get(permissions.SUPERVISOR, self.cfg.bus_creds)))
         try:
             await self._wait_jetstream(nc)
@@ -116,18 +116,22 @@ class StackRunner:
     async def _start_exchange(self) -> None:
         """The join exchange of a first node: it holds the keys that sign a joining host's credentials."""
         from services.cli.fleet_exchange import FleetExchange
+        first = fleet.Host(host=self.cfg.host_id, listen=self.listen, services=list(self.services),
+                           joined_at=time.time(), first=True)
         self.exchange = FleetExchange(self.cfg.data_path, self.authority, seeds=[self.cfg.nats_url],
-                                      registry=self.cfg.registry_addr, reload_trust=self._reload_trust)
-        self.exchange_nc = await bus.connect(self.cfg.nats_url, name="dockyard-fleet",
+                                      registry=self.cfg.registry_addr, reload_trust=self._reload_trust,
+                                      first=first)
+        self.exchange_nc = await bus.connect(self.cfg.nats_url, name="dockyard-fleet", ca=self.cfg.nats_ca_file,
                                              creds=str(self.creds[fleet.SERVICE]))
         await self.exchange.start(self.exchange_nc)
 
     def _reload_trust(self, revoked: dict[str, int]) -> None:
-        """The server config with `revoked` in the account JWT, read again by the running nats-server."""
+        """The server config with `revoked` in the account JWT, in force in the running
+        nats-server when this returns."""
         conf = credentials.credentials_dir(self.cfg.data_path) / "nats-server.conf"
-        credentials.write_secret(conf, self.authority.server_config(revoked).encode())
-        if self.nats is not None and self.nats.running:
-            self.nats.proc.send_signal(signal.SIGHUP)
+        credentials.write_secret(conf, self._server_config(revoked).encode())
+        if self.nats is not None:
+            self.nats.reload()
 
     def _issue_credentials(self) -> Path:
         """Each service's credential, the supervisor's and the local administrator's, from the
@@ -146,8 +150,20 @@ class StackRunner:
             self.creds[principal] = path
         credentials.write_secret(credentials.creds_path(self.cfg.data_path, credentials.ADMIN), authority.issue(
             permissions.person(credentials.ADMIN), permissions.role(credentials.ADMIN, "admin")).encode())
+        if tls.needs_tls(self.listen):
+            # Off loopback every bus connection is TLS, verified against the fleet CA made here.
+            tls.ensure_ca(cdir)
+            tls.ensure_node_cert(cdir, self.cfg.host_id, [self.listen])
         conf = cdir / "nats-server.conf"
-        credentials.write_secret(conf, authority.server_config(revoked_keys(self.cfg.data_path)).encode())
+        credentials.write_secret(conf, self._server_config(revoked_keys(self.cfg.data_path)).encode())
+        return conf
+
+    def _server_config(self, revoked: dict[str, int]) -> str:
+        """Trust and accounts (signed again each time: the server checks them on every reload),
+        and TLS for clients when this node listens off loopback."""
+        conf = self.authority.server_config(revoked)
+        if tls.needs_tls(self.listen):
+            conf += tls.server_block(credentials.credentials_dir(self.cfg.data_path))
         return conf
 
     def _listen_registry(self) -> None:
@@ -169,6 +185,8 @@ class StackRunner:
         env = {"DOCKYARD_LAYER_STORE_ADDR": f"{self.listen}:0", "DOCKYARD_AGENT_ADDRESS": self.listen,
                **os.environ, "DOCKYARD_NATS_URL": self.cfg.nats_url,
                "DOCKYARD_DATA_DIR": self.cfg.data_dir, "DOCKYARD_REGISTRY_ADDR": self.cfg.registry_addr}
+        if self.cfg.nats_ca_file:
+            env["DOCKYARD_NATS_CA"] = self.cfg.nats_ca_file
         own = self.creds.get(permissions.principal(name, self.cfg.host_id))
         if own is not None:
             env["DOCKYARD_CREDS"] = str(own)

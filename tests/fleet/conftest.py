@@ -2,8 +2,9 @@
 
 Names carry this process's pid and a counter, and the /24 is chosen so that no route of the
 machine overlaps it. Teardown runs even when a test fails: processes first (a live process
-keeps a deleted namespace alive), then namespaces (their veth ends go with them), the
-bridge, and the cgroups the agents made.
+keeps a deleted namespace alive), then the containers (they outlive their agent on purpose)
+with the cgroups the agents made, then namespaces (their veth ends go with them) and the
+bridge.
 """
 
 from __future__ import annotations
@@ -132,17 +133,10 @@ class Fleet:
         return str(self.subnet[254])
 
 
-def _make_host(fleet: Fleet, n: int, root: Path) -> Host:
+def _make_host(fleet: Fleet, n: int, root: Path) -> None:
+    """Host n, in `fleet.hosts` before anything of it exists (teardown then finds every part)."""
     ns, veth = f"{fleet.tag}h{n}", f"{fleet.tag}v{n}"
     addr = str(fleet.subnet[n])
-    _sh("ip", "netns", "add", ns)
-    _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
-    _sh("ip", "link", "set", f"{veth}p", "netns", ns)
-    _sh("ip", "link", "set", veth, "master", fleet.bridge, "up")
-    for cmd in (["link", "set", "lo", "up"], ["link", "set", f"{veth}p", "name", "eth0"],
-                ["addr", "add", f"{addr}/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
-                ["route", "add", "default", "via", fleet.gateway]):
-        _sh("ip", "-n", ns, *cmd)
     data = root / f"h{n}"
     data.mkdir()
     # Each host's own container network and cgroup parent; the slot keeps subnets apart across runs.
@@ -153,43 +147,83 @@ def _make_host(fleet: Fleet, n: int, root: Path) -> Host:
            "DOCKYARD_SUBNET": f"10.{200 + slot // 256}.{slot % 256}.0/24", "PYTHONUNBUFFERED": "1",
            "XDG_CONFIG_HOME": str(data / "config"), "DOCKER_CONFIG": str(data / "docker-config")}
     for k in ("DOCKYARD_NATS_URL", "DOCKYARD_REGISTRY_ADDR", "DOCKYARD_CONTEXT", "DOCKYARD_CREDS",
-              "DOCKYARD_LAYER_STORE_ADDR"):
+              "DOCKYARD_LAYER_STORE_ADDR", "DOCKYARD_NATS_CA"):
         env.pop(k, None)
-    return Host(n=n, ns=ns, addr=addr, data_dir=data, env=env)
+    fleet.hosts.append(Host(n=n, ns=ns, addr=addr, data_dir=data, env=env))
+    _sh("ip", "netns", "add", ns)
+    _sh("ip", "link", "add", veth, "type", "veth", "peer", "name", f"{veth}p")
+    _sh("ip", "link", "set", f"{veth}p", "netns", ns)
+    _sh("ip", "link", "set", veth, "master", fleet.bridge, "up")
+    for cmd in (["link", "set", "lo", "up"], ["link", "set", f"{veth}p", "name", "eth0"],
+                ["addr", "add", f"{addr}/24", "dev", "eth0"], ["link", "set", "eth0", "up"],
+                ["route", "add", "default", "via", fleet.gateway]):
+        _sh("ip", "-n", ns, *cmd)
+
+
+def _kill_cgroup(parent: str) -> None:
+    """Every process under the cgroup `parent` (the host's containers: they outlive their agent
+    by design) killed, then the cgroups removed, innermost first."""
+    dirs = [d for hier in Path("/sys/fs/cgroup").iterdir() if (hier / parent).is_dir()
+            for d in (hier / parent).glob("**/")]
+    deadline = time.monotonic() + 10
+    for d in sorted(dirs, key=lambda d: -len(d.parts)):
+        while time.monotonic() < deadline:
+            try:
+                pids = [int(p) for p in (d / "cgroup.procs").read_text().split()]
+            except OSError:
+                break
+            if not pids:
+                break
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            time.sleep(0.05)
+        try:
+            os.rmdir(d)
+        except OSError:
+            pass
 
 
 def _teardown(fleet: Fleet) -> None:
+    for h in fleet.hosts:  # every host told first: their shutdowns overlap
+        for p in h.procs:
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
     for h in fleet.hosts:
         h.stop()
     for h in fleet.hosts:
+        _kill_cgroup(h.env["DOCKYARD_CGROUP_PARENT"].lstrip("/"))
         _sh("ip", "netns", "del", h.ns, check=False)
-        parent = h.env["DOCKYARD_CGROUP_PARENT"].lstrip("/")
-        for hier in Path("/sys/fs/cgroup").iterdir():
-            try:
-                os.rmdir(hier / parent)
-            except OSError:
-                pass
+        _sh("ip", "link", "del", f"{fleet.tag}v{h.n}", check=False)  # only if it never moved into the namespace
     _sh("ip", "link", "del", fleet.bridge, check=False)
+
+
+def new_fleet(n: int, root: Path, made: list[Fleet]) -> Fleet:
+    """n hosts (namespaces h1..hn on a fresh bridge), data dirs under `root`, nothing started;
+    appended to `made` before anything is created, so that `teardown` finds what a failure left."""
+    tag = f"dyf{os.getpid() % 46656:x}{next(_fleets)}"[:9]
+    fleet = Fleet(tag=tag, subnet=_free_subnet(), bridge=f"{tag}br")
+    made.append(fleet)
+    _sh("ip", "link", "add", fleet.bridge, "type", "bridge")
+    _sh("ip", "addr", "add", f"{fleet.gateway}/24", "dev", fleet.bridge)
+    _sh("ip", "link", "set", fleet.bridge, "up")
+    for i in range(1, n + 1):
+        _make_host(fleet, i, root)
+    return fleet
+
+
+def teardown(made: list[Fleet]) -> None:
+    for f in made:
+        _teardown(f)
 
 
 @pytest.fixture
 def make_fleet(tmp_path):
     """`make_fleet(n)`: n hosts (namespaces h1..hn on a fresh bridge), nothing started on them yet."""
     made: list[Fleet] = []
-
-    def make(n: int) -> Fleet:
-        tag = f"dyf{os.getpid() % 46656:x}{next(_fleets)}"[:9]
-        fleet = Fleet(tag=tag, subnet=_free_subnet(), bridge=f"{tag}br")
-        made.append(fleet)
-        _sh("ip", "link", "add", fleet.bridge, "type", "bridge")
-        _sh("ip", "addr", "add", f"{fleet.gateway}/24", "dev", fleet.bridge)
-        _sh("ip", "link", "set", fleet.bridge, "up")
-        for i in range(1, n + 1):
-            fleet.hosts.append(_make_host(fleet, i, tmp_path))
-        return fleet
-
     try:
-        yield make
+        yield lambda n: new_fleet(n, tmp_path, made)
     finally:
-        for f in made:
-            _teardown(f)
+        teardown(made)

@@ -1,16 +1,13 @@
-"""Three hosts join a fleet with one command each; tokens that must not work do not."""
+"""Three hosts join a fleet with one command each (bad tokens: tests/fleet/test_tls.py)."""
 
 from __future__ import annotations
 
 import json
 import time
 
-import msgspec
 import pytest
 
-from shared import credentials, fleet as fleetmsg
-from shared.permissions import joiner
-from tests.support.images import busybox_layout, skopeo_env
+from tests.support.images import busybox_layout
 
 pytestmark = pytest.mark.root
 
@@ -39,8 +36,11 @@ def test_three_hosts_join_and_a_pinned_container_answers_from_host_3(make_fleet,
     # each agent says where other hosts reach it: its --listen address
     assert {a["agent_id"]: a["address"] for a in agents} == {h.agent_id: h.addr for h in fl.hosts}
     hosts = json.loads(h1.cli("--json", "fleet", "ls").stdout)
-    assert [(x["host"], x["listen"], x["services"]) for x in hosts] == [
-        (h2.agent_id, h2.addr, ["runtime-agent"]), (h3.agent_id, h3.addr, ["runtime-agent"])]
+    assert [(x["host"], x["listen"], x["services"], x["first"]) for x in hosts] == [
+        (h1.agent_id, h1.addr, hosts[0]["services"], True),
+        (h2.agent_id, h2.addr, ["runtime-agent"], False), (h3.agent_id, h3.addr, ["runtime-agent"], False)]
+    assert {"registry-gateway", "runtime-agent"} <= set(hosts[0]["services"])
+    assert all(x["status"] == "ready" and x["last_seen"] for x in hosts), hosts
 
     layout = tmp_path / "layout"
     busybox_layout(layout, tmp_path / "work")
@@ -61,35 +61,3 @@ def test_three_hosts_join_and_a_pinned_container_answers_from_host_3(make_fleet,
             break
         time.sleep(0.2)
     assert body == f"served by {h3.agent_id}\n", got.stderr + h3.log("runtime-agent")
-
-
-def test_used_expired_and_forged_tokens_are_refused(make_fleet, tmp_path):
-    fl = make_fleet(2)
-    h1, h2 = fl.hosts
-    _first_node(h1)
-    join = ("--join", h1.addr, "--listen", h2.addr, "--services", "runtime-agent")
-
-    used = _token(h1)
-    h2.up(*join, "--token", used)
-    h2.stop()
-    (h2.data_dir / "fleet-join.json").unlink()  # as a new host would be
-    p = h2.run_up(*join, "--token", used)
-    assert p.returncode != 0 and "already used" in p.stderr, p.stderr
-
-    expired = _token(h1, "--ttl", "1s")
-    time.sleep(1.2)
-    p = h2.run_up(*join, "--token", expired)
-    assert p.returncode != 0 and "expired" in p.stderr, p.stderr
-
-    # a valid joiner credential with a secret nobody issued
-    tok = fleetmsg.decode_token(_token(h1))
-    forged_secret = fleetmsg.encode_token(msgspec.structs.replace(tok, secret="x" * 43))
-    p = h2.run_up(*join, "--token", forged_secret)
-    assert p.returncode != 0 and "not one this fleet issued" in p.stderr, p.stderr
-
-    # a joiner credential signed by keys that are not the fleet's
-    other = credentials.Authority(credentials.credentials_dir(tmp_path / "other"))
-    fake = credentials.read_creds_text(other.issue("joiner-x", joiner("x"), expires=tok.exp))
-    forged_jwt = fleetmsg.encode_token(msgspec.structs.replace(tok, jwt=fake.jwt, seed=fake.seed))
-    p = h2.run_up(*join, "--token", forged_jwt)
-    assert p.returncode != 0 and "refused the join token" in p.stderr, p.stderr

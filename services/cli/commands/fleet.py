@@ -26,7 +26,7 @@ def register(sub) -> None:
     t.add_argument("--services", default="runtime-agent",
                    help="comma-separated services the joining host may run (default runtime-agent)")
     t.set_defaults(func=token)
-    ls = fsub.add_parser("ls", help="hosts that joined and their services")
+    ls = fsub.add_parser("ls", help="hosts of the fleet (the first node too): services, address, last seen")
     ls.set_defaults(func=list_hosts)
     rm = fsub.add_parser("remove", help="revoke a host's credentials and forget it")
     rm.add_argument("host")
@@ -43,14 +43,25 @@ async def token(args, ctx) -> int:
 
 
 async def list_hosts(args, ctx) -> int:
+    """Hosts as the exchange knows them, with the last heartbeat of each one's runtime-agent."""
+    from services.cli.commands.containers import heartbeats
     from shared import fleet
+    from shared.placement import is_lost
     reply = await (await ctx.bus()).request(fleet.LIST, fleet.ListRequest(), fleet.ListReply)
+    beats = {b.agent_id: b for b in await heartbeats(ctx)}
+    now = time.time()
+    rows = []
+    for h in reply.hosts:
+        b = beats.get(h.host)
+        status = "-" if b is None else ("lost" if is_lost(b, now) else "ready")
+        rows.append({**msgspec.to_builtins(h), "status": status, "last_seen": b.time if b else None})
     if ctx.json_output:
-        ctx.print_json(msgspec.to_builtins(reply.hosts))
-    else:
-        ctx.print_table(["HOST", "ADDRESS", "SERVICES", "JOINED"],
-                        [[h.host, h.listen, ",".join(h.services),
-                          time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(h.joined_at))] for h in reply.hosts])
+        ctx.print_json(rows)
+        return 0
+    ctx.print_table(["HOST", "ROLE", "ADDRESS", "SERVICES", "STATUS", "LAST SEEN", "JOINED"],
+                    [[r["host"], "first" if r["first"] else "joined", r["listen"], ",".join(r["services"]),
+                      r["status"], "-" if r["last_seen"] is None else f"{max(0.0, now - r['last_seen']):.1f}s ago",
+                      time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["joined_at"]))] for r in rows])
     return 0
 
 
@@ -67,6 +78,27 @@ def joined(data_dir: Path) -> Joined | None:
         return msgspec.json.decode((Path(data_dir) / JOINED_FILE).read_bytes(), type=Joined)
     except FileNotFoundError:
         return None
+
+
+async def _pinned_ca(seeds: list[str], tok: Any, joiner_file: Path, cdir: Path) -> str:
+    """The fleet CA, fetched over a connection not yet verified and kept only if it is the one
+    the token pins; written to `cdir`. The secret goes only over a connection verified with it."""
+    from shared import bus, credentials, fleet, tls
+    from shared.errors import Unauthenticated
+    try:
+        nc = await bus.connect(",".join(seeds), name="dockyard-join", creds=str(joiner_file),
+                               ca=tls.unverified_context())
+    except Unauthenticated as e:
+        raise Unauthenticated("the fleet refused the join token's credential: it is forged, expired "
+                              "or from another fleet") from e
+    try:
+        reply = await bus.BusClient(nc).request(fleet.CA, fleet.CARequest(), fleet.CAReply, timeout=10)
+    finally:
+        await nc.drain()
+    tls.check_pinned(reply.pem.encode(), tok.ca)
+    path = cdir / tls.CA_FILE
+    credentials.write_secret(path, reply.pem.encode())
+    return str(path)
 
 
 def _seeds(join_addr: str, seeds: list[str]) -> list[str]:
@@ -89,8 +121,9 @@ async def join(cfg: Any, *, join_addr: str, token_text: str, listen: str, servic
     joiner_file = cdir / "joiner.creds"
     credentials.write_secret(joiner_file, credentials.format_creds(tok.jwt, tok.seed.encode()).encode())
     try:
+        ca = await _pinned_ca(seeds, tok, joiner_file, cdir) if tok.ca else ""
         try:
-            nc = await bus.connect(",".join(seeds), name="dockyard-join", creds=str(joiner_file))
+            nc = await bus.connect(",".join(seeds), name="dockyard-join", creds=str(joiner_file), ca=ca)
         except Unauthenticated as e:
             raise Unauthenticated("the fleet refused the join token's credential: it is forged, expired "
                                   "or from another fleet") from e
