@@ -23,6 +23,8 @@ from services.runtime_agent.heartbeat import Heartbeats, capacity, cpus, open_bu
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, NetworkConfig
 from services.runtime_agent.prune import prune
+from services.runtime_agent.volumes.store import VolumeStore
+from services.runtime_agent.volumes.verbs import VolumeVerbs
 from shared import bus, subjects
 from shared.config import Config
 from shared.errors import InvalidArgument
@@ -63,10 +65,13 @@ class Agent:
                              token_provider=bus_token_provider(bus.BusClient(nc), f"runtime-agent-{agent_id}"))
         self.network = network
         self.runtime = runtime
+        roots = parse_volume_roots(cfg.env("AGENT_VOLUME_ROOTS"))
+        self.volumes = VolumeStore(root / "volumes", agent_id, roots)  # volumes: named volumes
         self.containers = Containers(agent_id=agent_id, store=ContainerStore(root / "containers"),
                                      runtime=runtime, images=self.images, puller=self.puller, network=network,
                                      nc=nc, cgroup_parent=cfg.env("CGROUP_PARENT", "/dockyard"),
-                                     volume_roots=parse_volume_roots(cfg.env("AGENT_VOLUME_ROOTS")))
+                                     volume_roots=roots, volumes=self.volumes)
+        self.volume_verbs = VolumeVerbs(self.volumes, self.containers)
         mem = cfg.env("AGENT_MEMORY", "")
         self.memory_override = int(mem) if mem else None
         self.address = cfg.env("AGENT_ADDRESS", "") or _default_address()
@@ -90,6 +95,7 @@ class Agent:
             svc.endpoint(subjects.agent(self.id, verb), typ, handler, queue=own, **bounds)
         svc.endpoint(m.fleet(m.VERB_PS), m.PsRequest, self.ps, queue=own, empty_ok=True)
         svc.endpoint(m.fleet(m.VERB_IMAGES), m.ImagesRequest, self.list_images, queue=own)
+        self.volume_verbs.register(svc, self.id, own)  # volumes
 
     def heartbeat(self) -> m.Heartbeat:
         all_ = self.containers.list(all=True)
@@ -124,7 +130,7 @@ class Agent:
         return m.ContainerReply(container=await self.containers.kill(req.container, req.signal))
 
     async def rm(self, req: m.RmRequest) -> m.RmReply:
-        return m.RmReply(id=await self.containers.remove(req.container, req.force))
+        return m.RmReply(id=await self.containers.remove(req.container, req.force, volumes=req.volumes))
 
     async def inspect(self, req: m.ContainerRef) -> m.ContainerReply:
         return m.ContainerReply(container=self.containers.inspect(req.container))

@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
-from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
-                                                      resolve_user)
+from services.runtime_agent.containers.config import confine_volumes, parse_restart, process_of, resolve_user
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
+from services.runtime_agent.volumes import mounts as vmounts
+from services.runtime_agent.volumes.store import VolumeStore
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
 from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
                                    Port, RunRequest, Volume)
@@ -53,7 +54,7 @@ class Watch:
 class Containers:
     def __init__(self, *, agent_id: str, store: ContainerStore, runtime: Runtime, images: ImageStore,
                  puller: Puller, network: Network, nc, cgroup_parent: str = "/dockyard",
-                 volume_roots: tuple[str, ...] = ()):
+                 volume_roots: tuple[str, ...] = (), volumes: VolumeStore | None = None):
         self.agent_id = agent_id
         self.store = store
         self.runtime = runtime
@@ -64,6 +65,7 @@ class Containers:
         self.nc = nc
         self.cgroup_parent = cgroup_parent
         self.volume_roots = volume_roots  # host binds elsewhere need `any_host_path`
+        self.volumes = volumes  # named volumes (services/runtime_agent/volumes); None: none on this host
         self._watches: dict[str, Watch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._removing: set[str] = set()
@@ -106,7 +108,9 @@ class Containers:
         """Create and start; host binds outside `volume_roots` only with `any_host_path`."""
         # Refused before anything is pulled or created.
         runflags.check_privilege(req.flags, allowed=privileged)
-        volumes = confine_volumes(parse_volumes(req.volumes), None if any_host_path else self.volume_roots)
+        req = vmounts.with_tmpfs_mounts(req)
+        volumes = self._confined(vmounts.parse(req.volumes, req.mounts), any_host_path)
+        inherited = vmounts.inherited(req.volumes_from, self.store.resolve)
         streamer = Streamer(self.nc, req.stream_inbox if not req.detach else "")
         image = self.puller.local(req.image) if req.pull != "always" else None
         if image is None:
@@ -114,10 +118,16 @@ class Containers:
                 raise NotFound(f"no such image on {self.agent_id}: {req.image}")
             image = await self.puller.pull(req.image, streamer.progress)
         self._pinned[image.digest] += 1
+        made: list = []
         try:
+            volumes = self._with_volumes(volumes, inherited, image, req, made)
             c = self._new_container(req, image, volumes)
             self.store.create(c)
+            made.clear()
         finally:
+            for v in made:  # anonymous volumes of a container that was never made
+                with contextlib.suppress(Exception):
+                    self.volumes.remove(v.name)
             self._pinned[image.digest] -= 1
             if self._pinned[image.digest] <= 0:
                 del self._pinned[image.digest]
@@ -132,11 +142,47 @@ class Containers:
         except BaseException:
             if req.rm:
                 with contextlib.suppress(DockyardError):
-                    await self._remove_stopped(c.id)
+                    await self._remove_stopped(c.id, volumes=True)
             raise
         if not req.detach:
             self._spawn(self._stream_foreground(c.id, w, drained, Streamer(self.nc, req.stream_inbox)))
         return c
+
+    def _confined(self, wanted: list[Volume], any_host_path: bool) -> list[Volume]:
+        """Host binds checked against the volume roots (in their place); volume mounts as they are."""
+        binds = iter(confine_volumes([v for v in wanted if v.kind == "bind"],
+                                     None if any_host_path else self.volume_roots))
+        out = [next(binds) if v.kind == "bind" else v for v in wanted]
+        if self.volumes is None and any(v.kind == "volume" for v in out):
+            raise InvalidArgument(f"named volumes are not available on {self.agent_id}")
+        return out
+
+    def _with_volumes(self, volumes: list[Volume], inherited: list[Volume], image: ImageRecord,
+                      req: RunRequest, made: list) -> list[Volume]:
+        """The mounts in force: given, inherited (--volumes-from), the image's VOLUMEs; volumes made."""
+        taken = {v.destination for v in volumes}
+        volumes = volumes + [v for v in inherited if v.destination not in taken]
+        taken |= {v.destination for v in inherited}
+        taken |= {t.path for t in req.flags.tmpfs}
+        if self.volumes is not None:
+            volumes += vmounts.image_volumes(self.images.config(image.digest).config.volumes, taken)
+        if self.volumes is None or not any(v.kind == "volume" for v in volumes):
+            return volumes
+        labels = {m.source: m.labels for m in req.mounts if m.type == "volume" and m.source and m.labels}
+        out = vmounts.materialize(volumes, self.volumes, labels)
+        made.extend(v for v in out if v.anonymous)
+        return out
+
+    def _seed_volumes(self, c: Container, root) -> None:
+        """Mount each volume's device and do docker's copy-up into a new volume (in a thread)."""
+        for v in c.config.volumes:
+            if v.kind != "volume" or self.volumes is None:
+                continue
+            data = self.volumes.prepare(v.name)
+            rec = self.volumes.get(v.name)
+            if rec.needs_copy_up and not v.nocopy:
+                vmounts.copy_up(root, v.destination, data)
+                self.volumes.copied_up(v.name)
 
     def _new_container(self, req: RunRequest, image: ImageRecord, volumes: list[Volume]) -> Container:
         if req.rm and req.restart not in ("", "no"):
@@ -186,7 +232,8 @@ class Containers:
                                                            parse_publish_all(c.config.publish)))
             try:
                 root = await asyncio.to_thread(_mount_rootfs, self.snapshots, cid, image.diff_ids,
-                                               [v.source for v in c.config.volumes])
+                                               [v.source for v in c.config.volumes if v.kind == "bind"])
+                await asyncio.to_thread(self._seed_volumes, c, root)
                 ids = resolve_user(root, c.config.user)
             finally:
                 att = await net  # even on failure: its teardown below must find it settled
@@ -253,7 +300,7 @@ class Containers:
                 await asyncio.wait(w.readers, timeout=_READER_GRACE)
             c = await self._settle(cid)
             if c is not None and c.config.auto_remove and cid not in self._removing:
-                await self._remove_stopped(cid)
+                await self._remove_stopped(cid, volumes=True)  # --rm takes its anonymous volumes too
             if not w.final.done():
                 w.final.set_result(c.state.exit_code if c is not None else None)
             if c is not None and cid not in self._removing and self._should_restart(c):
@@ -343,7 +390,7 @@ class Containers:
         await self.runtime.kill(c.id, parse_signal(signal))
         return c
 
-    async def remove(self, ref: str, force: bool = False) -> str:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> str:
         c = self.store.resolve(ref)
         async with self._lock(c.id):
             c = self.store.get(c.id)
@@ -359,13 +406,15 @@ class Containers:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(w.final)
             try:
-                await self._remove_stopped(c.id)
+                await self._remove_stopped(c.id, volumes=volumes)
             finally:
                 self._removing.discard(c.id)
         return c.id
 
-    async def _remove_stopped(self, cid: str) -> None:
-        """Delete everything a container left: runtime state, cgroup, network, rootfs, record."""
+    async def _remove_stopped(self, cid: str, volumes: bool = False) -> None:
+        """Delete everything a container left: runtime state, cgroup, network, rootfs, record
+        (and, with `volumes`, its anonymous volumes no other container uses)."""
+        gone = self.store.find(cid)
         async def runtime_state() -> None:
             with contextlib.suppress(NotFound):
                 await self.runtime.delete(cid)
@@ -381,7 +430,15 @@ class Containers:
             if isinstance(r, BaseException):
                 raise r
         self.store.remove(cid)
+        if volumes and gone is not None and self.volumes is not None:
+            await asyncio.to_thread(self._remove_anonymous, gone)
         self._changed()
+
+    def _remove_anonymous(self, c: Container) -> None:
+        others = self.store.all()
+        for v in c.config.volumes:
+            if v.anonymous and self.volumes.find(v.name) is not None and not vmounts.users(others, v.name):
+                self.volumes.remove(v.name)
 
     # ---- restore after an agent restart --------------------------------------------
 
