@@ -18,4 +18,5 @@ MODULES = {
     "gc": "gc", "fleet": "fleet",
     "create": "create",  # runflags
     "volume": "volumes",  # volumes (issue 12)
+    "save": "archives", "load": "archives",  # volumes (issue 12): image archives
 }
