@@ -138,6 +138,7 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>"]),
         # volumes: listing and inspecting a host's volumes
         ("volume ls", _agent_verbs(_vol.VERB_VOLUME_LS)), ("volume inspect", _agent_verbs(_vol.VERB_VOLUME_INSPECT)),
+        ("system df", _agent_verbs("df")),  # shared.messages.diskusage.VERB_DF
     ],
     "operator": [
         ("run", _agent_verbs(VERB_RUN)), ("stop", _agent_verbs(VERB_STOP)), ("start", _agent_verbs(VERB_START)),

@@ -30,6 +30,7 @@ from shared.config import Config
 from shared.errors import InvalidArgument
 from shared.layers import SnapshotStore
 from shared.messages import agent as m
+from shared.messages.diskusage import VERB_DF, DfReply, DfRequest
 from shared.messages.gc import PruneReply, PruneRequest
 from shared.registry import bus_token_provider
 from shared.runtime import Runtime
@@ -96,6 +97,8 @@ class Agent:
         svc.endpoint(m.fleet(m.VERB_PS), m.PsRequest, self.ps, queue=own, empty_ok=True)
         svc.endpoint(m.fleet(m.VERB_IMAGES), m.ImagesRequest, self.list_images, queue=own)
         self.volume_verbs.register(svc, self.id, own)  # volumes
+        for subject in (subjects.agent(self.id, VERB_DF), m.fleet(VERB_DF)):  # volumes: system df
+            svc.endpoint(subject, DfRequest, self.df, queue=own, empty_ok=True)
 
     def heartbeat(self) -> m.Heartbeat:
         all_ = self.containers.list(all=True)
@@ -152,6 +155,11 @@ class Agent:
 
     async def prune(self, req: PruneRequest) -> PruneReply:
         return await prune(req, self.containers, self.images, self.puller)
+
+    async def df(self, req: DfRequest) -> DfReply:
+        from services.runtime_agent.diskusage import measure
+        return await asyncio.to_thread(measure, req, self.id, self.containers, self.images, self.puller.snapshots,
+                                       self.volumes)
 
     async def logs(self, req: m.LogsRequest) -> m.LogsReply:
         c = self.containers.inspect(req.container)

@@ -9,6 +9,7 @@ import os
 import stat
 import subprocess
 import tarfile
+import time
 from pathlib import Path
 
 import pytest
@@ -214,3 +215,37 @@ def test_tmpfs_volume_option(fleet):
                   check=False)
     assert r.returncode != 0 and "DOCKYARD_AGENT_VOLUME_ROOTS" in r.stderr
     assert "hostdir" not in _volumes(fleet)
+
+
+def _du(paths: list[str]) -> int:
+    if not paths:
+        return 0
+    out = subprocess.run(["du", "-s", "-c", "-B1", *paths], capture_output=True, text=True, check=True).stdout
+    return int(out.splitlines()[-1].split()[0])
+
+
+def test_system_df_equals_du_of_the_same_data(fleet):
+    host = fleet.agents[0].id
+    fleet.cli("volume", "create", "--host", host, "dfvol")
+    fleet.cli("run", "--rm", "--host", host, "--network", "none", "-v", "dfvol:/d", "busybox",
+              "sh", "-c", "dd if=/dev/zero of=/d/blob bs=1024 count=3000 2>/dev/null")
+    cid = fleet.cli("run", "-d", "--host", host, "--network", "none", "busybox", "sh", "-c",
+                    "dd if=/dev/zero of=/written bs=1024 count=2000 2>/dev/null; sleep 60").stdout.strip()
+    name = fleet.inspect(cid)["Name"]
+    for _ in range(100):  # until dd has written it all
+        (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)
+        if any(e["name"] == name and e["size"] >= 2000 * 1024 for e in reply["containers"]["entries"]):
+            break
+        time.sleep(0.1)
+    (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)
+    for kind in ("images", "containers", "volumes"):
+        measured, du = reply[kind]["size"], _du(reply["paths"][kind])
+        assert abs(measured - du) <= du * 0.01, (kind, measured, du)
+    vol = next(e for e in reply["volumes"]["entries"] if e["name"] == "dfvol")
+    assert vol["size"] >= 3000 * 1024 and not vol["active"]
+    assert reply["volumes"]["reclaimable"] >= vol["size"]
+    assert reply["images"]["total"] >= 1 and reply["images"]["active"] >= 1
+    table = fleet.cli("system", "df").stdout.splitlines()
+    assert table[0].split()[:2] == ["TYPE", "TOTAL"] and any(host in ln for ln in table[1:])
+    fleet.cli("rm", "-f", cid)
+    fleet.cli("volume", "rm", "dfvol")

@@ -19,4 +19,5 @@ MODULES = {
     "create": "create",  # runflags
     "volume": "volumes",  # volumes (issue 12)
     "save": "archives", "load": "archives",  # volumes (issue 12): image archives
+    "system": "system",  # volumes (issue 12): system df
 }
