@@ -149,6 +149,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         # volumes: a volume bound to a host device outside the volume roots is refused at the agent
         ("volume create", _agent_verbs(_vol.VERB_VOLUME_CREATE)), ("volume rm", _agent_verbs(_vol.VERB_VOLUME_RM)),
         ("volume prune", _agent_verbs(_vol.VERB_VOLUME_PRUNE)),
+        # container/image/system prune: the verbs the GC's agents and build-cache jobs call
+        ("container prune", _agent_verbs(AGENT_PRUNE_VERB)), ("builder prune", [s.BUILDER_PRUNE]),
     ],
     "admin": [
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),

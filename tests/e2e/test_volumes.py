@@ -249,3 +249,44 @@ def test_system_df_equals_du_of_the_same_data(fleet):
     assert table[0].split()[:2] == ["TYPE", "TOTAL"] and any(host in ln for ln in table[1:])
     fleet.cli("rm", "-f", cid)
     fleet.cli("volume", "rm", "dfvol")
+
+
+def _df(fleet, host: str) -> dict:
+    (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)
+    return reply
+
+
+def test_container_image_and_system_prune_free_what_they_say(fleet):
+    from services.cli.commands.images import human_size
+    host = fleet.agents[0].id
+    keep = fleet.cli("run", "-d", "--host", host, "--network", "none", "busybox", "sleep", "60").stdout.strip()
+    fleet.cli("run", "--host", host, "--name", "doomed1", "--network", "none", "-l", "tier=x", "busybox",
+              "sh", "-c", "dd if=/dev/zero of=/junk bs=1024 count=1500 2>/dev/null")
+    fleet.cli("run", "--host", host, "--name", "spared1", "--network", "none", "busybox", "true")
+    size = next(e["size"] for e in _df(fleet, host)["containers"]["entries"] if e["name"] == "doomed1")
+    out = fleet.cli("container", "prune", "-f", "--host", host, "--filter", "label=tier=x").stdout
+    assert "doomed1" in out and "spared1" not in out
+    assert out.strip().endswith(f"Total reclaimed space: {human_size(size)}")
+    names = {c["name"] for c in json.loads(fleet.cli("ps", "-a", "--json", "--host", host).stdout)}
+    assert "spared1" in names and "doomed1" not in names and keep[:12] in fleet.cli("ps", "-q").stdout
+    # an image no container uses goes with -a; busybox, which a container runs, stays
+    fleet.cli("run", "--rm", "--host", host, "--network", "none", "seeded", "true")
+    before = _df(fleet, host)["images"]
+    out = fleet.cli("image", "prune", "-f", "--host", host).stdout  # only dangling ones: none here
+    assert "seeded" not in out
+    out = fleet.cli("image", "prune", "-a", "-f", "--host", host).stdout
+    assert "seeded" in out and "busybox" not in out
+    after = _df(fleet, host)["images"]
+    assert after["total"] == before["total"] - 1 and after["active"] == before["active"]
+    assert out.strip().endswith(f"Total reclaimed space: {human_size(before['size'] - after['size'])}")
+    # system prune: stopped containers and (with --volumes) unused anonymous volumes; no builder here
+    cid = fleet.cli("run", "-d", "--host", host, "--network", "none", "seeded", "true").stdout.strip()
+    anon = next(m["Name"] for m in fleet.inspect(cid)["Mounts"] if m["Destination"] == "/anon")
+    fleet.cli("volume", "create", "--host", host, "named-stays")
+    r = fleet.cli("system", "prune", "-f", "--volumes", "--host", host)
+    assert "spared1" in r.stdout and anon in r.stdout and "named-stays" not in r.stdout
+    assert "Total reclaimed space" in r.stdout and "build cache not pruned" in r.stderr
+    assert "named-stays" in _volumes(fleet) and anon not in _volumes(fleet)
+    assert keep[:12] in fleet.cli("ps", "-q").stdout  # nothing in use was touched
+    fleet.cli("rm", "-f", keep)
+    fleet.cli("volume", "rm", "named-stays")

@@ -19,5 +19,6 @@ MODULES = {
     "create": "create",  # runflags
     "volume": "volumes",  # volumes (issue 12)
     "save": "archives", "load": "archives",  # volumes (issue 12): image archives
-    "system": "system",  # volumes (issue 12): system df
+    "system": "system",  # volumes (issue 12): system df, system prune
+    "container": "prune", "image": "prune", "builder": "prune",  # volumes (issue 12): ... prune
 }

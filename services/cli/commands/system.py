@@ -12,6 +12,8 @@ def register(sub: Any) -> None:
     d.add_argument("-v", "--verbose", action="store_true", help="one row per image, container and volume")
     d.add_argument("--host", help="only this agent")
     d.set_defaults(func=df)
+    from services.cli.commands.prune import add_system_prune
+    add_system_prune(ssub)
 
 
 def _size(n: int) -> str:

@@ -18,11 +18,11 @@ class VolumeVerbs:
         self.containers = containers  # services.runtime_agent.containers.manager.Containers
 
     def register(self, svc, agent_id: str, queue: str) -> None:
-        verbs = [(vm.VERB_VOLUME_CREATE, vm.VolumeCreateRequest, self.create, {"empty_ok": True}),
+        verbs = [(vm.VERB_VOLUME_CREATE, vm.VolumeCreateRequest, self.create, {}),
                  (vm.VERB_VOLUME_LS, vm.VolumeListRequest, self.ls, {"empty_ok": True}),
                  (vm.VERB_VOLUME_INSPECT, vm.VolumeRef, self.inspect, {}),
                  (vm.VERB_VOLUME_RM, vm.VolumeRmRequest, self.rm, {}),
-                 (vm.VERB_VOLUME_PRUNE, vm.VolumePruneRequest, self.prune, {"empty_ok": True})]
+                 (vm.VERB_VOLUME_PRUNE, vm.VolumePruneRequest, self.prune, {})]  # destructive: never by default
         for verb, typ, handler, bounds in verbs:
             svc.endpoint(subjects.agent(agent_id, verb), typ, handler, queue=queue, **bounds)
         svc.endpoint(fleet(vm.VERB_VOLUME_LS), vm.VolumeListRequest, self.ls, queue=queue, empty_ok=True)
