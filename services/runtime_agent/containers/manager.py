@@ -22,12 +22,13 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
-from services.runtime_agent.containers.config import confine_volumes, parse_restart, process_of, resolve_user
+from services.runtime_agent.containers.config import parse_restart, process_of, resolve_user
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
 from services.runtime_agent.volumes import mounts as vmounts
+from services.runtime_agent.volumes.attach import Attach
 from services.runtime_agent.volumes.store import VolumeStore
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
 from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
@@ -65,7 +66,7 @@ class Containers:
         self.nc = nc
         self.cgroup_parent = cgroup_parent
         self.volume_roots = volume_roots  # host binds elsewhere need `any_host_path`
-        self.volumes = volumes  # named volumes (services/runtime_agent/volumes); None: none on this host
+        self.volumes = Attach(volumes)  # named volumes (services/runtime_agent/volumes)
         self._watches: dict[str, Watch] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._removing: set[str] = set()
@@ -109,7 +110,8 @@ class Containers:
         # Refused before anything is pulled or created.
         runflags.check_privilege(req.flags, allowed=privileged)
         req = vmounts.with_tmpfs_mounts(req)
-        volumes = self._confined(vmounts.parse(req.volumes, req.mounts), any_host_path)
+        volumes = self.volumes.confined(vmounts.parse(req.volumes, req.mounts),
+                                        None if any_host_path else self.volume_roots, self.agent_id)
         inherited = vmounts.inherited(req.volumes_from, self.store.resolve)
         streamer = Streamer(self.nc, req.stream_inbox if not req.detach else "")
         image = self.puller.local(req.image) if req.pull != "always" else None
@@ -118,16 +120,14 @@ class Containers:
                 raise NotFound(f"no such image on {self.agent_id}: {req.image}")
             image = await self.puller.pull(req.image, streamer.progress)
         self._pinned[image.digest] += 1
-        made: list = []
+        made, resolved = False, []
         try:
-            volumes = self._with_volumes(volumes, inherited, image, req, made)
-            c = self._new_container(req, image, volumes)
+            resolved = self.volumes.resolve(volumes, inherited, self.images.config(image.digest).config.volumes, req)
+            c = self._new_container(req, image, resolved)
             self.store.create(c)
-            made.clear()
+            made = True
         finally:
-            for v in made:  # anonymous volumes of a container that was never made
-                with contextlib.suppress(Exception):
-                    self.volumes.remove(v.name)
+            self.volumes.release(resolved, made=made)
             self._pinned[image.digest] -= 1
             if self._pinned[image.digest] <= 0:
                 del self._pinned[image.digest]
@@ -147,42 +147,6 @@ class Containers:
         if not req.detach:
             self._spawn(self._stream_foreground(c.id, w, drained, Streamer(self.nc, req.stream_inbox)))
         return c
-
-    def _confined(self, wanted: list[Volume], any_host_path: bool) -> list[Volume]:
-        """Host binds checked against the volume roots (in their place); volume mounts as they are."""
-        binds = iter(confine_volumes([v for v in wanted if v.kind == "bind"],
-                                     None if any_host_path else self.volume_roots))
-        out = [next(binds) if v.kind == "bind" else v for v in wanted]
-        if self.volumes is None and any(v.kind == "volume" for v in out):
-            raise InvalidArgument(f"named volumes are not available on {self.agent_id}")
-        return out
-
-    def _with_volumes(self, volumes: list[Volume], inherited: list[Volume], image: ImageRecord,
-                      req: RunRequest, made: list) -> list[Volume]:
-        """The mounts in force: given, inherited (--volumes-from), the image's VOLUMEs; volumes made."""
-        taken = {v.destination for v in volumes}
-        volumes = volumes + [v for v in inherited if v.destination not in taken]
-        taken |= {v.destination for v in inherited}
-        taken |= {t.path for t in req.flags.tmpfs}
-        if self.volumes is not None:
-            volumes += vmounts.image_volumes(self.images.config(image.digest).config.volumes, taken)
-        if self.volumes is None or not any(v.kind == "volume" for v in volumes):
-            return volumes
-        labels = {m.source: m.labels for m in req.mounts if m.type == "volume" and m.source and m.labels}
-        out = vmounts.materialize(volumes, self.volumes, labels)
-        made.extend(v for v in out if v.anonymous)
-        return out
-
-    def _seed_volumes(self, c: Container, root) -> None:
-        """Mount each volume's device and do docker's copy-up into a new volume (in a thread)."""
-        for v in c.config.volumes:
-            if v.kind != "volume" or self.volumes is None:
-                continue
-            data = self.volumes.prepare(v.name)
-            rec = self.volumes.get(v.name)
-            if rec.needs_copy_up and not v.nocopy:
-                vmounts.copy_up(root, v.destination, data)
-                self.volumes.copied_up(v.name)
 
     def _new_container(self, req: RunRequest, image: ImageRecord, volumes: list[Volume]) -> Container:
         if req.rm and req.restart not in ("", "no"):
@@ -233,7 +197,7 @@ class Containers:
             try:
                 root = await asyncio.to_thread(_mount_rootfs, self.snapshots, cid, image.diff_ids,
                                                [v.source for v in c.config.volumes if v.kind == "bind"])
-                await asyncio.to_thread(self._seed_volumes, c, root)
+                await asyncio.to_thread(self.volumes.seed, c, root)
                 ids = resolve_user(root, c.config.user)
             finally:
                 att = await net  # even on failure: its teardown below must find it settled
@@ -430,15 +394,9 @@ class Containers:
             if isinstance(r, BaseException):
                 raise r
         self.store.remove(cid)
-        if volumes and gone is not None and self.volumes is not None:
-            await asyncio.to_thread(self._remove_anonymous, gone)
+        if volumes and gone is not None:
+            await asyncio.to_thread(self.volumes.remove_anonymous, gone, self.store.all())
         self._changed()
-
-    def _remove_anonymous(self, c: Container) -> None:
-        others = self.store.all()
-        for v in c.config.volumes:
-            if v.anonymous and self.volumes.find(v.name) is not None and not vmounts.users(others, v.name):
-                self.volumes.remove(v.name)
 
     # ---- restore after an agent restart --------------------------------------------
 

@@ -63,8 +63,14 @@ class VolumeVerbs:
         await asyncio.to_thread(self.store.remove, req.name)
         return vm.VolumeRmReply(name=req.name)
 
+    def _pinned(self, name: str) -> bool:
+        """Made for a run whose container does not exist yet."""
+        return name in self.containers.volumes.pinned
+
     def refuse_in_use(self, name: str) -> None:
         using = users(self.containers.store.all(), name)
+        if not using and self._pinned(name):
+            raise Conflict(f"volume {name} is in use by a container being created")
         if using:
             shown = ", ".join(f"{c.name} ({c.id[:12]})" for c in using)
             raise Conflict(f"volume {name} is in use by container {shown}: remove the container first")
@@ -72,7 +78,7 @@ class VolumeVerbs:
     async def prune(self, req: vm.VolumePruneRequest) -> vm.VolumePruneReply:
         removed, reclaimed = [], 0
         for rec in self.store.all():
-            if not (req.all or rec.anonymous) or self._used_by(rec.name):
+            if not (req.all or rec.anonymous) or self._used_by(rec.name) or self._pinned(rec.name):
                 continue
             if not vm.label_matches(rec.labels, req.labels):
                 continue
