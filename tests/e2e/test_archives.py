@@ -138,6 +138,24 @@ def test_an_archive_skopeo_wrote_loads_and_runs(stack, pushed, tmp_path):
     assert "Loaded image: library/ocimade:3" in out
 
 
+def test_save_to_a_pipe_and_load_from_one(stack, pushed, tmp_path):
+    import subprocess
+    import sys
+    piped = tmp_path / "piped.tar"
+    with open(piped, "wb") as f:
+        subprocess.run([sys.executable, "-m", "services.cli.main", "save", "arch-a:1"], env=stack.env, stdout=f,
+                       check=True, timeout=120)
+    with tarfile.open(piped) as tf:
+        assert json.load(tf.extractfile("manifest.json"))[0]["RepoTags"] == ["arch-a:1"]
+    gz = tmp_path / "piped.tar.gz"
+    gz.write_bytes(gzip.compress(piped.read_bytes(), compresslevel=1))
+    with open(gz, "rb") as f:
+        p = subprocess.run([sys.executable, "-m", "services.cli.main", "load"], env=stack.env, stdin=f,
+                           capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert "Loaded image: library/arch-a:1" in p.stdout
+
+
 def _tar(path: Path, members: list[tuple[tarfile.TarInfo, bytes | None]]) -> None:
     with tarfile.open(path, "w") as tf:
         for ti, data in members:
