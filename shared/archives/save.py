@@ -11,6 +11,7 @@ way; nothing is held whole in memory.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from dataclasses import dataclass, field
@@ -151,13 +152,28 @@ async def _write_layer(client, repo: str, desc, diff_id: str, tw: TarWriter) -> 
         else Compression.GZIP
     dec = _Decompressor(comp)
     h = hashlib.sha256()
+
+    def take(chunk: bytes) -> None:
+        data = dec.feed(chunk)
+        if data:
+            h.update(data)
+            tw.write(data)
+
+    # Decompressing, hashing and writing a chunk (in a thread) overlaps receiving the next one.
+    loop = asyncio.get_running_loop()
+    pending: asyncio.Future | None = None
     tw.begin(blob_name(diff_id))
-    async with client.open_blob(repo, desc.digest) as stream:
-        async for chunk in stream:
-            data = dec.feed(chunk)
-            if data:
-                h.update(data)
-                tw.write(data)
+    try:
+        async with client.open_blob(repo, desc.digest) as stream:
+            async for chunk in stream:
+                if pending is not None:
+                    await pending
+                pending = loop.run_in_executor(None, take, chunk)
+    finally:
+        if pending is not None:
+            await asyncio.wait([pending])
+    if pending is not None:
+        pending.result()
     size = tw.end()
     got = "sha256:" + h.hexdigest()
     if got != Digest(diff_id):
