@@ -199,3 +199,11 @@ def test_hostile_archives_are_refused(stack, tmp_path):
     (tmp_path / "junk.tar").write_bytes(os.urandom(2048))
     assert stack.cli("load", "-i", str(tmp_path / "junk.tar"), check=False).returncode != 0
     assert "evil" not in stack.cli("images").stdout
+
+
+def test_system_df_on_a_whole_stack_shows_the_build_cache(stack):
+    got = json.loads(stack.cli("system", "df", "--json").stdout)
+    assert [h["host"] for h in got["hosts"]] and got["build_cache"] is not None
+    assert got["build_cache"]["total"] >= got["build_cache"]["active"] >= 0
+    table = stack.cli("system", "df").stdout
+    assert "Build Cache" in table and "(builder)" in table and "Local Volumes" in table

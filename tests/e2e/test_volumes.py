@@ -233,11 +233,11 @@ def test_system_df_equals_du_of_the_same_data(fleet):
                     "dd if=/dev/zero of=/written bs=1024 count=2000 2>/dev/null; sleep 60").stdout.strip()
     name = fleet.inspect(cid)["Name"]
     for _ in range(100):  # until dd has written it all
-        (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)
+        (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)["hosts"]
         if any(e["name"] == name and e["size"] >= 2000 * 1024 for e in reply["containers"]["entries"]):
             break
         time.sleep(0.1)
-    (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)
+    (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)["hosts"]
     for kind in ("images", "containers", "volumes"):
         measured, du = reply[kind]["size"], _du(reply["paths"][kind])
         assert abs(measured - du) <= du * 0.01, (kind, measured, du)
@@ -252,7 +252,7 @@ def test_system_df_equals_du_of_the_same_data(fleet):
 
 
 def _df(fleet, host: str) -> dict:
-    (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)
+    (reply,) = json.loads(fleet.cli("system", "df", "--host", host, "-v", "--json").stdout)["hosts"]
     return reply
 
 

@@ -16,6 +16,21 @@ def register(sub: Any) -> None:
     add_system_prune(ssub)
 
 
+async def _build_cache(ctx, client) -> dict | None:
+    """The builder's cache as `builder prune` would see it (a dry run of the same verb): records,
+    those a running build holds (active), and the bytes of the others (compressed, in the registry).
+    None when no builder answers or the person may not ask."""
+    from shared import subjects
+    from shared.errors import DockyardError
+    from shared.messages.gc import PruneReply, PruneRequest
+    try:
+        r = await client.request(subjects.BUILDER_PRUNE, PruneRequest(max_bytes=0, dry_run=True), PruneReply,
+                                 timeout=30)
+    except DockyardError:
+        return None
+    return {"total": r.examined, "active": r.examined - r.removed, "reclaimable": r.freed}
+
+
 def _size(n: int) -> str:
     from services.cli.commands.images import human_size
     return human_size(n)
@@ -35,14 +50,18 @@ async def df(args, ctx) -> int:
         replies = await client.gather(fleet_subject(VERB_DF), req, DfReply, timeout=60.0,
                                       expect=len(agents)) if agents else []
     replies.sort(key=lambda r: r.host)
+    cache = await _build_cache(ctx, client)
     if ctx.json_output:
-        ctx.print_json(replies)
+        ctx.print_json({"hosts": replies, "build_cache": cache})
         return 0
     rows = []
     for r in replies:
         for label, k in (("Images", r.images), ("Containers", r.containers), ("Local Volumes", r.volumes)):
             pct = f" ({100 * k.reclaimable // k.size}%)" if k.size else ""
             rows.append([label, k.total, k.active, _size(k.size), _size(k.reclaimable) + pct, r.host])
+    if cache:
+        rows.append(["Build Cache", cache["total"], cache["active"], _size(cache["reclaimable"]),
+                     _size(cache["reclaimable"]), "(builder)"])
     ctx.print_table(["TYPE", "TOTAL", "ACTIVE", "SIZE", "RECLAIMABLE", "HOST"], rows)
     if args.verbose:
         for title, pick, head in (("Images space usage:", lambda r: r.images,
