@@ -25,7 +25,7 @@ async def _build_cache(ctx, client) -> dict | None:
     from shared.messages.gc import PruneReply, PruneRequest
     try:
         r = await client.request(subjects.BUILDER_PRUNE, PruneRequest(max_bytes=0, dry_run=True), PruneReply,
-                                 timeout=30)
+                                 timeout=10)  # bounded: a reader's df should not wait long for it
     except DockyardError:
         return None
     return {"total": r.examined, "active": r.examined - r.removed, "reclaimable": r.freed}
