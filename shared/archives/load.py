@@ -92,7 +92,7 @@ class Archive:
             raise InvalidArgument(f"not a tar archive: {e}") from e
         self._members: dict[str, tarfile.TarInfo | None] = {}
         for m in members:
-            name = posixpath.normpath(m.name.lstrip("./") if m.name.startswith("./") else m.name)
+            name = posixpath.normpath(m.name[2:] if m.name.startswith("./") else m.name)
             # a name given twice is ambiguous: which copy did the checks see?
             self._members[name] = None if name in self._members else m
 

@@ -112,3 +112,14 @@ def test_tar_writer_patches_sizes_and_decompressor_spans_members(tmp_path):
     two = gzip.compress(b"one ") + gzip.compress(b"two")
     d = _Decompressor(Compression.GZIP)
     assert b"".join(d.feed(two[i:i + 7]) for i in range(0, len(two), 7)) == b"one two"
+
+
+def test_member_names_are_taken_as_written(tmp_path):
+    """`./x` is `x`; a member called `../x` is not `x` (nor is `.x`)."""
+    with tarfile.open(tmp_path / "a.tar", "w") as tf:
+        for name in ("./manifest.json", "../c.json", ".hidden"):
+            ti = tarfile.TarInfo(name)
+            ti.size = 2
+            tf.addfile(ti, io.BytesIO(b"[]"))
+    a = Archive(tmp_path / "a.tar")
+    assert a.has("manifest.json") and not a.has("c.json") and not a.has("hidden") and a.has(".hidden")
