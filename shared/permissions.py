@@ -21,6 +21,7 @@ from shared.messages.agent import (FLEET_PREFIX, VERB_IMAGES, VERB_INSPECT, VERB
                                    VERB_PULL, VERB_RM, VERB_RUN, VERB_START, VERB_STOP)
 from shared.messages.gc import AGENT_PRUNE_VERB
 from shared.messages.verbs import ADMIN_VERBS, OPERATOR_VERBS, READER_VERBS
+from shared.messages import volumes as _vol
 
 SUPERVISOR = "supervisor"  # `dockyard up` itself: waits for services, creates the admin user
 ROLES = ("reader", "operator", "admin")  # each includes the one before it
@@ -148,6 +149,9 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>"]),
         # verbs: wait, top, stats, events, diff
         ("wait, top, stats, events, diff", _agent_verbs(*READER_VERBS)),
+        # volumes: listing and inspecting a host's volumes
+        ("volume ls", _agent_verbs(_vol.VERB_VOLUME_LS)), ("volume inspect", _agent_verbs(_vol.VERB_VOLUME_INSPECT)),
+        ("system df", _agent_verbs("df")),  # shared.messages.diskusage.VERB_DF
     ],
     "operator": [
         ("run", _agent_verbs(VERB_RUN)), ("stop", _agent_verbs(VERB_STOP)), ("start", _agent_verbs(VERB_START)),
@@ -159,6 +163,11 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("restart, rename, pause, update, cp, export", _agent_verbs(*OPERATOR_VERBS)),
         # interactive: attach, and the input of an attach or exec session
         ("attach", _agent_verbs(s.AGENT_ATTACH, s.AGENT_STDIN)),
+        # volumes: a volume bound to a host device outside the volume roots is refused at the agent
+        ("volume create", _agent_verbs(_vol.VERB_VOLUME_CREATE)), ("volume rm", _agent_verbs(_vol.VERB_VOLUME_RM)),
+        ("volume prune", _agent_verbs(_vol.VERB_VOLUME_PRUNE)),
+        # container/image/system prune: the verbs the GC's agents and build-cache jobs call
+        ("container prune", _agent_verbs(AGENT_PRUNE_VERB)), ("builder prune", [s.BUILDER_PRUNE]),
     ],
     "admin": [
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),

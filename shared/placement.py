@@ -118,3 +118,24 @@ def _names(want: Reference, digest: str, references: list[str]) -> bool:
                 and (want.domain is None or want.domain == ref.domain)):
             return True
     return False
+
+
+# ---- volumes (issue 12) ----------------------------------------------------------------
+
+def volume_host(names: Iterable[str], holders: dict[str, set[str]]) -> str | None:
+    """The one host a container must run on to see its named volumes, None if any would do.
+
+    `holders` maps each volume name to the hosts that have one of that name. A name no
+    host has yet is made where the container lands; a name on several hosts decides
+    nothing; names that live on different hosts cannot meet in one container.
+    """
+    pinned: dict[str, str] = {}
+    for name in names:
+        hosts = holders.get(name, set())
+        if len(hosts) == 1:
+            pinned[name] = next(iter(hosts))
+    if len(set(pinned.values())) > 1:
+        shown = ", ".join(f"{n} on {h}" for n, h in sorted(pinned.items()))
+        raise InvalidArgument(f"the container's volumes live on different hosts ({shown}): "
+                              "they cannot be mounted together")
+    return next(iter(pinned.values()), None)

@@ -8,13 +8,14 @@ no pull is under way (a pull unpacks snapshots before its image record exists).
 from __future__ import annotations
 
 import fnmatch
-import os
 import time
 
 from services.runtime_agent.containers.manager import Containers
 from services.runtime_agent.images import ImageStore, Puller
+from services.runtime_agent.volumes.store import disk_usage
 from shared.errors import NotFound
 from shared.messages.agent import unix_time
+from shared.messages.volumes import label_matches
 from shared.messages.gc import PruneReply, PruneRequest
 from shared.oci.digest import Digest
 from shared.oci.reference import Reference
@@ -39,26 +40,34 @@ async def prune(req: PruneRequest, containers: Containers, images: ImageStore, p
     items: list[str] = []
     examined = removed = freed = 0
     doomed_containers: set[str] = set()
+    now = time.time()
+    created_cutoff = now - req.created_before_seconds if req.created_before_seconds is not None else None
     if req.exited_before_seconds is not None:
-        cutoff = time.time() - req.exited_before_seconds
+        cutoff = now - req.exited_before_seconds
         for c in containers.list(all=True):
             if c.state.status == "running":
                 continue
             examined += 1
             finished = unix_time(c.state.finished_at) or unix_time(c.created) or 0.0
-            if finished <= cutoff:
+            if (finished <= cutoff and label_matches(c.config.labels, req.labels)
+                    and (created_cutoff is None or (unix_time(c.created) or 0.0) <= created_cutoff)):
                 items.append(f"container {c.name} {c.id[:12]}")
                 doomed_containers.add(c.id)
+                size = _writable(puller.snapshots, c.id)
                 if not req.dry_run:
                     try:
                         await containers.remove(c.id)
                     except NotFound:
                         continue
                 removed += 1
+                freed += size
+    if not req.images:
+        return PruneReply(examined=examined, removed=removed, freed=freed, items=items)
     in_use = {c.config.image_digest for c in containers.list(all=True)
               if c.id not in doomed_containers} | containers.pinned_images()
     doomed_images = [img for img in images.list()
-                     if not (img.digest in in_use or _excluded(img.references, req.exclude, puller.stack_registry))]
+                     if not (img.digest in in_use or _excluded(img.references, req.exclude, puller.stack_registry))
+                     and _chosen(img, req, images, created_cutoff)]
     examined += len(images.list())
     if not req.dry_run:
         # a run may have begun using one of them since the plan was made: it stays
@@ -68,8 +77,7 @@ async def prune(req: PruneRequest, containers: Containers, images: ImageStore, p
             images.remove(img.digest)
     for img in doomed_images:
         items.append(f"image {(img.references or [img.digest])[0]} {Digest(img.digest).short}")
-        removed += 1
-        freed += img.size
+        removed += 1  # its bytes on disk are its snapshots, counted below (the download is long gone)
     # Snapshots no remaining image uses go with them; a dry run counts exactly those bytes too.
     if not puller.busy:
         gone = {img.digest for img in doomed_images}
@@ -77,7 +85,7 @@ async def prune(req: PruneRequest, containers: Containers, images: ImageStore, p
         for d in puller.snapshots.list():
             if str(d) in keep:
                 continue
-            freed += _du(puller.snapshots.path(d))
+            freed += disk_usage(puller.snapshots.path(d))  # as `system df` counts it
             if not req.dry_run:
                 try:
                     await puller.snapshots.remove(d)
@@ -86,12 +94,26 @@ async def prune(req: PruneRequest, containers: Containers, images: ImageStore, p
     return PruneReply(examined=examined, removed=removed, freed=freed, items=items)
 
 
-def _du(path) -> int:
-    total = 0
-    for root, dirs, files in os.walk(path):
-        for n in dirs + files:
-            try:
-                total += os.lstat(os.path.join(root, n)).st_blocks * 512
-            except OSError:
-                pass
-    return total
+def _chosen(img, req: PruneRequest, images: ImageStore, created_cutoff: float | None) -> bool:
+    """The `image prune` filters: dangling only (no name), labels of its config, pulled before a time."""
+    if req.dangling_only and img.references:
+        return False
+    if created_cutoff is not None and img.pulled_at > created_cutoff:
+        return False
+    if req.labels:
+        try:
+            labels = images.config(img.digest).config.labels or {}
+        except Exception:  # noqa: BLE001 - an unreadable config matches no label
+            labels = {}
+        if not label_matches(labels, req.labels):
+            return False
+    return True
+
+
+def _writable(snapshots, cid: str) -> int:
+    """What `system df` shows for the container (du's count), so that prune frees what df said."""
+    try:
+        return disk_usage(snapshots.active(cid).upper)
+    except NotFound:
+        return 0
+

@@ -25,11 +25,14 @@ from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.interactive import Interactive
 from services.runtime_agent.network import Network, NetworkConfig
 from services.runtime_agent.prune import prune
+from services.runtime_agent.volumes.store import VolumeStore
+from services.runtime_agent.volumes.verbs import VolumeVerbs
 from shared import bus, subjects
 from shared.config import Config
 from shared.errors import InvalidArgument
 from shared.layers import SnapshotStore
 from shared.messages import agent as m
+from shared.messages.diskusage import VERB_DF, DfReply, DfRequest
 from shared.messages.gc import PruneReply, PruneRequest
 from shared.registry import bus_token_provider
 from shared.runtime import Runtime
@@ -65,10 +68,13 @@ class Agent:
                              token_provider=bus_token_provider(bus.BusClient(nc), f"runtime-agent-{agent_id}"))
         self.network = network
         self.runtime = runtime
+        roots = parse_volume_roots(cfg.env("AGENT_VOLUME_ROOTS"))
+        self.volumes = VolumeStore(root / "volumes", agent_id, roots)  # volumes: named volumes
         self.containers = Containers(agent_id=agent_id, store=ContainerStore(root / "containers"),
                                      runtime=runtime, images=self.images, puller=self.puller, network=network,
                                      nc=nc, cgroup_parent=cfg.env("CGROUP_PARENT", "/dockyard"),
-                                     volume_roots=parse_volume_roots(cfg.env("AGENT_VOLUME_ROOTS")))
+                                     volume_roots=roots, volumes=self.volumes)
+        self.volume_verbs = VolumeVerbs(self.volumes, self.containers)
         self.interactive = Interactive(nc, agent_id, self.containers, runtime)  # attach, exec, -i/-t
         self.containers.stdio = self.interactive
         mem = cfg.env("AGENT_MEMORY", "")
@@ -98,6 +104,9 @@ class Agent:
         from services.runtime_agent.verbs import Verbs  # verbs: wait, restart, top, stats, cp, ... (issue 11)
         self.verbs = Verbs(self, self.containers.store.root.parent)
         self.verbs.register(svc, own)
+        self.volume_verbs.register(svc, self.id, own)  # volumes
+        for subject in (subjects.agent(self.id, VERB_DF), m.fleet(VERB_DF)):  # volumes: system df
+            svc.endpoint(subject, DfRequest, self.df, queue=own, empty_ok=True)
 
     def heartbeat(self) -> m.Heartbeat:
         all_ = self.containers.list(all=True)
@@ -132,7 +141,7 @@ class Agent:
         return m.ContainerReply(container=await self.containers.kill(req.container, req.signal))
 
     async def rm(self, req: m.RmRequest) -> m.RmReply:
-        return m.RmReply(id=await self.containers.remove(req.container, req.force))
+        return m.RmReply(id=await self.containers.remove(req.container, req.force, volumes=req.volumes))
 
     async def inspect(self, req: m.ContainerRef) -> m.ContainerReply:
         return m.ContainerReply(container=self.containers.inspect(req.container))
@@ -154,6 +163,11 @@ class Agent:
 
     async def prune(self, req: PruneRequest) -> PruneReply:
         return await prune(req, self.containers, self.images, self.puller)
+
+    async def df(self, req: DfRequest) -> DfReply:
+        from services.runtime_agent.diskusage import measure
+        return await asyncio.to_thread(measure, req, self.id, self.containers, self.images, self.puller.snapshots,
+                                       self.volumes)
 
     async def logs(self, req: m.LogsRequest) -> m.LogsReply:
         c = self.containers.inspect(req.container)

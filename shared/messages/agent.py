@@ -17,6 +17,7 @@ import msgspec
 
 from shared.messages.interactive import AttachSpec, StdioConfig
 from shared.messages.runflags import HealthProbe, RunFlags
+from shared.messages.volumes import Mount
 
 # ---- subjects --------------------------------------------------------------------------
 
@@ -62,11 +63,16 @@ class RestartPolicy(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=Tru
 
 
 class Volume(msgspec.Struct, kw_only=True, frozen=True):
-    """`-v HOST:CTR[:ro]` (a host path bound into the container)."""
+    """`-v HOST:CTR[:ro]` (a host path bound into the container), or a named volume's mount."""
 
-    source: str
+    source: str  # the host path mounted (a volume's mountpoint for kind "volume")
     destination: str
     readonly: bool = False
+    # volumes: "volume" for a named or anonymous volume (shared/messages/volumes.py)
+    kind: str = "bind"
+    name: str = ""  # the volume's name
+    anonymous: bool = False  # made for this container (the image's VOLUME): `rm -v` removes it
+    nocopy: bool = False
 
 
 class Port(msgspec.Struct, kw_only=True, frozen=True):
@@ -187,6 +193,9 @@ class RunRequest(msgspec.Struct, kw_only=True):
     # interactive: -i / -t, and the CLI's session on the container's stdio from its start
     stdio: StdioConfig = StdioConfig()
     attach: AttachSpec | None = None
+    # volumes: `--mount` specs and `--volumes-from CONTAINER[:ro|:rw]`
+    mounts: list[Mount] = []
+    volumes_from: list[str] = []
 
 
 class RunReply(msgspec.Struct, kw_only=True):
@@ -215,6 +224,7 @@ class KillRequest(msgspec.Struct, kw_only=True):
 class RmRequest(msgspec.Struct, kw_only=True):
     container: str
     force: bool = False
+    volumes: bool = False  # volumes: `rm -v` removes the container's anonymous volumes too
 
 
 class RmReply(msgspec.Struct, kw_only=True):

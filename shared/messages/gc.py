@@ -22,6 +22,11 @@ class PruneRequest(msgspec.Struct, kw_only=True):
     exited_before_seconds: float | None = None  # agents: containers exited longer ago
     exclude: list[str] = []  # agents: image reference patterns (fnmatch) never removed
     dry_run: bool = False
+    # volumes (issue 12): `container prune`, `image prune`, `system prune` call this verb too
+    images: bool = True  # agents: False prunes containers only (`container prune`)
+    dangling_only: bool = False  # agents: only images no name refers to (`image prune` without -a)
+    labels: list[str] = []  # agents: --filter label=K[=V] (containers and images must match all)
+    created_before_seconds: float | None = None  # agents: --filter until= (created/pulled longer ago)
 
 
 class PruneReply(msgspec.Struct, kw_only=True):

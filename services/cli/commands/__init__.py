@@ -23,4 +23,8 @@ MODULES = {
     "unpause": "verbs", "update": "verbs", "top": "verbs", "stats": "verbs", "events": "events",
     "diff": "verbs", "cp": "copy", "export": "copy", "commit": "copy",
     "attach": "interactive", "exec": "interactive",  # interactive: attach, exec (run -i/-t: containers)
+    "volume": "volumes",  # volumes (issue 12)
+    "save": "archives", "load": "archives",  # volumes (issue 12): image archives
+    "system": "system",  # volumes (issue 12): system df, system prune
+    "container": "prune", "image": "prune", "builder": "prune",  # volumes (issue 12): ... prune
 }

@@ -50,7 +50,11 @@ def register(sub: Any) -> None:
     p.add_argument("--memory-swap", help="memory + swap limit (e.g. 1g), -1 unlimited")
     p.add_argument("-c", "--cpu-shares", type=int)
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
-    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST:CTR[:ro]")
+    p.add_argument("-v", "--volume", action="append", default=[], metavar="HOST|NAME:CTR[:ro]",
+                   help="a host path or a named volume (made if missing) at CTR; `-v CTR` an anonymous volume")
+    # volumes: docker's --mount and --volumes-from
+    p.add_argument("--mount", action="append", default=[], metavar="type=volume|bind|tmpfs,source=,target=")
+    p.add_argument("--volumes-from", action="append", default=[], metavar="CONTAINER[:ro|rw]")
     p.add_argument("--entrypoint")
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
@@ -103,6 +107,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("rm", help="remove containers")
     p.add_argument("-f", "--force", action="store_true", help="kill a running container first")
+    p.add_argument("-v", "--volumes", action="store_true", help="remove its anonymous volumes too")
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=rm)
 
@@ -220,12 +225,16 @@ async def run(args, ctx) -> int:
                      hostname=args.hostname or "")
     req = runopts.apply(req, args)
     req = interactive.apply_run_flags(req, args)
+    from services.cli import mountflag, volume_placement
+    import msgspec
+    req = msgspec.structs.replace(req, mounts=[mountflag.parse_mount(t) for t in args.mount],
+                                  volumes_from=list(args.volumes_from))
     client = await ctx.bus()
-    host = await place(ctx, args.image, memory, args.host)
+    # volumes: a named volume (or a --volumes-from container) that lives on one host decides it
+    host = await place(ctx, args.image, memory, args.host or await volume_placement.host_of(ctx, req))
     if interactive.wants_session(args):
         return await interactive.run_attached(args, ctx, client, host, req, _request_run)
     if args.detach:
-        import msgspec
         async with Stream(client, json_output=ctx.json_output) as stream:  # the pull's progress only
             reply = await _request_run(client, host, msgspec.structs.replace(req, stream_inbox=stream.inbox))
         if ctx.json_output:
@@ -373,8 +382,8 @@ async def kill(args, ctx) -> int:
 
 async def rm(args, ctx) -> int:
     from shared.messages.agent import VERB_RM, RmReply, RmRequest
-    return await _each(args, ctx, VERB_RM, lambda cid: RmRequest(container=cid, force=args.force), RmReply,
-                       timeout=60)
+    return await _each(args, ctx, VERB_RM, lambda cid: RmRequest(container=cid, force=args.force,
+                                                                volumes=args.volumes), RmReply, timeout=60)
 
 
 async def inspect(args, ctx) -> int:
@@ -412,13 +421,16 @@ def _inspect_view(c) -> dict:
                        "AutoRemove": c.config.auto_remove,
                        "RestartPolicy": {"Name": c.config.restart.name,
                                          "MaximumRetryCount": c.config.restart.maximum_retry_count},
-                       "Binds": [f"{v.source}:{v.destination}{':ro' if v.readonly else ''}"
-                                 for v in c.config.volumes],
+                       "Binds": [f"{v.name if v.kind == 'volume' else v.source}:{v.destination}"
+                                 f"{':ro' if v.readonly else ''}" for v in c.config.volumes],
                        "PortBindings": c.config.publish},
         "NetworkSettings": {"IPAddress": c.network.ip, "IPPrefixLen": c.network.prefixlen,
                             "Gateway": c.network.gateway,
                             "Ports": [to_builtins(p) for p in c.network.ports]},
         "LogPath": c.log_path,
+        # volumes: docker's Mounts
+        "Mounts": [{"Type": v.kind, "Name": v.name, "Source": v.source, "Destination": v.destination,
+                    "RW": not v.readonly} for v in c.config.volumes],
     }
 
 

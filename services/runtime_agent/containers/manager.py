@@ -22,14 +22,16 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
-from services.runtime_agent.containers.config import (confine_volumes, parse_restart, parse_volumes, process_of,
-                                                      resolve_user)
+from services.runtime_agent.containers.config import parse_restart, process_of, resolve_user
 from services.runtime_agent.containers.locks import KeyedLocks
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.release import release, release_exited
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
+from services.runtime_agent.volumes import mounts as vmounts
+from services.runtime_agent.volumes.attach import Attach
+from services.runtime_agent.volumes.store import VolumeStore
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
 from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
                                    Port, RunRequest, Volume)
@@ -55,7 +57,7 @@ class Watch:
 class Containers:
     def __init__(self, *, agent_id: str, store: ContainerStore, runtime: Runtime, images: ImageStore,
                  puller: Puller, network: Network, nc, cgroup_parent: str = "/dockyard",
-                 volume_roots: tuple[str, ...] = ()):
+                 volume_roots: tuple[str, ...] = (), volumes: VolumeStore | None = None):
         self.agent_id = agent_id
         self.store = store
         self.runtime = runtime
@@ -66,6 +68,7 @@ class Containers:
         self.nc = nc
         self.cgroup_parent = cgroup_parent
         self.volume_roots = volume_roots  # host binds elsewhere need `any_host_path`
+        self.volumes = Attach(volumes)  # named volumes (services/runtime_agent/volumes)
         self._watches: dict[str, Watch] = {}
         self._locks = KeyedLocks()
         self._removing: set[str] = set()
@@ -111,7 +114,10 @@ class Containers:
         """Create and start; host binds outside `volume_roots` only with `any_host_path`."""
         # Refused before anything is pulled or created.
         runflags.check_privilege(req.flags, allowed=privileged)
-        volumes = confine_volumes(parse_volumes(req.volumes), None if any_host_path else self.volume_roots)
+        req = vmounts.with_tmpfs_mounts(req)
+        volumes = self.volumes.confined(vmounts.parse(req.volumes, req.mounts),
+                                        None if any_host_path else self.volume_roots, self.agent_id)
+        inherited = vmounts.inherited(req.volumes_from, self.store.resolve)
         streamer = Streamer(self.nc, req.stream_inbox)  # the pull's progress, detached or not
         image = self.puller.local(req.image) if req.pull != "always" else None
         if image is None:
@@ -119,11 +125,15 @@ class Containers:
                 raise NotFound(f"no such image on {self.agent_id}: {req.image}")
             image = await self.puller.pull(req.image, streamer.progress)
         self._pinned[image.digest] += 1
+        made, resolved = False, []
         try:
-            c = self._new_container(req, image, volumes)
+            resolved = self.volumes.resolve(volumes, inherited, self.images.config(image.digest).config.volumes, req)
+            c = self._new_container(req, image, resolved)
             self.store.create(c)
             self.event("create", c)
+            made = True
         finally:
+            self.volumes.release(resolved, made=made)
             self._pinned[image.digest] -= 1
             if self._pinned[image.digest] <= 0:
                 del self._pinned[image.digest]
@@ -138,7 +148,7 @@ class Containers:
         except BaseException:
             if req.rm:
                 with contextlib.suppress(DockyardError):
-                    await self._remove_stopped(c.id)
+                    await self._remove_stopped(c.id, volumes=True)
             raise
         if not req.detach:
             self._spawn(self._stream_foreground(c.id, w, drained, Streamer(self.nc, req.stream_inbox)))
@@ -194,7 +204,8 @@ class Containers:
                                                            parse_publish_all(c.config.publish)))
             try:
                 root = await asyncio.to_thread(_mount_rootfs, self.snapshots, cid, image.diff_ids,
-                                               [v.source for v in c.config.volumes])
+                                               [v.source for v in c.config.volumes if v.kind == "bind"])
+                await asyncio.to_thread(self.volumes.seed, c, root)
                 ids = resolve_user(root, c.config.user)
             finally:
                 att = await net  # even on failure: its teardown below must find it settled
@@ -277,7 +288,7 @@ class Containers:
                 await asyncio.wait(w.readers, timeout=_READER_GRACE)
             c = await self._settle(cid)
             if c is not None and c.config.auto_remove and cid not in self._removing:
-                await self._remove_stopped(cid)
+                await self._remove_stopped(cid, volumes=True)  # --rm takes its anonymous volumes too
             if not w.final.done():
                 w.final.set_result(c.state.exit_code if c is not None else None)
             if c is not None and cid not in self._removing and self._should_restart(c):
@@ -383,7 +394,7 @@ class Containers:
         self.event("kill", c, signal=str(sig))
         return c
 
-    async def remove(self, ref: str, force: bool = False) -> str:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> str:
         c = self.store.resolve(ref)
         async with self._lock(c.id):
             c = self.store.get(c.id)
@@ -400,13 +411,15 @@ class Containers:
                     with contextlib.suppress(Exception):
                         await asyncio.shield(w.final)
             try:
-                await self._remove_stopped(c.id)
+                await self._remove_stopped(c.id, volumes=volumes)
             finally:
                 self._removing.discard(c.id)
         return c.id
 
-    async def _remove_stopped(self, cid: str) -> None:
-        """Delete everything a container left: runtime state, cgroup, network, rootfs, record."""
+    async def _remove_stopped(self, cid: str, volumes: bool = False) -> None:
+        """Delete everything a container left: runtime state, cgroup, network, rootfs, record
+        (and, with `volumes`, its anonymous volumes no other container uses)."""
+        gone = self.store.find(cid)
         async def runtime_state() -> None:
             with contextlib.suppress(NotFound):
                 await self.runtime.delete(cid)
@@ -423,6 +436,8 @@ class Containers:
                 raise r
         gone = self.store.find(cid)
         self.store.remove(cid)
+        if volumes and gone is not None:
+            await asyncio.to_thread(self.volumes.remove_anonymous, gone, self.store.all())
         self._changed()
         if gone is not None:
             self.event("destroy", gone)

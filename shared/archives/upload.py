@@ -1,0 +1,56 @@
+"""Loaded images into the stack registry: blobs streamed from the archive, then a manifest per tag."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from shared.archives.load import Archive, LoadImage
+from shared.errors import InvalidArgument
+from shared.oci.reference import Reference
+from shared.registry.stackref import local_name
+
+_PARALLEL = 3
+
+
+@dataclass(frozen=True)
+class Loaded:
+    name: str  # the stack's reference (path:tag), or "" when the archive named none
+    repository: str
+    digest: str
+    config_digest: str
+
+
+def stack_names(img: LoadImage) -> list[Reference]:
+    """The archive's names as stack references (a foreign one keeps its path, as `pull` does)."""
+    out = []
+    for n in img.names:
+        ref = Reference.parse(n)
+        if ref.digest is not None and not ref.tag:
+            continue
+        out.append(Reference.parse(local_name(ref.with_domain(None))))
+    return out
+
+
+async def upload(client, archive: Archive, images: list[LoadImage], untagged_repo: str = "loaded") -> list[Loaded]:
+    """Push each image's blobs and its manifest (by tag, or by digest to `untagged_repo`)."""
+    out = []
+    sem = asyncio.Semaphore(_PARALLEL)
+    for img in images:
+        refs = stack_names(img) or [Reference(domain=None, path=untagged_repo)]
+        first = refs[0].path
+
+        async def push(b, repo: str, mount_from: str | None) -> None:
+            async with sem:
+                await client.push_blob(repo, b.digest, b.size, archive.chunks(b.member), mount_from=mount_from)
+
+        await asyncio.gather(*(push(b, first, None) for b in [img.config, *img.layers]))
+        for ref in refs:
+            if ref.path != first:
+                await asyncio.gather(*(push(b, ref.path, first) for b in [img.config, *img.layers]))
+            tag = ref.tag or (None if not img.names else "latest")
+            digest = await client.put_manifest(ref.path, tag or str(img.digest), img.manifest, img.manifest_type)
+            if digest != img.digest:
+                raise InvalidArgument(f"the registry stored {digest}, not {img.digest}")
+            out.append(Loaded(f"{ref.path}:{tag}" if tag else "", ref.path, str(digest), str(img.config.digest)))
+    return out
