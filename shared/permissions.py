@@ -20,6 +20,7 @@ from shared.credentials import inbox_prefix
 from shared.messages.agent import (FLEET_PREFIX, VERB_IMAGES, VERB_INSPECT, VERB_KILL, VERB_LOGS, VERB_PS,
                                    VERB_PULL, VERB_RM, VERB_RUN, VERB_START, VERB_STOP)
 from shared.messages.gc import AGENT_PRUNE_VERB
+from shared.messages import networks as net
 
 SUPERVISOR = "supervisor"  # `dockyard up` itself: waits for services, creates the admin user
 ROLES = ("reader", "operator", "admin")  # each includes the one before it
@@ -135,6 +136,7 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("inspect", _agent_verbs(VERB_INSPECT)), ("images", [s.REGISTRY_IMAGES, *_agent_verbs(VERB_IMAGES)]),
         ("agents", kv_read(s.KV_AGENTS)), ("history", [s.BUILD_HISTORY]),
         ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>"]),
+        ("network ls/inspect", _agent_verbs(net.VERB_NETWORK_LS, net.VERB_NETWORK_INSPECT)),  # networks
     ],
     "operator": [
         ("run", _agent_verbs(VERB_RUN)), ("stop", _agent_verbs(VERB_STOP)), ("start", _agent_verbs(VERB_START)),
@@ -142,6 +144,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("build", [s.BUILD, s.BUILD_CHECK, s.BUILD_IMPORT, s.BUILD_CONTEXT_MISSING, s.REGISTRY_TOKEN]),
         ("push", [s.REGISTRY_COPY]), ("pull", [s.REGISTRY_COPY, *_agent_verbs(VERB_PULL)]),
         ("rmi", [s.REGISTRY_RMI]), ("tag", [s.REGISTRY_TAG, s.REGISTRY_UNTAG]),
+        ("network", _agent_verbs(net.VERB_NETWORK_CREATE, net.VERB_NETWORK_RM, net.VERB_NETWORK_PRUNE,
+                                 net.VERB_NETWORK_CONNECT, net.VERB_NETWORK_DISCONNECT)),  # networks
     ],
     "admin": [
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),

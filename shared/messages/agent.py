@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.messages.networks import Endpoint, EndpointInfo
 from shared.messages.runflags import HealthProbe, RunFlags
 
 # ---- subjects --------------------------------------------------------------------------
@@ -98,7 +99,7 @@ class ContainerConfig(msgspec.Struct, kw_only=True, frozen=True):
     user: str = ""
     hostname: str = ""
     volumes: list[Volume] = []
-    network: NetworkMode = "bridge"
+    network: str = "bridge"  # bridge, none, host or a user network's name (networks)
     publish: list[str] = []  # the --publish specs as given
     restart: RestartPolicy = RestartPolicy()
     auto_remove: bool = False
@@ -106,6 +107,7 @@ class ContainerConfig(msgspec.Struct, kw_only=True, frozen=True):
     labels: dict[str, str] = {}
     # runflags: the issue-11 run/create flags, resolved against the image
     flags: RunFlags = RunFlags()
+    endpoints: list[Endpoint] = []  # networks: the user networks it is on, the first its --network
 
 
 class ContainerState(msgspec.Struct, kw_only=True, frozen=True):
@@ -130,6 +132,7 @@ class NetworkInfo(msgspec.Struct, kw_only=True, frozen=True):
     prefixlen: int = 0
     gateway: str = ""
     ports: list[Port] = []
+    endpoints: list[EndpointInfo] = []  # networks: one per user network it is on
 
 
 class Container(msgspec.Struct, kw_only=True, frozen=True):
@@ -167,7 +170,7 @@ class RunRequest(msgspec.Struct, kw_only=True):
     memory_swap: int | None = None
     cpu_shares: int | None = None
     volumes: list[str] = []  # HOST:CTR[:ro|:rw]
-    network: NetworkMode = "bridge"
+    network: str = "bridge"  # bridge, none, host or a user network (networks)
     restart: str = "no"  # no | on-failure[:N] | always | unless-stopped
     rm: bool = False
     detach: bool = True
@@ -178,6 +181,8 @@ class RunRequest(msgspec.Struct, kw_only=True):
     # runflags: the issue-11 flags; `create` makes the container without starting it
     flags: RunFlags = RunFlags()
     create_only: bool = False
+    network_aliases: list[str] = []  # networks: --network-alias, on a user network only
+    ip: str = ""  # networks: --ip, on a user network only
 
 
 class RunReply(msgspec.Struct, kw_only=True):

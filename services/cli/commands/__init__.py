@@ -17,4 +17,5 @@ MODULES = {
     "kill": "containers",
     "gc": "gc", "fleet": "fleet",
     "create": "create",  # runflags
+    "network": "networks",  # networks
 }

@@ -28,6 +28,7 @@ from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.store import ContainerStore, check_name
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
+from services.runtime_agent.network.usernet import run_endpoints
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
 from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
                                    Port, RunRequest, Volume)
@@ -148,6 +149,7 @@ class Containers:
         parse_publish_all(req.publish)  # refuse a bad spec before anything exists
         if req.publish and req.network != "bridge":
             raise InvalidArgument(f"ports cannot be published with network {req.network}")
+        endpoints = run_endpoints(self.network.user, req.network, req.network_aliases, req.ip)  # networks
         config = ContainerConfig(
             image=req.image, image_digest=image.digest, args=proc.args, entrypoint=proc.entrypoint, cmd=proc.cmd,
             env=proc.env, working_dir=proc.cwd, user=proc.user,
@@ -155,7 +157,7 @@ class Containers:
             volumes=volumes, network=req.network, publish=list(req.publish),
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
-            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config))
+            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config), endpoints=endpoints)
         if req.flags.publish_all and req.network == "bridge":
             config = msgspec.structs.replace(config, publish=config.publish + runflags.exposed_publish(cfg.config))
         c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
@@ -183,7 +185,8 @@ class Containers:
             image = self.images.get(c.config.image_digest)
             # The rootfs (a thread) and the network (its own processes) do not wait on each other.
             net = asyncio.ensure_future(self.network.setup(cid, c.config.network,
-                                                           parse_publish_all(c.config.publish)))
+                                                           parse_publish_all(c.config.publish),
+                                                           endpoints=c.config.endpoints, name=c.name))
             try:
                 root = await asyncio.to_thread(_mount_rootfs, self.snapshots, cid, image.diff_ids,
                                                [v.source for v in c.config.volumes])
@@ -191,7 +194,7 @@ class Containers:
             finally:
                 att = await net  # even on failure: its teardown below must find it settled
             etc = etcfiles.write(self.store.dir(cid) / "etc", hostname=c.config.hostname, mode=att.mode,
-                                 ip=att.ip)
+                                 ip=att.ip, nameserver=att.nameserver)
             runflags.write_etc(etc, c.config.flags)
             spec = self._spec(c, rootfs_path=str(root), uid=ids.uid, gid=ids.gid, groups=ids.additional_gids,
                               netns=att.netns_path or "host", etc=etc.mounts())
@@ -209,7 +212,8 @@ class Containers:
         net = NetworkInfo(mode=att.mode, ip=str(att.ip or ""), prefixlen=att.prefixlen or 0,
                           gateway=str(att.gateway or ""),
                           ports=[Port(host_ip=str(p.host_ip), host_port=p.host_port,
-                                      container_port=p.container_port, protocol=p.protocol) for p in att.ports])
+                                      container_port=p.container_port, protocol=p.protocol) for p in att.ports],
+                          endpoints=list(att.endpoints))
         state = ContainerState(status="running", pid=pid, started_at=rfc3339nano(),
                                restart_count=c.state.restart_count if restart_count is None else restart_count)
         c = msgspec.structs.replace(c, state=state, network=net)

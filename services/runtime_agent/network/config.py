@@ -39,6 +39,8 @@ class NetworkConfig:
     # Names every netns (`<prefix>-<id>`), veth (`<pref>v<hash>`), chain
     # (`<PREFIX>-DNAT`) and rule comment (`<prefix>:...`) this network owns.
     prefix: str = "dockyard"
+    # networks: a user network's `--gateway`; None is the subnet's first address
+    gateway_address: IPv4Address | None = None
 
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
@@ -51,7 +53,7 @@ class NetworkConfig:
     # Addresses -------------------------------------------------------------
     @property
     def gateway(self) -> IPv4Address:
-        return self.subnet.network_address + 1
+        return self.gateway_address or self.subnet.network_address + 1
 
     @property
     def gateway_interface(self) -> IPv4Interface:

@@ -1,0 +1,179 @@
+"""The embedded DNS server of user networks (docker's 127.0.0.11, podman's aardvark-dns).
+
+The agent listens on UDP port 53 of each user network's gateway address (inside the
+network, like aardvark-dns), and the containers' resolv.conf names that address. A
+question for a container's name, short id or alias is answered from the networks of the
+container that asks (found by its source address), so two networks never see each
+other's names; anything else is forwarded to the host's resolvers, except from an
+internal network, which has no way out. The wire format is dnslib's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from ipaddress import IPv4Address
+from pathlib import Path
+
+from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
+
+log = logging.getLogger("dockyard.agent.dns")
+
+DNS_PORT = 53
+TTL = 600  # docker's
+_FORWARD_TIMEOUT = 2.0
+
+# (network id, asking address, lower-case name without the final dot) -> addresses, or None
+# when the name is not one of the asker's networks (then it is forwarded).
+Lookup = Callable[[str, IPv4Address, str], list[IPv4Address] | None]
+
+
+def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
+    """The host's nameservers (loopback ones too: the agent itself asks them)."""
+    try:
+        text = resolv_conf.read_text(errors="replace")
+    except OSError:
+        return []
+    out = []
+    for line in text.splitlines():
+        f = line.split()
+        if len(f) >= 2 and f[0] == "nameserver" and ":" not in f[1]:
+            out.append((f[1], DNS_PORT))
+    return out
+
+
+def parse_upstreams(text: str) -> list[tuple[str, int]]:
+    """`DOCKYARD_DNS_UPSTREAM`: `1.2.3.4,127.0.0.1:5353`."""
+    out = []
+    for item in (t.strip() for t in text.split(",")):
+        if item:
+            host, _, port = item.partition(":")
+            out.append((host, int(port) if port else DNS_PORT))
+    return out
+
+
+@dataclass
+class _Listener:
+    transport: asyncio.DatagramTransport
+    internal: bool
+
+
+class _Protocol(asyncio.DatagramProtocol):
+    def __init__(self, server: DnsServer, network_id: str):
+        self.server = server
+        self.network_id = network_id
+        self.transport: asyncio.DatagramTransport | None = None
+
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr) -> None:
+        self.server._spawn(self.server._answer(self, data, addr))
+
+
+class DnsServer:
+    def __init__(self, lookup: Lookup, upstreams: list[tuple[str, int]]):
+        self.lookup = lookup
+        self.upstreams = upstreams
+        self._listeners: dict[str, _Listener] = {}
+        self._tasks: set[asyncio.Task] = set()
+
+    def _spawn(self, coro) -> None:
+        t = asyncio.ensure_future(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+    async def listen(self, network_id: str, address: IPv4Address, *, internal: bool,
+                     port: int = DNS_PORT) -> None:
+        """Answer on `address:port` for the network; a repeated call rebinds."""
+        await self.unlisten(network_id)
+        loop = asyncio.get_running_loop()
+        transport, _ = await loop.create_datagram_endpoint(
+            lambda: _Protocol(self, network_id), local_addr=(str(address), port))
+        self._listeners[network_id] = _Listener(transport, internal)
+
+    def address(self, network_id: str) -> tuple[str, int] | None:
+        """Where the network's listener is bound (its port, when asked for 0)."""
+        lst = self._listeners.get(network_id)
+        return lst.transport.get_extra_info("sockname")[:2] if lst is not None else None
+
+    async def unlisten(self, network_id: str) -> None:
+        lst = self._listeners.pop(network_id, None)
+        if lst is not None:
+            lst.transport.close()
+
+    async def close(self) -> None:
+        for nid in list(self._listeners):
+            await self.unlisten(nid)
+        for t in list(self._tasks):
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _answer(self, proto: _Protocol, data: bytes, addr) -> None:
+        try:
+            reply = await self.resolve(proto.network_id, data, IPv4Address(addr[0]))
+        except Exception:  # noqa: BLE001 - one bad question must not stop the server
+            log.exception("dns: answering %s failed", addr[0])
+            return
+        if reply is not None and proto.transport is not None and not proto.transport.is_closing():
+            proto.transport.sendto(reply, addr)
+
+    async def resolve(self, network_id: str, data: bytes, source: IPv4Address) -> bytes | None:
+        """The reply to one query packet (None: not a query we can even parse)."""
+        try:
+            query = DNSRecord.parse(data)
+        except (DNSError, ValueError, IndexError):
+            return None
+        if query.header.qr or not query.questions:
+            return None
+        q = query.questions[0]
+        name = str(q.qname).rstrip(".").lower()
+        found = self.lookup(network_id, source, name)
+        if found is not None:
+            reply = query.reply()
+            if q.qtype in (QTYPE.A, QTYPE.ANY):
+                for ip in found:
+                    reply.add_answer(RR(q.qname, QTYPE.A, rdata=A(str(ip)), ttl=TTL))
+            # AAAA and others of a known name: NOERROR with no answer (no IPv6 here).
+            return reply.pack()
+        lst = self._listeners.get(network_id)
+        if lst is not None and lst.internal:
+            return _error(query, RCODE.REFUSED)  # an internal network has no way out
+        answer = await self._forward(data) if self.upstreams else None
+        return answer if answer is not None else _error(query, RCODE.SERVFAIL)
+
+    async def _forward(self, data: bytes) -> bytes | None:
+        """Ask each upstream in turn; the first answer, unchanged (it carries the query's id)."""
+        loop = asyncio.get_running_loop()
+        for host, port in self.upstreams:
+            fut: asyncio.Future[bytes] = loop.create_future()
+
+            class _Up(asyncio.DatagramProtocol):
+                def datagram_received(self, d: bytes, a) -> None:
+                    if not fut.done():
+                        fut.set_result(d)
+
+                def error_received(self, exc: Exception) -> None:
+                    if not fut.done():
+                        fut.set_exception(exc)
+
+            try:
+                transport, _ = await loop.create_datagram_endpoint(_Up, remote_addr=(host, port))
+            except OSError:
+                continue
+            try:
+                transport.sendto(data)
+                with contextlib.suppress(asyncio.TimeoutError, OSError):
+                    return await asyncio.wait_for(fut, _FORWARD_TIMEOUT)
+            finally:
+                transport.close()
+        return None
+
+
+def _error(query: DNSRecord, rcode: int) -> bytes:
+    reply = query.reply()
+    reply.header.rcode = rcode
+    return reply.pack()
