@@ -32,9 +32,12 @@ pytestmark = [pytest.mark.e2e, pytest.mark.root,
 
 AGENT = f"dygc{os.getpid()}"
 CGROUP_PARENT = "/dygc-test"
-# Containers that exited longer ago than this go; short, so that the test waits little, but
-# long enough that a container stopped just before the dry run is still young at the real run.
-EXITED_BEFORE = 3.0
+# How much older the old exited container is than the young one. Each gc call's limit is
+# taken from the old one's age just before the call, so the young one stays younger than
+# the limit as long as a call takes less than this (minus the margin), however loaded
+# the machine is.
+AGE_GAP = 6.0
+LIMIT_MARGIN = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +113,7 @@ async def test_agents_job_removes_old_exited_containers_and_unused_images(full_s
             s.cli("run", "--rm", "--network", "none", f"dygc/{img}:1", "true")
         s.cli("run", "-d", "--name", "dygc-running", "--network", "none", "dygc/running:1",
               "sleep", "600")
-        time.sleep(max(0.0, old_exit + EXITED_BEFORE + 0.2 - time.monotonic()))
+        time.sleep(max(0.0, old_exit + AGE_GAP - time.monotonic()))
         # Exited, but only just: it and its image stay.
         s.cli("run", "-d", "--name", "dygc-stopped", "--network", "none", "dygc/stopped:1", "true")
         wait_exited(s, "dygc-stopped")
@@ -118,10 +121,13 @@ async def test_agents_job_removes_old_exited_containers_and_unused_images(full_s
         assert before[0] == {"dygc-old": "exited", "dygc-stopped": "exited", "dygc-running": "running"}
         assert before[1] == {f"dygc/{n}:1" for n in ("old", "stopped", "running", "excl", "unused")}
 
-        limit = f"{EXITED_BEFORE:g}s"
-        dry = gc_json(s, "--dry-run", "--job", "agents", "--exited-before", limit)
+        def limit() -> str:
+            """Just younger than the old container: it goes, the young one stays."""
+            return f"{time.monotonic() - old_exit - LIMIT_MARGIN:.1f}s"
+
+        dry = gc_json(s, "--dry-run", "--job", "agents", "--exited-before", limit())
         assert await agent_state(s) == before  # a dry run changes nothing
-        real = gc_json(s, "--job", "agents", "--exited-before", limit)
+        real = gc_json(s, "--job", "agents", "--exited-before", limit())
 
         assert real["items"] == dry["items"] and real["removed"] == dry["removed"] == 3
         # Containers first (an image of a removed container is unused from then on).
@@ -137,7 +143,7 @@ async def test_agents_job_removes_old_exited_containers_and_unused_images(full_s
 
         # Once its container is gone, an image is no longer in use; the exclude still holds.
         s.cli("rm", "dygc-stopped")
-        again = gc_json(s, "--job", "agents", "--exited-before", limit)
+        again = gc_json(s, "--job", "agents", "--exited-before", limit())
         assert [i.split()[:2] for i in again["items"]] == [
             [f"{AGENT}/image", f"{s.registry_addr}/dygc/stopped:1"]]
         assert (await agent_state(s))[1] == {"dygc/running:1", "dygc/excl:1"}

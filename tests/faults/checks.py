@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 import io
 import json
 import socket
@@ -138,12 +139,18 @@ def upload_id(loc) -> str:
     return loc.path.rstrip("/").rsplit("/", 1)[1]
 
 
+# An entry of a bucket with a TTL that is this close to its end may be gone by design
+# (a dead builder's lease, a stopped agent's heartbeat) before a check reads it again.
+EXPIRY_MARGIN = 60.0
+
+
 async def kv_state(stack) -> dict[str, dict[str, bytes]]:
-    """Every JetStream KV bucket: key -> value."""
+    """Every JetStream KV bucket: key -> value, less entries about to expire by their TTL."""
     nc = await bus.connect(stack.nats_url, name="faults-kv")
     try:
         js = nc.jetstream()
         out: dict[str, dict[str, bytes]] = {}
+        now = datetime.datetime.now(datetime.timezone.utc)
         for info in await js.streams_info():
             if not info.config.name.startswith("KV_"):
                 continue
@@ -153,7 +160,14 @@ async def kv_state(stack) -> dict[str, dict[str, bytes]]:
                 keys = await kv.keys()
             except nats.js.errors.NoKeysError:
                 keys = []
-            out[bucket] = {k: (await kv.get(k)).value for k in keys}
+            out[bucket] = {}
+            for k in keys:
+                if info.config.max_age:
+                    last = await js.get_last_msg(info.config.name, f"$KV.{bucket}.{k}")
+                    age = (now - last.time).total_seconds()
+                    if age > info.config.max_age - EXPIRY_MARGIN:
+                        continue
+                out[bucket][k] = (await kv.get(k)).value
         return out
     finally:
         await nc.close()
