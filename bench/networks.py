@@ -19,6 +19,7 @@ Prints medians and the ratios dockyard/podman (target: every ratio <= 0.7).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -59,7 +60,7 @@ class Side:
         return float(out.stdout.split()[-1])
 
     def check_resolves(self) -> None:
-        out = self.run("run", "--rm", "--network", self.net, self.image, "nslookup", "web", check=False)
+        out = self.run("run", "--rm", "--network", self.net, self.image, "sh", "-c", "nslookup web", check=False)
         if "Address" not in out.stdout.split("Name:", 1)[-1]:
             raise RuntimeError(f"{self.name}: `web` does not resolve on {self.net}:\n{out.stdout}{out.stderr}")
 
@@ -110,7 +111,12 @@ def main() -> int:
         dockyard = Side("dockyard", DOCKYARD, env, "busybox", "dynetbench")
         podman = Side("podman", ["podman"], podman_env, "localhost/busybox", "dynetbench")
         dockyard.run("network", "create", "dynetbench")
-        podman.run("network", "create", "--subnet", "10.234.48.0/24", "--interface-name", "dypeer1", "dynetbench")
+        # podman 4.3 cannot name the bridge on its command line: its config file can (and must
+        # be named after the network, or podman skips it).
+        (tmp / "podman" / "networks" / "dynetbench.json").write_text(json.dumps({
+            "name": "dynetbench", "id": "a1" * 32, "driver": "bridge", "network_interface": "dypeer1",
+            "created": "2025-01-01T00:00:00Z", "subnets": [{"subnet": "10.234.48.0/24", "gateway": "10.234.48.1"}],
+            "ipv6_enabled": False, "internal": False, "dns_enabled": True, "ipam_options": {"driver": "host-local"}}))
         for side in (dockyard, podman):
             side.run("run", "-d", "--name", "web", "--network", side.net, side.image,
                      "httpd", "-f", "-p", "8080", "-h", "/etc")

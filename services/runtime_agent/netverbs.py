@@ -37,6 +37,8 @@ def user_networks(cfg: Config, network: Network, agent_id: str, state_dir: Path)
                         default_subnet=nc.subnet, pool=pool, dns=dns)
     holder.append(user)
     network.user = user
+    user.default_ports = network.ports
+    network.ports.elsewhere = lambda: user._elsewhere(network.ports)
     return user
 
 

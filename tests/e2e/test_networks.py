@@ -259,3 +259,22 @@ def test_prune_removes_only_unused_networks(st):
         assert p.stdout.splitlines() == ["Deleted Networks:", unused]
         names.remove(unused)
         assert st.cli("network", "inspect", used, check=False).returncode == 0
+
+
+def test_ports_published_from_a_user_network(st):
+    import urllib.request
+    n = f"n{_uid()}"
+    web = f"web{_uid()}"
+    with networks(st, (n,)) as (_, ctrs):
+        httpd(st, ctrs, web, n, "-p", "127.0.0.1:0:8080")
+        ports = json.loads(st.cli("inspect", web).stdout)[0]["NetworkSettings"]["Ports"]
+        port = ports[0]["host_port"]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/hostname", timeout=10) as r:
+            assert r.read().decode().strip() == info_hostname(st, web)
+        # one host, one port space: the default bridge cannot take the same host port
+        taken = st.cli("run", "-d", "-p", f"127.0.0.1:{port}:8080", IMAGE, "true", check=False)
+        assert taken.returncode != 0 and "already allocated" in taken.stderr, taken.stderr
+        st.cli("rm", "-f", web)
+        ctrs.remove(web)
+        rules = subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True).stdout
+        assert f"--dport {port} " not in rules

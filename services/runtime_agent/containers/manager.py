@@ -147,7 +147,7 @@ class Containers:
         cid = secrets.token_hex(32)
         name = check_name(req.name) if req.name else f"{_ADJ[int(cid[:4], 16) % len(_ADJ)]}_{cid[:8]}"
         parse_publish_all(req.publish)  # refuse a bad spec before anything exists
-        if req.publish and req.network != "bridge":
+        if req.publish and req.network in ("none", "host"):  # networks: a user network publishes too
             raise InvalidArgument(f"ports cannot be published with network {req.network}")
         endpoints = run_endpoints(self.network.user, req.network, req.network_aliases, req.ip)  # networks
         config = ContainerConfig(
@@ -158,7 +158,7 @@ class Containers:
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
             labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config), endpoints=endpoints)
-        if req.flags.publish_all and req.network == "bridge":
+        if req.flags.publish_all and req.network not in ("none", "host"):
             config = msgspec.structs.replace(config, publish=config.publish + runflags.exposed_publish(cfg.config))
         c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
                       log_path=str(self.store.log_path(cid)))

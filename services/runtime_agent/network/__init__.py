@@ -147,8 +147,6 @@ class Network:
         """On user networks; `bridged`: on the default bridge first (eth0), connected to them later."""
         if self.user is None:
             raise Unavailable("this agent has no user networks")
-        if publish and not bridged:
-            raise InvalidArgument("ports cannot be published on a user network yet")
         async with self._locked(cid):
             if self._has_any(cid):
                 await self._teardown(cid)
@@ -157,13 +155,14 @@ class Network:
             infos = []
             try:
                 for i, ep in enumerate(endpoints):
+                    primary = i == 0 and base is None
                     infos.append(await self.user.attach(cid, self.config.netns_name(cid), ep,
-                                                        container_name=name or cid[:12],
-                                                        primary=i == 0 and base is None))
+                                                        container_name=name or cid[:12], primary=primary,
+                                                        publish=publish if primary else ()))
             except BaseException:
                 await self._teardown(cid)
                 raise
-            att = _user_attachment(cid, path, tuple(infos))
+            att = _user_attachment(cid, path, tuple(infos), tuple(self.user.ports(cid)))
             if base is not None:
                 att = dataclasses.replace(base, endpoints=att.endpoints, nameserver=att.nameserver)
             self._attached[cid] = att
@@ -190,7 +189,7 @@ class Network:
     def _refresh_user(self, cid: str) -> Attachment:
         old = self._attached.get(cid)
         infos = tuple(self.user.info(cid)) if self.user is not None else ()
-        att = _user_attachment(cid, str(self.config.netns_path(cid)), infos)
+        att = _user_attachment(cid, str(self.config.netns_path(cid)), infos, tuple(self.user.ports(cid)))
         if old is not None and self.ipam.get(cid) is not None:
             # the default bridge's container: its eth0 stays as it was
             att = dataclasses.replace(old, endpoints=infos, nameserver=att.nameserver)
@@ -260,7 +259,8 @@ class Network:
         for cid in sorted(known - doomed):
             ip = self.ipam.get(cid)
             if self.user is not None and self.user.endpoints_of(cid) and ip is None:
-                att = _user_attachment(cid, str(self.config.netns_path(cid)), tuple(self.user.info(cid)))
+                att = _user_attachment(cid, str(self.config.netns_path(cid)), tuple(self.user.info(cid)),
+                                       tuple(self.user.ports(cid)))
             elif ip is None:
                 att = Attachment(cid, "none", str(self.config.netns_path(cid)))
             else:
@@ -285,10 +285,11 @@ class Network:
         self.ipam.remove_file()
 
 
-def _user_attachment(cid: str, path: str, infos: tuple[EndpointInfo, ...]) -> Attachment:
+def _user_attachment(cid: str, path: str, infos: tuple[EndpointInfo, ...],
+                     ports: tuple[PublishedPort, ...] = ()) -> Attachment:
     """A container on user networks: its eth0's address, and the DNS on that network's gateway."""
     first = next((i for i in infos if i.interface == "eth0"), infos[0] if infos else None)
     if first is None:
         return Attachment(cid, "none", path)
     gw = IPv4Address(first.gateway)
-    return Attachment(cid, "bridge", path, IPv4Address(first.ip), first.prefixlen, gw, (), infos, gw)
+    return Attachment(cid, "bridge", path, IPv4Address(first.ip), first.prefixlen, gw, ports, infos, gw)

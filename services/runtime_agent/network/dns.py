@@ -20,6 +20,8 @@ from pathlib import Path
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
 
+from shared.errors import Unavailable
+
 log = logging.getLogger("dockyard.agent.dns")
 
 DNS_PORT = 53
@@ -91,8 +93,12 @@ class DnsServer:
         """Answer on `address:port` for the network; a repeated call rebinds."""
         await self.unlisten(network_id)
         loop = asyncio.get_running_loop()
-        transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Protocol(self, network_id), local_addr=(str(address), port))
+        try:
+            transport, _ = await loop.create_datagram_endpoint(
+                lambda: _Protocol(self, network_id), local_addr=(str(address), port))
+        except OSError as e:
+            # e.g. a resolver of the host's bound to 0.0.0.0:53 holds every address's port
+            raise Unavailable(f"cannot serve DNS on {address}:{port}: {e.strerror or e}") from e
         self._listeners[network_id] = _Listener(transport, internal)
 
     def address(self, network_id: str) -> tuple[str, int] | None:

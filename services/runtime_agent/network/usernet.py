@@ -13,9 +13,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import secrets
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
@@ -29,10 +31,14 @@ from services.runtime_agent.network.config import NetworkConfig
 from services.runtime_agent.network.dns import DNS_PORT, DnsServer
 from services.runtime_agent.network.ipam import Ipam
 from services.runtime_agent.network.netstate import EndpointState, State
+from services.runtime_agent.network.portmap import PortMapper
+from services.runtime_agent.network.ports import PortMapping, PublishedPort
 from services.runtime_agent.network.userbridge import UserBridge
-from shared.errors import AlreadyExists, Conflict, InvalidArgument, NotFound
+from shared.errors import AlreadyExists, Conflict, InvalidArgument, NotFound, Unavailable
 from shared.messages.networks import (BUILTIN_NETWORKS, DRIVERS, Endpoint, EndpointInfo, NetworkContainer,
                                       NetworkCreateRequest, NetworkRecord)
+
+log = logging.getLogger("dockyard.agent.networks")
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")  # docker's, with a length bound
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
@@ -81,6 +87,7 @@ class _Net:
         self.config = config
         self.bridge = bridge
         self.ipam = ipam
+        self.ports = PortMapper(config)  # the DNAT chain is the bridge's
 
 
 class UserNetworks:
@@ -101,6 +108,11 @@ class UserNetworks:
         self._state = State()
         self._nets: dict[str, _Net] = {}
         self._lock = asyncio.Lock()
+        self.default_ports: PortMapper | None = None  # the default bridge's: one host port space
+
+    def _elsewhere(self, mine: PortMapper):
+        mappers = [n.ports for n in self._nets.values()] + ([self.default_ports] if self.default_ports else [])
+        return [p for m in mappers if m is not None and m is not mine for p in m.published()]
 
     # ---- names -----------------------------------------------------------------------
 
@@ -119,9 +131,11 @@ class UserNetworks:
         custom = gw if gw != subnet.network_address + 1 else None
         cfg = NetworkConfig(state_dir=self.state_dir, bridge=record.bridge, subnet=subnet,
                             prefix=f"{self._tag}n{_b36(n)}", gateway_address=custom)
-        return _Net(record, cfg, UserBridge(cfg, internal=record.internal, siblings=self.siblings,
-                                            default_bridge=self.default_bridge),
-                    Ipam(cfg.ipam_path, subnet, custom))
+        net = _Net(record, cfg, UserBridge(cfg, internal=record.internal, siblings=self.siblings,
+                                           default_bridge=self.default_bridge),
+                   Ipam(cfg.ipam_path, subnet, custom))
+        net.ports.elsewhere = lambda: self._elsewhere(net.ports)
+        return net
 
     # ---- life ------------------------------------------------------------------------
 
@@ -132,7 +146,11 @@ class UserNetworks:
         for rec in self._state.networks:
             net = self._live(rec)
             await net.bridge.ensure()
-            await self._listen(net)
+            await net.ports.load()
+            try:
+                await self._listen(net)
+            except Unavailable as e:  # the network works, only its names do not
+                log.warning("network %s: %s", rec.name, e.message)
             self._nets[rec.id] = net
 
     async def _listen(self, net: _Net) -> None:
@@ -146,6 +164,7 @@ class UserNetworks:
             if self.dns is not None:
                 await self.dns.unlisten(nid)
             if remove_all:
+                await net.ports.forget_all()
                 await net.bridge.teardown()
                 net.ipam.remove_file()
 
@@ -279,10 +298,13 @@ class UserNetworks:
     # ---- containers ------------------------------------------------------------------
 
     async def attach(self, container_id: str, netns: str, ep: Endpoint, *, container_name: str,
-                     primary: bool) -> EndpointInfo:
-        """Give the container (whose namespace is `netns`) an interface on `ep.network`."""
+                     primary: bool, publish: Sequence[PortMapping] = ()) -> EndpointInfo:
+        """Give the container (whose namespace is `netns`) an interface on `ep.network`,
+        and publish `publish` to its address there."""
         rec = self.get(ep.network)
         net = self._nets[rec.id]
+        if publish and rec.internal:
+            raise InvalidArgument(f"ports cannot be published on internal network {rec.name}")
         aliases = [a for a in dict.fromkeys(ep.aliases) if a]
         for a in aliases:
             if not _NAME.fullmatch(a):
@@ -302,8 +324,12 @@ class UserNetworks:
                                                                           *aliases]) if x],
                                   ip=str(ip), mac=_mac(ip), interface=ifname, veth=veth)
             try:
-                await self._plug(net, netns, state, default_route=ifname == "eth0" and not rec.internal)
+                # The rules name the address, not the interface: made alongside.
+                await asyncio.gather(
+                    self._plug(net, netns, state, default_route=ifname == "eth0" and not rec.internal),
+                    net.ports.publish(container_id, ip, list(publish)))
             except BaseException:
+                await asyncio.gather(_del_link(veth), net.ports.unpublish(container_id), return_exceptions=True)
                 await net.ipam.release(container_id)
                 raise
             self._state.endpoints.setdefault(rec.id, {})[container_id] = state
@@ -368,7 +394,13 @@ class UserNetworks:
         self._state.endpoints.get(network_id, {}).pop(container_id, None)
         net = self._nets.get(network_id)
         if net is not None:
+            await net.ports.unpublish(container_id)
             await net.ipam.release(container_id)
+
+    def ports(self, container_id: str) -> list[PublishedPort]:
+        """The host ports published to the container on any user network."""
+        return [p for nid in self.endpoints_of(container_id) if nid in self._nets
+                for p in self._nets[nid].ports.ports(container_id)]
 
     async def restore(self, alive: set[str]) -> None:
         """After an agent restart: forget the endpoints of containers whose namespace is gone."""
