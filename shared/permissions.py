@@ -107,7 +107,7 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
         if not agent_id:
             raise ValueError("a runtime-agent's permissions name its agent id")
         return _principal(principal(kind, agent_id), serves=[s.agent(agent_id, ">"), f"{FLEET_PREFIX}.>"],
-                          calls=[s.REGISTRY_TOKEN], writes=(s.KV_AGENTS,),
+                          calls=[s.REGISTRY_TOKEN], writes=(s.KV_AGENTS, s.KV_NETWORKS),  # networks: overlay
                           events=[f"{s.EVENT_CONTAINER}.{agent_id}.>"])
     if kind == s.GARBAGE_COLLECTOR:
         return _principal(kind, serves=["dockyard.gc.>"],

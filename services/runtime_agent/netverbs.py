@@ -1,6 +1,6 @@
 """The agent's `network ...` verbs over the bus, and how its user networks are set up.
 
-Settings: DOCKYARD_NETWORK_POOL (CIDR the subnets of `network create` come from, default
+Settings: DOCKYARD_OVERLAY_POOL (where overlay subnets come from), DOCKYARD_NETWORK_POOL (CIDR the subnets of `network create` come from, default
 10.89.0.0/16), DOCKYARD_NETWORK_POOL_SIZE (their prefix length, default 24) and
 DOCKYARD_DNS_UPSTREAM (`IP[:PORT],...`, default the host's resolv.conf nameservers).
 """
@@ -14,6 +14,7 @@ import msgspec
 
 from services.runtime_agent.network import Network
 from services.runtime_agent.network.dns import DnsServer, host_resolvers, parse_upstreams
+from services.runtime_agent.network.overlay import Overlays
 from services.runtime_agent.network.usernet import Pool, UserNetworks
 from shared import bus, subjects
 from shared.config import Config
@@ -22,7 +23,7 @@ from shared.messages import networks as m
 from shared.messages.agent import fleet
 
 
-def user_networks(cfg: Config, network: Network, agent_id: str, state_dir: Path) -> UserNetworks:
+def user_networks(cfg: Config, network: Network, agent_id: str, state_dir: Path, nc=None) -> UserNetworks:
     """The agent's user networks, hooked into its Network (which then sets containers up on them)."""
     try:
         pool = Pool(IPv4Network(cfg.env("NETWORK_POOL", "10.89.0.0/16")), int(cfg.env("NETWORK_POOL_SIZE", "24")))
@@ -32,11 +33,17 @@ def user_networks(cfg: Config, network: Network, agent_id: str, state_dir: Path)
     holder: list[UserNetworks] = []
     dns = DnsServer(lambda nid, src, name: holder[0].lookup(nid, src, name),
                     parse_upstreams(upstream) if upstream else host_resolvers())
-    nc = network.config
-    user = UserNetworks(state_dir=state_dir, agent_id=agent_id, prefix=nc.prefix, default_bridge=nc.bridge,
-                        default_subnet=nc.subnet, pool=pool, dns=dns)
+    ncfg = network.config
+    user = UserNetworks(state_dir=state_dir, agent_id=agent_id, prefix=ncfg.prefix, default_bridge=ncfg.bridge,
+                        default_subnet=ncfg.subnet, pool=pool, dns=dns)
     holder.append(user)
     network.user = user
+    if nc is not None:  # overlays: DOCKYARD_OVERLAY_POOL (default 10.90.0.0/16, /24 each)
+        try:
+            opool = IPv4Network(cfg.env("OVERLAY_POOL", "10.90.0.0/16"))
+        except ValueError as e:
+            raise InvalidArgument(f"DOCKYARD_OVERLAY_POOL: {e}") from e
+        user.overlays = Overlays(nc, agent_id, cfg.env("AGENT_ADDRESS", ""), opool)
     user.default_ports = network.ports
     network.ports.elsewhere = lambda: user._elsewhere(network.ports)
     return user

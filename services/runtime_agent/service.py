@@ -187,7 +187,7 @@ async def serve(cfg: Config) -> None:
     nc = await bus.connect(cfg.nats_url, name=f"{subjects.RUNTIME_AGENT}-{agent_id}")
     network = Network(network_config(cfg, root / "network"))
     from services.runtime_agent.netverbs import NetworkVerbs, user_networks  # networks
-    usernets = user_networks(cfg, network, agent_id, root / "network")
+    usernets = user_networks(cfg, network, agent_id, root / "network", nc)
     agent: Agent | None = None
     svc: bus.BusService | None = None
     beats: Heartbeats | None = None

@@ -21,7 +21,7 @@ VERB_NETWORK_CONNECT = "network.connect"
 VERB_NETWORK_DISCONNECT = "network.disconnect"
 
 BUILTIN_NETWORKS = ("bridge", "none", "host")  # docker's predefined ones: never a user network
-DRIVERS = ("bridge",)
+DRIVERS = ("bridge", "overlay")
 
 
 class Endpoint(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True):
@@ -67,6 +67,7 @@ class NetworkRecord(msgspec.Struct, kw_only=True, frozen=True):
     created: str = ""  # RFC 3339
     host: str = ""  # the agent that holds it
     bridge: str = ""  # the Linux bridge on that host
+    vni: int = 0  # overlay: the VXLAN network identifier, the same on every host
     containers: list[NetworkContainer] = []
 
 

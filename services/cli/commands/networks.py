@@ -19,7 +19,8 @@ def register(sub: Any) -> None:
     nsub = p.add_subparsers(dest="network_command", metavar="COMMAND", required=True)
 
     c = nsub.add_parser("create", help="create a network")
-    c.add_argument("-d", "--driver", default="bridge", help="only bridge (the default)")
+    c.add_argument("-d", "--driver", default="bridge", choices=("bridge", "overlay"),
+                   help="bridge (one host) or overlay (across the fleet's hosts, over VXLAN)")
     c.add_argument("--subnet", default="", help="CIDR, e.g. 10.90.0.0/24 (default: a free one)")
     c.add_argument("--gateway", default="", help="the subnet's gateway (default: its first address)")
     c.add_argument("--internal", action="store_true", help="no route out of the network")
@@ -119,8 +120,8 @@ async def create(args, ctx) -> int:
     if ctx.json_output:
         ctx.print_json(made)
     else:
-        for rec in made:
-            print(rec.id)
+        for nid in dict.fromkeys(rec.id for rec in made):  # an overlay has one id on every host
+            print(nid)
     return 0
 
 
@@ -136,7 +137,7 @@ async def ls_networks(args, ctx) -> int:
                 continue
             short = nid if args.no_trunc else nid[:12]
             ids.append(short)
-            rows.append([short, name, driver, "local", reply.host])
+            rows.append([short, name, driver, "global" if driver == "overlay" else "local", reply.host])
     if ctx.json_output:
         ctx.print_json([r for reply in replies for r in reply.networks])
     elif args.quiet:
@@ -171,7 +172,8 @@ def _keep(key: str, value: str, nid: str, name: str, driver: str, kind: str, lab
 def docker_view(host: str, rec) -> dict:
     """`network inspect` in docker's shape."""
     return {
-        "Name": rec.name, "Id": rec.id, "Created": rec.created, "Scope": "local", "Driver": rec.driver,
+        "Name": rec.name, "Id": rec.id, "Created": rec.created,
+        "Scope": "global" if rec.driver == "overlay" else "local", "Driver": rec.driver,
         "EnableIPv6": False,
         "IPAM": {"Driver": "default", "Options": {}, "Config": [{"Subnet": rec.subnet, "Gateway": rec.gateway}]},
         "Internal": rec.internal, "Attachable": False, "Ingress": False,

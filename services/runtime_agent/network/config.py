@@ -41,6 +41,7 @@ class NetworkConfig:
     prefix: str = "dockyard"
     # networks: a user network's `--gateway`; None is the subnet's first address
     gateway_address: IPv4Address | None = None
+    mac: str = ""  # networks: the bridge's MAC where it must be one across hosts (overlay)
 
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
@@ -63,6 +64,8 @@ class NetworkConfig:
     def bridge_mac(self) -> str:
         # A fixed, locally administered MAC: without one the bridge takes the lowest
         # MAC of its ports, and every veth added or removed may change it (stale ARP).
+        if self.mac:
+            return self.mac
         h = hashlib.sha256(self.bridge.encode()).digest()
         return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
 

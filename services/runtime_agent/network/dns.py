@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from ipaddress import IPv4Address
 from pathlib import Path
@@ -29,8 +30,8 @@ TTL = 600  # docker's
 _FORWARD_TIMEOUT = 2.0
 
 # (network id, asking address, lower-case name without the final dot) -> addresses, or None
-# when the name is not one of the asker's networks (then it is forwarded).
-Lookup = Callable[[str, IPv4Address, str], list[IPv4Address] | None]
+# when the name is not one of the asker's networks (then it is forwarded); or an awaitable of that.
+Lookup = Callable[[str, IPv4Address, str], "list[IPv4Address] | None | Awaitable[list[IPv4Address] | None]"]
 
 
 def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:
@@ -138,6 +139,8 @@ class DnsServer:
         q = query.questions[0]
         name = str(q.qname).rstrip(".").lower()
         found = self.lookup(network_id, source, name)
+        if inspect.isawaitable(found):  # an overlay's names of other hosts come from the bus
+            found = await found
         if found is not None:
             reply = query.reply()
             if q.qtype in (QTYPE.A, QTYPE.ANY):

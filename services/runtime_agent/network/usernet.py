@@ -31,6 +31,8 @@ from services.runtime_agent.network.config import NetworkConfig
 from services.runtime_agent.network.dns import DNS_PORT, DnsServer
 from services.runtime_agent.network.ipam import Ipam
 from services.runtime_agent.network.netstate import EndpointState, State
+from services.runtime_agent.network.overlay import MTU as OVERLAY_MTU
+from services.runtime_agent.network.overlay import Overlays, gateway_mac
 from services.runtime_agent.network.portmap import PortMapper
 from services.runtime_agent.network.ports import PortMapping, PublishedPort
 from services.runtime_agent.network.userbridge import UserBridge
@@ -42,6 +44,7 @@ log = logging.getLogger("dockyard.agent.networks")
 
 _NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")  # docker's, with a length bound
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
+_PEER_REFRESH = 5.0  # seconds between updates of an overlay's flood list
 
 
 def check_network_name(name: str) -> str:
@@ -109,6 +112,8 @@ class UserNetworks:
         self._nets: dict[str, _Net] = {}
         self._lock = asyncio.Lock()
         self.default_ports: PortMapper | None = None  # the default bridge's: one host port space
+        self.overlays: Overlays | None = None  # `--driver overlay`, when the agent has the bus's KV
+        self._refresher: asyncio.Future | None = None
 
     def _elsewhere(self, mine: PortMapper):
         mappers = [n.ports for n in self._nets.values()] + ([self.default_ports] if self.default_ports else [])
@@ -130,7 +135,8 @@ class UserNetworks:
         gw = IPv4Address(record.gateway)
         custom = gw if gw != subnet.network_address + 1 else None
         cfg = NetworkConfig(state_dir=self.state_dir, bridge=record.bridge, subnet=subnet,
-                            prefix=f"{self._tag}n{_b36(n)}", gateway_address=custom)
+                            prefix=f"{self._tag}n{_b36(n)}", gateway_address=custom,
+                            mac=gateway_mac(record.id) if record.driver == "overlay" else "")
         net = _Net(record, cfg, UserBridge(cfg, internal=record.internal, siblings=self.siblings,
                                            default_bridge=self.default_bridge),
                    Ipam(cfg.ipam_path, subnet, custom))
@@ -147,11 +153,29 @@ class UserNetworks:
             net = self._live(rec)
             await net.bridge.ensure()
             await net.ports.load()
+            if rec.driver == "overlay" and self.overlays is not None:
+                try:
+                    await self.overlays.ensure_vxlan(rec.bridge, rec.vni)
+                except Exception as e:  # noqa: BLE001 - the bus may come later: the refresher retries
+                    log.warning("overlay %s: %s", rec.name, e)
             try:
                 await self._listen(net)
             except Unavailable as e:  # the network works, only its names do not
                 log.warning("network %s: %s", rec.name, e.message)
             self._nets[rec.id] = net
+        if self.overlays is not None and self._refresher is None:
+            self._refresher = asyncio.ensure_future(self._refresh_overlays())
+
+    async def _refresh_overlays(self) -> None:
+        """Agents come and go: keep each overlay's flood list to the live ones."""
+        while True:
+            await asyncio.sleep(_PEER_REFRESH)
+            for net in list(self._nets.values()):
+                if net.record.driver == "overlay" and self.overlays is not None:
+                    try:
+                        await self.overlays.ensure_vxlan(net.record.bridge, net.record.vni)
+                    except Exception as e:  # noqa: BLE001 - tried again next round
+                        log.warning("overlay %s: %s", net.record.name, e)
 
     async def _listen(self, net: _Net) -> None:
         if self.dns is not None:
@@ -160,12 +184,16 @@ class UserNetworks:
 
     async def close(self, remove_all: bool = False) -> None:
         """Stop answering DNS; with remove_all also remove the bridges and chains (the records stay)."""
+        if self._refresher is not None:
+            self._refresher.cancel()
+            await asyncio.gather(self._refresher, return_exceptions=True)
+            self._refresher = None
         for nid, net in self._nets.items():
             if self.dns is not None:
                 await self.dns.unlisten(nid)
             if remove_all:
                 await net.ports.forget_all()
-                await net.bridge.teardown()
+                await self._unplug_bridge(net)
                 net.ipam.remove_file()
 
     async def _save(self) -> None:
@@ -212,6 +240,20 @@ class UserNetworks:
             hits = [IPv4Address(e.ip) for e in eps.get(nid, {}).values() if name in e.names]
             if hits:
                 return hits
+        overlays = [nid for nid in nets if nid in self._nets and self._nets[nid].record.driver == "overlay"]
+        if overlays and self.overlays is not None:
+            return self._overlay_lookup(overlays, name)  # containers of other hosts: from the bus
+        return None
+
+    async def _overlay_lookup(self, network_ids: list[str], name: str) -> list[IPv4Address] | None:
+        for nid in network_ids:
+            try:
+                hits = (await self.overlays.names(nid)).get(name)
+            except Exception as e:  # noqa: BLE001 - the bus away: forward as an unknown name
+                log.warning("overlay names: %s", e)
+                return None
+            if hits:
+                return hits
         return None
 
     # ---- create / remove ---------------------------------------------------------------
@@ -223,15 +265,20 @@ class UserNetworks:
         async with self._lock:
             if any(r.name == name for r in self._state.networks):
                 raise AlreadyExists(f"network with name {name} already exists")
-            subnet = await self._subnet(req.subnet)
-            gateway = _gateway(subnet, req.gateway)
             n = self._state.counter + 1
-            rec = NetworkRecord(id=secrets.token_hex(32), name=name, driver=req.driver, subnet=str(subnet),
-                                gateway=str(gateway), internal=req.internal, labels=dict(req.labels),
-                                created=_now(), host=self.agent_id, bridge=f"{self._tag}-{_b36(n)}")
+            if req.driver == "overlay":
+                rec = await self._overlay_record(req, name, f"{self._tag}-{_b36(n)}")
+            else:
+                subnet = await self._subnet(req.subnet)
+                gateway = _gateway(subnet, req.gateway)
+                rec = NetworkRecord(id=secrets.token_hex(32), name=name, driver=req.driver, subnet=str(subnet),
+                                    gateway=str(gateway), internal=req.internal, labels=dict(req.labels),
+                                    created=_now(), host=self.agent_id, bridge=f"{self._tag}-{_b36(n)}")
             net = self._live(rec)
             try:
                 await net.bridge.ensure()
+                if rec.driver == "overlay" and self.overlays is not None:
+                    await self.overlays.ensure_vxlan(rec.bridge, rec.vni)
                 await self._listen(net)
                 self._state.counter = n
                 self._state.networks.append(rec)
@@ -240,10 +287,29 @@ class UserNetworks:
                 self._state.networks = [r for r in self._state.networks if r.id != rec.id]
                 if self.dns is not None:
                     await self.dns.unlisten(rec.id)
-                await net.bridge.teardown()
+                await self._unplug_bridge(net)
                 raise
             self._nets[rec.id] = net
             return rec
+
+    async def _overlay_record(self, req: NetworkCreateRequest, name: str, bridge: str) -> NetworkRecord:
+        """The fleet's definition of an overlay (the first agent asked makes it), as a local record."""
+        if self.overlays is None:
+            raise InvalidArgument("overlay networks need the bus's key-value store")
+        if req.subnet:
+            await self._subnet(req.subnet)  # a clear error before the fleet records it
+        o = await self.overlays.define(name, req.subnet, req.gateway, req.internal, dict(req.labels), _now())
+        taken = [IPv4Network(r.subnet) for r in self._state.networks] + [self.default_subnet]
+        if any(IPv4Network(o.subnet).overlaps(t) for t in taken):
+            raise Conflict(f"overlay {name}'s subnet {o.subnet} overlaps a network of this host")
+        return NetworkRecord(id=o.id, name=name, driver="overlay", subnet=o.subnet, gateway=o.gateway,
+                             internal=o.internal, labels=o.labels, created=o.created, host=self.agent_id,
+                             bridge=bridge, vni=o.vni)
+
+    async def _unplug_bridge(self, net: _Net) -> None:
+        if net.record.driver == "overlay" and self.overlays is not None:
+            await _del_link(self.overlays.vxlan_name(net.record.bridge))
+        await net.bridge.teardown()
 
     async def _subnet(self, text: str) -> IPv4Network:
         taken = [IPv4Network(r.subnet) for r in self._state.networks] + [self.default_subnet]
@@ -275,8 +341,10 @@ class UserNetworks:
             net = self._nets.pop(rec.id, None) or self._live(rec)
             if self.dns is not None:
                 await self.dns.unlisten(rec.id)
-            await net.bridge.teardown()
+            await self._unplug_bridge(net)
             net.ipam.remove_file()
+            if rec.driver == "overlay" and self.overlays is not None:
+                await self.overlays.undefine(rec.name, rec.id)
             self._state.networks = [r for r in self._state.networks if r.id != rec.id]
             self._state.endpoints.pop(rec.id, None)
             await self._save()
@@ -317,11 +385,15 @@ class UserNetworks:
             # eth0 is the first network's (a default-bridge container's own, if connected later)
             ifname = "eth0" if primary and "eth0" not in used else next(
                 f"eth{i}" for i in range(1, 64) if f"eth{i}" not in used)
-            ip = await net.ipam.allocate(container_id, want)
+            names = [x.lower() for x in dict.fromkeys([container_name, container_id[:12], *aliases]) if x]
+            if rec.driver == "overlay" and self.overlays is not None:
+                ip = await self.overlays.claim(rec.id, IPv4Network(rec.subnet), IPv4Address(rec.gateway),
+                                               container_id, names, want)
+                await self.overlays.refresh_peers(rec.bridge)
+            else:
+                ip = await net.ipam.allocate(container_id, want)
             veth = self._veth(rec.id, container_id)
-            state = EndpointState(container_name=container_name, aliases=aliases,
-                                  names=[x.lower() for x in dict.fromkeys([container_name, container_id[:12],
-                                                                          *aliases]) if x],
+            state = EndpointState(container_name=container_name, aliases=aliases, names=names,
                                   ip=str(ip), mac=_mac(ip), interface=ifname, veth=veth)
             try:
                 # The rules name the address, not the interface: made alongside.
@@ -330,7 +402,7 @@ class UserNetworks:
                     net.ports.publish(container_id, ip, list(publish)))
             except BaseException:
                 await asyncio.gather(_del_link(veth), net.ports.unpublish(container_id), return_exceptions=True)
-                await net.ipam.release(container_id)
+                await self._release(net, container_id, ip)
                 raise
             self._state.endpoints.setdefault(rec.id, {})[container_id] = state
             await self._save()
@@ -339,8 +411,9 @@ class UserNetworks:
     async def _plug(self, net: _Net, netns: str, e: EndpointState, *, default_route: bool) -> None:
         if link_exists(e.veth):
             await _del_link(e.veth)  # a crashed earlier attempt's
+        mtu = f" mtu {OVERLAY_MTU}" if net.record.driver == "overlay" else ""
         await ip_batch([
-            f"link add {e.veth} type veth peer name {e.interface} address {e.mac} netns {netns}",
+            f"link add {e.veth}{mtu} type veth peer name {e.interface} address {e.mac}{mtu} netns {netns}",
             f"link set {e.veth} master {net.config.bridge} up",
         ])
         inside = [
@@ -391,10 +464,17 @@ class UserNetworks:
                 await self._save()
 
     async def _forget(self, network_id: str, container_id: str) -> None:
-        self._state.endpoints.get(network_id, {}).pop(container_id, None)
+        e = self._state.endpoints.get(network_id, {}).pop(container_id, None)
         net = self._nets.get(network_id)
         if net is not None:
             await net.ports.unpublish(container_id)
+            await self._release(net, container_id, IPv4Address(e.ip) if e is not None else None)
+
+    async def _release(self, net: _Net, container_id: str, ip: IPv4Address | None) -> None:
+        if net.record.driver == "overlay" and self.overlays is not None:
+            if ip is not None:
+                await self.overlays.release(net.record.id, ip, container_id)
+        else:
             await net.ipam.release(container_id)
 
     def ports(self, container_id: str) -> list[PublishedPort]:
