@@ -31,7 +31,7 @@ _FORWARD_TIMEOUT = 2.0
 
 # (network id, asking address, lower-case name without the final dot) -> addresses, or None
 # when the name is not one of the asker's networks (then it is forwarded); or an awaitable of that.
-Lookup = Callable[[str, IPv4Address, str], "list[IPv4Address] | None | Awaitable[list[IPv4Address] | None]"]
+Lookup = Callable[[str, IPv4Address, str], list[IPv4Address] | None | Awaitable[list[IPv4Address] | None]]
 
 
 def host_resolvers(resolv_conf: Path = Path("/etc/resolv.conf")) -> list[tuple[str, int]]:

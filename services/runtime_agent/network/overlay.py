@@ -16,7 +16,6 @@ every host (an anycast gateway): a container's DNS and its way out are its own h
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import ipaddress
 import logging

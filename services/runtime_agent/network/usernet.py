@@ -12,24 +12,23 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import logging
-import re
 import secrets
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
 import msgspec
 
 from services.runtime_agent.network import netstate
-from services.runtime_agent.network._exec import CommandFailed, ip_batch, run
+from services.runtime_agent.network._exec import ip_batch
 from services.runtime_agent.network.bridge import link_exists
 from services.runtime_agent.network.config import NetworkConfig
 from services.runtime_agent.network.dns import DNS_PORT, DnsServer
 from services.runtime_agent.network.ipam import Ipam
+from services.runtime_agent.network.netnames import (NAME, Pool, address_in, b36, check_network_name, del_link,
+                                                     gateway_of, mac_of, routed)
 from services.runtime_agent.network.netstate import EndpointState, State
 from services.runtime_agent.network.overlay import MTU as OVERLAY_MTU
 from services.runtime_agent.network.overlay import Overlays, gateway_mac
@@ -42,44 +41,7 @@ from shared.messages.networks import (BUILTIN_NETWORKS, DRIVERS, Endpoint, Endpo
 
 log = logging.getLogger("dockyard.agent.networks")
 
-_NAME = re.compile(r"[a-zA-Z0-9][a-zA-Z0-9_.-]{0,127}")  # docker's, with a length bound
-_B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 _PEER_REFRESH = 5.0  # seconds between updates of an overlay's flood list
-
-
-def check_network_name(name: str) -> str:
-    if not _NAME.fullmatch(name):
-        raise InvalidArgument(f"invalid network name {name!r}: [a-zA-Z0-9][a-zA-Z0-9_.-]*")
-    if name in BUILTIN_NETWORKS:
-        raise InvalidArgument(f"{name} is a pre-defined network and cannot be created")
-    return name
-
-
-def _b36(n: int) -> str:
-    out = ""
-    while True:
-        n, d = divmod(n, 36)
-        out = _B36[d] + out
-        if not n:
-            return out
-
-
-def _mac(ip: IPv4Address) -> str:
-    # docker's: 02:42 then the address, so a MAC never outlives its address on the wire
-    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
-
-
-@dataclass(frozen=True)
-class Pool:
-    """Where subnets come from when `network create` names none (docker's default-address-pools)."""
-
-    base: IPv4Network = IPv4Network("10.89.0.0/16")
-    size: int = 24
-
-    def candidates(self):
-        if self.size < self.base.prefixlen:
-            return iter([self.base])
-        return self.base.subnets(new_prefix=self.size)
 
 
 class _Net:
@@ -135,7 +97,7 @@ class UserNetworks:
         gw = IPv4Address(record.gateway)
         custom = gw if gw != subnet.network_address + 1 else None
         cfg = NetworkConfig(state_dir=self.state_dir, bridge=record.bridge, subnet=subnet,
-                            prefix=f"{self._tag}n{_b36(n)}", gateway_address=custom,
+                            prefix=f"{self._tag}n{b36(n)}", gateway_address=custom,
                             mac=gateway_mac(record.id) if record.driver == "overlay" else "")
         net = _Net(record, cfg, UserBridge(cfg, internal=record.internal, siblings=self.siblings,
                                            default_bridge=self.default_bridge),
@@ -267,13 +229,13 @@ class UserNetworks:
                 raise AlreadyExists(f"network with name {name} already exists")
             n = self._state.counter + 1
             if req.driver == "overlay":
-                rec = await self._overlay_record(req, name, f"{self._tag}-{_b36(n)}")
+                rec = await self._overlay_record(req, name, f"{self._tag}-{b36(n)}")
             else:
                 subnet = await self._subnet(req.subnet)
-                gateway = _gateway(subnet, req.gateway)
+                gateway = gateway_of(subnet, req.gateway)
                 rec = NetworkRecord(id=secrets.token_hex(32), name=name, driver=req.driver, subnet=str(subnet),
                                     gateway=str(gateway), internal=req.internal, labels=dict(req.labels),
-                                    created=_now(), host=self.agent_id, bridge=f"{self._tag}-{_b36(n)}")
+                                    created=_now(), host=self.agent_id, bridge=f"{self._tag}-{b36(n)}")
             net = self._live(rec)
             try:
                 await net.bridge.ensure()
@@ -308,7 +270,7 @@ class UserNetworks:
 
     async def _unplug_bridge(self, net: _Net) -> None:
         if net.record.driver == "overlay" and self.overlays is not None:
-            await _del_link(self.overlays.vxlan_name(net.record.bridge))
+            await del_link(self.overlays.vxlan_name(net.record.bridge))
         await net.bridge.teardown()
 
     async def _subnet(self, text: str) -> IPv4Network:
@@ -325,7 +287,7 @@ class UserNetworks:
                     raise Conflict(f"invalid pool request: pool {subnet} overlaps with other one on this "
                                    f"address space ({t})")
             return subnet
-        routes = await _routed()
+        routes = await routed()
         for cand in self.pool.candidates():
             if not any(cand.overlaps(t) for t in taken + routes):
                 return cand
@@ -375,9 +337,9 @@ class UserNetworks:
             raise InvalidArgument(f"ports cannot be published on internal network {rec.name}")
         aliases = [a for a in dict.fromkeys(ep.aliases) if a]
         for a in aliases:
-            if not _NAME.fullmatch(a):
+            if not NAME.fullmatch(a):
                 raise InvalidArgument(f"invalid network alias {a!r}")
-        want = _address(rec, ep.ip) if ep.ip else None
+        want = address_in(rec, ep.ip) if ep.ip else None
         async with self._lock:
             if container_id in self._state.endpoints.get(rec.id, {}):
                 raise Conflict(f"endpoint with name {container_name} already exists in network {rec.name}")
@@ -394,14 +356,14 @@ class UserNetworks:
                 ip = await net.ipam.allocate(container_id, want)
             veth = self._veth(rec.id, container_id)
             state = EndpointState(container_name=container_name, aliases=aliases, names=names,
-                                  ip=str(ip), mac=_mac(ip), interface=ifname, veth=veth)
+                                  ip=str(ip), mac=mac_of(ip), interface=ifname, veth=veth)
             try:
                 # The rules name the address, not the interface: made alongside.
                 await asyncio.gather(
                     self._plug(net, netns, state, default_route=ifname == "eth0" and not rec.internal),
                     net.ports.publish(container_id, ip, list(publish)))
             except BaseException:
-                await asyncio.gather(_del_link(veth), net.ports.unpublish(container_id), return_exceptions=True)
+                await asyncio.gather(del_link(veth), net.ports.unpublish(container_id), return_exceptions=True)
                 await self._release(net, container_id, ip)
                 raise
             self._state.endpoints.setdefault(rec.id, {})[container_id] = state
@@ -410,7 +372,7 @@ class UserNetworks:
 
     async def _plug(self, net: _Net, netns: str, e: EndpointState, *, default_route: bool) -> None:
         if link_exists(e.veth):
-            await _del_link(e.veth)  # a crashed earlier attempt's
+            await del_link(e.veth)  # a crashed earlier attempt's
         mtu = f" mtu {OVERLAY_MTU}" if net.record.driver == "overlay" else ""
         await ip_batch([
             f"link add {e.veth}{mtu} type veth peer name {e.interface} address {e.mac}{mtu} netns {netns}",
@@ -425,7 +387,7 @@ class UserNetworks:
         try:
             await ip_batch(inside, netns=netns)
         except BaseException:
-            await _del_link(e.veth)
+            await del_link(e.veth)
             raise
 
     def info(self, container_id: str) -> list[EndpointInfo]:
@@ -449,7 +411,7 @@ class UserNetworks:
             e = self._state.endpoints.get(rec.id, {}).get(container_id)
             if e is None:
                 raise NotFound(f"container {container_id[:12]} is not connected to network {rec.name}")
-            await _del_link(e.veth)
+            await del_link(e.veth)
             await self._forget(rec.id, container_id)
             await self._save()
         return self.get(rec.id)
@@ -505,60 +467,11 @@ def run_endpoints(user: UserNetworks | None, network: str, aliases: list[str], i
         raise NotFound(f"network {network} not found")
     rec = user.get(network)
     if ip:
-        _address(rec, ip)
+        address_in(rec, ip)
     for a in aliases:
-        if not _NAME.fullmatch(a):
+        if not NAME.fullmatch(a):
             raise InvalidArgument(f"invalid network alias {a!r}")
     return [Endpoint(network=rec.name, aliases=list(aliases), ip=ip)]
-
-
-def _gateway(subnet: IPv4Network, text: str) -> IPv4Address:
-    if not text:
-        return subnet.network_address + 1
-    try:
-        gw = IPv4Address(text)
-    except ValueError as e:
-        raise InvalidArgument(f"invalid gateway {text!r}: {e}") from e
-    if gw not in subnet or gw in (subnet.network_address, subnet.broadcast_address):
-        raise InvalidArgument(f"gateway {gw} is not a host address of subnet {subnet}")
-    return gw
-
-
-def _address(rec: NetworkRecord, text: str) -> IPv4Address:
-    try:
-        ip = IPv4Address(text)
-    except ValueError as e:
-        raise InvalidArgument(f"invalid --ip {text!r}: {e}") from e
-    if ip not in IPv4Network(rec.subnet):
-        raise InvalidArgument(f"address {ip} is not in network {rec.name}'s subnet {rec.subnet}")
-    return ip
-
-
-async def _routed() -> list[IPv4Network]:
-    """Subnets this host already routes (docker skips pools that overlap them)."""
-    try:
-        routes = json.loads(await run("ip", "-j", "-4", "route", "show"))
-    except (CommandFailed, ValueError):
-        return []
-    out = []
-    for r in routes:
-        dst = r.get("dst", "")
-        if dst and dst != "default":
-            try:
-                out.append(IPv4Network(dst if "/" in dst else f"{dst}/32", strict=False))
-            except ValueError:
-                continue
-    return out
-
-
-async def _del_link(name: str) -> None:
-    if not link_exists(name):
-        return
-    try:
-        await ip_batch([f"link del {name}"])
-    except CommandFailed:
-        if link_exists(name):
-            raise
 
 
 def _now() -> str:
