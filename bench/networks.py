@@ -9,6 +9,8 @@ a busybox httpd named `web` on it. Alternating which tool goes first each round:
   start-usernet  run --rm --network NET IMAGE true
   dns-lookup     inside one container on NET: N x `nslookup web`, timed by the
                  container's /proc/uptime (10 ms ticks), per lookup
+  dns-server     500 A queries for `web` from the host straight to each embedded DNS
+                 server (the network's gateway:53), one at a time, per query
   dns-forward    the same (2 lookups, first round only) for a name neither knows
                  (`nothere.invalid`), which both forward to the host's resolvers: it
                  measures those when none answers, so it is printed apart
@@ -43,6 +45,24 @@ sh = runbench.sh
 # Inside a container: N lookups, the elapsed seconds per lookup on stdout.
 _LOOP = ('read t0 _ < /proc/uptime; i=0; while [ $i -lt {n} ]; do nslookup {name} >/dev/null 2>&1; '
          'i=$((i+1)); done; read t1 _ < /proc/uptime; echo "$t0 $t1" | awk \'{{print ($2-$1)/{n}}}\'')
+
+
+def query_latency(server: str, name: str, n: int) -> float:
+    """Seconds per A query for `name` sent from the host straight to `server`:53, one at a time."""
+    import socket
+    from dnslib import DNSRecord
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(2)
+    s.connect((server, 53))
+    try:
+        packets = [DNSRecord.question(name).pack() for _ in range(n)]
+        t0 = time.perf_counter()
+        for p in packets:
+            s.send(p)
+            s.recv(4096)
+        return (time.perf_counter() - t0) / n
+    finally:
+        s.close()
 
 
 class Side:
@@ -122,9 +142,12 @@ def main() -> int:
                      "httpd", "-f", "-p", "8080", "-h", "/etc")
             side.check_resolves()
             side.start()  # warm-up
+        dockyard.dns = json.loads(dockyard.run("network", "inspect", "dynetbench").stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+        podman.dns = "10.234.48.1"
 
         load_before = os.getloadavg()
-        cases = {"start-usernet": lambda s: s.start(), "dns-lookup": lambda s: s.lookups("web", args.lookups)}
+        cases = {"start-usernet": lambda s: s.start(), "dns-lookup": lambda s: s.lookups("web", args.lookups),
+                 "dns-server": lambda s: query_latency(s.dns, "web", 500)}
         times: dict[tuple[str, str], list[float]] = {}
         forward: dict[str, list[float]] = {"dockyard": [], "podman": []}
         for r in range(args.rounds):
@@ -144,7 +167,7 @@ def main() -> int:
             d = statistics.median(times[(case, "dockyard")])
             p = statistics.median(times[(case, "podman")])
             worst = max(worst, d / p)
-            print(f"{case:<15}{d:>10.4f}{p:>10.4f}{d / p:>8.2f}")
+            print(f"{case:<15}{d:>10.5f}{p:>10.5f}{d / p:>8.2f}")
         d, p = statistics.median(forward["dockyard"]), statistics.median(forward["podman"])
         print(f"{'dns-forward':<15}{d:>10.4f}{p:>10.4f}{d / p if p else float('nan'):>8.2f}   (reported apart)")
         print(f"worst ratio {worst:.2f} (target <= 0.7)")

@@ -105,3 +105,20 @@ def test_upstream_settings(tmp_path):
     conf.write_text("search x\nnameserver 127.0.0.53\nnameserver fe80::1\nnameserver 10.1.1.1\n")
     assert host_resolvers(conf) == [("127.0.0.53", 53), ("10.1.1.1", 53)]
     assert host_resolvers(tmp_path / "missing") == []
+
+
+async def test_repeated_questions_get_their_own_id_and_the_current_addresses():
+    table = {"db": [IPv4Address("10.9.0.5")]}
+    dns = DnsServer(lambda nid, src, name: table.get(name), [])
+    src = IPv4Address("10.9.0.9")
+    first, second = DNSRecord.question("db"), DNSRecord.question("db")
+    first.header.id, second.header.id = 1111, 2222
+    r1 = DNSRecord.parse(await dns.resolve("n", first.pack(), src))
+    r2 = DNSRecord.parse(await dns.resolve("n", second.pack(), src))
+    assert (r1.header.id, r2.header.id) == (1111, 2222)
+    assert [str(a.rdata) for a in r2.rr] == ["10.9.0.5"]
+    table["db"] = [IPv4Address("10.9.0.6"), IPv4Address("10.9.0.7")]  # the container came back elsewhere
+    r3 = DNSRecord.parse(await dns.resolve("n", first.pack(), src))
+    assert r3.header.id == 1111 and [str(a.rdata) for a in r3.rr] == ["10.9.0.6", "10.9.0.7"]
+    del table["db"]
+    assert DNSRecord.parse(await dns.resolve("n", first.pack(), src)).header.rcode == RCODE.SERVFAIL
