@@ -22,6 +22,7 @@ from shared.messages.agent import (FLEET_PREFIX, VERB_IMAGES, VERB_INSPECT, VERB
 from shared.messages.gc import AGENT_PRUNE_VERB
 from shared.messages.verbs import ADMIN_VERBS, OPERATOR_VERBS, READER_VERBS
 from shared.messages import volumes as _vol
+from shared.messages import networks as net
 
 SUPERVISOR = "supervisor"  # `dockyard up` itself: waits for services, creates the admin user
 ROLES = ("reader", "operator", "admin")  # each includes the one before it
@@ -116,7 +117,7 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
         return _principal(principal(kind, agent_id), serves=[s.agent(agent_id, ">"), f"{FLEET_PREFIX}.>"],
                           calls=[s.REGISTRY_TOKEN,
                                  *kv_write_own(s.KV_CONTAINERS, agent_id)],  # lifecycle: its own records only
-                          writes=(s.KV_AGENTS,),
+                          writes=(s.KV_AGENTS, s.KV_NETWORKS),  # networks: overlay
                           events=[f"{s.EVENT_CONTAINER}.{agent_id}.>"])
     if kind == s.GARBAGE_COLLECTOR:
         return _principal(kind, serves=["dockyard.gc.>"],
@@ -152,6 +153,7 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         # volumes: listing and inspecting a host's volumes
         ("volume ls", _agent_verbs(_vol.VERB_VOLUME_LS)), ("volume inspect", _agent_verbs(_vol.VERB_VOLUME_INSPECT)),
         ("system df", _agent_verbs("df")),  # shared.messages.diskusage.VERB_DF
+        ("network ls/inspect", _agent_verbs(net.VERB_NETWORK_LS, net.VERB_NETWORK_INSPECT)),  # networks
     ],
     "operator": [
         ("run", _agent_verbs(VERB_RUN)), ("stop", _agent_verbs(VERB_STOP)), ("start", _agent_verbs(VERB_START)),
@@ -168,6 +170,8 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("volume prune", _agent_verbs(_vol.VERB_VOLUME_PRUNE)),
         # container/image/system prune: the verbs the GC's agents and build-cache jobs call
         ("container prune", _agent_verbs(AGENT_PRUNE_VERB)), ("builder prune", [s.BUILDER_PRUNE]),
+        ("network", _agent_verbs(net.VERB_NETWORK_CREATE, net.VERB_NETWORK_RM, net.VERB_NETWORK_PRUNE,
+                                 net.VERB_NETWORK_CONNECT, net.VERB_NETWORK_DISCONNECT)),  # networks
     ],
     "admin": [
         ("user", [s.REGISTRY_USER_ADD, s.REGISTRY_USER_RM, s.REGISTRY_USER_CREDS, s.REGISTRY_ENSURE_ADMIN]),

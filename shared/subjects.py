@@ -102,6 +102,7 @@ KV_BLOB_LINKS = "dockyard-blob-links"
 BUILDER_PRUNE = "dockyard.builder.prune"
 UPLOAD_COMMITTED = "dockyard.registry.upload.committed"
 KV_BUILD_LEASES = "dockyard-build-leases"
+KV_NETWORKS = "dockyard-networks"  # networks: overlay networks and their addresses, fleet-wide
 EVENT_CACHE_PRUNED = "dockyard.events.builder.cache-pruned"
 KV_CONTAINERS = "dockyard-containers"  # lifecycle: each agent's container records, for `ps` of a gone agent
 

@@ -208,12 +208,15 @@ async def serve(cfg: Config) -> None:
     log.info("agent %s: runtime %s %s", agent_id, runtime.info.name, runtime.info.version)
     nc = await bus.connect(cfg.nats_url, name=f"{subjects.RUNTIME_AGENT}-{agent_id}")
     network = Network(network_config(cfg, root / "network"))
+    from services.runtime_agent.netverbs import NetworkVerbs, user_networks  # networks
+    usernets = user_networks(cfg, network, agent_id, root / "network", nc)
     agent: Agent | None = None
     svc: bus.BusService | None = None
     beats: Heartbeats | None = None
     mirror: ContainerMirror | None = None
     try:
         await network.start()
+        await usernets.start()  # networks: after the default bridge, whose chain they must precede
         agent = Agent(cfg, nc, agent_id, root, runtime, network)
         await agent.containers.restore()
         svc = bus.BusService(nc, subjects.RUNTIME_AGENT, description="containers and images of one host",
@@ -221,6 +224,7 @@ async def serve(cfg: Config) -> None:
         agent.register(svc)
         from services.runtime_agent import metrics
         metrics.watch(agent_id, lambda: [c.state.status for c in agent.containers.list(all=True)], agent.heartbeat)
+        NetworkVerbs(agent_id, usernets, network, agent.containers).register(svc)  # networks
         beats = Heartbeats(await open_bucket(nc), agent_id, agent.heartbeat)
         await beats.start()
         agent.containers.on_change = beats.poke
@@ -253,4 +257,7 @@ async def serve(cfg: Config) -> None:
         # stay for the containers, which outlive the agent.
         with contextlib.suppress(Exception):
             await network.close(remove_all=idle)
+        with contextlib.suppress(Exception):
+            await usernets.close(remove_all=idle)  # networks: the records stay for the next start
+            await usernets.dns.close()
         await nc.drain()

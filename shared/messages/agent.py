@@ -16,6 +16,7 @@ from typing import Literal
 import msgspec
 
 from shared.messages.interactive import AttachSpec, StdioConfig
+from shared.messages.networks import Endpoint, EndpointInfo
 from shared.messages.runflags import HealthProbe, RunFlags
 from shared.messages.volumes import Mount
 
@@ -106,7 +107,7 @@ class ContainerConfig(msgspec.Struct, kw_only=True, frozen=True):
     user: str = ""
     hostname: str = ""
     volumes: list[Volume] = []
-    network: NetworkMode = "bridge"
+    network: str = "bridge"  # bridge, none, host or a user network's name (networks)
     publish: list[str] = []  # the --publish specs as given
     restart: RestartPolicy = RestartPolicy()
     auto_remove: bool = False
@@ -116,6 +117,7 @@ class ContainerConfig(msgspec.Struct, kw_only=True, frozen=True):
     flags: RunFlags = RunFlags()
     # interactive: -i / -t (shared/messages/interactive.py)
     stdio: StdioConfig = StdioConfig()
+    endpoints: list[Endpoint] = []  # networks: the user networks it is on, the first its --network
 
 
 class ContainerState(msgspec.Struct, kw_only=True, frozen=True):
@@ -141,6 +143,7 @@ class NetworkInfo(msgspec.Struct, kw_only=True, frozen=True):
     prefixlen: int = 0
     gateway: str = ""
     ports: list[Port] = []
+    endpoints: list[EndpointInfo] = []  # networks: one per user network it is on
 
 
 class Container(msgspec.Struct, kw_only=True, frozen=True):
@@ -179,7 +182,7 @@ class RunRequest(msgspec.Struct, kw_only=True):
     memory_swap: int | None = None
     cpu_shares: int | None = None
     volumes: list[str] = []  # HOST:CTR[:ro|:rw]
-    network: NetworkMode = "bridge"
+    network: str = "bridge"  # bridge, none, host or a user network (networks)
     restart: str = "no"  # no | on-failure[:N] | always | unless-stopped
     rm: bool = False
     detach: bool = True
@@ -196,6 +199,8 @@ class RunRequest(msgspec.Struct, kw_only=True):
     # volumes: `--mount` specs and `--volumes-from CONTAINER[:ro|:rw]`
     mounts: list[Mount] = []
     volumes_from: list[str] = []
+    network_aliases: list[str] = []  # networks: --network-alias, on a user network only
+    ip: str = ""  # networks: --ip, on a user network only
 
 
 class RunReply(msgspec.Struct, kw_only=True):

@@ -104,8 +104,10 @@ def isolation_env(n: int) -> dict[str, str]:
     process's pid; the subnet is one of 10240 /24s picked by it."""
     tag = f"dys{_base36(os.getpid())}{n}"  # within the agent's 12 characters for a prefix
     slot = (os.getpid() * 4 + n) % (40 * 256)
+    pool = (os.getpid() * 4 + n) % 4096  # networks: `network create` takes /27s of this /24
     return {"DOCKYARD_BRIDGE": tag, "DOCKYARD_NET_PREFIX": tag, "DOCKYARD_CGROUP_PARENT": f"/{tag}",
-            "DOCKYARD_SUBNET": f"10.{160 + slot // 256}.{slot % 256}.0/24"}
+            "DOCKYARD_SUBNET": f"10.{160 + slot // 256}.{slot % 256}.0/24",
+            "DOCKYARD_NETWORK_POOL": f"172.{16 + pool // 256}.{pool % 256}.0/24", "DOCKYARD_NETWORK_POOL_SIZE": "27"}
 
 
 def start_stack(data_dir: Path, *, only: list[str] | None = None, timeout: float = 90,

@@ -27,4 +27,5 @@ MODULES = {
     "save": "archives", "load": "archives",  # volumes (issue 12): image archives
     "system": "system",  # volumes (issue 12): system df, system prune
     "container": "prune", "image": "prune", "builder": "prune",  # volumes (issue 12): ... prune
+    "network": "networks",  # networks
 }

@@ -59,7 +59,10 @@ def register(sub: Any) -> None:
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user")
     p.add_argument("--restart", default="no", help="no | on-failure[:N] | always | unless-stopped")
-    p.add_argument("--network", "--net", default="bridge", choices=("bridge", "none", "host"))
+    p.add_argument("--network", "--net", default="bridge", help="bridge, none, host or a user network")
+    p.add_argument("--network-alias", "--net-alias", action="append", default=[],
+                   help="a name for it on its user network")  # networks
+    p.add_argument("--ip", default="", help="its address on its user network")  # networks
     p.add_argument("--pull", default="missing", choices=("missing", "always", "never"))
     p.add_argument("-l", "--label", action="append", default=[], metavar="KEY=VAL")
     p.add_argument("--host", help="the agent to run on (default: the one with the most free memory)")
@@ -222,7 +225,7 @@ async def run(args, ctx) -> int:
                      workdir=args.workdir or "", user=args.user or "", publish=args.publish, memory=memory,
                      memory_swap=swap, cpu_shares=args.cpu_shares, volumes=args.volume, network=args.network,
                      restart=args.restart, rm=args.rm, detach=args.detach, pull=args.pull, labels=labels,
-                     hostname=args.hostname or "")
+                     hostname=args.hostname or "", network_aliases=args.network_alias, ip=args.ip)
     req = runopts.apply(req, args)
     req = interactive.apply_run_flags(req, args)
     from services.cli import mountflag, volume_placement
@@ -401,6 +404,19 @@ async def inspect(args, ctx) -> int:
     return 0
 
 
+def _networks_view(c) -> dict:
+    """docker's NetworkSettings.Networks: the default bridge's address and every user network's."""
+    out = {}
+    if c.network.ip and c.config.network == "bridge":
+        out["bridge"] = {"IPAddress": c.network.ip, "IPPrefixLen": c.network.prefixlen,
+                         "Gateway": c.network.gateway, "Aliases": None, "NetworkID": ""}
+    for e in c.network.endpoints:
+        out[e.network] = {"IPAddress": e.ip, "IPPrefixLen": e.prefixlen, "Gateway": e.gateway,
+                          "MacAddress": e.mac, "Aliases": e.aliases, "NetworkID": e.network_id,
+                          "Interface": e.interface}
+    return out
+
+
 def _inspect_view(c) -> dict:
     """docker-inspect's shape for the fields people script against, plus dockyard's own."""
     from shared.codec import to_builtins
@@ -426,7 +442,8 @@ def _inspect_view(c) -> dict:
                        "PortBindings": c.config.publish},
         "NetworkSettings": {"IPAddress": c.network.ip, "IPPrefixLen": c.network.prefixlen,
                             "Gateway": c.network.gateway,
-                            "Ports": [to_builtins(p) for p in c.network.ports]},
+                            "Ports": [to_builtins(p) for p in c.network.ports],
+                            "Networks": _networks_view(c)},  # networks
         "LogPath": c.log_path,
         # volumes: docker's Mounts
         "Mounts": [{"Type": v.kind, "Name": v.name, "Source": v.source, "Destination": v.destination,

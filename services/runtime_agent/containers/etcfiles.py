@@ -107,14 +107,23 @@ def _read(path: Path) -> str | None:
         return None
 
 
-def write(directory: Path, *, hostname: str, mode: str, ip: IPv4Address | None) -> EtcFiles:
-    """Write the three files for one start of a container into `directory`."""
+def write(directory: Path, *, hostname: str, mode: str, ip: IPv4Address | None,
+          nameserver: IPv4Address | None = None) -> EtcFiles:
+    """Write the three files for one start of a container into `directory`.
+
+    `nameserver`: a user network's embedded DNS, the only server the container then asks
+    (docker's 127.0.0.11), with the host's search domains and options.
+    """
     directory.mkdir(exist_ok=True)
     files = EtcFiles(directory / "hostname", directory / "hosts", directory / "resolv.conf")
     host_resolv = _read(HOST_RESOLV_CONF) or ""
     if mode == "host":
         # The host's own network: its loopback resolvers are reachable, its hosts file names it.
         hosts, resolv = _read(HOST_HOSTS) or hosts_content(hostname, None), host_resolv
+    elif nameserver is not None:
+        hosts = hosts_content(hostname, ip)
+        kept, _ = _filter(host_resolv)
+        resolv = f"nameserver {nameserver}\n" + "".join(kept) + "options ndots:0\n"
     else:
         hosts = hosts_content(hostname, ip)
         resolv = resolv_conf_content(host_resolv, upstream_text=_read(RESOLVED_UPSTREAM),

@@ -32,6 +32,7 @@ from services.runtime_agent.network import Network, parse_publish_all
 from services.runtime_agent.volumes import mounts as vmounts
 from services.runtime_agent.volumes.attach import Attach
 from services.runtime_agent.volumes.store import VolumeStore
+from services.runtime_agent.network.usernet import run_endpoints
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
 from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
                                    Port, RunRequest, Volume)
@@ -162,8 +163,9 @@ class Containers:
         cid = secrets.token_hex(32)
         name = check_name(req.name) if req.name else f"{_ADJ[int(cid[:4], 16) % len(_ADJ)]}_{cid[:8]}"
         parse_publish_all(req.publish)  # refuse a bad spec before anything exists
-        if req.publish and req.network != "bridge":
+        if req.publish and req.network in ("none", "host"):  # networks: a user network publishes too
             raise InvalidArgument(f"ports cannot be published with network {req.network}")
+        endpoints = run_endpoints(self.network.user, req.network, req.network_aliases, req.ip)  # networks
         config = ContainerConfig(
             image=req.image, image_digest=image.digest, args=proc.args, entrypoint=proc.entrypoint, cmd=proc.cmd,
             env=proc.env, working_dir=proc.cwd, user=proc.user,
@@ -171,8 +173,9 @@ class Containers:
             volumes=volumes, network=req.network, publish=list(req.publish),
             restart=parse_restart(req.restart), auto_remove=req.rm,
             limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
-            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config), stdio=req.stdio)
-        if req.flags.publish_all and req.network == "bridge":
+            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config), stdio=req.stdio,
+            endpoints=endpoints)
+        if req.flags.publish_all and req.network not in ("none", "host"):
             config = msgspec.structs.replace(config, publish=config.publish + runflags.exposed_publish(cfg.config))
         c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
                       log_path=str(self.store.log_path(cid)))
@@ -201,7 +204,8 @@ class Containers:
             image = self.images.get(c.config.image_digest)
             # The rootfs (a thread) and the network (its own processes) do not wait on each other.
             net = asyncio.ensure_future(self.network.setup(cid, c.config.network,
-                                                           parse_publish_all(c.config.publish)))
+                                                           parse_publish_all(c.config.publish),
+                                                           endpoints=c.config.endpoints, name=c.name))
             try:
                 root = await asyncio.to_thread(_mount_rootfs, self.snapshots, cid, image.diff_ids,
                                                [v.source for v in c.config.volumes if v.kind == "bind"])
@@ -210,7 +214,7 @@ class Containers:
             finally:
                 att = await net  # even on failure: its teardown below must find it settled
             etc = etcfiles.write(self.store.dir(cid) / "etc", hostname=c.config.hostname, mode=att.mode,
-                                 ip=att.ip)
+                                 ip=att.ip, nameserver=att.nameserver)
             runflags.write_etc(etc, c.config.flags)
             spec = self._spec(c, rootfs_path=str(root), uid=ids.uid, gid=ids.gid, groups=ids.additional_gids,
                               netns=att.netns_path or "host", etc=etc.mounts())
@@ -232,7 +236,8 @@ class Containers:
         net = NetworkInfo(mode=att.mode, ip=str(att.ip or ""), prefixlen=att.prefixlen or 0,
                           gateway=str(att.gateway or ""),
                           ports=[Port(host_ip=str(p.host_ip), host_port=p.host_port,
-                                      container_port=p.container_port, protocol=p.protocol) for p in att.ports])
+                                      container_port=p.container_port, protocol=p.protocol) for p in att.ports],
+                          endpoints=list(att.endpoints))
         state = ContainerState(status="running", pid=pid, started_at=rfc3339nano(),
                                restart_count=c.state.restart_count if restart_count is None else restart_count)
         c = msgspec.structs.replace(c, state=state, network=net)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Address
@@ -33,7 +34,8 @@ from services.runtime_agent.network.ports import (
     parse_publish_all,
 )
 from services.runtime_agent.network.sandbox import Sandboxes
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, Unavailable
+from shared.messages.networks import Endpoint, EndpointInfo
 
 __all__ = [
     "Attachment", "Mode", "Network", "NetworkConfig", "PortMapping", "PublishedPort",
@@ -55,6 +57,10 @@ class Attachment:
     prefixlen: int | None = None
     gateway: IPv4Address | None = None
     ports: tuple[PublishedPort, ...] = ()
+    # networks: a container on user networks (mode "bridge", its own namespace): one per
+    # network, eth0 first; `nameserver` is the embedded DNS its resolv.conf names.
+    endpoints: tuple[EndpointInfo, ...] = ()
+    nameserver: IPv4Address | None = None
 
 
 class Network:
@@ -66,6 +72,7 @@ class Network:
         self.ports = PortMapper(config)
         self._attached: dict[str, Attachment] = {}
         self._locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        self.user = None  # networks: a usernet.UserNetworks, set by the agent
 
     async def start(self) -> None:
         await self.bridge.ensure()
@@ -99,9 +106,17 @@ class Network:
                 self._locks[container_id] = (lock, users - 1)
 
     async def setup(self, container_id: str, mode: Mode = "bridge",
-                    publish: Sequence[PortMapping] = ()) -> Attachment:
-        """Give the container its network; a repeated call redoes it from scratch."""
+                    publish: Sequence[PortMapping] = (), *, endpoints: Sequence[Endpoint] = (),
+                    name: str = "") -> Attachment:
+        """Give the container its network; a repeated call redoes it from scratch.
+
+        With `endpoints` (user networks) `mode` is ignored: the container gets a
+        namespace of its own with one interface per network; `name` is its DNS name.
+        """
         check_container_id(container_id)
+        if endpoints and mode not in ("none", "host"):
+            return await self._setup_user(container_id, list(endpoints), list(publish), name,
+                                          bridged=mode == "bridge")
         if mode not in MODES:
             raise InvalidArgument(f"unknown network mode {mode!r} (bridge, none, host)")
         if publish and mode != "bridge":
@@ -124,7 +139,62 @@ class Network:
 
     def _has_any(self, cid: str) -> bool:
         return (cid in self._attached or self.ipam.get(cid) is not None
-                or bool(self.ports.ports(cid)) or self.sandboxes.exists(cid))
+                or bool(self.ports.ports(cid)) or self.sandboxes.exists(cid)
+                or (self.user is not None and bool(self.user.endpoints_of(cid))))
+
+    async def _setup_user(self, cid: str, endpoints: list[Endpoint], publish: list[PortMapping],
+                          name: str, *, bridged: bool) -> Attachment:
+        """On user networks; `bridged`: on the default bridge first (eth0), connected to them later."""
+        if self.user is None:
+            raise Unavailable("this agent has no user networks")
+        async with self._locked(cid):
+            if self._has_any(cid):
+                await self._teardown(cid)
+            base = await self._setup_bridged(cid, publish) if bridged else None
+            path = base.netns_path if base is not None else await self.sandboxes.create_isolated(cid)
+            infos = []
+            try:
+                for i, ep in enumerate(endpoints):
+                    primary = i == 0 and base is None
+                    infos.append(await self.user.attach(cid, self.config.netns_name(cid), ep,
+                                                        container_name=name or cid[:12], primary=primary,
+                                                        publish=publish if primary else ()))
+            except BaseException:
+                await self._teardown(cid)
+                raise
+            att = _user_attachment(cid, path, tuple(infos), tuple(self.user.ports(cid)))
+            if base is not None:
+                att = dataclasses.replace(base, endpoints=att.endpoints, nameserver=att.nameserver)
+            self._attached[cid] = att
+            return att
+
+    async def connect(self, cid: str, ep: Endpoint, name: str) -> Attachment:
+        """`network connect` of a running container: one more interface, live."""
+        if self.user is None:
+            raise Unavailable("this agent has no user networks")
+        async with self._locked(cid):
+            if not self.sandboxes.exists(cid):
+                raise InvalidArgument(f"container {cid[:12]} has no network namespace of its own")
+            await self.user.attach(cid, self.config.netns_name(cid), ep, container_name=name, primary=False)
+            att = self._refresh_user(cid)
+            return att
+
+    async def disconnect(self, cid: str, network: str) -> Attachment:
+        if self.user is None:
+            raise Unavailable("this agent has no user networks")
+        async with self._locked(cid):
+            await self.user.detach(cid, network)
+            return self._refresh_user(cid)
+
+    def _refresh_user(self, cid: str) -> Attachment:
+        old = self._attached.get(cid)
+        infos = tuple(self.user.info(cid)) if self.user is not None else ()
+        att = _user_attachment(cid, str(self.config.netns_path(cid)), infos, tuple(self.user.ports(cid)))
+        if old is not None and self.ipam.get(cid) is not None:
+            # the default bridge's container: its eth0 stays as it was
+            att = dataclasses.replace(old, endpoints=infos, nameserver=att.nameserver)
+        self._attached[cid] = att
+        return att
 
     async def _setup_bridged(self, cid: str, publish: list[PortMapping]) -> Attachment:
         ip = await self.ipam.allocate(cid)
@@ -161,6 +231,8 @@ class Network:
         # Keep the address while its namespace lives on: the two must agree.
         if not self.sandboxes.exists(cid):
             await self.ipam.release(cid)
+            if self.user is not None:
+                await self.user.detach_all(cid)
         for r in results:
             if isinstance(r, BaseException):
                 raise r
@@ -181,10 +253,15 @@ class Network:
         for cid in sorted(doomed):
             async with self._locked(cid):
                 await self._teardown(cid)
+        if self.user is not None:
+            await self.user.restore(known - doomed)
         self._attached = {}
         for cid in sorted(known - doomed):
             ip = self.ipam.get(cid)
-            if ip is None:
+            if self.user is not None and self.user.endpoints_of(cid) and ip is None:
+                att = _user_attachment(cid, str(self.config.netns_path(cid)), tuple(self.user.info(cid)),
+                                       tuple(self.user.ports(cid)))
+            elif ip is None:
                 att = Attachment(cid, "none", str(self.config.netns_path(cid)))
             else:
                 att = Attachment(cid, "bridge", str(self.config.netns_path(cid)), ip,
@@ -206,3 +283,13 @@ class Network:
         await self.ports.forget_all()
         await self.bridge.teardown()
         self.ipam.remove_file()
+
+
+def _user_attachment(cid: str, path: str, infos: tuple[EndpointInfo, ...],
+                     ports: tuple[PublishedPort, ...] = ()) -> Attachment:
+    """A container on user networks: its eth0's address, and the DNS on that network's gateway."""
+    first = next((i for i in infos if i.interface == "eth0"), infos[0] if infos else None)
+    if first is None:
+        return Attachment(cid, "none", path)
+    gw = IPv4Address(first.gateway)
+    return Attachment(cid, "bridge", path, IPv4Address(first.ip), first.prefixlen, gw, ports, infos, gw)

@@ -39,6 +39,9 @@ class NetworkConfig:
     # Names every netns (`<prefix>-<id>`), veth (`<pref>v<hash>`), chain
     # (`<PREFIX>-DNAT`) and rule comment (`<prefix>:...`) this network owns.
     prefix: str = "dockyard"
+    # networks: a user network's `--gateway`; None is the subnet's first address
+    gateway_address: IPv4Address | None = None
+    mac: str = ""  # networks: the bridge's MAC where it must be one across hosts (overlay)
 
     def __post_init__(self) -> None:
         if not _PREFIX.fullmatch(self.prefix):
@@ -51,7 +54,7 @@ class NetworkConfig:
     # Addresses -------------------------------------------------------------
     @property
     def gateway(self) -> IPv4Address:
-        return self.subnet.network_address + 1
+        return self.gateway_address or self.subnet.network_address + 1
 
     @property
     def gateway_interface(self) -> IPv4Interface:
@@ -61,6 +64,8 @@ class NetworkConfig:
     def bridge_mac(self) -> str:
         # A fixed, locally administered MAC: without one the bridge takes the lowest
         # MAC of its ports, and every veth added or removed may change it (stale ARP).
+        if self.mac:
+            return self.mac
         h = hashlib.sha256(self.bridge.encode()).digest()
         return ":".join(f"{b:02x}" for b in (0x02, *h[:5]))
 

@@ -15,21 +15,22 @@ import json
 from ipaddress import IPv4Address, IPv4Interface, IPv4Network
 from pathlib import Path
 
-from shared.errors import Internal, Unavailable
+from shared.errors import Conflict, Internal, InvalidArgument, Unavailable
 from shared.fsutil import write_atomic
 
 
 class Ipam:
     """One subnet's allocations. Not for several processes at once: one agent owns it."""
 
-    def __init__(self, path: Path, subnet: IPv4Network):
+    def __init__(self, path: Path, subnet: IPv4Network, gateway: IPv4Address | None = None):
         self.path = path
         self.subnet = subnet
-        self.gateway = subnet.network_address + 1
-        self._first = int(subnet.network_address) + 2
+        self.gateway = gateway or subnet.network_address + 1
+        self._first = int(subnet.network_address) + (2 if gateway is None else 1)
         self._last = int(subnet.broadcast_address) - 1
         self._by_id: dict[str, IPv4Address] = {}
         self._used: set[IPv4Address] = set()
+        self._reserved = {self.gateway}  # never handed out
         self._cursor = self._first - 1  # the last address handed out
         self._lock = asyncio.Lock()
         self._load()
@@ -45,7 +46,7 @@ class Ipam:
         for cid, addr in raw.get("allocations", {}).items():
             ip = IPv4Address(addr)
             # A subnet changed in the config invalidates old addresses: drop them.
-            if self._first <= int(ip) <= self._last and ip not in self._used:
+            if self._first <= int(ip) <= self._last and ip not in self._used and ip not in self._reserved:
                 self._by_id[cid] = ip
                 self._used.add(ip)
         last = raw.get("last")
@@ -62,13 +63,15 @@ class Ipam:
         return dict(self._by_id)
 
     # Changing ----------------------------------------------------------------
-    async def allocate(self, container_id: str) -> IPv4Address:
-        """The container's address: its existing one, else the next free one."""
+    async def allocate(self, container_id: str, want: IPv4Address | None = None) -> IPv4Address:
+        """The container's address: its existing one, else `want` (`--ip`), else the next free one."""
         async with self._lock:
             ip = self._by_id.get(container_id)
-            if ip is not None:
+            if ip is not None and (want is None or ip == want):
                 return ip
-            ip = self._next_free()
+            if ip is not None:
+                raise Conflict(f"{container_id[:12]} already has {ip} on {self.subnet}")
+            ip = self._claim(want) if want is not None else self._next_free()
             self._by_id[container_id] = ip
             self._used.add(ip)
             prev_cursor, self._cursor = self._cursor, int(ip)
@@ -98,6 +101,14 @@ class Ipam:
                 self._used.difference_update(gone)
                 await self._persist()
 
+    def _claim(self, want: IPv4Address) -> IPv4Address:
+        if not self._first <= int(want) <= self._last:
+            raise InvalidArgument(f"{want} is not a container address of {self.subnet} "
+                                  f"({IPv4Address(self._first)}-{IPv4Address(self._last)})")
+        if want in self._used or want in self._reserved:
+            raise Conflict(f"address {want} is already in use on {self.subnet}")
+        return want
+
     def _next_free(self) -> IPv4Address:
         size = self._last - self._first + 1
         if len(self._used) >= size:
@@ -106,7 +117,7 @@ class Ipam:
         for _ in range(size):
             n = n + 1 if n < self._last else self._first
             ip = IPv4Address(n)
-            if ip not in self._used:
+            if ip not in self._used and ip not in self._reserved:
                 return ip
         raise Unavailable(f"no free address left in {self.subnet}")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+from collections.abc import Callable, Iterable
 from ipaddress import IPv4Address
 
 from services.runtime_agent.network import iptables
@@ -51,6 +52,8 @@ class PortMapper:
         # container id -> [(port, rule spec as applied)]: the spec deletes it exactly.
         self._bound: dict[str, list[tuple[PublishedPort, str]]] = {}
         self._lock = asyncio.Lock()
+        # networks: the host ports other networks' mappers of this agent hold (one host, one port space)
+        self.elsewhere: Callable[[], Iterable[PublishedPort]] = tuple
 
     def ports(self, container_id: str) -> list[PublishedPort]:
         return [p for p, _ in self._bound.get(container_id, ())]
@@ -82,7 +85,10 @@ class PortMapper:
     # Choosing host ports ----------------------------------------------------------
     def _taken(self, chosen: list[PublishedPort], protocol: str, ip: IPv4Address, port: int) -> bool:
         bound = (p for entries in self._bound.values() for p, _ in entries)
-        return any(p.overlaps(protocol, ip, port) for p in (*bound, *chosen))
+        return any(p.overlaps(protocol, ip, port) for p in (*bound, *chosen, *self.elsewhere()))
+
+    def published(self) -> list[PublishedPort]:
+        return [p for entries in self._bound.values() for p, _ in entries]
 
     def _choose(self, mappings: list[PortMapping]) -> list[PublishedPort]:
         chosen: list[PublishedPort] = []
