@@ -14,7 +14,7 @@ import uuid
 import pytest
 
 from tests.e2e.conftest import skopeo
-from tests.support.images import busybox_layout, oci_layout, skopeo_env, tar_dir
+from tests.support.images import busybox_rootfs, oci_layout, skopeo_env, tar_dir
 from tests.unit.registry_client.conftest import CncfRegistry
 
 pytestmark = pytest.mark.e2e
@@ -157,7 +157,11 @@ def test_gc_reports_each_job_as_it_ends(stack):
 
 def test_run_shows_the_agents_pull_per_layer(stack, tmp_path):
     layout = tmp_path / "layout"
-    busybox_layout(layout, tmp_path)
+    # A layer of its own: busybox's alone may be on the agent already (other tests pull it),
+    # and a layer that is there is not pulled.
+    root = busybox_rootfs(tmp_path / "rootfs")
+    (root / "unique").write_text(uuid.uuid4().hex)
+    oci_layout(layout, [tar_dir(root)])
     ref = f"dypg/bb-{uuid.uuid4().hex[:6]}:1"
     skopeo("copy", "--dest-tls-verify=false", f"--dest-creds={stack.admin_creds}", f"oci:{layout}:latest",
            f"docker://{stack.registry_addr}/{ref}", env=skopeo_env(tmp_path / "home"))

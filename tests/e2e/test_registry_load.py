@@ -46,7 +46,7 @@ def load_stack(tmp_path_factory):
 def tight_stack(tmp_path_factory):
     """Each listener admits 4 requests at once; others wait 0.2 s, then get 429."""
     s = start_stack(tmp_path_factory.mktemp("tight"), only=["layer-store", "registry-gateway"],
-                    extra_env={"DOCKYARD_MAX_INFLIGHT": "4", "DOCKYARD_ADMISSION_WAIT": "0.2",
+                    extra_env={"DOCKYARD_MAX_INFLIGHT": "4", "DOCKYARD_ADMISSION_WAIT": "0",
                                "DOCKYARD_RETRY_AFTER": "1"})
     yield s
     assert stop_stack(s) == 0, (s.data_dir / "up.log").read_text(errors="replace")
