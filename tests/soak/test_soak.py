@@ -32,14 +32,16 @@ from tests.soak import hostcounts
 from tests.soak.busprobe import BusProbe
 from tests.soak.conftest import AgentStack
 
-pytestmark = [pytest.mark.soak, pytest.mark.e2e, pytest.mark.root,
-              pytest.mark.skipif(os.geteuid() != 0, reason="needs root and an OCI runtime")]
-
 LIFECYCLES = int(os.environ.get("SOAK_LIFECYCLES", "100"))
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "4"))
 RSS_SLACK = 0.20
 EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 SETTLE_TIMEOUT = 60.0  # seconds for the counts to come back (purge markers expire after 10 s)
+
+# A hang guard, not a speed requirement: a lifecycle takes well under a second on a quiet
+# machine, a few on a loaded one.
+pytestmark = [pytest.mark.soak, pytest.mark.e2e, pytest.mark.root, pytest.mark.timeout(300 + 5 * LIFECYCLES),
+              pytest.mark.skipif(os.geteuid() != 0, reason="needs root and an OCI runtime")]
 
 
 class Soak:
@@ -212,9 +214,12 @@ def _soak(a: AgentStack, soak: Soak, capsys) -> None:
     soak.rm_latency.clear()
 
     t0 = time.monotonic()
-    with ThreadPoolExecutor(CLIENTS) as pool:
+    pool = ThreadPoolExecutor(CLIENTS)
+    try:
         for f in [pool.submit(soak.one, i) for i in range(LIFECYCLES)]:
             f.result()
+    finally:  # a failed lifecycle (or the timeout) ends the soak: only the running ones finish
+        pool.shutdown(wait=True, cancel_futures=True)
     elapsed = time.monotonic() - t0
 
     host1, procs1 = settled(a, host0, procs0)

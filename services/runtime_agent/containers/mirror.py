@@ -103,8 +103,9 @@ class ContainerMirror:
                 cid = self._dirty.pop()
                 try:
                     await self._write(cid)
-                except DockyardError as e:
-                    log.warning("container mirror: %s not written: %s", cid[:12], e.message)
+                except Exception as e:  # noqa: BLE001 - the mirror lags, it never stops
+                    log.warning("container mirror: %s not written: %s", cid[:12],
+                                e.message if isinstance(e, DockyardError) else repr(e))
                     self._dirty.add(cid)
                     await asyncio.sleep(RETRY_DELAY)
             if not self._dirty:
@@ -115,7 +116,7 @@ class ContainerMirror:
         if c is not None:
             await self.kv.put(self.key(cid), mirrored(c))
             self._written.add(cid)
-        elif cid in self._written:  # created and removed between two writes: nothing to undo
+        elif cid in self._written:  # one created and removed between two writes was never written
             try:
                 await self.kv.kv.purge(self.key(cid), msg_ttl=PURGE_MARKER_TTL)
             except nats.errors.Error as e:
