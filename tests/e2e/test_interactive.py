@@ -337,3 +337,11 @@ def test_an_agent_restart_takes_back_the_output_pipes_of_run_di(fleet):
         assert _state(fleet, "ticker")["Status"] == "running"
     finally:
         fleet.cli("rm", "-f", "ticker", check=False)
+
+
+def test_run_t_of_a_process_that_ends_at_once_keeps_its_output_and_code(fleet):
+    for _ in range(3):  # the pty master is handed over while the container may already be gone
+        p = _cli_bytes(fleet, "run", "-t", "--rm", "--network", "none", "busybox", "sh", "-c", "echo tty; exit 2")
+        assert (p.returncode, p.stdout) == (2, b"tty\r\n"), p.stderr
+    p = fleet.cli("run", "-it", "--rm", "--network", "none", "busybox", "true", check=False)
+    assert p.returncode == 1 and "the input device is not a TTY" in p.stderr
