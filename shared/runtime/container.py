@@ -228,7 +228,7 @@ class Runtime:
     def held_stdio(self, cid: str) -> list[int]:
         """Copies of an interactive container's stdio ends that its shim holds (stdio.py)."""
         shim = records.read(self._existing_dir(cid) / "shim.json", ShimRecord)
-        if shim is None or not shim.held or (self._dir(cid) / "exit.json").exists():
+        if shim is None or not shim.held:
             return []
         return take_held(shim.shim_pid, shim.shim_start, shim.held)
 

@@ -51,7 +51,7 @@ def main(argv):
         args = _wait_for_work(ctl_fd)
         if args is None:
             return 0  # not needed after all
-    stdio, console, held, args = _options(args)
+    stdio, console, held, ack, args = _options(args)
     cid, bundle, log_path, state_dir, memcg = args[:5]
     runtime = args[5:]
     try:
@@ -98,7 +98,17 @@ def main(argv):
     except OSError:
         pass  # the caller restarted since: it waits on our pid instead
     _run(runtime + ["delete", "--force", cid])
+    if ack >= 0:
+        _await_ack(ack)  # the pty master closes with us: not before the caller has its copy
     return 0
+
+
+def _await_ack(fd, timeout=5.0):
+    """Until the caller closes its end of the ack pipe (it has taken what we hold, or died)."""
+    try:
+        select.select([fd], [], [], timeout)
+    except OSError:
+        pass
 
 
 def _wait_for_work(ctl_fd):
@@ -123,8 +133,9 @@ class _StartError(Exception):
 
 def _options(args):
     """Leading `--stdio=IN,OUT,ERR` (the container's pipe ends, inherited), `--hold=FD,...`
-    (the caller's ends, inherited, kept open) or `--console=SOCKET` (a path to listen on)."""
-    stdio, console, held = None, "", ()
+    (the caller's ends, inherited, kept open) or `--console=SOCKET` (a path to listen on),
+    and `--ack=FD` (inherited: its EOF tells that the caller has taken copies of `held`)."""
+    stdio, console, held, ack = None, "", (), -1
     while args and args[0].startswith("--"):
         opt, _, value = args.pop(0).partition("=")
         if opt == "--stdio":
@@ -133,9 +144,11 @@ def _options(args):
             held = tuple(int(fd) for fd in value.split(","))
         elif opt == "--console":
             console = value
-    for fd in (*(stdio or ()), *held):
+        elif opt == "--ack":
+            ack = int(value)
+    for fd in (*(stdio or ()), *held, *((ack,) if ack >= 0 else ())):
         os.set_inheritable(fd, False)  # the runtime gets the stdio as its 0, 1, 2; the rest nobody
-    return stdio, console, held, args
+    return stdio, console, held, ack, args
 
 
 def _console_listener(path):

@@ -23,6 +23,7 @@ class StdioSpec:
     fds: tuple[int, int, int] | None = None
     hold: tuple[int, ...] = ()
     console_socket: str = ""
+    ack: int = -1  # the read end of a pipe: once the caller closes the other, the shim may exit
 
     def __post_init__(self) -> None:
         if (self.fds is None) == (not self.console_socket):
@@ -30,14 +31,15 @@ class StdioSpec:
 
     def shim_options(self) -> list[str]:
         """The shim's leading options (shim.py `_options`)."""
+        ack = [f"--ack={self.ack}"] if self.ack >= 0 else []
         if self.fds is not None:
             return ["--stdio=" + ",".join(map(str, self.fds)),
-                    *(["--hold=" + ",".join(map(str, self.hold))] if self.hold else [])]
-        return ["--console=" + self.console_socket]
+                    *(["--hold=" + ",".join(map(str, self.hold))] if self.hold else []), *ack]
+        return ["--console=" + self.console_socket, *ack]
 
     @property
     def pass_fds(self) -> tuple[int, ...]:
-        return (*(self.fds or ()), *self.hold)
+        return (*(self.fds or ()), *self.hold, *((self.ack,) if self.ack >= 0 else ()))
 
 
 _SYS_PIDFD_GETFD = 438  # x86_64 and aarch64 alike (asm-generic)

@@ -304,9 +304,11 @@ class Prepared:
         self.io = ProcessIO(tty=tty, stdin=c.config.stdio.open_stdin, log_path=c.log_path)
         # A directory of its own under /tmp: a socket path has 108 bytes at most.
         self.console_dir = tempfile.mkdtemp(prefix="dycon-") if tty else ""
+        # The shim holds the only pty master until we take a copy: it waits for this pipe's EOF.
+        self.ack_r, self.ack_w = os.pipe() if tty else (-1, -1)
         try:
             if tty:
-                self.spec = StdioSpec(console_socket=os.path.join(self.console_dir, "s"))
+                self.spec = StdioSpec(console_socket=os.path.join(self.console_dir, "s"), ack=self.ack_r)
             else:
                 fds = self.io.make_pipes()
                 self.spec = StdioSpec(fds=fds, hold=self.io.output_fds())
@@ -319,8 +321,15 @@ class Prepared:
     def abort(self) -> None:
         """The start failed: nothing of this stdio stays."""
         self.owner._forget(self.io)
+        self._close_ack()
         if self.console_dir:
             shutil.rmtree(self.console_dir, ignore_errors=True)
+
+    def _close_ack(self) -> None:
+        for fd in (self.ack_r, self.ack_w):
+            if fd >= 0:
+                os.close(fd)
+        self.ack_r = self.ack_w = -1
 
     def begin(self, cid: str) -> asyncio.Future:
         """The container runs: pump its stdio; the future resolves once sessions have its end."""
@@ -329,6 +338,7 @@ class Prepared:
                 try:
                     held = self.owner.runtime.held_stdio(cid)
                 finally:
+                    self._close_ack()
                     shutil.rmtree(self.console_dir, ignore_errors=True)
                 if not held:
                     raise Unavailable("the container's shim holds no terminal")
@@ -339,5 +349,5 @@ class Prepared:
                 self.io.started()
         except Exception:
             log.exception("stdio of %s", cid[:12])
-            self.owner._forget(self.io)
+            self.io.outputs_done()  # no output: the sessions still get the exit
         return self.owner.pump(cid, self.io)
