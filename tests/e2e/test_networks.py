@@ -152,6 +152,10 @@ def test_the_default_bridge_does_not_resolve_names(st):
         p = sh(st, "bridge", f"cat /etc/resolv.conf; nslookup {web} {gw}")
         assert p.returncode != 0 and resolved(p.stdout, web) == [], p.stdout
         assert f"nameserver {gw}" not in p.stdout
+        # nor does the user network's DNS answer a container that is not on it
+        user_gw = json.loads(st.cli("network", "inspect", n).stdout)[0]["IPAM"]["Config"][0]["Gateway"]
+        p = sh(st, "bridge", f"timeout 5 nslookup {web} {user_gw}")
+        assert resolved(p.stdout, web) == [], p.stdout
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from ipaddress import IPv4Address
+from ipaddress import IPv4Address, IPv4Network
 from pathlib import Path
 
 from dnslib import QTYPE, RCODE, RR, A, DNSError, DNSRecord
@@ -65,17 +65,23 @@ class _Listener:
 
 
 class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, server: DnsServer, network_id: str):
+    def __init__(self, server: DnsServer, network_id: str, subnet: IPv4Network | None):
         self.server = server
         self.network_id = network_id
+        self.subnet = subnet
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport) -> None:
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr) -> None:
+        source = IPv4Address(addr[0])
+        if self.subnet is not None and source not in self.subnet:
+            # The gateway is a host address anyone on the host's networks may reach: only
+            # the network's own containers hear its names (docker's DNS is in their netns).
+            return
         try:
-            reply = self.server.answer(self.network_id, data, IPv4Address(addr[0]))
+            reply = self.server.answer(self.network_id, data, source)
         except Exception:  # noqa: BLE001 - one bad question must not stop the server
             log.exception("dns: answering %s failed", addr[0])
             return
@@ -113,13 +119,13 @@ class DnsServer:
         t.add_done_callback(self._tasks.discard)
 
     async def listen(self, network_id: str, address: IPv4Address, *, internal: bool,
-                     port: int = DNS_PORT) -> None:
-        """Answer on `address:port` for the network; a repeated call rebinds."""
+                     port: int = DNS_PORT, subnet: IPv4Network | None = None) -> None:
+        """Answer on `address:port` for the network (only to askers in `subnet`); a repeated call rebinds."""
         await self.unlisten(network_id)
         loop = asyncio.get_running_loop()
         try:
             transport, _ = await loop.create_datagram_endpoint(
-                lambda: _Protocol(self, network_id), local_addr=(str(address), port))
+                lambda: _Protocol(self, network_id, subnet), local_addr=(str(address), port))
         except OSError as e:
             # e.g. a resolver of the host's bound to 0.0.0.0:53 holds every address's port
             raise Unavailable(f"cannot serve DNS on {address}:{port}: {e.strerror or e}") from e

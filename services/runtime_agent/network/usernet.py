@@ -142,7 +142,7 @@ class UserNetworks:
     async def _listen(self, net: _Net) -> None:
         if self.dns is not None:
             await self.dns.listen(net.record.id, net.config.gateway, internal=net.record.internal,
-                                  port=self.dns_port)
+                                  port=self.dns_port, subnet=net.config.subnet)
 
     async def close(self, remove_all: bool = False) -> None:
         """Stop answering DNS; with remove_all also remove the bridges and chains (the records stay)."""

@@ -122,3 +122,27 @@ async def test_repeated_questions_get_their_own_id_and_the_current_addresses():
     assert r3.header.id == 1111 and [str(a.rdata) for a in r3.rr] == ["10.9.0.6", "10.9.0.7"]
     del table["db"]
     assert DNSRecord.parse(await dns.resolve("n", first.pack(), src)).header.rcode == RCODE.SERVFAIL
+
+
+async def test_askers_outside_the_network_hear_nothing():
+    from ipaddress import IPv4Network
+    dns = DnsServer(lookup, [])
+    await dns.listen("net1", IPv4Address("127.0.0.1"), internal=False, port=0,
+                     subnet=IPv4Network("10.9.0.0/24"))  # 127.0.0.1 is not in it
+    try:
+        with pytest.raises(TimeoutError):
+            loop = asyncio.get_running_loop()
+            got = loop.create_future()
+
+            class P(asyncio.DatagramProtocol):
+                def datagram_received(self, data, a):
+                    got.set_result(data)
+
+            transport, _ = await loop.create_datagram_endpoint(P, remote_addr=dns.address("net1"))
+            try:
+                transport.sendto(DNSRecord.question("web").pack())
+                await asyncio.wait_for(got, 0.5)
+            finally:
+                transport.close()
+    finally:
+        await dns.close()
