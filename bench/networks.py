@@ -53,6 +53,7 @@ def query_latency(server: str, name: str, n: int) -> float:
     from dnslib import DNSRecord
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     s.settimeout(2)
+    s.bind((server, 0))  # from the gateway itself: an address inside the network, which dockyard's DNS requires
     s.connect((server, 53))
     try:
         packets = [DNSRecord.question(name).pack() for _ in range(n)]
