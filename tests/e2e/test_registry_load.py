@@ -44,9 +44,19 @@ def load_stack(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tight_stack(tmp_path_factory):
-    """Each listener admits 4 requests at once; others get 429 at once (a fast route served
-    from KV would never make a 0.2 s wait run out, and the test would prove nothing)."""
+    """Each listener admits 4 requests at once; others wait 0.2 s, then get 429."""
     s = start_stack(tmp_path_factory.mktemp("tight"), only=["layer-store", "registry-gateway"],
+                    extra_env={"DOCKYARD_MAX_INFLIGHT": "4", "DOCKYARD_ADMISSION_WAIT": "0.2",
+                               "DOCKYARD_RETRY_AFTER": "1"})
+    yield s
+    assert stop_stack(s) == 0, (s.data_dir / "up.log").read_text(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def refusing_stack(tmp_path_factory):
+    """Each listener admits 4 requests at once; others get 429 at once (a fast route served
+    from KV would never make a 0.2 s wait run out, and the burst would prove nothing)."""
+    s = start_stack(tmp_path_factory.mktemp("refusing"), only=["layer-store", "registry-gateway"],
                     extra_env={"DOCKYARD_MAX_INFLIGHT": "4", "DOCKYARD_ADMISSION_WAIT": "0",
                                "DOCKYARD_RETRY_AFTER": "1"})
     yield s
@@ -89,17 +99,17 @@ async def _burst(base: str, creds: tuple[str, str], path: str, scope: str, n: in
     return Counter(got)
 
 
-def test_overload_answers_429_with_retry_after_and_recovers(tight_stack):
-    cfg = LoadConfig(base_url=tight_stack.registry_url, creds=_creds(tight_stack), clients=2, duration=1,
+def test_overload_answers_429_with_retry_after_and_recovers(refusing_stack):
+    cfg = LoadConfig(base_url=refusing_stack.registry_url, creds=_creds(refusing_stack), clients=2, duration=1,
                      min_layer_mb=0.1, max_layer_mb=1, prefix="tight")
     seeded = asyncio.run(run_load(cfg))
     assert seeded.stats.errors == [] and seeded.images
     image = seeded.images[0]
-    base = tight_stack.registry_url
+    base = refusing_stack.registry_url
     blob = image.blobs[-1][0]
     for path in (f"/v2/{image.repo}/manifests/{image.tag}", f"/v2/{image.repo}/tags/list",
                  f"/v2/{image.repo}/blobs/{blob}"):
-        got = asyncio.run(_burst(base, _creds(tight_stack), path, f"repository:{image.repo}:pull", 300))
+        got = asyncio.run(_burst(base, _creds(refusing_stack), path, f"repository:{image.repo}:pull", 300))
         statuses = Counter()
         for (status, _), count in got.items():
             statuses[status] += count
@@ -107,7 +117,7 @@ def test_overload_answers_429_with_retry_after_and_recovers(tight_stack):
         assert set(statuses) <= {200, 429, 503}, (path, got)
         assert all(ra is not None and int(ra) >= 1 for (s, ra), _ in got.items() if s in (429, 503)), got
         # the load gone: all of them succeed, and at once
-        after = asyncio.run(_burst(base, _creds(tight_stack), path, f"repository:{image.repo}:pull", 4))
+        after = asyncio.run(_burst(base, _creds(refusing_stack), path, f"repository:{image.repo}:pull", 4))
         assert after == Counter({(200, None): 4}), (path, after)
     assert asyncio.run(verify_all(cfg, seeded.images)) == []
 
