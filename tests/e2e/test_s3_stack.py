@@ -7,7 +7,6 @@ bounded: the driver never holds a whole blob. The layer then pulls back byte for
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import os
@@ -20,7 +19,7 @@ from tests.e2e.conftest import skopeo, start_stack, stop_stack
 from tests.e2e.test_gc import env
 from tests.faults.procs import service_pids
 from tests.support.images import skopeo_env
-from tests.unit.layer_store.s3server import start_weed, stop_weed
+from tests.unit.layer_store.s3server import make_bucket, start_weed, stop_weed
 
 pytestmark = [pytest.mark.e2e]
 
@@ -37,14 +36,7 @@ def s3_stack(tmp_path_factory):
     weed = start_weed(tmp_path_factory.mktemp("dys3-stack-weed"))
     try:
         server = weed.server
-
-        async def make_bucket():
-            client = S3Client(server.config(BUCKET))
-            try:
-                await client.create_bucket()
-            finally:
-                await client.close()
-        asyncio.run(make_bucket())
+        make_bucket(server, BUCKET)
         with env(DOCKYARD_STORAGE_DRIVER="s3", DOCKYARD_S3_ENDPOINT=server.endpoint,
                  DOCKYARD_S3_BUCKET=BUCKET, DOCKYARD_S3_ACCESS_KEY=server.access_key,
                  DOCKYARD_S3_SECRET_KEY=server.secret_key, DOCKYARD_S3_PREFIX="stack"):

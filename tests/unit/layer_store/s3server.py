@@ -7,6 +7,7 @@ requests are refused.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import random
@@ -22,7 +23,7 @@ import urllib.request
 from pathlib import Path
 from typing import NamedTuple
 
-from services.layer_store.storage.s3_client import S3Config
+from services.layer_store.storage.s3_client import S3Client, S3Config
 
 # master, volume, filer and s3 each listen on an HTTP and a gRPC port.
 _PORTS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc",
@@ -143,3 +144,14 @@ def stop_weed(weed: WeedProcess) -> None:
             weed.proc.wait()
     for sock in _unix_sockets(weed.ports):
         sock.unlink(missing_ok=True)
+
+
+def make_bucket(server: S3Server, bucket: str) -> None:
+    """Create `bucket` on the server (from outside any event loop)."""
+    async def create() -> None:
+        client = S3Client(server.config(bucket))
+        try:
+            await client.create_bucket()
+        finally:
+            await client.close()
+    asyncio.run(create())

@@ -17,7 +17,7 @@ from services.layer_store.storage.s3_client import S3Client
 from shared.errors import Conflict, InvalidArgument, NotFound, PermissionDenied
 from shared.oci.digest import Digest
 from tests.unit.layer_store import test_storage_conformance as conformance
-from tests.unit.layer_store.s3server import start_weed, stop_weed
+from tests.unit.layer_store.s3server import make_bucket, start_weed, stop_weed
 from tests.unit.layer_store.test_storage_conformance import chunks, put, read_all, sha256
 
 # Every conformance test runs here too, against the S3 driver: they take the `driver`
@@ -32,14 +32,7 @@ def s3_server(tmp_path_factory):
     weed = start_weed(tmp_path_factory.mktemp("dys3-weed"))
     server = weed.server
     try:
-        async def make_bucket():
-            client = S3Client(server.config(BUCKET))
-            try:
-                await client.create_bucket()
-            finally:
-                await client.close()
-
-        asyncio.run(make_bucket())
+        make_bucket(server, BUCKET)
         yield server
     finally:
         stop_weed(weed)
