@@ -275,6 +275,9 @@ class Runtime:
             fd = records.open_pidfd(shim.shim_pid, shim.shim_start) if shim else None
             if fd is None:
                 if shim is None:
+                    if not sdir.exists():
+                        # Removed under us (rm -f, a lost data dir): nothing will ever exit.
+                        raise NotFound(f"container {cid} is gone")
                     # Not started yet (a concurrent create_and_start): only time helps.
                     if deadline is not None and loop.time() >= deadline:
                         raise TimeoutError(f"container {cid} did not exit in {timeout} s")

@@ -131,6 +131,20 @@ async def test_wait_times_out_and_kill_signals(new_id, runtime, make_spec, bundl
     await runtime.delete(cid)
 
 
+async def test_wait_without_timeout_ends_when_the_container_dir_goes(new_id, runtime):
+    # A container being created has a dir but no shim yet; if the dir is then removed
+    # (rm -f racing a start), a wait without timeout must end instead of polling forever.
+    cid = new_id()
+    sdir = runtime.containers_dir / cid
+    sdir.mkdir(parents=True)
+    waiter = asyncio.ensure_future(runtime.wait(cid))
+    await asyncio.sleep(0.2)
+    assert not waiter.done()
+    sdir.rmdir()
+    with pytest.raises(NotFound, match="gone"):
+        await asyncio.wait_for(waiter, 5)
+
+
 async def test_container_outlives_a_killed_caller(new_id, cleanup, runtime_info, make_spec, bundle, tmp_path):
     """The starting process is SIGKILLed; a new Runtime finds the container and stops it."""
     cid = new_id()
