@@ -196,6 +196,11 @@ def _teardown(fleet: Fleet) -> None:
     for h in fleet.hosts:
         _kill_cgroup(h.env["DOCKYARD_CGROUP_PARENT"].lstrip("/"))
         _sh("ip", "netns", "del", h.ns, check=False)
+        # The host's containers' namespaces: mounted in the host's own mount namespace (gone
+        # with it), their files under /run/netns stay unless removed.
+        for left in Path("/run/netns").glob(f"{h.env['DOCKYARD_NET_PREFIX']}-*"):
+            _sh("ip", "netns", "del", left.name, check=False)
+            left.unlink(missing_ok=True)
         _sh("ip", "link", "del", f"{fleet.tag}v{h.n}", check=False)  # only if it never moved into the namespace
     _sh("ip", "link", "del", fleet.bridge, check=False)
 
