@@ -3,7 +3,7 @@
     .venv/bin/python bench/run.py [--rounds 5]
 
 Sets up, in a temporary directory: a nats-server, one runtime-agent process (its own
-bridge `dyagbench0`), a CNCF registry on loopback holding the busybox-static image
+bridge, named with its pid), a CNCF registry on loopback holding the busybox-static image
 (pushed by skopeo), and podman with private configs (../shared/PEERS.md) and the
 same rootfs imported as localhost/busybox. A cold run (the agent has not pulled the
 image yet) is measured once and reported apart. Then, alternating which tool goes
@@ -190,6 +190,7 @@ def restore_host(ip_forward: str, chains_before: dict[str, list[str]]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--only-verbs", action="store_true", help="only the stats and cp cases (bench/verbs_cases.py)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("bench/run.py needs root", file=sys.stderr)
@@ -214,8 +215,10 @@ def main() -> int:
             f"docker://127.0.0.1:{regport}/library/busybox:latest"], skopeo_env(tmp / "home"))
         env = {**os.environ, "DOCKYARD_NATS_URL": nats.url, "DOCKYARD_REGISTRY_ADDR": f"127.0.0.1:{regport}",
                "DOCKYARD_DATA_DIR": str(tmp / "dockyard")}
-        agent_env = {**env, "DOCKYARD_AGENT_ID": "bench", "DOCKYARD_BRIDGE": "dyagbench0",
-                     "DOCKYARD_SUBNET": "10.233.0.0/24", "DOCKYARD_NET_PREFIX": "dyagbench"}
+        # the bridge carries our pid: another bench may run beside this one
+        sfx = os.getpid() % 10000
+        agent_env = {**env, "DOCKYARD_AGENT_ID": "bench", "DOCKYARD_BRIDGE": f"dyagb{sfx}",
+                     "DOCKYARD_SUBNET": f"10.233.{sfx % 250}.0/24", "DOCKYARD_NET_PREFIX": f"dyb{sfx}"}
         log = open(tmp / "agent.log", "wb")
         agent = subprocess.Popen([*DOCKYARD, "serve", "runtime-agent"], env=agent_env, cwd=REPO,
                                  stdout=log, stderr=subprocess.STDOUT)
@@ -233,6 +236,10 @@ def main() -> int:
         sh([sys.executable, "-m", "compileall", "-q", "shared", "services"])
         dockyard = Tool("dockyard", DOCKYARD, env, "busybox")
         podman = Tool("podman", ["podman"], podman_env, "localhost/busybox")
+        if args.only_verbs:
+            from bench import verbs_cases
+            print(f"worst verbs ratio {verbs_cases.run([dockyard, podman], args.rounds, tmp):.2f} (target <= 0.5)")
+            return 0
 
         # Cold: the image is not on the host yet (podman pulls it from the same registry).
         cold_d = dockyard.rm_none()

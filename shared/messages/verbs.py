@@ -6,6 +6,9 @@ Each is `shared.subjects.agent(agent_id, VERB)`; `events` is also asked fleet-wi
 are published on `dockyard.events.container.<agent_id>.<action>` as `ContainerEvent`.
 Bytes of `cp` and `export` travel as `Chunk`s to an inbox the requester names, one
 window of chunks at a time (flow control: the agent waits for the requester's ack).
+A `cp` requester that shares the agent's loopback (`plane` = shared.locality.here())
+gets a `url` instead: a signed, expiring, single-use grant for that one copy on the
+agent's HTTP copy plane (services/runtime_agent/verbs/cpplane.py).
 
 This module is imported by the CLI: it imports msgspec and nothing heavy.
 """
@@ -166,6 +169,7 @@ class CopyFromRequest(msgspec.Struct, kw_only=True):
     path: str
     follow_link: bool = False  # -L: a symlink at PATH is followed (inside the root)
     stream_inbox: str = ""
+    plane: str = ""  # the requester's shared.locality.here(): a match gets a `url` to GET
 
 
 class PathStat(msgspec.Struct, kw_only=True, frozen=True):
@@ -181,6 +185,7 @@ class PathStat(msgspec.Struct, kw_only=True, frozen=True):
 class CopyFromReply(msgspec.Struct, kw_only=True):
     stat: PathStat
     sent: int = 0  # bytes of the tar stream
+    url: str = ""  # the copy plane's grant: GET it for the tar (nothing was sent on the bus)
 
 
 class CopyToRequest(msgspec.Struct, kw_only=True):
@@ -194,10 +199,12 @@ class CopyToRequest(msgspec.Struct, kw_only=True):
     src_base: str = ""
     copy_uid_gid: bool = False  # -a: keep the archive's owners (else root)
     stream_inbox: str = ""
+    plane: str = ""  # the requester's shared.locality.here(): a match gets a `url` to PUT
 
 
 class CopyToReply(msgspec.Struct, kw_only=True):
     written: int = 0  # bytes of regular files
+    url: str = ""  # the copy plane's grant: PUT the tar to it (its answer says `written`)
 
 
 class Chunk(msgspec.Struct, kw_only=True):
