@@ -232,6 +232,7 @@ async def serve(cfg: Config) -> None:
         mirror = await ContainerMirror.open(nc, agent_id, store.find)  # lifecycle: `ps` of a gone agent
         store.on_change = mirror.mark
         await mirror.start([c.id for c in store.all()])
+        await agent.verbs.plane.start()  # cp's bytes over HTTP on loopback (verbs/cpplane.py)
         await svc.start()
         await agent.interactive.start()
         log.info("runtime-agent %s ready", agent_id)
@@ -248,6 +249,8 @@ async def serve(cfg: Config) -> None:
             with contextlib.suppress(Exception):
                 await mirror.stop()
         if agent is not None:
+            if hasattr(agent, "verbs"):  # (registered)
+                await agent.verbs.plane.close()
             await agent.interactive.close()
             agent.containers.on_change = None
             await agent.containers.close()

@@ -163,6 +163,62 @@ class _Pipe:
         return bytes(out)
 
 
+class _Feed:
+    """`consume(file)` in a thread of its own over the chunks written to us, started by the first."""
+
+    def __init__(self, consume):
+        import threading
+        self.pipe = _Pipe()
+        self.result, self.error = None, None
+
+        def run() -> None:
+            try:
+                self.result = consume(self.pipe)
+            except BaseException as e:  # noqa: BLE001 - raised by write() and outcome()
+                self.error = e
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.lock = threading.Lock()
+
+    def _start(self) -> None:
+        with self.lock:
+            if self.thread.ident is None:
+                self.thread.start()
+
+    def write(self, data: bytes) -> None:
+        import queue
+        self._start()
+        while True:  # a consumer that failed reads no more: its error, not a wait for ever
+            if self.error is not None:
+                raise self.error
+            try:
+                self.pipe.q.put(data, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    def finish(self) -> None:
+        self.write(None)
+
+    async def outcome(self):
+        """What `consume` returned (or raise its error), once the stream ended."""
+        import asyncio
+        await asyncio.to_thread(self.thread.join)
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+    async def close(self) -> None:
+        import asyncio
+        import queue
+        if self.thread.is_alive():  # an early end (an error): the consumer sees the end of its input
+            try:
+                self.pipe.q.put_nowait(None)
+            except queue.Full:
+                pass  # it is still reading: it will not wait long for the rest
+            await asyncio.to_thread(self.thread.join, 5)
+
+
 class _ChunkedTar:
     """A tar being written in a thread, read back in CHUNKs (bounded: the writer waits)."""
 
@@ -197,9 +253,11 @@ class _ChunkedTar:
             finally:
                 pipe.close()
 
-        threading.Thread(target=run, daemon=True).start()
+        self.thread = threading.Thread(target=run, daemon=True)
 
     def read(self) -> bytes:
+        if not self.thread.is_alive() and self.thread.ident is None:
+            self.thread.start()  # on the bus's first ask (a copy-plane copy never asks)
         item = self.pipe.q.get()
         if item is None:
             if self.error is not None:
@@ -221,19 +279,33 @@ async def cp(args, ctx) -> int:
     return await _to_container(args, ctx, args.src, *dest)
 
 
+def _plane() -> str:
+    """Our shared.locality token, so an agent on our loopback hands us its copy plane;
+    DOCKYARD_CP_VIA=bus keeps the bytes on the bus (what a CLI on another host gets)."""
+    from shared import locality
+    return "" if os.environ.get("DOCKYARD_CP_VIA") == "bus" else locality.here()
+
+
 async def _from_container(args, ctx, name: str, path: str, dest: str) -> int:
     import asyncio
 
+    from services.cli import copy_plane
     from services.cli.commands.verbs import locate
     from shared import subjects, tarcopy
     from shared.errors import InvalidArgument, NotFound
     from shared.messages.verbs import VERB_CP_FROM, CopyFromReply, CopyFromRequest
     host, c = await locate(ctx, name)
     client = await ctx.bus()
-    extractor = None
     if dest == "-":
         out = sys.stdout.buffer
-        write, finish = out.write, out.flush
+
+        def consume(f) -> int:
+            n = 0
+            while data := f.read(tarcopy.CHUNK):
+                out.write(data)
+                n += len(data)
+            out.flush()
+            return n
     else:
         top = "." if path.rstrip("/").endswith("/.") or path.strip("/") == "." else \
             (os.path.basename(path.rstrip("/")) or ".")
@@ -250,36 +322,44 @@ async def _from_container(args, ctx, name: str, path: str, dest: str) -> int:
                 root, rename = dest, None
             else:
                 root, rename = parent, (top, os.path.basename(os.path.abspath(dest)))
-        pipe = _Pipe()
         owner = (os.getuid(), os.getgid())
-        extractor = asyncio.ensure_future(asyncio.to_thread(
-            tarcopy.extract, pipe, root, "/", rename=rename, keep_owner=args.archive, owner=owner))
-        write, finish = pipe.put, pipe.close
+
+        def consume(f) -> int:
+            return tarcopy.extract(f, root, "/", rename=rename, keep_owner=args.archive, owner=owner)
+    feed = _Feed(consume)  # the bus's chunks, if the agent sends them there
     try:
-        async with _Sink(client, write, finish) as sink:
-            req = CopyFromRequest(container=c.id, path=path, follow_link=args.follow_link, stream_inbox=sink.inbox)
+        async with _Sink(client, feed.write, feed.finish) as sink:
+            req = CopyFromRequest(container=c.id, path=path, follow_link=args.follow_link,
+                                  stream_inbox=sink.inbox, plane=_plane())
             reply = await client.request(subjects.agent(host, VERB_CP_FROM), req, CopyFromReply, timeout=3600)
-            err = await asyncio.wait_for(sink.done, 60)
-            if err:
-                raise InvalidArgument(f"copy from {name}:{path} failed: {err}")
-        if extractor is not None:
-            await extractor
-            if not args.quiet:
-                sys.stderr.write(f"Successfully copied {_human(reply.sent)} to {dest}\n")
+            if reply.url:  # the agent's copy plane: one HTTP stream, nothing came on the bus
+                copied = await asyncio.to_thread(copy_plane.get, reply.url, consume)
+            else:
+                err = await asyncio.wait_for(sink.done, 60)
+                if err:
+                    raise InvalidArgument(f"copy from {name}:{path} failed: {err}")
+                copied = await feed.outcome()
     finally:
-        if extractor is not None and not extractor.done():
-            pipe.close()
-            await asyncio.gather(extractor, return_exceptions=True)
+        await feed.close()
+    if dest != "-" and not args.quiet:
+        sys.stderr.write(f"Successfully copied {_human(copied)} to {dest}\n")
     return 0
 
 
 async def _to_container(args, ctx, src: str, name: str, path: str) -> int:
+    import asyncio
+
+    from services.cli import copy_plane
     from services.cli.commands.verbs import locate
     from shared import subjects, tarcopy
     from shared.errors import NotFound
     from shared.messages.verbs import VERB_CP_TO, CopyToReply, CopyToRequest
     if src == "-":
         stdin = sys.stdin.buffer
+
+        def produce(f) -> None:
+            while data := stdin.read(tarcopy.CHUNK):
+                f.write(data)
         read = lambda: stdin.read(tarcopy.CHUNK)  # noqa: E731
         base = ""
     else:
@@ -292,16 +372,21 @@ async def _to_container(args, ctx, src: str, name: str, path: str) -> int:
         else:
             root, rel = os.path.dirname(full), "/" + os.path.basename(full)
             base = os.path.basename(full)
-        tar = _ChunkedTar(lambda f: tarcopy.write_tar(root, rel, f, follow_last=args.follow_link))
-        read = tar.read
+
+        def produce(f) -> None:
+            tarcopy.write_tar(root, rel, f, follow_last=args.follow_link)
+        read = _ChunkedTar(produce).read
     host, c = await locate(ctx, name)
     client = await ctx.bus()
     async with _Source(client, read) as source:
         req = CopyToRequest(container=c.id, path=path, src_base=base if base != "." else "",
-                            copy_uid_gid=args.archive, stream_inbox=source.inbox)
+                            copy_uid_gid=args.archive, stream_inbox=source.inbox, plane=_plane())
         reply = await client.request(subjects.agent(host, VERB_CP_TO), req, CopyToReply, timeout=3600)
+    written = reply.written
+    if reply.url:  # the agent's copy plane: the tar goes in one HTTP stream
+        written = await asyncio.to_thread(copy_plane.put, reply.url, produce)
     if not args.quiet and src != "-":
-        sys.stderr.write(f"Successfully copied {_human(reply.written)} to {name}:{path}\n")
+        sys.stderr.write(f"Successfully copied {_human(written)} to {name}:{path}\n")
     return 0
 
 

@@ -11,6 +11,7 @@ import asyncio
 from pathlib import Path
 
 from services.runtime_agent.verbs import files, inspect, lifecycle
+from services.runtime_agent.verbs.cpplane import CopyPlane
 from services.runtime_agent.verbs.events import EventLog
 from shared import subjects
 from shared.messages import verbs as v
@@ -24,6 +25,7 @@ class Verbs:
         self.events = EventLog(agent.nc, agent.id, root / "events.jsonl")
         self.cs.on_event = self.events.record
         self.sampler = inspect.Sampler(self.cs.cgroup_parent)
+        self.plane = CopyPlane(self.cs.inspect, lambda c: files.root_of(self.cs, c))  # cp's bytes, on loopback
 
     def register(self, svc, queue: str) -> None:
         aid = self.agent.id
@@ -72,13 +74,20 @@ class Verbs:
         return v.DiffReply(changes=await asyncio.to_thread(files.changes, self.cs, c))
 
     async def cp_from(self, req: v.CopyFromRequest) -> v.CopyFromReply:
-        info, sent = await files.copy_from(self.cs, self.agent.nc, self.cs.inspect(req.container), req.path,
-                                           req.follow_link, req.stream_inbox)
+        c = self.cs.inspect(req.container)
+        if self.plane.serves(req.plane):  # checked and granted here; the bytes go over HTTP
+            _, path, info = await files.stat_from(self.cs, c, req.path, req.follow_link)
+            return v.CopyFromReply(stat=info, url=self.plane.grant_out(c.id, path, req.follow_link))
+        info, sent = await files.copy_from(self.cs, self.agent.nc, c, req.path, req.follow_link, req.stream_inbox)
         return v.CopyFromReply(stat=info, sent=sent)
 
     async def cp_to(self, req: v.CopyToRequest) -> v.CopyToReply:
-        written = await files.copy_to(self.cs, self.agent.nc, self.cs.inspect(req.container), req.path,
-                                      req.src_base, req.copy_uid_gid, req.stream_inbox)
+        c = self.cs.inspect(req.container)
+        if self.plane.serves(req.plane):
+            _, dest, rename = await files.target_to(self.cs, c, req.path, req.src_base)
+            return v.CopyToReply(url=self.plane.grant_in(c.id, dest, rename, req.copy_uid_gid))
+        written = await files.copy_to(self.cs, self.agent.nc, c, req.path, req.src_base, req.copy_uid_gid,
+                                      req.stream_inbox)
         return v.CopyToReply(written=written)
 
     async def export(self, req: v.ExportRequest) -> v.ExportReply:

@@ -35,26 +35,31 @@ def _check(path: str) -> str:
     return path if path.startswith("/") else "/" + path
 
 
-async def copy_from(cs, nc, c: Container, path: str, follow: bool, inbox: str) -> tuple[PathStat, int]:
+async def stat_from(cs, c: Container, path: str, follow: bool) -> tuple[str, str, PathStat]:
+    """What `cp CONTAINER:PATH` will copy: (root, path checked, its stat), NotFound if nothing."""
     path = _check(path)
-    if not inbox:
-        raise InvalidArgument("cp needs a stream_inbox for the bytes")
-    root = await asyncio.to_thread(root_of, cs, c)
+    root = str(await asyncio.to_thread(root_of, cs, c))
     follow_last = follow or path.endswith("/") or path.endswith("/.")
-    rel, st, target = await asyncio.to_thread(tarcopy.lstat_in, str(root), path.rstrip("/") or "/",
+    rel, st, target = await asyncio.to_thread(tarcopy.lstat_in, root, path.rstrip("/") or "/",
                                               follow_last=follow_last)
     info = PathStat(name=posixpath.basename(path.rstrip("/")) or "/", size=st.st_size,
                     mode=st.st_mode, is_dir=stat.S_ISDIR(st.st_mode), link_target=target)
     if path.endswith("/") and not info.is_dir and not path.endswith("/."):
         raise InvalidArgument(f"{path}: not a directory")
-    sent = await streams.send(nc, inbox, lambda f: tarcopy.write_tar(str(root), path, f, follow_last=follow))
+    return root, path, info
+
+
+async def copy_from(cs, nc, c: Container, path: str, follow: bool, inbox: str) -> tuple[PathStat, int]:
+    if not inbox:
+        raise InvalidArgument("cp needs a stream_inbox for the bytes")
+    root, path, info = await stat_from(cs, c, path, follow)
+    sent = await streams.send(nc, inbox, lambda f: tarcopy.write_tar(root, path, f, follow_last=follow))
     return info, sent
 
 
-async def copy_to(cs, nc, c: Container, path: str, src_base: str, keep_owner: bool, inbox: str) -> int:
+async def target_to(cs, c: Container, path: str, src_base: str) -> tuple[str, str, tuple[str, str] | None]:
+    """Where `cp SRC CONTAINER:PATH` extracts: (root, directory, rename of the top entry)."""
     path = _check(path)
-    if not inbox:
-        raise InvalidArgument("cp needs a stream_inbox for the bytes")
     if c.config.flags.read_only:
         raise InvalidArgument("container rootfs is marked read-only")
     root = str(await asyncio.to_thread(root_of, cs, c))
@@ -72,7 +77,13 @@ async def copy_to(cs, nc, c: Container, path: str, src_base: str, keep_owner: bo
             raise InvalidArgument(f"cannot copy to {path}")
         return parent or "/", (src_base, name)
 
-    dest, rename = await asyncio.to_thread(where)
+    return (root, *await asyncio.to_thread(where))
+
+
+async def copy_to(cs, nc, c: Container, path: str, src_base: str, keep_owner: bool, inbox: str) -> int:
+    if not inbox:
+        raise InvalidArgument("cp needs a stream_inbox for the bytes")
+    root, dest, rename = await target_to(cs, c, path, src_base)
     return await streams.receive(nc, inbox, lambda f: tarcopy.extract(f, root, dest, rename=rename,
                                                                        keep_owner=keep_owner))
 

@@ -6,7 +6,8 @@ only answer what they receive, never publish to an agent's inbox):
   flow control. At most WINDOW chunks are unacknowledged, QUEUE more wait to be sent.
 - in (cp to): the agent asks for chunk n with `ChunkWant`; WINDOW asks are in flight.
 The bound is (WINDOW + QUEUE) * CHUNK = 8 MiB per stream, whatever the client's speed.
-Blocking tar work runs in a thread, and meets the loop through a bounded queue.
+Blocking tar work runs in a thread, and meets the loop through a bounded queue
+(`Produced`, `Consumed`: the copy plane, verbs/cpplane.py, streams through them too).
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ class _ChunkWriter(io.RawIOBase):
     def write(self, b) -> int:
         if self.stop.is_set():
             raise _Aborted("the requester went away")
+        if not self.buf and len(b) == CHUNK and isinstance(b, bytes):
+            self._put(b)  # a tar's data block: handed on as it is, not copied twice more
+            return len(b)
         self.buf += b
         while len(self.buf) >= CHUNK:
             self._put(bytes(self.buf[:CHUNK]))
@@ -73,31 +77,49 @@ class _ChunkWriter(io.RawIOBase):
         self._put(None)
 
 
+class Produced:
+    """What `produce(file)`, run in a thread, writes: CHUNKs by `await next()`, None at its end.
+
+    At most QUEUE chunks wait; the producer blocks until they are taken. A failed producer's
+    error is raised by `next`."""
+
+    def __init__(self, produce: Callable[[io.RawIOBase], object]):
+        self.q: asyncio.Queue = asyncio.Queue(maxsize=QUEUE)
+        self.stop = threading.Event()
+        w = _ChunkWriter(asyncio.get_running_loop(), self.q, self.stop)
+
+        def work() -> None:
+            produce(w)
+            w.finish()
+
+        self.job = asyncio.ensure_future(asyncio.to_thread(work))
+
+    async def next(self) -> bytes | None:
+        get = asyncio.ensure_future(self.q.get())
+        if not self.job.done():
+            await asyncio.wait({get, self.job}, return_when=asyncio.FIRST_COMPLETED)
+            if not get.done() and self.job.exception() is not None:
+                get.cancel()
+                self.job.result()  # the producer failed: raise its error
+        data = await get  # (a producer that finished queued its last chunks and None)
+        if data is None:
+            await self.job
+        return data
+
+    async def close(self) -> None:
+        """Stop the producer (if it still runs) and wait for its thread."""
+        self.stop.set()
+        with _suppress():
+            await self.job
+
+
 async def send(nc, inbox: str, produce: Callable[[io.RawIOBase], object]) -> int:
     """Run `produce(file)` in a thread and stream what it writes to `inbox`; the bytes sent."""
-    loop = asyncio.get_running_loop()
-    q: asyncio.Queue = asyncio.Queue(maxsize=QUEUE)
-    stop = threading.Event()
-    w = _ChunkWriter(loop, q, stop)
-
-    def work() -> None:
-        produce(w)
-        w.finish()
-
-    job = asyncio.ensure_future(asyncio.to_thread(work))
+    produced = Produced(produce)
     inflight: list[asyncio.Task] = []
     seq = total = 0
     try:
-        while True:
-            get = asyncio.ensure_future(q.get())
-            if not job.done():
-                await asyncio.wait({get, job}, return_when=asyncio.FIRST_COMPLETED)
-                if not get.done() and job.exception() is not None:
-                    get.cancel()
-                    job.result()  # the producer failed: raise its error
-            data = await get  # (a producer that finished queued its last chunks and None)
-            if data is None:
-                break
+        while (data := await produced.next()) is not None:
             inflight.append(asyncio.ensure_future(_ask(nc, inbox, Chunk(seq=seq, data=data))))
             seq += 1
             total += len(data)
@@ -105,15 +127,12 @@ async def send(nc, inbox: str, produce: Callable[[io.RawIOBase], object]) -> int
                 await inflight.pop(0)
         for t in inflight:
             await t
-        await job
         await _ask(nc, inbox, Chunk(seq=seq, end=True))
         return total
     except BaseException as e:
-        stop.set()
         for t in inflight:
             t.cancel()
-        with _suppress():
-            await job
+        await produced.close()
         if not isinstance(e, Unavailable):
             with _suppress():
                 await nc.publish(inbox, codec.encode(Chunk(seq=seq, end=True, error=str(e) or type(e).__name__)))
@@ -158,10 +177,56 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
+class Consumed:
+    """`consume(file)` run in a thread over the chunks `feed` gives it (QUEUE wait at most)."""
+
+    def __init__(self, consume: Callable[[io.BufferedReader], object]):
+        self.q: queue.Queue = queue.Queue(maxsize=QUEUE)
+        self.quit = threading.Event()  # the consumer returned: a blocked put gives up
+
+        def work():
+            try:
+                return consume(io.BufferedReader(_ChunkReader(self.q), CHUNK))
+            finally:
+                self.quit.set()
+
+        self.job = asyncio.ensure_future(asyncio.to_thread(work))
+
+    @property
+    def stopped(self) -> bool:
+        """The consumer stopped reading (an error, or a tar's end): `result` says which."""
+        return self.job.done()
+
+    async def feed(self, item: bytes | BaseException | None) -> None:
+        """Give the consumer a chunk (None: the end; an exception: raised in its reads)."""
+        try:
+            self.q.put_nowait(item)  # the usual case: the consumer keeps up, no thread hop
+        except queue.Full:
+            await asyncio.to_thread(self._put, item)
+
+    def _put(self, item) -> None:
+        while not self.quit.is_set():
+            try:
+                self.q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
+
+    async def result(self):
+        return await self.job
+
+    async def abort(self, why: str) -> None:
+        """End the consumer early (its reads raise Unavailable) and wait for its thread."""
+        if not self.job.done():
+            with _suppress():
+                self.q.put_nowait(Unavailable(why))
+            with _suppress():
+                await self.job
+
+
 async def receive(nc, inbox: str, consume: Callable[[io.BufferedReader], object]):
     """Pull chunks from `inbox` (WINDOW asks ahead) into `consume(file)`, run in a thread; its result."""
-    q: queue.Queue = queue.Queue(maxsize=QUEUE)
-    job = asyncio.ensure_future(asyncio.to_thread(consume, io.BufferedReader(_ChunkReader(q), CHUNK)))
+    consumed = Consumed(consume)
     asks: list[asyncio.Task] = []
     seq = 0
     try:
@@ -169,27 +234,23 @@ async def receive(nc, inbox: str, consume: Callable[[io.BufferedReader], object]
             while len(asks) < WINDOW:
                 asks.append(asyncio.ensure_future(_ask(nc, inbox, ChunkWant(seq=seq))))
                 seq += 1
-            done, _ = await asyncio.wait({asks[0], job}, return_when=asyncio.FIRST_COMPLETED)
-            if job in done and asks[0] not in done:
+            done, _ = await asyncio.wait({asks[0], consumed.job}, return_when=asyncio.FIRST_COMPLETED)
+            if consumed.job in done and asks[0] not in done:
                 break  # the consumer stopped reading (an error, or a tar's end): its result says
             c = _chunk.decode(asks.pop(0).result())
             if c.error:
-                await asyncio.to_thread(q.put, Unavailable(f"the requester's stream failed: {c.error}"))
+                await consumed.feed(Unavailable(f"the requester's stream failed: {c.error}"))
                 break
             if c.data:
-                await asyncio.to_thread(q.put, c.data)
+                await consumed.feed(c.data)
             if c.end:
-                await asyncio.to_thread(q.put, None)
+                await consumed.feed(None)
                 break
-        return await job
+        return await consumed.result()
     finally:
         for t in asks:
             t.cancel()
-        if not job.done():
-            with _suppress():
-                q.put_nowait(Unavailable("the stream ended early"))
-            with _suppress():
-                await job
+        await consumed.abort("the stream ended early")
 
 
 class _suppress:
