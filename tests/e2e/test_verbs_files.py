@@ -66,10 +66,23 @@ def _sample_dir(root: Path) -> Path:
     return d
 
 
-@pytest.mark.parametrize("where", ["placed", "other"])
-def test_cp_a_tree_in_and_out_keeps_bytes_and_modes(fleet, where, tmp_path):
+@pytest.fixture
+def via(request, fleet):
+    """How cp's bytes travel: the agent's copy plane (its loopback is ours), or the bus (what
+    a CLI on another host gets)."""
+    if request.param == "bus":
+        fleet.env["DOCKYARD_CP_VIA"] = "bus"
+    try:
+        yield request.param
+    finally:
+        fleet.env.pop("DOCKYARD_CP_VIA", None)
+
+
+@pytest.mark.parametrize(("where", "via"), [("placed", "plane"), ("other", "plane"), ("placed", "bus")],
+                         indirect=["via"])
+def test_cp_a_tree_in_and_out_keeps_bytes_and_modes(fleet, where, via, tmp_path):
     host = ["--host", fleet.agents[0].id] if where == "other" else []
-    name = f"cp-{where}"
+    name = f"cp-{where}-{via}"
     fleet.cli("run", "-d", "--name", name, *host, "--network", "none", "busybox", "sleep", "600")
     src = _sample_dir(tmp_path)
     p = fleet.cli("cp", str(src), f"{name}:/tmp")
@@ -253,3 +266,56 @@ def test_cp_of_100_mb_each_way_in_bounded_memory(fleet, tmp_path):
     for peak in (cli_in, cli_out):  # a Python CLI with its imports is ~50 MiB; the file is 100
         assert peak * 1024 < 100 << 20, f"the CLI peaked at {peak >> 10} MiB"
     fleet.cli("rm", "-f", "bulk")
+
+
+async def test_the_copy_plane_answers_only_the_grant_the_bus_issued(fleet, nc, tmp_path):
+    """A grant comes only from a cp request the bus let through; forged, altered, replayed
+    or aimed at another container, the plane refuses it and writes nothing."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import parse_qsl, urlencode, urlsplit
+
+    from shared import bus, locality, subjects
+    from shared.messages.verbs import VERB_CP_TO, CopyToReply, CopyToRequest
+    agent = fleet.agents[1]
+    for name in ("granted", "bystander"):
+        fleet.cli("run", "-d", "--name", name, "--host", agent.id, "--network", "none", "busybox", "sleep", "600")
+    ids = {n: fleet.inspect(n)["Id"] for n in ("granted", "bystander")}
+    client = bus.BusClient(nc)
+    reply = await client.request(subjects.agent(agent.id, VERB_CP_TO),
+                                 CopyToRequest(container=ids["granted"], path="/tmp", plane=locality.here()),
+                                 CopyToReply)
+    assert reply.url.startswith("http://127.0.0.1:") and ids["granted"] in reply.url and reply.written == 0
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("planted")
+        info.size = 3
+        tf.addfile(info, io.BytesIO(b"bad"))
+    body = buf.getvalue()
+
+    def put(url: str) -> int:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(url, data=body, method="PUT"), timeout=10) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    u = urlsplit(reply.url)
+    query = dict(parse_qsl(u.query))
+    base = f"{u.scheme}://{u.netloc}"
+    for why, url in {
+        "no grant": f"{base}{u.path}",
+        "forged": f"{base}{u.path}?{urlencode({**query, 'sig': 'ab' * 32})}",
+        "another destination": f"{base}{u.path}?{urlencode({**query, 'dest': '/etc'})}",
+        "another container": reply.url.replace(ids["granted"], ids["bystander"]),
+    }.items():
+        assert put(url) == 403, why
+    for name in ("granted", "bystander"):
+        p = _cli_bytes(fleet, "exec", name, "ls", "/tmp", "/etc", check=False)
+        assert b"planted" not in p.stdout, name
+    assert put(reply.url) == 200  # the grant as issued: once
+    assert put(reply.url) == 403  # and never again
+    tar = _cli_bytes(fleet, "cp", "granted:/tmp/planted", "-").stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        assert tf.extractfile("planted").read() == b"bad"
+    fleet.cli("rm", "-f", "granted", "bystander")
