@@ -231,10 +231,12 @@ class ChunkAck(msgspec.Struct, kw_only=True):
 class ExportRequest(msgspec.Struct, kw_only=True):
     container: str
     stream_inbox: str = ""
+    plane: str = ""  # as CopyFromRequest's: a match gets a `url` to GET
 
 
 class ExportReply(msgspec.Struct, kw_only=True):
     sent: int = 0  # bytes of the tar stream
+    url: str = ""  # the copy plane's grant for the whole filesystem's tar
 
 
 class CommitRequest(msgspec.Struct, kw_only=True):

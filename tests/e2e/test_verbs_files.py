@@ -183,6 +183,14 @@ def test_diff_and_export_against_the_image(fleet, tmp_path):
         assert {"bin/busybox", "added", "var/www/site/index.html", "etc/passwd"} <= names
         assert "bin/ls" not in names
         assert tf.extractfile("etc/passwd").read().endswith(b"extra\n")
+        plane = {m.name: (m.mode, m.size) for m in tf.getmembers()}
+    fleet.env["DOCKYARD_CP_VIA"] = "bus"  # the same tar on the bus
+    try:
+        fleet.cli("export", "-o", str(tmp_path / "bus.tar"), "changed")
+    finally:
+        fleet.env.pop("DOCKYARD_CP_VIA")
+    with tarfile.open(tmp_path / "bus.tar") as tf:
+        assert {m.name: (m.mode, m.size) for m in tf.getmembers()} == plane
     fleet.cli("rm", "changed")
 
 

@@ -297,15 +297,8 @@ async def _from_container(args, ctx, name: str, path: str, dest: str) -> int:
     host, c = await locate(ctx, name)
     client = await ctx.bus()
     if dest == "-":
-        out = sys.stdout.buffer
-
         def consume(f) -> int:
-            n = 0
-            while data := f.read(tarcopy.CHUNK):
-                out.write(data)
-                n += len(data)
-            out.flush()
-            return n
+            return _copy(f, sys.stdout.buffer)
     else:
         top = "." if path.rstrip("/").endswith("/.") or path.strip("/") == "." else \
             (os.path.basename(path.rstrip("/")) or ".")
@@ -393,6 +386,7 @@ async def _to_container(args, ctx, src: str, name: str, path: str) -> int:
 async def export(args, ctx) -> int:
     import asyncio
 
+    from services.cli import copy_plane
     from services.cli.commands.verbs import locate
     from shared import subjects
     from shared.errors import InvalidArgument
@@ -405,12 +399,15 @@ async def export(args, ctx) -> int:
     out = open(tmp, "wb") if args.output else sys.stdout.buffer
     try:
         async with _Sink(client, out.write, out.flush) as sink:
-            await client.request(subjects.agent(host, VERB_EXPORT), ExportRequest(container=c.id,
-                                                                                 stream_inbox=sink.inbox),
-                                 ExportReply, timeout=3600)
-            err = await asyncio.wait_for(sink.done, 60)
-            if err:
-                raise InvalidArgument(f"export of {args.container} failed: {err}")
+            reply = await client.request(subjects.agent(host, VERB_EXPORT),
+                                         ExportRequest(container=c.id, stream_inbox=sink.inbox, plane=_plane()),
+                                         ExportReply, timeout=3600)
+            if reply.url:  # the agent's copy plane
+                await asyncio.to_thread(copy_plane.get, reply.url, lambda f: _copy(f, out))
+            else:
+                err = await asyncio.wait_for(sink.done, 60)
+                if err:
+                    raise InvalidArgument(f"export of {args.container} failed: {err}")
         if args.output:
             out.close()
             os.replace(tmp, args.output)
@@ -433,6 +430,17 @@ async def commit(args, ctx) -> int:
     r = await client.request(subjects.agent(host, VERB_COMMIT), req, CommitReply, timeout=1800)
     print(r.digest)
     return 0
+
+
+def _copy(src, out) -> int:
+    """`src` to `out` until its end, CHUNK by CHUNK; the bytes."""
+    from shared.tarcopy import CHUNK
+    n = 0
+    while data := src.read(CHUNK):
+        out.write(data)
+        n += len(data)
+    out.flush()
+    return n
 
 
 def _human(n: int) -> str:

@@ -88,11 +88,14 @@ async def copy_to(cs, nc, c: Container, path: str, src_base: str, keep_owner: bo
                                                                        keep_owner=keep_owner))
 
 
+EVERYTHING = "/."  # export's path: the root's contents, without an entry of its own
+
+
 async def export(cs, nc, c: Container, inbox: str) -> int:
     if not inbox:
         raise InvalidArgument("export needs a stream_inbox for the bytes")
     root = str(await asyncio.to_thread(root_of, cs, c))
-    return await streams.send(nc, inbox, lambda f: tarcopy.write_tar(root, "/.", f))
+    return await streams.send(nc, inbox, lambda f: tarcopy.write_tar(root, EVERYTHING, f))
 
 
 # ---- diff ---------------------------------------------------------------------------------
