@@ -1,11 +1,26 @@
-"""Image layers: compression, safe unpacking, diffs into layers, overlay mounts, snapshots."""
+"""Image layers: compression, safe unpacking, diffs into layers, overlay mounts, snapshots.
 
-from shared.layers.compression import Compression, compression_of_media_type, detect, media_type
-from shared.layers.diff import LayerResult, has_changes, write_layer
-from shared.layers.snapshots import ActiveDirs, SnapshotStore, StoreUsage
-from shared.layers.unpack import UnpackResult, unpack_layer
+The names below load their module on first use: `cp` in the CLI needs only
+shared.layers.paths, and importing the package must not bring in zlib/isal, overlay
+mounts and the snapshot store for it.
+"""
 
-__all__ = [
-    "ActiveDirs", "Compression", "LayerResult", "SnapshotStore", "StoreUsage", "UnpackResult",
-    "compression_of_media_type", "detect", "has_changes", "media_type", "unpack_layer", "write_layer",
-]
+from importlib import import_module
+
+_WHERE = {
+    "Compression": "compression", "compression_of_media_type": "compression", "detect": "compression",
+    "media_type": "compression", "LayerResult": "diff", "has_changes": "diff", "write_layer": "diff",
+    "ActiveDirs": "snapshots", "SnapshotStore": "snapshots", "StoreUsage": "snapshots",
+    "UnpackResult": "unpack", "unpack_layer": "unpack",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str):
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
