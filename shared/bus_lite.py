@@ -307,10 +307,19 @@ class Connection(asyncio.Protocol):
     def new_inbox(self) -> str:
         return self._inbox + os.urandom(12).hex()
 
-    async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
+    async def publish(self, subject: str, payload: bytes = b"", reply: str = "",
+                      headers: dict[str, str] | None = None) -> None:
         limit = self.info.get("max_payload", 1 << 20)
         if len(payload) > limit:
             raise InvalidArgument(f"message of {len(payload)} bytes is over the server's limit of {limit}")
+        if headers:  # HPUB (cp's stream chunks: raw bytes, their seq and end in headers)
+            hdr = ("NATS/1.0\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items()) + "\r\n").encode()
+            sizes = f"{len(hdr)} {len(hdr) + len(payload)}"
+            head = f"HPUB {subject} {reply} {sizes}\r\n" if reply else f"HPUB {subject} {sizes}\r\n"
+            self._write(head.encode() + hdr)
+            self._write(payload)  # as it is: a 512 KiB chunk is not copied into one buffer first
+            self._write(_CRLF)
+            return
         head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else f"PUB {subject} {len(payload)}\r\n"
         self._write(head.encode() + payload + _CRLF)
 

@@ -4,8 +4,8 @@ cp, diff, export, commit): requests and replies to the agent that holds the cont
 Each is `shared.subjects.agent(agent_id, VERB)`; `events` is also asked fleet-wide
 (`shared.messages.agent.fleet(VERB_EVENTS)`) for the events an agent kept. Live events
 are published on `dockyard.events.container.<agent_id>.<action>` as `ContainerEvent`.
-Bytes of `cp` and `export` travel as `Chunk`s to an inbox the requester names, one
-window of chunks at a time (flow control: the agent waits for the requester's ack).
+Bytes of `cp` and `export` travel as `Chunk`s (raw payloads, headers for the rest) to
+an inbox the requester names, one window of chunks at a time (flow control: the agent waits for the requester's ack).
 A `cp` requester that shares the agent's loopback (`plane` = shared.locality.here())
 gets a `url` instead: a signed, expiring, single-use grant for that one copy on the
 agent's HTTP copy plane (services/runtime_agent/verbs/cpplane.py).
@@ -208,12 +208,39 @@ class CopyToReply(msgspec.Struct, kw_only=True):
 
 
 class Chunk(msgspec.Struct, kw_only=True):
-    """One piece of a byte stream. `seq` counts from 0; the last has `end` (and maybe `error`)."""
+    """One piece of a byte stream. `seq` counts from 0; the last has `end` (and maybe `error`).
+
+    On the bus its bytes are the message's payload as they are, the rest its headers
+    (`chunk_headers`, `chunk_of`): no JSON, no base64 a third bigger."""
 
     seq: int
     data: bytes = b""
     end: bool = False
     error: str = ""
+
+
+SEQ_HEADER = "Dockyard-Seq"
+END_HEADER = "Dockyard-End"
+ERROR_HEADER = "Dockyard-Error"
+
+
+def chunk_headers(c: Chunk) -> dict[str, str]:
+    h = {SEQ_HEADER: str(c.seq)}
+    if c.end:
+        h[END_HEADER] = "1"
+    if c.error:  # a header is one line
+        h[ERROR_HEADER] = " ".join(c.error.split())[:1000] or "failed"
+    return h
+
+
+def chunk_of(data: bytes, headers: dict[str, str] | None) -> Chunk:
+    """The Chunk a bus message carries; InvalidArgument if its headers are not one's."""
+    from shared.errors import InvalidArgument
+    h = headers or {}
+    seq = h.get(SEQ_HEADER, "")
+    if not (seq.isascii() and seq.isdigit()):
+        raise InvalidArgument(f"a stream chunk without a valid {SEQ_HEADER} header")
+    return Chunk(seq=int(seq), data=data, end=h.get(END_HEADER) == "1", error=h.get(ERROR_HEADER, ""))
 
 
 class ChunkWant(msgspec.Struct, kw_only=True):

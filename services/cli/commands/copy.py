@@ -1,9 +1,11 @@
 """`cp` (both ways, `-` for a tar stream) and `export`: bytes between here and a container.
 
-The agent drives the stream (services/runtime_agent/verbs/streams.py): for bytes out of
-the container it sends chunks as requests to our inbox and each answer is our ack; for
-bytes in, it asks our inbox for each chunk. Either way we hold a few chunks at most:
-files are read and written in a thread through a bounded queue.
+An agent on our loopback answers with a grant on its copy plane, and the tar goes over
+HTTP (services/cli/copy_plane.py). Otherwise the agent drives the stream on the bus
+(services/runtime_agent/verbs/streams.py): for bytes out of the container it sends
+chunks as requests to our inbox and each answer is our ack; for bytes in, it asks our
+inbox for each chunk. Either way we hold a few chunks at most: files are read and
+written in a thread through a bounded queue.
 """
 
 from __future__ import annotations
@@ -67,11 +69,10 @@ class _Sink:
         import asyncio
 
         from shared import codec
-        from shared.messages.verbs import Chunk, ChunkAck
-        dec = codec.decoder(Chunk)
+        from shared.messages.verbs import ChunkAck, chunk_of
 
         async def on_msg(msg) -> None:
-            c = dec.decode(msg.data)
+            c = chunk_of(msg.data, msg.headers)
             err = ""
             try:
                 if c.data:
@@ -106,7 +107,7 @@ class _Source:
         import asyncio
 
         from shared import codec
-        from shared.messages.verbs import Chunk, ChunkWant
+        from shared.messages.verbs import Chunk, ChunkWant, chunk_headers
         dec = codec.decoder(ChunkWant)
 
         async def on_msg(msg) -> None:
@@ -121,7 +122,7 @@ class _Source:
                     out = Chunk(seq=want.seq, end=True, error=str(e) or type(e).__name__)
                 self.ended = out.end
             if msg.reply:
-                await msg.respond(codec.encode(out))
+                await self.client.nc.publish(msg.reply, out.data, headers=chunk_headers(out))
 
         self.sub = await self.client.nc.subscribe(self.inbox, cb=on_msg)
         return self

@@ -18,19 +18,17 @@ import queue
 import threading
 from collections.abc import Callable
 
-import msgspec
 import nats.errors
 
 from shared import codec
 from shared.errors import Unavailable
-from shared.messages.verbs import Chunk, ChunkAck, ChunkWant
+from shared.messages.verbs import Chunk, ChunkAck, ChunkWant, chunk_headers, chunk_of
 from shared.tarcopy import CHUNK
 
 WINDOW = 8
 QUEUE = 8
 _ASK_TIMEOUT = 60.0
 _ack = codec.decoder(ChunkAck)
-_chunk = codec.decoder(Chunk)
 
 
 class _Aborted(Exception):
@@ -135,20 +133,25 @@ async def send(nc, inbox: str, produce: Callable[[io.RawIOBase], object]) -> int
         await produced.close()
         if not isinstance(e, Unavailable):
             with _suppress():
-                await nc.publish(inbox, codec.encode(Chunk(seq=seq, end=True, error=str(e) or type(e).__name__)))
+                await nc.publish(inbox, b"", headers=chunk_headers(Chunk(seq=seq, end=True,
+                                                                         error=str(e) or type(e).__name__)))
         raise
 
 
-async def _ask(nc, inbox: str, msg: msgspec.Struct) -> bytes:
+async def _ask(nc, inbox: str, msg: Chunk | ChunkWant):
+    """Send a Chunk (raw) or a ChunkWant (JSON) as a request to `inbox`; the answer."""
     try:
-        resp = await nc.request(inbox, codec.encode(msg), timeout=_ASK_TIMEOUT)
+        if isinstance(msg, Chunk):
+            resp = await nc.request(inbox, msg.data, timeout=_ASK_TIMEOUT, headers=chunk_headers(msg))
+        else:
+            resp = await nc.request(inbox, codec.encode(msg), timeout=_ASK_TIMEOUT)
     except (nats.errors.NoRespondersError, nats.errors.TimeoutError, asyncio.TimeoutError) as e:
         raise Unavailable("the requester stopped answering the stream") from e
     if isinstance(msg, Chunk):
         ack = _ack.decode(resp.data)
         if ack.error:
             raise Unavailable(f"the requester failed: {ack.error}")
-    return resp.data
+    return resp
 
 
 class _ChunkReader(io.RawIOBase):
@@ -237,7 +240,8 @@ async def receive(nc, inbox: str, consume: Callable[[io.BufferedReader], object]
             done, _ = await asyncio.wait({asks[0], consumed.job}, return_when=asyncio.FIRST_COMPLETED)
             if consumed.job in done and asks[0] not in done:
                 break  # the consumer stopped reading (an error, or a tar's end): its result says
-            c = _chunk.decode(asks.pop(0).result())
+            resp = asks.pop(0).result()
+            c = chunk_of(resp.data, resp.headers)
             if c.error:
                 await consumed.feed(Unavailable(f"the requester's stream failed: {c.error}"))
                 break

@@ -173,6 +173,27 @@ async def test_big_payloads_both_ways(lite, echo_service):
         await lite.request("dyrl.echo", Echo(text="y" * (2 << 20)), Reply, timeout=5)
 
 
+async def test_a_raw_payload_with_headers_reaches_nats_py_as_sent(lite, nc):
+    got = asyncio.get_running_loop().create_future()
+
+    async def cb(msg) -> None:
+        if msg.headers and not got.done():  # (not _interest's probes)
+            got.set_result(msg)
+            await nc.publish(msg.reply, b"ack", headers={"Dockyard-Seq": msg.headers["Dockyard-Seq"]})
+
+    sub = await nc.subscribe("dyrl.raw", cb=cb)
+    await _interest(lite, "dyrl.raw", True)
+    data = bytes(range(256)) * 2048  # 512 KiB, every byte value: no encoding on the way
+    inbox = lite.nc.new_inbox()
+    answers = await lite.nc.subscribe(inbox)
+    await lite.nc.publish("dyrl.raw", data, reply=inbox, headers={"Dockyard-Seq": "3", "Dockyard-End": "1"})
+    msg = await asyncio.wait_for(got, 5)
+    assert msg.data == data and msg.headers == {"Dockyard-Seq": "3", "Dockyard-End": "1"}
+    answer = await answers.next_msg(5)
+    assert (answer.data, answer.headers) == (b"ack", {"Dockyard-Seq": "3"})
+    await sub.unsubscribe()
+
+
 async def test_kv_entries_read_the_live_keys(lite, nc):
     kv = await bus.TypedKV.open(nc, "dyrl-lite-kv", Beat)
     try:

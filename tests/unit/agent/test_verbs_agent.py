@@ -61,3 +61,17 @@ def test_each_verb_has_the_narrowest_role():
     for verb in (v.VERB_PAUSE, v.VERB_UPDATE, v.VERB_CP_TO, v.VERB_CP_FROM, v.VERB_EXPORT, v.VERB_RESTART):
         assert required_role(subjects.agent("h", verb)) == "operator"
     assert required_role(subjects.agent("h", v.VERB_COMMIT)) == "admin"
+
+
+def test_stream_chunks_cross_the_bus_as_raw_payloads_with_headers():
+    from shared.messages.verbs import Chunk, chunk_headers, chunk_of
+    data = bytes(range(256)) * 4
+    c = chunk_of(data, chunk_headers(Chunk(seq=7, data=data)))
+    assert (c.seq, c.data, c.end, c.error) == (7, data, False, "")
+    last = chunk_headers(Chunk(seq=8, end=True, error="disk full\r\nInjected: header"))
+    assert last["Dockyard-Error"] == "disk full Injected: header"  # one line, whatever it said
+    c = chunk_of(b"", last)
+    assert (c.seq, c.end, c.error) == (8, True, "disk full Injected: header")
+    for bad in (None, {}, {"Dockyard-Seq": "-1"}, {"Dockyard-Seq": "x"}):
+        with pytest.raises(InvalidArgument, match="Dockyard-Seq"):
+            chunk_of(b"x", bad)
