@@ -257,7 +257,7 @@ class _ChunkedTar:
         self.thread = threading.Thread(target=run, daemon=True)
 
     def read(self) -> bytes:
-        if not self.thread.is_alive() and self.thread.ident is None:
+        if self.thread.ident is None:
             self.thread.start()  # on the bus's first ask (a copy-plane copy never asks)
         item = self.pipe.q.get()
         if item is None:
