@@ -215,6 +215,19 @@ async def test_a_reader_reads_but_cannot_run(stack, people):
         await c.close()
 
 
+async def test_a_reader_gets_no_copy_plane_grant(stack, people):
+    """The agent hands out copy-plane grants only in answer to cp and export, which the server
+    refuses a reader (they write into containers, or read all of one)."""
+    from shared.messages.verbs import VERB_CP_FROM, VERB_CP_TO, VERB_EXPORT
+    c = await bus_lite.connect(stack.nats_url, creds=people["reader"])
+    try:
+        for verb in (VERB_CP_TO, VERB_CP_FROM, VERB_EXPORT):
+            with pytest.raises(PermissionDenied):
+                await c.nc.request(subjects.agent(AGENT_ID, verb), b"{}", timeout=10)
+    finally:
+        await c.close()
+
+
 @pytest.mark.parametrize("verb", [subjects.AGENT_RUN_HOST_BIND, subjects.AGENT_RUN_PRIVILEGED])
 async def test_only_an_admin_may_bind_outside_the_volume_roots(stack, people, verb):
     """An operator credential is not root on every host: the agent verbs that bind any host
