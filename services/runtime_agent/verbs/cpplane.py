@@ -60,7 +60,8 @@ class CopyPlane:
         app = web.Application()
         app.router.add_get("/v1/containers/{id}/archive", self._get)
         app.router.add_put("/v1/containers/{id}/archive", self._put)
-        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        # a copy under way when the agent stops gets what the bus's drain gets, not a minute
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=5)
         await self._runner.setup()
         site = web.TCPSite(self._runner, _HOST, 0)
         try:
