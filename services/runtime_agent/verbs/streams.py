@@ -220,11 +220,17 @@ class Consumed:
 
     async def abort(self, why: str) -> None:
         """End the consumer early (its reads raise Unavailable) and wait for its thread."""
-        if not self.job.done():
-            with _suppress():
+        if self.job.done():
+            return
+        while True:  # a full queue drops a chunk for the error: once read, a consumer would wait for ever
+            try:
                 self.q.put_nowait(Unavailable(why))
-            with _suppress():
-                await self.job
+                break
+            except queue.Full:
+                with _suppress():
+                    self.q.get_nowait()
+        with _suppress():
+            await self.job
 
 
 async def receive(nc, inbox: str, consume: Callable[[io.BufferedReader], object]):

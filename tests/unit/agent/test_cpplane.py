@@ -158,3 +158,28 @@ async def test_the_agents_errors_come_back_as_theirs(plane):
     with pytest.raises(NotFound, match="no such file"):
         await asyncio.to_thread(copy_plane.get, plane.grant_out(CID, "/tmp/nothing", False), lambda f: f.read())
     assert _files(plane.roots[CID]) == {"tmp"} and not Path("/escape").exists()
+
+
+async def test_a_stream_ended_early_frees_its_consumer_even_with_a_full_queue():
+    """The plane's PUT (and the bus's receive) abort a consumer that still waits for bytes;
+    with QUEUE chunks waiting, the end must still reach it, not leave its thread blocked."""
+    import threading
+
+    from services.runtime_agent.verbs import streams
+    from shared.errors import Unavailable
+    gate = threading.Event()
+
+    def reader(f) -> None:
+        gate.wait(10)  # busy (a slow disk) while the queue fills
+        while f.read(1024):
+            pass
+
+    consumed = streams.Consumed(reader)
+    for _ in range(streams.QUEUE):
+        await consumed.feed(b"x" * 1024)
+    assert consumed.q.full()
+    asyncio.get_running_loop().call_later(0.2, gate.set)
+    await asyncio.wait_for(consumed.abort("the body ended early"), 5)
+    assert consumed.stopped
+    with pytest.raises(Unavailable, match="ended early"):
+        await consumed.result()
