@@ -1,6 +1,6 @@
 """`cp` over the agent's copy plane: a tar GET from, or PUT to, the grant URL the bus handed us.
 
-Blocking (http.client, in a thread: its import costs a CLI nothing next to aiohttp's). The
+Blocking (http.client, in a thread: it imports in a fraction of aiohttp's time). The
 body of a PUT is chunked as tarfile writes it, CHUNK by CHUNK; a GET's is read as
 extraction asks. A stream the agent broke off (its tar failed halfway) raises, so a
 short tar never passes for a whole one. The agent's errors come back as their classes.
