@@ -170,6 +170,7 @@ class CopyFromRequest(msgspec.Struct, kw_only=True):
     follow_link: bool = False  # -L: a symlink at PATH is followed (inside the root)
     stream_inbox: str = ""
     plane: str = ""  # the requester's shared.locality.here(): a match gets a `url` to GET
+    raw_chunks: bool = False  # the requester reads Chunks as raw payloads (chunk_of); else JSON
 
 
 class PathStat(msgspec.Struct, kw_only=True, frozen=True):
@@ -211,7 +212,9 @@ class Chunk(msgspec.Struct, kw_only=True):
     """One piece of a byte stream. `seq` counts from 0; the last has `end` (and maybe `error`).
 
     On the bus its bytes are the message's payload as they are, the rest its headers
-    (`chunk_headers`, `chunk_of`): no JSON, no base64 a third bigger."""
+    (`chunk_headers`, `chunk_of`): no JSON, no base64 a third bigger. Each side sends that
+    only to a peer that said it reads it (`raw_chunks`, `ChunkWant.raw`): an older one
+    gets the JSON Chunk, and `chunk_of` reads either."""
 
     seq: int
     data: bytes = b""
@@ -234,9 +237,13 @@ def chunk_headers(c: Chunk) -> dict[str, str]:
 
 
 def chunk_of(data: bytes, headers: dict[str, str] | None) -> Chunk:
-    """The Chunk a bus message carries; InvalidArgument if its headers are not one's."""
+    """The Chunk a bus message carries (raw, or JSON from an older peer); InvalidArgument if
+    it is neither."""
     from shared.errors import InvalidArgument
     h = headers or {}
+    if SEQ_HEADER not in h and data[:1] == b"{":
+        from shared import codec
+        return codec.decode(data, Chunk)
     seq = h.get(SEQ_HEADER, "")
     if not (seq.isascii() and seq.isdigit()):
         raise InvalidArgument(f"a stream chunk without a valid {SEQ_HEADER} header")
@@ -247,6 +254,7 @@ class ChunkWant(msgspec.Struct, kw_only=True):
     """`cp` into a container: the agent asks the requester for chunk `seq` (answered with a Chunk)."""
 
     seq: int
+    raw: bool = False  # the agent reads a raw answer (chunk_headers); an older one, JSON only
 
 
 class ChunkAck(msgspec.Struct, kw_only=True):
@@ -259,6 +267,7 @@ class ExportRequest(msgspec.Struct, kw_only=True):
     container: str
     stream_inbox: str = ""
     plane: str = ""  # as CopyFromRequest's: a match gets a `url` to GET
+    raw_chunks: bool = False  # as CopyFromRequest's
 
 
 class ExportReply(msgspec.Struct, kw_only=True):

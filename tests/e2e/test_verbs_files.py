@@ -327,3 +327,56 @@ async def test_the_copy_plane_answers_only_the_grant_the_bus_issued(fleet, nc, t
     with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
         assert tf.extractfile("planted").read() == b"bad"
     fleet.cli("rm", "-f", "granted", "bystander")
+
+
+async def test_an_older_cli_still_gets_json_chunks_on_the_bus(fleet, nc):
+    """A requester that does not say it reads raw chunks (an older CLI, mid-upgrade) gets the
+    JSON Chunks it knows, and its JSON answers to ChunkWant are read."""
+    import asyncio
+
+    from shared import bus, codec, subjects
+    from shared.messages.verbs import (VERB_CP_FROM, VERB_CP_TO, Chunk, ChunkAck, ChunkWant, CopyFromReply,
+                                       CopyFromRequest, CopyToReply, CopyToRequest)
+    agent = fleet.agents[1]
+    fleet.cli("run", "-d", "--name", "legacy", "--host", agent.id, "--network", "none", "busybox", "sleep", "600")
+    cid = fleet.inspect("legacy")["Id"]
+    client = bus.BusClient(nc)
+    payload = os.urandom(600 * 1024)  # two chunks
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        info = tarfile.TarInfo("old.bin")
+        info.size = len(payload)
+        tf.addfile(info, io.BytesIO(payload))
+    tar, sent = buf.getvalue(), 0
+
+    async def answer(msg) -> None:  # what an older CLI's cp-to does: JSON Chunks
+        nonlocal sent
+        want = codec.decode(msg.data, ChunkWant)
+        piece = tar[sent:sent + (512 << 10)]
+        sent += len(piece)
+        await msg.respond(codec.encode(Chunk(seq=want.seq, data=piece, end=not piece)))
+
+    sub = await nc.subscribe(inbox := nc.new_inbox(), cb=answer)
+    r = await client.request(subjects.agent(agent.id, VERB_CP_TO),
+                             CopyToRequest(container=cid, path="/tmp", stream_inbox=inbox), CopyToReply, timeout=30)
+    await sub.unsubscribe()
+    assert (r.url, r.written) == ("", len(payload))
+
+    got, done = [], asyncio.get_running_loop().create_future()
+
+    async def take(msg) -> None:  # and its cp-from: JSON Chunks only, acked
+        c = codec.decode(msg.data, Chunk)
+        got.append(c.data)
+        await msg.respond(codec.encode(ChunkAck(seq=c.seq)))
+        if c.end and not done.done():
+            done.set_result(c.error)
+
+    sub = await nc.subscribe(inbox := nc.new_inbox(), cb=take)
+    r = await client.request(subjects.agent(agent.id, VERB_CP_FROM),
+                             CopyFromRequest(container=cid, path="/tmp/old.bin", stream_inbox=inbox),
+                             CopyFromReply, timeout=30)
+    assert r.url == "" and await asyncio.wait_for(done, 10) == ""
+    await sub.unsubscribe()
+    with tarfile.open(fileobj=io.BytesIO(b"".join(got))) as tf:
+        assert tf.extractfile("old.bin").read() == payload
+    fleet.cli("rm", "-f", "legacy")

@@ -121,8 +121,10 @@ class _Source:
                 except Exception as e:  # noqa: BLE001 - the agent hears why and stops
                     out = Chunk(seq=want.seq, end=True, error=str(e) or type(e).__name__)
                 self.ended = out.end
-            if msg.reply:
+            if msg.reply and want.raw:
                 await self.client.nc.publish(msg.reply, out.data, headers=chunk_headers(out))
+            elif msg.reply:  # an older agent reads JSON chunks only
+                await msg.respond(codec.encode(out))
 
         self.sub = await self.client.nc.subscribe(self.inbox, cb=on_msg)
         return self
@@ -324,7 +326,7 @@ async def _from_container(args, ctx, name: str, path: str, dest: str) -> int:
     try:
         async with _Sink(client, feed.write, feed.finish) as sink:
             req = CopyFromRequest(container=c.id, path=path, follow_link=args.follow_link,
-                                  stream_inbox=sink.inbox, plane=_plane())
+                                  stream_inbox=sink.inbox, plane=_plane(), raw_chunks=True)
             reply = await client.request(subjects.agent(host, VERB_CP_FROM), req, CopyFromReply, timeout=3600)
             if reply.url:  # the agent's copy plane: one HTTP stream, nothing came on the bus
                 copied = await asyncio.to_thread(copy_plane.get, reply.url, consume)
@@ -401,7 +403,8 @@ async def export(args, ctx) -> int:
     try:
         async with _Sink(client, out.write, out.flush) as sink:
             reply = await client.request(subjects.agent(host, VERB_EXPORT),
-                                         ExportRequest(container=c.id, stream_inbox=sink.inbox, plane=_plane()),
+                                         ExportRequest(container=c.id, stream_inbox=sink.inbox, plane=_plane(),
+                                                       raw_chunks=True),
                                          ExportReply, timeout=3600)
             if reply.url:  # the agent's copy plane
                 await asyncio.to_thread(copy_plane.get, reply.url, lambda f: _copy(f, out))

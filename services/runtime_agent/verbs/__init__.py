@@ -78,7 +78,8 @@ class Verbs:
         if self.plane.serves(req.plane):  # checked and granted here; the bytes go over HTTP
             _, path, info = await files.stat_from(self.cs, c, req.path, req.follow_link)
             return v.CopyFromReply(stat=info, url=self.plane.grant_out(c.id, path, req.follow_link))
-        info, sent = await files.copy_from(self.cs, self.agent.nc, c, req.path, req.follow_link, req.stream_inbox)
+        info, sent = await files.copy_from(self.cs, self.agent.nc, c, req.path, req.follow_link, req.stream_inbox,
+                                           raw=req.raw_chunks)
         return v.CopyFromReply(stat=info, sent=sent)
 
     async def cp_to(self, req: v.CopyToRequest) -> v.CopyToReply:
@@ -94,7 +95,7 @@ class Verbs:
         c = self.cs.inspect(req.container)
         if self.plane.serves(req.plane):
             return v.ExportReply(url=self.plane.grant_out(c.id, files.EVERYTHING, False))
-        return v.ExportReply(sent=await files.export(self.cs, self.agent.nc, c, req.stream_inbox))
+        return v.ExportReply(sent=await files.export(self.cs, self.agent.nc, c, req.stream_inbox, raw=req.raw_chunks))
 
     async def commit(self, req: v.CommitRequest) -> v.CommitReply:
         from services.runtime_agent.verbs.commit import commit

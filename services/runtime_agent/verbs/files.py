@@ -49,11 +49,12 @@ async def stat_from(cs, c: Container, path: str, follow: bool) -> tuple[str, str
     return root, path, info
 
 
-async def copy_from(cs, nc, c: Container, path: str, follow: bool, inbox: str) -> tuple[PathStat, int]:
+async def copy_from(cs, nc, c: Container, path: str, follow: bool, inbox: str, *,
+                    raw: bool = False) -> tuple[PathStat, int]:
     if not inbox:
         raise InvalidArgument("cp needs a stream_inbox for the bytes")
     root, path, info = await stat_from(cs, c, path, follow)
-    sent = await streams.send(nc, inbox, lambda f: tarcopy.write_tar(root, path, f, follow_last=follow))
+    sent = await streams.send(nc, inbox, lambda f: tarcopy.write_tar(root, path, f, follow_last=follow), raw=raw)
     return info, sent
 
 
@@ -91,11 +92,11 @@ async def copy_to(cs, nc, c: Container, path: str, src_base: str, keep_owner: bo
 EVERYTHING = "/."  # export's path: the root's contents, without an entry of its own
 
 
-async def export(cs, nc, c: Container, inbox: str) -> int:
+async def export(cs, nc, c: Container, inbox: str, *, raw: bool = False) -> int:
     if not inbox:
         raise InvalidArgument("export needs a stream_inbox for the bytes")
     root = str(await asyncio.to_thread(root_of, cs, c))
-    return await streams.send(nc, inbox, lambda f: tarcopy.write_tar(root, EVERYTHING, f))
+    return await streams.send(nc, inbox, lambda f: tarcopy.write_tar(root, EVERYTHING, f), raw=raw)
 
 
 # ---- diff ---------------------------------------------------------------------------------

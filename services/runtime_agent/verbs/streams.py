@@ -111,37 +111,41 @@ class Produced:
             await self.job
 
 
-async def send(nc, inbox: str, produce: Callable[[io.RawIOBase], object]) -> int:
-    """Run `produce(file)` in a thread and stream what it writes to `inbox`; the bytes sent."""
+async def send(nc, inbox: str, produce: Callable[[io.RawIOBase], object], *, raw: bool = False) -> int:
+    """Run `produce(file)` in a thread and stream what it writes to `inbox`; the bytes sent.
+    `raw`: the requester reads raw chunks (else each is a JSON Chunk, for an older one)."""
     produced = Produced(produce)
     inflight: list[asyncio.Task] = []
     seq = total = 0
     try:
         while (data := await produced.next()) is not None:
-            inflight.append(asyncio.ensure_future(_ask(nc, inbox, Chunk(seq=seq, data=data))))
+            inflight.append(asyncio.ensure_future(_ask(nc, inbox, Chunk(seq=seq, data=data), raw)))
             seq += 1
             total += len(data)
             if len(inflight) >= WINDOW:
                 await inflight.pop(0)
         for t in inflight:
             await t
-        await _ask(nc, inbox, Chunk(seq=seq, end=True))
+        await _ask(nc, inbox, Chunk(seq=seq, end=True), raw)
         return total
     except BaseException as e:
         for t in inflight:
             t.cancel()
         await produced.close()
         if not isinstance(e, Unavailable):
+            last = Chunk(seq=seq, end=True, error=str(e) or type(e).__name__)
             with _suppress():
-                await nc.publish(inbox, b"", headers=chunk_headers(Chunk(seq=seq, end=True,
-                                                                         error=str(e) or type(e).__name__)))
+                if raw:
+                    await nc.publish(inbox, b"", headers=chunk_headers(last))
+                else:
+                    await nc.publish(inbox, codec.encode(last))
         raise
 
 
-async def _ask(nc, inbox: str, msg: Chunk | ChunkWant):
-    """Send a Chunk (raw) or a ChunkWant (JSON) as a request to `inbox`; the answer."""
+async def _ask(nc, inbox: str, msg: Chunk | ChunkWant, raw: bool = False):
+    """Send a Chunk (raw, or JSON) or a ChunkWant (JSON) as a request to `inbox`; the answer."""
     try:
-        if isinstance(msg, Chunk):
+        if isinstance(msg, Chunk) and raw:
             resp = await nc.request(inbox, msg.data, timeout=_ASK_TIMEOUT, headers=chunk_headers(msg))
         else:
             resp = await nc.request(inbox, codec.encode(msg), timeout=_ASK_TIMEOUT)
@@ -241,7 +245,7 @@ async def receive(nc, inbox: str, consume: Callable[[io.BufferedReader], object]
     try:
         while True:
             while len(asks) < WINDOW:
-                asks.append(asyncio.ensure_future(_ask(nc, inbox, ChunkWant(seq=seq))))
+                asks.append(asyncio.ensure_future(_ask(nc, inbox, ChunkWant(seq=seq, raw=True))))
                 seq += 1
             done, _ = await asyncio.wait({asks[0], consumed.job}, return_when=asyncio.FIRST_COMPLETED)
             if consumed.job in done and asks[0] not in done:

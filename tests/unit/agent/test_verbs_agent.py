@@ -75,3 +75,9 @@ def test_stream_chunks_cross_the_bus_as_raw_payloads_with_headers():
     for bad in (None, {}, {"Dockyard-Seq": "-1"}, {"Dockyard-Seq": "x"}):
         with pytest.raises(InvalidArgument, match="Dockyard-Seq"):
             chunk_of(b"x", bad)
+    # an older peer's JSON Chunk (base64 bytes) reads the same; a raw chunk may start with "{"
+    from shared import codec
+    assert chunk_of(codec.encode(Chunk(seq=2, data=b"{x}", end=True)), None) == Chunk(seq=2, data=b"{x}", end=True)
+    assert chunk_of(b"{x}", {"Dockyard-Seq": "2"}).data == b"{x}"
+    with pytest.raises(InvalidArgument):
+        chunk_of(b"{not json", None)
