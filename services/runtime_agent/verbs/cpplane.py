@@ -148,10 +148,10 @@ async def _pump(request: web.Request, consumed: streams.Consumed) -> None:
             return  # it stopped reading: its result tells why (the rest is not read)
         buf += piece
         if len(buf) >= tarcopy.CHUNK:
-            await consumed.feed(bytes(buf))
-            buf.clear()
+            await consumed.feed(buf)  # handed over whole, not copied: a new one fills next
+            buf = bytearray()
     if buf:
-        await consumed.feed(bytes(buf))
+        await consumed.feed(buf)
     await consumed.feed(None)
 
 

@@ -204,7 +204,7 @@ class Consumed:
         """The consumer stopped reading (an error, or a tar's end): `result` says which."""
         return self.job.done()
 
-    async def feed(self, item: bytes | BaseException | None) -> None:
+    async def feed(self, item: bytes | bytearray | BaseException | None) -> None:
         """Give the consumer a chunk (None: the end; an exception: raised in its reads)."""
         try:
             self.q.put_nowait(item)  # the usual case: the consumer keeps up, no thread hop
