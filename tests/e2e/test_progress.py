@@ -187,7 +187,7 @@ async def test_gc_progress_goes_to_inboxes_only(stack):
     nc = await bus.connect(stack.nats_url)
     try:
         client = bus.BusClient(nc)
-        with pytest.raises(InvalidArgument, match="no inbox"):
+        with pytest.raises(InvalidArgument, match="progress_inbox"):
             await client.request(subjects.GC_RUN, RunRequest(jobs=["uploads"], dry_run=True,
                                                               progress_inbox=subjects.BLOB_DELETE), RunReply)
         seen = []
