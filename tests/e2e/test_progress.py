@@ -252,6 +252,16 @@ def test_gc_reports_each_job_as_it_ends(stack):
     assert job["job"] == "uploads" and job["freed"] == json.loads(js.stdout)["reports"][0]["freed"]
 
 
+def test_gc_draws_its_jobs_on_a_terminal(stack):
+    code, out, term = on_a_pty(stack, "gc", "run", "--dry-run", "--job", "uploads", "--job", "build-cache")
+    assert code == 0, term
+    plain = ANSI.sub("", term)
+    assert "\x1b[" in term and "✔" in plain, term  # drawn: a spinner per job, ticked when it ends
+    assert "#1 [1/2] uploads" in plain and "#2 [2/2] build-cache" in plain, plain
+    assert re.search(r"DONE \d+\.\ds examined \d+, would remove \d+, freed \S+", plain), plain
+    assert "JOB" in out and "\x1b" not in out
+
+
 def test_run_shows_the_agents_pull_per_layer(stack, tmp_path):
     layout = tmp_path / "layout"
     # A layer of its own: busybox's alone may be on the agent already (other tests pull it),
