@@ -6,9 +6,10 @@ from typing import Annotated
 
 import msgspec
 
-# Where a service publishes a requester's progress: an inbox (`_INBOX.…`; a principal's own
-# are `_INBOX.<name>.…`), never another subject, since the service may publish where its
-# caller may not. A request naming anything else fails to decode (InvalidArgument).
+# Where a service publishes to a requester (progress, a container's output, a session's
+# frames): an inbox (`_INBOX.…`; a principal's own are `_INBOX.<name>.…`), never another
+# subject, since the service may publish where its caller may not. A request naming
+# anything else fails to decode (InvalidArgument).
 Inbox = Annotated[str, msgspec.Meta(pattern=r"^(_INBOX(\.[^.\s*>]+)+)?\Z", max_length=255)]
 
 
