@@ -8,9 +8,10 @@ these names, where most callers import them from.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import msgspec
@@ -19,7 +20,7 @@ import nats.js.errors
 from nats.aio.client import Client as NATS
 
 from shared import codec, jsconsumer
-from shared.errors import AlreadyExists, Conflict, NotFound, Unavailable
+from shared.errors import AlreadyExists, Conflict, DockyardError, NotFound, Unavailable
 
 Rep = TypeVar("Rep")
 
@@ -57,6 +58,22 @@ async def kv_bucket(nc: NATS, bucket: str, *, ttl: float | None = None, history:
         return await js.key_value(bucket)
     except nats.errors.Error as e:
         raise Unavailable(f"cannot create KV bucket {bucket}: {e}") from e
+
+
+@contextlib.contextmanager
+def _cas(op: str, key: str, lost: DockyardError) -> Iterator[None]:
+    """A compare-and-set write: `lost` when another writer came first, Unavailable on any other
+    NATS error (10071: JetStream's "wrong last sequence", as an APIError of its own)."""
+    try:
+        yield
+    except nats.js.errors.KeyWrongLastSequenceError as e:
+        raise lost from e
+    except nats.js.errors.APIError as e:
+        if getattr(e, "err_code", None) == 10071:
+            raise lost from e
+        raise Unavailable(f"KV {op} {key}: {e}") from e
+    except nats.errors.Error as e:
+        raise Unavailable(f"KV {op} {key}: {e}") from e
 
 
 # Above this many candidate keys, one consumer costs less than a get per key.
@@ -99,24 +116,12 @@ class TypedKV:
         return got
 
     async def create(self, key: str, value: msgspec.Struct) -> int:
-        try:
+        with _cas("create", key, AlreadyExists(f"{key} already exists")):
             return await self.kv.create(key, codec.encode(value))
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise AlreadyExists(f"{key} already exists") from e
-        except nats.js.errors.APIError as e:
-            if getattr(e, "err_code", None) == 10071:
-                raise AlreadyExists(f"{key} already exists") from e
-            raise Unavailable(f"KV create {key}: {e}") from e
 
     async def update(self, key: str, value: msgspec.Struct, last: int) -> int:
-        try:
+        with _cas("update", key, Conflict(f"{key} changed concurrently")):
             return await self.kv.update(key, codec.encode(value), last=last)
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise Conflict(f"{key} changed concurrently") from e
-        except nats.js.errors.APIError as e:
-            if getattr(e, "err_code", None) == 10071:
-                raise Conflict(f"{key} changed concurrently") from e
-            raise Unavailable(f"KV update {key}: {e}") from e
 
     async def put(self, key: str, value: msgspec.Struct) -> int:
         try:
@@ -125,16 +130,8 @@ class TypedKV:
             raise Unavailable(f"KV put {key}: {e}") from e
 
     async def delete(self, key: str, last: int | None = None) -> None:
-        try:
+        with _cas("delete", key, Conflict(f"{key} changed concurrently")):
             await self.kv.delete(key, last=last)
-        except nats.js.errors.KeyWrongLastSequenceError as e:
-            raise Conflict(f"{key} changed concurrently") from e
-        except nats.js.errors.APIError as e:
-            if getattr(e, "err_code", None) == 10071:
-                raise Conflict(f"{key} changed concurrently") from e
-            raise Unavailable(f"KV delete {key}: {e}") from e
-        except nats.errors.Error as e:
-            raise Unavailable(f"KV delete {key}: {e}") from e
 
     async def keys(self, prefix: str = "") -> list[str]:
         """Live keys, optionally under `prefix` (a `kv_key` prefix ending in '.')."""

@@ -125,21 +125,28 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def test_tty_draws_bars_on_a_pty():
+def _on_a_pty(verb: str, feed) -> str:
+    """What a tty Reporter fed by `feed(reporter)` draws on a real terminal."""
     master, slave = pty.openpty()
     try:
         with os.fdopen(os.dup(slave), "w") as term:
-            with pg.Reporter("tty", verb="Push", stream=term) as r:
-                r.transfer("aaa", pg.ACTIVE, 500_000, 1_000_000)
-                r.transfer("aaa", pg.DONE, 1_000_000, 1_000_000)
-                r.transfer("bbb", pg.EXISTS, 10, 10)
+            with pg.Reporter("tty", verb=verb, stream=term) as r:
+                feed(r)
         os.close(slave)
         slave = -1
-        text = _read_all(master).decode(errors="replace")
+        return _read_all(master).decode(errors="replace")
     finally:
         os.close(master)
         if slave >= 0:
             os.close(slave)
+
+
+def test_tty_draws_bars_on_a_pty():
+    def feed(r):
+        r.transfer("aaa", pg.ACTIVE, 500_000, 1_000_000)
+        r.transfer("aaa", pg.DONE, 1_000_000, 1_000_000)
+        r.transfer("bbb", pg.EXISTS, 10, 10)
+    text = _on_a_pty("Push", feed)
     assert "\x1b[" in text  # drawn, with cursor movement and colour
     assert "━" in text  # rich's bar
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
@@ -147,20 +154,11 @@ def test_tty_draws_bars_on_a_pty():
 
 
 def test_tty_a_line_before_the_first_bar_leaves_the_bars_their_columns():
-    master, slave = pty.openpty()
-    try:
-        with os.fdopen(os.dup(slave), "w") as term:
-            with pg.Reporter("tty", verb="Load", stream=term) as r:
-                r.log("Loading 1 image(s)")
-                r.transfer("aaa", pg.ACTIVE, 500_000, 1_000_000)
-                r.transfer("aaa", pg.DONE, 1_000_000, 1_000_000)
-        os.close(slave)
-        slave = -1
-        text = _read_all(master).decode(errors="replace")
-    finally:
-        os.close(master)
-        if slave >= 0:
-            os.close(slave)
+    def feed(r):
+        r.log("Loading 1 image(s)")
+        r.transfer("aaa", pg.ACTIVE, 500_000, 1_000_000)
+        r.transfer("aaa", pg.DONE, 1_000_000, 1_000_000)
+    text = _on_a_pty("Load", feed)
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     assert plain.startswith("Loading 1 image(s)\r\n") and "━" in text and "1.0/1.0 MB" in plain, plain
 
