@@ -196,12 +196,14 @@ def test_save_plain_lines_json_lines_and_quiet(stack, image, tmp_path):
     assert events and all(e["event"] == "transfer" for e in events), p.stderr
     done = [e for e in events if e["status"] == "done"]
     assert len(done) == 2 and all(e["current"] == e["total"] > 300 << 10 for e in done), events
-    # to stdout with every mode but tty: the archive is the same bytes
-    with open(tmp_path / "stdout.tar", "wb") as f:
-        p = subprocess.run([sys.executable, "-m", "services.cli.main", "--json", "save", image], env=stack.env,
-                           stdout=f, stderr=subprocess.PIPE, timeout=300, check=True)
-    assert [json.loads(ln)["event"] for ln in p.stderr.splitlines()] == [e["event"] for e in events]
-    assert (tmp_path / "stdout.tar").read_bytes() == out.read_bytes()
+    # to stdout (no -o, or `-o -`) with every mode but tty: the archive is the same bytes
+    for to_stdout in ([], ["-o", "-"]):
+        with open(tmp_path / "stdout.tar", "wb") as f:
+            p = subprocess.run([sys.executable, "-m", "services.cli.main", "--json", "save", *to_stdout, image],
+                               env=stack.env, stdout=f, stderr=subprocess.PIPE, timeout=300, check=True)
+        again = [json.loads(ln) for ln in p.stderr.splitlines()]
+        assert {e["event"] for e in again} == {"transfer"} and len([e for e in again if e["status"] == "done"]) == 2
+        assert (tmp_path / "stdout.tar").read_bytes() == out.read_bytes()
     assert stack.cli("save", "-q", "-o", str(out), image).stderr == ""
 
 

@@ -10,7 +10,7 @@ from typing import Any
 def register(sub: Any) -> None:
     from services.cli.progress import add_flag
     p = sub.add_parser("save", help="save images to a tar archive (docker-archive and OCI layout in one)")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout (-: stdout)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress")
     add_flag(p)
     p.add_argument("images", nargs="+")
@@ -45,10 +45,10 @@ async def save(args, ctx) -> int:
         if not is_stack(ref, ctx.config):
             raise InvalidArgument(f"{text} is not in the stack registry: `dockyard pull {text}` first")
         refs.append(ref.with_domain(None))
-    if args.output is None and sys.stdout.isatty():
+    target = None if args.output in (None, "-") else args.output  # `-o -`: stdout, as no -o
+    if target is None and sys.stdout.isatty():
         raise InvalidArgument("cowardly refusing to write an archive to a terminal: use -o FILE or a pipe")
     b = await ctx.bus()
-    target = args.output
     # the tar's headers are patched in place once a layer's size is known: a pipe gets a temp file first
     tmp = None if target else tempfile.NamedTemporaryFile(prefix="dockyard-save-", suffix=".tar")
     path = target + f".{os.getpid()}.partial" if target else tmp.name
