@@ -5,7 +5,8 @@ Each is `shared.subjects.agent(agent_id, VERB)`; `events` is also asked fleet-wi
 (`shared.messages.agent.fleet(VERB_EVENTS)`) for the events an agent kept. Live events
 are published on `dockyard.events.container.<agent_id>.<action>` as `ContainerEvent`.
 Bytes of `cp` and `export` travel as `Chunk`s (raw payloads, headers for the rest) to
-an inbox the requester names, one window of chunks at a time (flow control: the agent waits for the requester's ack).
+an inbox the requester names, one window of chunks at a time (flow control: the agent
+waits for the requester's ack).
 A `cp` requester that shares the agent's loopback (`plane` = shared.locality.here())
 gets a `url` instead: a signed, expiring, single-use grant for that one copy on the
 agent's HTTP copy plane (services/runtime_agent/verbs/cpplane.py).
@@ -20,6 +21,7 @@ from typing import Literal
 import msgspec
 
 from shared.messages.agent import Container
+from shared.messages.common import Inbox
 
 VERB_WAIT = "wait"
 VERB_RESTART = "restart"
@@ -168,7 +170,7 @@ class CopyFromRequest(msgspec.Struct, kw_only=True):
     container: str
     path: str
     follow_link: bool = False  # -L: a symlink at PATH is followed (inside the root)
-    stream_inbox: str = ""
+    stream_inbox: Inbox = ""  # the agent publishes the stream there: an inbox, nothing else
     plane: str = ""  # the requester's shared.locality.here(): a match gets a `url` to GET
     raw_chunks: bool = False  # the requester reads Chunks as raw payloads (chunk_of); else JSON
 
@@ -199,7 +201,7 @@ class CopyToRequest(msgspec.Struct, kw_only=True):
     path: str
     src_base: str = ""
     copy_uid_gid: bool = False  # -a: keep the archive's owners (else root)
-    stream_inbox: str = ""
+    stream_inbox: Inbox = ""  # the agent publishes the stream there: an inbox, nothing else
     plane: str = ""  # the requester's shared.locality.here(): a match gets a `url` to PUT
 
 
@@ -265,7 +267,7 @@ class ChunkAck(msgspec.Struct, kw_only=True):
 
 class ExportRequest(msgspec.Struct, kw_only=True):
     container: str
-    stream_inbox: str = ""
+    stream_inbox: Inbox = ""  # the agent publishes the stream there: an inbox, nothing else
     plane: str = ""  # as CopyFromRequest's: a match gets a `url` to GET
     raw_chunks: bool = False  # as CopyFromRequest's
 

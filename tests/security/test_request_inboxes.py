@@ -23,6 +23,7 @@ from shared.messages import agent as am
 from shared.messages.auth import CopyReply, CopyRequest
 from shared.messages.builder import BuildReply, BuildRequest, ImportReply, ImportRequest
 from shared.messages.gc import RunReply, RunRequest
+from shared.messages import verbs as vv
 from shared.messages.interactive import AttachSpec, ExecReply, ExecRequest
 from shared.oci.digest import Digest
 from tests.e2e.conftest import start_stack, stop_stack
@@ -61,6 +62,16 @@ def requests(agent: str) -> dict:
                                lambda i: ExecRequest(container="dypi-none", args=["true"],
                                                      attach=AttachSpec(session="0" * 32, inbox=i)),
                                ExecReply, "attach.inbox"),
+        # cp and export: the agent streams a tar to the inbox (datapath)
+        "runtime-agent cp-from": (subjects.agent(agent, vv.VERB_CP_FROM),
+                                  lambda i: vv.CopyFromRequest(container="dypi-none", path="/", stream_inbox=i),
+                                  vv.CopyFromReply, "stream_inbox"),
+        "runtime-agent cp-to": (subjects.agent(agent, vv.VERB_CP_TO),
+                                lambda i: vv.CopyToRequest(container="dypi-none", path="/", stream_inbox=i),
+                                vv.CopyToReply, "stream_inbox"),
+        "runtime-agent export": (subjects.agent(agent, vv.VERB_EXPORT),
+                                 lambda i: vv.ExportRequest(container="dypi-none", stream_inbox=i),
+                                 vv.ExportReply, "stream_inbox"),
     }
 
 
