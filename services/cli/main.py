@@ -7,15 +7,14 @@ import gc
 # A command lives for a fraction of a second: collecting cycles while it imports is wasted time.
 gc.disable()
 
-import argparse  # noqa: E402
-import asyncio  # noqa: E402
-import importlib  # noqa: E402
 import sys  # noqa: E402
 
 from services.cli.commands import MODULES
 
 
-def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> "argparse.ArgumentParser":
+    import argparse  # not for `--version`
+    import importlib
     parser = argparse.ArgumentParser(prog="dockyard", description="Build, push, pull and run container images.")
     parser.add_argument("--nats", dest="nats_url", help="NATS URL (env DOCKYARD_NATS_URL)")
     parser.add_argument("--data-dir", dest="data_dir", help="data directory (env DOCKYARD_DATA_DIR)")
@@ -24,6 +23,7 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     parser.add_argument("--context", dest="context_name",
                         help="the stack to talk to (env DOCKYARD_CONTEXT; see `dockyard context`)")
     parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("-v", "--version", action="store_true", help="print the version and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = [MODULES[only]] if only in MODULES else sorted(set(MODULES.values()))
     for name in modules:
@@ -33,8 +33,31 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
             if e.name == f"services.cli.commands.{name}":
                 continue  # an area not built yet
             raise
-        mod.register(sub)
+        mod.register(sub if only not in MODULES else _Only(sub, only))
     return parser
+
+
+class _Only:
+    """The subparsers of one command: a module's other commands are not built at all
+    (`run`'s hundred flags cost `dockyard ps` ~3 ms of argparse)."""
+
+    def __init__(self, sub: object, name: str):
+        self._sub, self._name = sub, name
+
+    def add_parser(self, name: str, **kwargs: object) -> object:
+        if name == self._name:
+            return self._sub.add_parser(name, **kwargs)
+        return _Discard()
+
+    def __getattr__(self, attr: str) -> object:
+        return getattr(self._sub, attr)
+
+
+class _Discard:
+    """A parser nobody will use: every call is accepted and ignored."""
+
+    def __getattr__(self, attr: str) -> object:
+        return lambda *args, **kwargs: self
 
 
 GLOBAL_OPTIONS_WITH_VALUE = {"--nats", "--data-dir", "--context", "--creds"}
@@ -58,6 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a != "--json"]
     # Import only the module of the command asked for: start-up time is part of every command.
     first = _command_name(argv)
+    if first is None and ("--version" in argv or "-v" in argv):
+        from services.cli.version import banner
+        print(banner())
+        return 0
     parser = build_parser(first)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
@@ -82,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
         name, cfg = contexts.resolve(context=args.context_name, nats_url=args.nats_url, data_dir=args.data_dir)
         if args.creds:
             cfg = msgspec.structs.replace(cfg, creds=args.creds)
+        if getattr(args, "loopless", False):
+            # A read-only command whose every await is a bus verb: no event loop to import.
+            from shared import bus_blocking
+            try:
+                return bus_blocking.drive(run(CliContext(cfg, json_output=json_output, context=name,
+                                                         loopless=True)))
+            except bus_blocking.NeedsEventLoop:
+                pass  # e.g. TLS without the fleet CA: nats-py, on an event loop
+        import asyncio
         return asyncio.run(run(CliContext(cfg, json_output=json_output, context=name)))
     except PermissionDenied as e:
         CliContext.error(_refusal(first or "", e))

@@ -361,3 +361,8 @@ class Heartbeat(msgspec.Struct, kw_only=True, frozen=True):
     time: float = 0.0  # unix seconds when sent
     started_at: float = 0.0
     version: str = "0.1.0"
+
+
+def is_lost(beat: Heartbeat, now: float) -> bool:
+    """The host's last heartbeat is older than HEARTBEAT_STALE: shown lost, never placed on."""
+    return now - beat.time >= HEARTBEAT_STALE

@@ -84,7 +84,7 @@ def register(sub: Any) -> None:
     p.add_argument("-n", "--last", type=int, help="the N most recently created (any state)")
     p.add_argument("-l", "--latest", action="store_true", help="the most recently created (any state)")
     p.add_argument("-s", "--size", action="store_true", help="show the writable layer's size")
-    p.set_defaults(func=ps)
+    p.set_defaults(func=ps, loopless=True)  # read-only bus verbs: shared.bus_blocking
 
     p = sub.add_parser("logs", help="a container's output")
     p.add_argument("-f", "--follow", action="store_true")
@@ -121,14 +121,14 @@ def register(sub: Any) -> None:
     p = sub.add_parser("agents", help="the fleet of runtime-agents")
     p.add_argument("-q", "--quiet", action="store_true", help="only agent ids")  # runflags
     p.add_argument("--format", help="a Go template ({{.ID}}\\t{{.Status}}), table TEMPLATE, or json")
-    p.set_defaults(func=agents)
+    p.set_defaults(func=agents, loopless=True)
 
 
 # ---- the fleet -------------------------------------------------------------------------
 
 async def fleet(ctx) -> list:
     """Live agents from their heartbeats, freshest first (lost ones left out)."""
-    from shared.placement import is_lost
+    from shared.messages.agent import is_lost
     now = time.time()
     return [b for b in await heartbeats(ctx) if not is_lost(b, now)]
 
@@ -453,7 +453,7 @@ def _inspect_view(c) -> dict:
 
 async def agents(args, ctx) -> int:
     from shared.codec import to_builtins
-    from shared.placement import is_lost
+    from shared.messages.agent import is_lost
     beats = sorted(await heartbeats(ctx), key=lambda b: b.agent_id)
     now = time.time()
     if ctx.json_output:
