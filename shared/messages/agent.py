@@ -214,6 +214,14 @@ class ContainerRef(msgspec.Struct, kw_only=True):
     container: str
 
 
+class StartRequest(msgspec.Struct, kw_only=True):
+    """`start [-a] [-i]`: with `attach`, a session on the container's stdio from this start on
+    (cli11; a ContainerRef as older clients send it decodes as one without)."""
+
+    container: str
+    attach: AttachSpec | None = None
+
+
 class StopRequest(msgspec.Struct, kw_only=True):
     container: str
     timeout: float = 10.0

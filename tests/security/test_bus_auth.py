@@ -236,7 +236,8 @@ def test_the_loopless_client_signs_in_and_is_refused_as_the_lean_one(stack, peop
         drive(c.close())
 
 
-@pytest.mark.parametrize("verb", [subjects.AGENT_RUN_HOST_BIND, subjects.AGENT_RUN_PRIVILEGED])
+@pytest.mark.parametrize("verb", [subjects.AGENT_RUN_HOST_BIND, subjects.AGENT_RUN_PRIVILEGED,
+                                  subjects.AGENT_EXEC_PRIVILEGED])
 async def test_only_an_admin_may_bind_outside_the_volume_roots(stack, people, verb):
     """An operator credential is not root on every host: the agent verbs that bind any host
     path or run --privileged are refused by the server for operators (and readers), whatever

@@ -100,6 +100,7 @@ def register(sub: Any) -> None:
     p.set_defaults(func=stop)
 
     p = sub.add_parser("start", help="start stopped containers")
+    interactive.add_start_flags(p)  # cli11: -a, -i
     p.add_argument("containers", nargs="+")
     p.set_defaults(func=start)
 
@@ -373,8 +374,10 @@ async def stop(args, ctx) -> int:
 
 
 async def start(args, ctx) -> int:
-    from shared.messages.agent import VERB_START, ContainerRef, ContainerReply
-    return await _each(args, ctx, VERB_START, lambda cid: ContainerRef(container=cid), ContainerReply, timeout=120)
+    from shared.messages.agent import VERB_START, ContainerReply, StartRequest
+    if args.attach or args.interactive:
+        return await interactive.start_attached(args, ctx)
+    return await _each(args, ctx, VERB_START, lambda cid: StartRequest(container=cid), ContainerReply, timeout=120)
 
 
 async def kill(args, ctx) -> int:
