@@ -94,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     args.nats_url = args.nats_url or getattr(args, "cmd_nats_url", None)
     args.data_dir = args.data_dir or getattr(args, "cmd_data_dir", None)
     args.creds = args.creds or getattr(args, "cmd_creds", None)
+    _import_msgspec()
     import msgspec
     from shared.errors import DockyardError, PermissionDenied
     from services.cli import contexts
@@ -127,6 +128,24 @@ def main(argv: list[str] | None = None) -> int:
         return 125 if e.code != "NOT_FOUND" else 1
     except KeyboardInterrupt:
         return 130
+
+
+def _import_msgspec() -> None:
+    """msgspec without typing_extensions (and the inspect, ast, dis it loads: ~10 ms of
+    every command on our interpreter).
+
+    msgspec takes get_type_hints and Required/NotRequired from typing_extensions if it
+    can, else from typing; on Python 3.11 typing's are the same for our Structs (no
+    TypedDict, no Annotated). The block lasts for this one import: a later import of
+    typing_extensions (rich, nats-py) gets the real module.
+    """
+    if "msgspec" in sys.modules or "typing_extensions" in sys.modules:
+        return
+    sys.modules["typing_extensions"] = None  # type: ignore[assignment]  # makes msgspec's import fail
+    try:
+        import msgspec  # noqa: F401
+    finally:
+        del sys.modules["typing_extensions"]
 
 
 def _refusal(verb: str, e: Exception) -> str:
