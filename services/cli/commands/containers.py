@@ -68,7 +68,7 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("inspect", help="low-level information on containers (JSON)")
     p.add_argument("containers", nargs="+")
-    p.set_defaults(func=inspect)
+    p.set_defaults(func=inspect, loopless=True)
 
     p = sub.add_parser("agents", help="the fleet of runtime-agents")
     p.add_argument("-q", "--quiet", action="store_true", help="only agent ids")  # runflags
