@@ -151,7 +151,7 @@ class _leave_on_signals:
 # ---- attach --------------------------------------------------------------------------
 
 async def attach(args, ctx) -> int:
-    from services.cli.commands.containers import find
+    from services.cli.locate import find
     host, c = await find(ctx, args.container)
     stdin = not args.no_stdin and c.config.stdio.open_stdin
     return await _session(args, ctx, host, c, stdin, _attach_request(host, c.id))
@@ -206,7 +206,7 @@ def add_start_flags(p: Any) -> None:
 async def start_attached(args, ctx) -> int:
     """`start -a/-i CONTAINER`: the session opens with the start, so no output is missed;
     one already running is attached to, as docker does."""
-    from services.cli.commands.containers import find
+    from services.cli.locate import find
     from shared import subjects
     from shared.errors import InvalidArgument
     from shared.messages.agent import VERB_START, ContainerReply, StartRequest
@@ -226,7 +226,7 @@ async def start_attached(args, ctx) -> int:
 # ---- exec ----------------------------------------------------------------------------
 
 async def exec_(args, ctx) -> int:
-    from services.cli.commands.containers import find
+    from services.cli.locate import find
     from services.cli.stdio_session import ClientSession
     from services.cli.terminal import RawMode, parse_detach_keys
     from shared import subjects
@@ -235,8 +235,10 @@ async def exec_(args, ctx) -> int:
     if not args.command:
         raise InvalidArgument("exec needs a command: dockyard exec CONTAINER COMMAND [ARG...]")
     keys = parse_detach_keys(args.detach_keys) if args.tty else None
-    from services.cli.runopts import read_env_file
-    env = [e for f in args.env_file for e in read_env_file(f)] + _env(args.env)  # docker's order
+    env = _env(args.env)
+    if args.env_file:  # before -e, docker's order
+        from services.cli.runopts import read_env_file
+        env = [e for f in args.env_file for e in read_env_file(f)] + env
     host, c = await find(ctx, args.container)
     client = await ctx.bus()
     # --privileged has a subject of its own: the server lets only admins publish there.
