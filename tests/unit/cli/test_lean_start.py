@@ -17,7 +17,8 @@ REPO = Path(__file__).resolve().parents[3]
 # What start-up must not pay for: the event loop (and the ssl, logging, subprocess it
 # loads), nats-py and its aiohttp, rich (progress bars), cryptography (TLS certificates).
 HEAVY = ("asyncio", "aiohttp", "nats", "rich", "cryptography", "ssl", "logging", "subprocess",
-         "concurrent", "importlib.metadata", "typing_extensions", "inspect", "hashlib")
+         "concurrent", "importlib.metadata", "typing_extensions", "inspect", "hashlib",
+         "shutil")
 
 _RUN = ("import sys\n"
         "from services.cli.main import main\n"
