@@ -27,6 +27,7 @@ ip_forward and netavark's chains back as it found them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -231,6 +232,10 @@ def main() -> int:
             if agent.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((tmp / "agent.log").read_text())
             time.sleep(0.05)
+        # The agent picks its OCI runtime by timing both at start (shared/runtime/probe.py): on a
+        # loaded machine it may pick runc, whose exec costs several times crun's. Say which.
+        beat = json.loads(sh([*DOCKYARD, "--json", "agents"], env).stdout)[0]
+        print(f"agent runtime: {beat['runtime']} (DOCKYARD_RUNTIME=crun|runc forces one)")
         (tmp / "rootfs.tar").write_bytes(tar_dir(busybox_rootfs(tmp / "podroot")))
         podman_env = setup_podman(tmp / "podman", regport, tmp / "rootfs.tar")
         # What `pip install` does for a real install: byte-compile dockyard's modules, so that
