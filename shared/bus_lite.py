@@ -8,7 +8,9 @@ HMSG) over one asyncio connection and offers what CLI handlers use: `request`,
 read of a KV bucket's live entries. `nats://` only, upgraded to TLS when the server
 demands it and a CA is given; for `tls://`, websockets, or TLS without a CA,
 `NeedFullClient` tells the caller to use `shared.bus`.
-Services keep nats-py (reconnects, JetStream, micro).
+Services keep nats-py (reconnects, JetStream, micro). The wire format (URLs, frames,
+headers) is shared.nats_wire's and the typed verbs shared.bus_lite_client's, both shared
+with shared.bus_blocking (the same client without an event loop).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Which agent runs or holds a container is services.cli.locate's; `logs`, `stop`, `start`,
 `kill`, `rm` are commands/lifecycle.py. Heavy imports stay inside the handlers: start-up
-time is part of every `dockyard run` (and `ps`, `agents` run without an event loop).
+time is part of every `dockyard run` (`ps`, `inspect`, `agents` run without an event loop).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from services.cli.container_streams import SignalProxy, Stream
 # Their old home: other commands import them from here.
 from services.cli.humanize import parse_size, size as _bytes  # noqa: F401
 from services.cli.locate import agent_images, find, fleet, heartbeats, place  # noqa: F401
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("run", help="run a command in a new container")

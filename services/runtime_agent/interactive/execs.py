@@ -3,9 +3,9 @@
 The process is the container's own (capabilities, seccomp, rlimits: its config.json) with
 the exec's argv, environment added, working directory, user and terminal; `--privileged`
 gives it every capability the agent has (the container's seccomp filter still applies, as
-with docker). Attached, the
-runtime stays our child until the process ends, with our pipes or the pty it sends to a
-console socket as the process's stdio; its exit code is the process's.
+with docker). Attached, the runtime stays our child until the process ends, with our pipes
+or the pty it sends to a console socket as the process's stdio; its exit code is the
+process's.
 """
 
 from __future__ import annotations
