@@ -91,21 +91,21 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o666) -> None:
 
 
 class WriteBehind:
-    """Writeback of a file being written sequentially, started every `step` bytes, with
-    the pages before the previous step dropped once on disk (`writeback` says why): the
-    final fsync then finds little to flush, and a big stream does not fill the page cache
-    (nor stall in the kernel's dirty-page throttling)."""
+    """Writeback of a file being written sequentially, started every `step` bytes: the final
+    fsync then finds little to flush, and a big stream does not stall in the kernel's
+    dirty-page throttling. With `drop`, the pages before the previous step are dropped
+    once on disk (`writeback` says why); without, they stay cached for a reader to come."""
 
-    def __init__(self, fd: int, start: int = 0, step: int = 16 << 20):
-        self.fd, self.step = fd, step
+    def __init__(self, fd: int, start: int = 0, *, step: int = 16 << 20, drop: bool = True):
+        self.fd, self.step, self.drop = fd, step, drop
         self._flushed = self._dropped = start
 
     def wrote_to(self, end: int) -> None:
         """The file's bytes up to offset `end` are written (flushed to the OS)."""
         if end - self._flushed < self.step:
             return
-        drop = (self._dropped, self._flushed - self._dropped) if self._flushed > self._dropped else None
+        drop = None
+        if self.drop and self._flushed > self._dropped:
+            drop, self._dropped = (self._dropped, self._flushed - self._dropped), self._flushed
         writeback(os.dup(self.fd), self._flushed, end - self._flushed, drop)
-        if drop is not None:
-            self._dropped = self._flushed
         self._flushed = end
