@@ -171,6 +171,8 @@ async def _write_layer(client, repo: str, desc, diff_id: str, tw: TarWriter) -> 
         # the archive keeps: hashing the compressed stream as well would be a second pass for nothing.
         async with client.open_blob(repo, desc.digest, verify=False) as stream:
             async for chunk in stream:
+                if stream.received > desc.size:  # nor taken past the size the manifest gives
+                    raise InvalidArgument(f"layer {desc.digest}: the registry sends more than {desc.size} bytes")
                 if pending is not None:
                     await pending
                 pending = loop.run_in_executor(None, take, chunk)
