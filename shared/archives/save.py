@@ -29,6 +29,11 @@ from shared.oci.manifest import Index, Manifest, parse_image_config, parse_manif
 from shared.oci.reference import Reference
 from shared.registry.platform import select_platform
 
+# aiohttp stops reading the socket once twice this is buffered: at its 64 KiB default, a
+# layer's download waited while the previous chunk was decompressed, hashed and written
+# (a 200 MB layer took ~1.3 s against ~1.7 s at 64 KiB, measured alternately under load).
+READ_BUFSIZE = 4 << 20
+
 
 class _Decompressor:
     """Incremental decompression of a layer stream (gzip members or zstd frames may be concatenated)."""
