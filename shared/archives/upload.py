@@ -32,31 +32,41 @@ def stack_names(img: LoadImage) -> list[Reference]:
     return out
 
 
-async def upload(client, archive: Archive, images: list[LoadImage], untagged_repo: str = "loaded") -> list[Loaded]:
-    """Push each image's blobs and its manifest (by tag, or by digest to `untagged_repo`).
+async def _already(client, img: LoadImage, ref: Reference) -> Loaded | None:
+    """The name as loaded if it gives this very manifest already: the registry then holds its
+    blobs (a manifest is only taken with them), and a re-load costs one HEAD."""
+    tag = ref.tag or (None if not img.names else "latest")
+    there = await client.head_manifest(ref.path, tag or str(img.digest), img.manifest_type)
+    if there is None or there.digest != img.digest:
+        return None
+    return Loaded(f"{ref.path}:{tag}" if tag else "", ref.path, str(img.digest), str(img.config.digest))
 
-    A name that already gives this very manifest is left as it is: the registry holds its
-    blobs (a manifest is only taken with them), so a re-load costs one HEAD a name."""
+
+async def upload(client, archive: Archive, images: list[LoadImage], untagged_repo: str = "loaded") -> list[Loaded]:
+    """Push each image's blobs and its manifest (by tag, or by digest to `untagged_repo`);
+    a name that gives the image already is left as it is."""
     out = []
     sem = asyncio.Semaphore(_PARALLEL)
     for img in images:
         refs = stack_names(img) or [Reference(domain=None, path=untagged_repo)]
-        holder: str | None = None  # a repository known to hold the blobs: the next names mount from it
+        there = {r: x for r in refs if (x := await _already(client, img, r)) is not None}
+        out.extend(there.values())
+        refs = [r for r in refs if r not in there]
+        if not refs:
+            continue
+        first = refs[0].path
 
         async def push(b, repo: str, mount_from: str | None) -> None:
             async with sem:
                 await client.push_blob(repo, b.digest, b.size, archive.chunks(b.member), mount_from=mount_from)
 
+        await asyncio.gather(*(push(b, first, None) for b in [img.config, *img.layers]))
         for ref in refs:
+            if ref.path != first:
+                await asyncio.gather(*(push(b, ref.path, first) for b in [img.config, *img.layers]))
             tag = ref.tag or (None if not img.names else "latest")
-            there = await client.head_manifest(ref.path, tag or str(img.digest), img.manifest_type)
-            if there is None or there.digest != img.digest:
-                await asyncio.gather(*(push(b, ref.path, holder) for b in [img.config, *img.layers]))
-                digest = await client.put_manifest(ref.path, tag or str(img.digest), img.manifest,
-                                                   img.manifest_type)
-                if digest != img.digest:
-                    raise InvalidArgument(f"the registry stored {digest}, not {img.digest}")
-            holder = holder or ref.path
-            out.append(Loaded(f"{ref.path}:{tag}" if tag else "", ref.path, str(img.digest),
-                              str(img.config.digest)))
+            digest = await client.put_manifest(ref.path, tag or str(img.digest), img.manifest, img.manifest_type)
+            if digest != img.digest:
+                raise InvalidArgument(f"the registry stored {digest}, not {img.digest}")
+            out.append(Loaded(f"{ref.path}:{tag}" if tag else "", ref.path, str(digest), str(img.config.digest)))
     return out
