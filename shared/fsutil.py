@@ -101,7 +101,8 @@ class WriteBehind:
         self._flushed = self._dropped = start
 
     def wrote_to(self, end: int) -> None:
-        """The file's bytes up to offset `end` are written (flushed to the OS)."""
+        """The file's bytes up to offset `end` are written (a tail still in a Python buffer does
+        no harm: writeback skips what is not there yet, and only older steps are dropped)."""
         if end - self._flushed < self.step:
             return
         drop = None
