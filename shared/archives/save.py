@@ -174,7 +174,7 @@ async def _write_layer(client, repo: str, desc, diff_id: str, tw: TarWriter) -> 
     try:
         # The diff id (from the config, itself checked against the manifest) proves every byte
         # the archive keeps: hashing the compressed stream as well would be a second pass for nothing.
-        async with client.open_blob(repo, desc.digest, verify=False) as stream:
+        async with client.open_blob(repo, desc.digest, verify=False, read_bufsize=READ_BUFSIZE) as stream:
             async for chunk in stream:
                 if stream.received > desc.size:  # nor taken past the size the manifest gives
                     raise InvalidArgument(f"layer {desc.digest}: the registry sends more than {desc.size} bytes")

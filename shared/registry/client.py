@@ -103,7 +103,8 @@ class RegistryClient:
 
     async def _send(self, method: str, url: URL | str, scopes: list[str], *, ok: tuple[int, ...],
                     what: str, headers: dict[str, str] | None = None, data: Any = None,
-                    params: Any = None, replayable: bool = True, allow_404: bool = False) -> aiohttp.ClientResponse:
+                    params: Any = None, replayable: bool = True, allow_404: bool = False,
+                    read_bufsize: int | None = None) -> aiohttp.ClientResponse:
         """Send with auth; answer one 401 challenge; return the (unread) response or raise."""
         url = self._url(url) if isinstance(url, str) else url
         for attempt in (0, 1):
@@ -113,7 +114,7 @@ class RegistryClient:
                 h["Authorization"] = authz
             try:
                 resp = await self.session.request(method, url, headers=h, data=data, params=params,
-                                                  allow_redirects=True)
+                                                  allow_redirects=True, read_bufsize=read_bufsize)
             except aiohttp.ClientError as e:
                 raise Unavailable(f"{what}: cannot reach {self.registry}: {e}") from e
             if resp.status == 401 and attempt == 0 and replayable:
@@ -209,14 +210,17 @@ class RegistryClient:
         return None if resp.status == 404 else int(resp.headers.get("Content-Length") or 0)
 
     @contextlib.asynccontextmanager
-    async def open_blob(self, repo: str, digest: Digest, *, verify: bool = True) -> AsyncIterator["BlobStream"]:
+    async def open_blob(self, repo: str, digest: Digest, *, verify: bool = True,
+                        read_bufsize: int | None = None) -> AsyncIterator["BlobStream"]:
         """A verified stream of the blob's bytes: iterating raises if the digest does not match.
 
         `verify=False` (size still checked) only for a caller that verifies what it keeps
-        another way: `save` checks each decompressed layer against its diff id."""
+        another way: `save` checks each decompressed layer against its diff id.
+        `read_bufsize`: how much aiohttp reads ahead of the caller (its default is 64 KiB)."""
         digest = Digest(digest)
         what = f"blob {self.registry}/{repo}@{digest}"
-        resp = await self._send("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200,), what=what)
+        resp = await self._send("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200,), what=what,
+                                read_bufsize=read_bufsize)
         try:
             yield BlobStream(resp, digest, what, verify=verify)
         finally:

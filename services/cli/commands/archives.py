@@ -31,7 +31,6 @@ async def save(args, ctx) -> int:
 
     import aiohttp
 
-    from shared.archives.save import READ_BUFSIZE
     from shared.archives.save import save as save_images
     from shared.errors import InvalidArgument
     from shared.fsutil import fsync_dir
@@ -51,7 +50,7 @@ async def save(args, ctx) -> int:
     tmp = None if target else tempfile.NamedTemporaryFile(prefix="dockyard-save-", suffix=".tar")
     path = target + f".{os.getpid()}.partial" if target else tmp.name
     try:
-        async with aiohttp.ClientSession(read_bufsize=READ_BUFSIZE) as session:
+        async with aiohttp.ClientSession() as session:
             with open(path, "wb") as out:
                 await save_images(_client(session, ctx, b), refs, out)
                 out.flush()
