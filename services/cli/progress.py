@@ -1,4 +1,4 @@
-"""Progress of long CLI work on stderr: push, pull, build, gc; save and load call the same.
+"""Progress of long CLI work on stderr: push, pull, build, save, load, gc.
 
 One `Reporter` per command, in one of four modes (`mode_for`):
 
@@ -22,11 +22,15 @@ import sys
 import time
 from typing import Any, TextIO
 
-MODES = ("auto", "tty", "plain", "json", "quiet")
+from shared.progress import ACTIVE, DONE, EXISTS, MOUNTED, WAITING
 
-# transfer statuses and how each verb says them (docker's words)
-WAITING, ACTIVE, DONE, EXISTS, MOUNTED = "waiting", "active", "done", "exists", "mounted"
+MODES = ("auto", "tty", "plain", "json", "quiet")
+# JSON lines of a transfer's bytes, at most this often per item (its status changes always go)
+JSON_INTERVAL = 0.2
+
+# how each verb says a transfer's status (docker's words)
 _WORDS = {WAITING: "Waiting", EXISTS: "Already exists", MOUNTED: "Mounted"}
+_VERB_WORDS = {"Pull": ("Pulling", "Pull complete"), "Save": ("Saving", "Saved"), "Load": ("Loading", "Loaded")}
 
 
 def add_flag(p: argparse.ArgumentParser) -> None:
@@ -71,6 +75,7 @@ class Reporter:
         self.stream = stream or sys.stderr
         self.clock = clock
         self._status: dict[str, str] = {}
+        self._sent: dict[str, float] = {}  # item -> when its last JSON line went
         self._step: tuple[int, float, bool] | None = None  # (no, started, cached)
         self._live: Any = None
         self._tasks: dict[Any, Any] = {}
@@ -84,10 +89,11 @@ class Reporter:
     # ---- transfers ---------------------------------------------------------------------
 
     def _word(self, status: str, current: int = 0, total: int = 0) -> str:
+        active, done = _VERB_WORDS.get(self.verb, (f"{self.verb}ing", f"{self.verb}ed"))
         if status == ACTIVE:
-            return f"{self.verb}ing"
+            return active
         if status == DONE:
-            return "Pull complete" if self.verb == "Pull" else f"{self.verb}ed"
+            return done
         return _WORDS.get(status, status)
 
     def transfer(self, item: str, status: str, current: int = 0, total: int = 0) -> None:
@@ -95,7 +101,10 @@ class Reporter:
         changed = self._status.get(item) != status
         self._status[item] = status
         if self.mode == "json":
-            self._json(event="transfer", id=item, status=status, current=current, total=total)
+            now = self.clock()
+            if changed or now - self._sent.get(item, 0.0) >= JSON_INTERVAL:
+                self._sent[item] = now
+                self._json(event="transfer", id=item, status=status, current=current, total=total)
         elif self.mode == "plain" and changed:
             size = f" {human_size(total or current)}" if status == DONE and (total or current) else ""
             self._line(f"{item}: {self._word(status)}{size}")
@@ -163,10 +172,10 @@ class Reporter:
         self.finish_step()
         if self.mode == "json":
             self._json(event="log", message=message)
-        elif self.mode == "plain":
-            self._line(message)
+        elif self.mode == "plain" or (self.mode == "tty" and self._live is None):
+            self._line(message)  # before any bar: the display is not started, nor its columns chosen
         elif self.mode == "tty":
-            self._progress(transfers=False).console.print(message, markup=False, highlight=False)
+            self._live.console.print(message, markup=False, highlight=False)
 
     def warning(self, message: str) -> None:
         self.finish_step()

@@ -71,7 +71,7 @@ class Registry:
     # ---- writing -------------------------------------------------------------------
 
     async def put_manifest(self, repo: str, reference: str, body: bytes,
-                           content_type: str | None) -> ManifestLink:
+                           content_type: str | None, pushed_by: str = "") -> ManifestLink:
         media_type, manifest = parse_manifest(body, content_type)
         if is_digest(reference):
             digest, tag = Digest(reference), ""
@@ -82,6 +82,7 @@ class Registry:
             tag = parse_tag(reference)
             digest = Digest.from_bytes(body)
         link = await self._verified_link(repo, digest, media_type, len(body), manifest)
+        link = msgspec.structs.replace(link, pushed_by=pushed_by)
         await self._store_small_blob(digest, body)
         await self._commit_link(link)
         if tag:

@@ -11,7 +11,7 @@ from shared.oci.digest import Digest
 from shared.oci.manifest import MAX_MANIFEST_BYTES
 from shared.oci.reference import parse_tag
 from services.registry_gateway import httputil
-from services.registry_gateway.authz import DELETE, PULL, PUSH
+from services.registry_gateway.authz import DELETE, PRINCIPAL_KEY, PULL, PUSH
 from services.registry_gateway.core import Registry, is_digest, manifest_unknown
 from services.registry_gateway.errors import MANIFEST_TOO_LARGE
 from services.registry_gateway.keys import AUTHORIZER, REGISTRY
@@ -90,7 +90,8 @@ async def put_manifest(request: web.Request) -> web.Response:
         raise InvalidArgument(f"manifest of {request.content_length} bytes exceeds {MAX_MANIFEST_BYTES}",
                               detail_code=MANIFEST_TOO_LARGE)
     body = await _read_limited(request, MAX_MANIFEST_BYTES)
-    link = await registry.put_manifest(repo, reference, body, request.headers.get("Content-Type"))
+    link = await registry.put_manifest(repo, reference, body, request.headers.get("Content-Type"),
+                                       pushed_by=getattr(request.get(PRINCIPAL_KEY), "name", ""))
     headers = {**httputil.API_HEADERS, "Docker-Content-Digest": link.digest,
                "Location": f"/v2/{repo}/manifests/{link.digest}"}
     if link.subject is not None:

@@ -27,6 +27,7 @@ from shared.oci import mediatypes as mt
 from shared.oci.digest import Digest
 from shared.oci.manifest import Index, Manifest, parse_image_config, parse_manifest
 from shared.oci.reference import Reference
+from shared.progress import ACTIVE, DONE, OnBlob, nothing
 from shared.registry.platform import select_platform
 
 # aiohttp stops reading the socket once twice this is buffered: at its 64 KiB default, a
@@ -90,9 +91,9 @@ async def _image(client, ref: Reference) -> tuple[Manifest, bytes]:
     return value, got.body
 
 
-async def save(client, refs: list[Reference], out: BinaryIO,
-               progress: Callable[[str], None] = lambda s: None) -> list[Saved]:
-    """Write the images `refs` (stack registry references) into `out` (seekable)."""
+async def save(client, refs: list[Reference], out: BinaryIO, progress: OnBlob = nothing) -> list[Saved]:
+    """Write the images `refs` (stack registry references) into `out` (seekable); `progress`
+    hears of each layer by its registry digest, in compressed bytes received."""
     tw = TarWriter(out)
     written: set[str] = set()
     saved: list[Saved] = []
@@ -116,8 +117,11 @@ async def save(client, refs: list[Reference], out: BinaryIO,
         layers = []
         for desc, diff_id in zip(manifest.layers, diff_ids):
             if diff_id not in written:
-                progress(f"{ref.familiar()}: layer {diff_id[7:19]}")
-                sizes[diff_id] = await _write_layer(client, ref.path, desc, diff_id, tw)
+                item, size = desc.digest.short, desc.size
+                progress(item, ACTIVE, 0, size)
+                sizes[diff_id] = await _write_layer(client, ref.path, desc, diff_id, tw,
+                                                    lambda n, item=item, size=size: progress(item, ACTIVE, n, size))
+                progress(item, DONE, size, size)
                 written.add(diff_id)
             layers.append({"mediaType": mt.OCI_LAYER, "digest": diff_id, "size": sizes[diff_id]})
         oci = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
@@ -155,7 +159,8 @@ def _docker_name(ref: Reference) -> str:
     return f"docker.io/{path}:{ref.tag or 'latest'}" if ref.domain is None else f"{ref.domain}/{path}:{ref.tag or 'latest'}"
 
 
-async def _write_layer(client, repo: str, desc, diff_id: str, tw: TarWriter) -> int:
+async def _write_layer(client, repo: str, desc, diff_id: str, tw: TarWriter,
+                       on_bytes: Callable[[int], None]) -> int:
     comp = compression_of_media_type(desc.media_type) if desc.media_type != mt.DOCKER_FOREIGN_LAYER \
         else Compression.GZIP
     dec = _Decompressor(comp)
@@ -181,6 +186,7 @@ async def _write_layer(client, repo: str, desc, diff_id: str, tw: TarWriter) -> 
                 if pending is not None:
                     await pending
                 pending = loop.run_in_executor(None, take, chunk)
+                on_bytes(stream.received)
     finally:
         if pending is not None:
             await asyncio.wait([pending])

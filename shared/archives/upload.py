@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from shared.archives.load import Archive, LoadImage
 from shared.errors import InvalidArgument
 from shared.oci.reference import Reference
+from shared.progress import ACTIVE, DONE, EXISTS, MOUNTED, OnBlob, counted, nothing
 from shared.registry.stackref import local_name
 
 _PARALLEL = 3
+_PUSHED = {"exists": EXISTS, "mounted": MOUNTED, "uploaded": DONE}  # RegistryClient.push_blob's answers
 
 
 @dataclass(frozen=True)
@@ -42,9 +44,11 @@ async def _already(client, img: LoadImage, ref: Reference) -> Loaded | None:
     return Loaded(f"{ref.path}:{tag}" if tag else "", ref.path, str(img.digest), str(img.config.digest))
 
 
-async def upload(client, archive: Archive, images: list[LoadImage], untagged_repo: str = "loaded") -> list[Loaded]:
+async def upload(client, archive: Archive, images: list[LoadImage], untagged_repo: str = "loaded",
+                 progress: OnBlob = nothing) -> list[Loaded]:
     """Push each image's blobs and its manifest (by tag, or by digest to `untagged_repo`);
-    a name that gives the image already is left as it is."""
+    a name that gives the image already is left as it is. `progress` hears of each blob
+    of an image's first name to push as it goes (as there, when every name is)."""
     out = []
     sem = asyncio.Semaphore(_PARALLEL)
     for img in images:
@@ -53,14 +57,19 @@ async def upload(client, archive: Archive, images: list[LoadImage], untagged_rep
         out.extend(there.values())
         refs = [r for r in refs if r not in there]
         if not refs:
+            for b in [img.config, *img.layers]:
+                progress(b.digest.short, EXISTS, b.size, b.size)
             continue
         first = refs[0].path
 
-        async def push(b, repo: str, mount_from: str | None) -> None:
+        async def push(b, repo: str, mount_from: str | None, progress: OnBlob = nothing) -> None:
             async with sem:
-                await client.push_blob(repo, b.digest, b.size, archive.chunks(b.member), mount_from=mount_from)
+                item = b.digest.short
+                source = counted(archive.chunks(b.member), lambda n: progress(item, ACTIVE, n, b.size))
+                how = await client.push_blob(repo, b.digest, b.size, source, mount_from=mount_from)
+                progress(item, _PUSHED.get(how, DONE), b.size, b.size)
 
-        await asyncio.gather(*(push(b, first, None) for b in [img.config, *img.layers]))
+        await asyncio.gather(*(push(b, first, None, progress) for b in [img.config, *img.layers]))
         for ref in refs:
             if ref.path != first:
                 await asyncio.gather(*(push(b, ref.path, first) for b in [img.config, *img.layers]))

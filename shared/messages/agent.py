@@ -15,6 +15,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.messages.common import Inbox
 from shared.messages.interactive import AttachSpec, StdioConfig
 from shared.messages.networks import Endpoint, EndpointInfo
 from shared.messages.runflags import HealthProbe, RunFlags
@@ -189,7 +190,7 @@ class RunRequest(msgspec.Struct, kw_only=True):
     pull: Literal["missing", "always", "never"] = "missing"
     labels: dict[str, str] = {}
     hostname: str = ""  # the container's host name; empty: its short id, like docker
-    stream_inbox: str = ""
+    stream_inbox: Inbox = ""
     # runflags: the issue-11 flags; `create` makes the container without starting it
     flags: RunFlags = RunFlags()
     create_only: bool = False
@@ -259,7 +260,7 @@ class LogsRequest(msgspec.Struct, kw_only=True):
     follow: bool = False
     tail: int = -1  # lines from the end; -1 all
     timestamps: bool = False
-    stream_inbox: str = ""
+    stream_inbox: Inbox = ""
 
 
 class LogsReply(msgspec.Struct, kw_only=True):
@@ -292,7 +293,7 @@ class ImagesReply(msgspec.Struct, kw_only=True):
 
 class PullRequest(msgspec.Struct, kw_only=True):
     image: str
-    stream_inbox: str = ""
+    stream_inbox: Inbox = ""
 
 
 class PullReply(msgspec.Struct, kw_only=True):

@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 
+from shared.messages.common import Inbox
 from shared.oci.digest import Digest
 
 Access = Literal["pull", "push", "none"]
@@ -127,7 +128,7 @@ class CopyRequest(msgspec.Struct, kw_only=True):
     destination_credentials: RegistryCredentials | None = None
     # None: plain http for loopback registries only; True: always http.
     insecure: bool | None = None
-    progress_inbox: str = ""
+    progress_inbox: Inbox = ""
 
 
 class CopyReply(msgspec.Struct, kw_only=True):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
+from shared.messages.common import Inbox
 from shared.oci.digest import Digest
 
 # Where the CLI uploads contexts and import tarballs (a repository of the stack registry).
@@ -39,7 +40,7 @@ class BuildRequest(msgspec.Struct, kw_only=True):
     compression: str = "gzip"  # gzip | zstd
     network: str = "default"  # default (none) | host: the default for RUN steps
     labels: dict[str, str] = {}
-    progress_inbox: str = ""
+    progress_inbox: Inbox = ""
     no_cache_filter: list[str] = []  # stages (names or indexes) that must not use the cache
     cache_from: list[str] = []  # `type=registry,ref=REPO:TAG` (a cache artifact, or an image's inline cache)
     cache_to: list[str] = []  # `type=registry,ref=REPO:TAG,mode=min|max` or `type=inline`
@@ -99,7 +100,7 @@ class ImportRequest(msgspec.Struct, kw_only=True):
     changes: list[str] = []  # Dockerfile config instructions, like `docker import --change`
     message: str = ""
     compression: str = "gzip"
-    progress_inbox: str = ""
+    progress_inbox: Inbox = ""
 
 
 class ImportReply(msgspec.Struct, kw_only=True):

@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+
+# Where a service publishes to a requester (progress, a container's output, a session's
+# frames): an inbox (`_INBOX.…`; a principal's own are `_INBOX.<name>.…`), never another
+# subject, since the service may publish where its caller may not. A request naming
+# anything else fails to decode (InvalidArgument).
+Inbox = Annotated[str, msgspec.Meta(pattern=r"^(_INBOX(\.[^.\s*>]+)+)?\Z", max_length=255)]
 
 
 class ErrorReply(msgspec.Struct, kw_only=True):

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import msgspec
 
+from shared.messages.common import Inbox
+
 # ---- prune verbs served by other services ----------------------------------------------
 
 AGENT_PRUNE_VERB = "prune"  # per host: shared.subjects.agent(agent_id, AGENT_PRUNE_VERB)
@@ -50,7 +52,7 @@ ALL_JOBS = (JOB_UNTAGGED, JOB_REGISTRY, JOB_UPLOADS, JOB_BUILD_CACHE, JOB_AGENTS
 class RunRequest(msgspec.Struct, kw_only=True):
     jobs: list[str] = []  # empty or "all": every job
     dry_run: bool = False
-    progress_inbox: str = ""  # a Progress "step" per job as it starts, a "report" (its JobReport) as it ends
+    progress_inbox: Inbox = ""  # a Progress "step" per job as it starts, a "report" (its JobReport) as it ends
     # Overrides of the service's settings for this run (None: the configured value).
     grace_seconds: float | None = None  # registry: blobs committed/touched this recently stay
     # registry: how long after T0 the manifest links are read, so that a manifest push that

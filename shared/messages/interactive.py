@@ -27,6 +27,8 @@ from typing import Literal
 
 import msgspec
 
+from shared.messages.common import Inbox
+
 WINDOW_DEFAULT = 256 << 10
 WINDOW_MAX = 1 << 20
 WINDOW_MIN = 16 << 10
@@ -54,7 +56,7 @@ class AttachSpec(msgspec.Struct, kw_only=True, frozen=True):
     """Where a session's output goes and how much may be in flight; the terminal's size."""
 
     session: str  # chosen by the client: 32 hex digits
-    inbox: str
+    inbox: Inbox
     stdin: bool = True  # the client sends input (not `attach --no-stdin`)
     window: int = WINDOW_DEFAULT
     rows: int = 0

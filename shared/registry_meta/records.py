@@ -25,6 +25,7 @@ class ManifestLink(msgspec.Struct, kw_only=True):
     media_type: str
     size: int
     pushed_at: float = 0.0
+    pushed_by: str = ""  # the registry principal that pushed it ("service:<account>" for a service)
     # config and layers of an image manifest: the blobs the GC marks
     blobs: list[Digest] = []
     # manifests an index lists (they are manifest links of the same repository)

@@ -222,6 +222,18 @@ def test_labels_stay_bounded(endpoints, pushed):
         assert value(samples, "dockyard_nats_reconnects_total") == 0  # before the test that kills NATS
 
 
+def test_the_grafana_dashboard_asks_for_metrics_the_services_expose(endpoints, pushed):
+    """Every series deploy/'s dashboard queries is one some service has (after the work above)."""
+    import re
+    dashboard = json.loads((Path(__file__).resolve().parents[2] / "deploy/prometheus/grafana-dashboard.json")
+                           .read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p.get("targets", [])]
+    wanted = {m for e in exprs for m in re.findall(r"\bdockyard_[a-z_]+", e)}
+    assert len(wanted) >= 15, exprs
+    have = {name for samples in scrape_all(endpoints).values() for name, _ in samples}
+    assert sorted(wanted - have) == []
+
+
 def test_nats_reconnects_are_counted(stack, endpoints):
     """The stack's nats-server killed: `up` starts it again on its port, and every service's
     one connection comes back, counted once. Last in the module: the stack saw a NATS death."""

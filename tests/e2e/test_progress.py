@@ -3,13 +3,17 @@ JSON lines with --json, nothing with -q; stdout keeps only the result."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import pty
 import re
 import subprocess
 import sys
+import tarfile
+import tempfile
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -45,11 +49,14 @@ def image(stack, tmp_path_factory):
     return "dypg/app:1"
 
 
-def on_a_pty(stack, *args: str, timeout: float = 300) -> tuple[int, str, str]:
-    """`dockyard ARGS` with stderr on a terminal (a pty of 120 columns): (code, stdout, terminal)."""
+def on_a_pty(stack, *args: str, timeout: float = 300, raw: bool = False) -> tuple[int, str | bytes, str]:
+    """`dockyard ARGS` with stderr on a terminal (a pty of 120 columns): (code, stdout, terminal);
+    `raw`: stdout as bytes (an archive)."""
     master, slave = pty.openpty()
+    # stdout to a file: a pipe nobody reads before the terminal ends would fill, and stop the CLI
+    stdout = tempfile.TemporaryFile()
     try:
-        p = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=subprocess.PIPE,
+        p = subprocess.Popen([sys.executable, "-m", "services.cli.main", *args], stdout=stdout,
                              stderr=slave, stdin=subprocess.DEVNULL, env={**stack.env, "COLUMNS": "120"})
         os.close(slave)
         slave = -1
@@ -62,9 +69,12 @@ def on_a_pty(stack, *args: str, timeout: float = 300) -> tuple[int, str, str]:
             if not data:
                 break
             chunks.append(data)
-        out = p.communicate(timeout=timeout)[0].decode()
-        return p.returncode, out, b"".join(chunks).decode(errors="replace")
+        p.wait(timeout=timeout)
+        stdout.seek(0)
+        out = stdout.read()
+        return p.returncode, out if raw else out.decode(), b"".join(chunks).decode(errors="replace")
     finally:
+        stdout.close()
         os.close(master)
         if slave >= 0:
             os.close(slave)
@@ -141,6 +151,95 @@ def test_build_steps_on_a_pipe_and_on_a_terminal(stack, tmp_path):
     assert json.loads(js.stdout)["digest"].startswith("sha256:")
 
 
+def fresh_archive(tmp_path) -> tuple[Path, str]:
+    """A docker-archive (skopeo's) of two random layers, named for nothing the stack has yet."""
+    layers = []
+    for i in range(2):
+        root = tmp_path / f"root{i}"
+        root.mkdir(parents=True)
+        (root / f"data{i}.bin").write_bytes(os.urandom(300 << 10))
+        layers.append(tar_dir(root))
+    oci_layout(tmp_path / "layout", layers)
+    name = f"dypg/ld-{uuid.uuid4().hex[:8]}:1"
+    archive = tmp_path / "archive.tar"
+    skopeo("copy", f"oci:{tmp_path / 'layout'}:latest", f"docker-archive:{archive}:{name}",
+           env=skopeo_env(tmp_path / "home"))
+    return archive, name
+
+
+def test_save_draws_bars_and_its_stdout_stays_the_archive(stack, image, tmp_path):
+    saved = tmp_path / "saved.tar"
+    stack.cli("save", "-o", str(saved), image)
+    code, out, term = on_a_pty(stack, "save", image, raw=True)
+    assert code == 0, term
+    plain = ANSI.sub("", term)
+    assert "\x1b[" in term and "━" in term, term
+    assert len(set(re.findall(r"([0-9a-f]{12}): Saved", plain))) == 2, plain  # a bar per layer
+    assert out == saved.read_bytes()  # not a byte of progress in the archive
+    with tarfile.open(fileobj=io.BytesIO(out)) as tf:
+        assert [e["RepoTags"] for e in json.load(tf.extractfile("manifest.json"))] == [[image]]
+    piped = tmp_path / "piped.tar"
+    piped.write_bytes(out)
+    assert f"Loaded image: {image}" in stack.cli("load", "-q", "-i", str(piped)).stdout
+
+
+def test_save_plain_lines_json_lines_and_quiet(stack, image, tmp_path):
+    out = tmp_path / "out.tar"
+    for args in ([], ["--progress", "plain"]):
+        p = stack.cli("save", *args, "-o", str(out), image)
+        lines = p.stderr.splitlines()
+        assert all(re.fullmatch(r"[0-9a-f]{12}: (Saving|Saved \S+)", ln) for ln in lines), p.stderr
+        assert len([ln for ln in lines if " Saved " in ln]) == 2 and "\x1b" not in p.stderr, p.stderr
+        assert p.stdout == ""
+    p = stack.cli("--json", "save", "-o", str(out), image)
+    events = [json.loads(ln) for ln in p.stderr.splitlines()]
+    assert events and all(e["event"] == "transfer" for e in events), p.stderr
+    done = [e for e in events if e["status"] == "done"]
+    assert len(done) == 2 and all(e["current"] == e["total"] > 300 << 10 for e in done), events
+    # to stdout (no -o, or `-o -`) with every mode but tty: the archive is the same bytes
+    for to_stdout in ([], ["-o", "-"]):
+        with open(tmp_path / "stdout.tar", "wb") as f:
+            p = subprocess.run([sys.executable, "-m", "services.cli.main", "--json", "save", *to_stdout, image],
+                               env=stack.env, stdout=f, stderr=subprocess.PIPE, timeout=300, check=True)
+        again = [json.loads(ln) for ln in p.stderr.splitlines()]
+        assert {e["event"] for e in again} == {"transfer"} and len([e for e in again if e["status"] == "done"]) == 2
+        assert (tmp_path / "stdout.tar").read_bytes() == out.read_bytes()
+    assert stack.cli("save", "-q", "-o", str(out), image).stderr == ""
+
+
+def test_load_draws_bars_on_a_terminal(stack, tmp_path):
+    archive, name = fresh_archive(tmp_path)
+    code, out, term = on_a_pty(stack, "load", "-i", str(archive))
+    assert code == 0, term
+    plain = ANSI.sub("", term)
+    assert "\x1b[" in term and "━" in term, term
+    assert len(set(re.findall(r"([0-9a-f]{12}): Loaded", plain))) == 3, plain  # two layers, the config
+    assert "Loading 1 image(s)" in plain
+    assert f"Loaded image: {name}" in out and "\x1b" not in out
+
+
+def test_load_plain_lines_json_lines_and_quiet(stack, tmp_path):
+    archive, name = fresh_archive(tmp_path / "a")
+    p = stack.cli("load", "-i", str(archive))
+    lines = p.stderr.splitlines()
+    assert re.fullmatch(r"Loading 1 image\(s\): 0\.6MB of layers", lines[0]), p.stderr
+    assert all(re.fullmatch(r"[0-9a-f]{12}: (Loading|Loaded \S+)", ln) for ln in lines[1:]), p.stderr
+    assert len([ln for ln in lines if " Loaded " in ln]) == 3, p.stderr
+    again = stack.cli("load", "--progress", "plain", "-i", str(archive))  # the registry has every blob now
+    assert again.stderr.startswith("Loading 1 image(s)") and all(
+        re.fullmatch(r"[0-9a-f]{12}: Already exists", ln) for ln in again.stderr.splitlines()[1:]), again.stderr
+    assert f"Loaded image: {name}" in again.stdout
+    archive, name = fresh_archive(tmp_path / "b")
+    js = stack.cli("--json", "load", "-i", str(archive))
+    events = [json.loads(ln) for ln in js.stderr.splitlines()]
+    assert events[0]["event"] == "log" and all(e["event"] == "transfer" for e in events[1:]), js.stderr
+    assert len([e for e in events if e.get("status") == "done"]) == 3
+    assert json.loads(js.stdout)[0]["name"] == name
+    archive, name = fresh_archive(tmp_path / "c")
+    quiet = stack.cli("load", "-q", "-i", str(archive))
+    assert quiet.stderr == "" and f"Loaded image: {name}" in quiet.stdout
+
+
 def test_gc_reports_each_job_as_it_ends(stack):
     p = stack.cli("gc", "run", "--dry-run", "--job", "uploads", "--job", "build-cache")
     lines = p.stderr.splitlines()
@@ -153,6 +252,16 @@ def test_gc_reports_each_job_as_it_ends(stack):
     assert [e["event"] for e in events] == ["step", "gc_job", "step_done"], js.stderr
     job = events[1]
     assert job["job"] == "uploads" and job["freed"] == json.loads(js.stdout)["reports"][0]["freed"]
+
+
+def test_gc_draws_its_jobs_on_a_terminal(stack):
+    code, out, term = on_a_pty(stack, "gc", "run", "--dry-run", "--job", "uploads", "--job", "build-cache")
+    assert code == 0, term
+    plain = ANSI.sub("", term)
+    assert "\x1b[" in term and "✔" in plain, term  # drawn: a spinner per job, ticked when it ends
+    assert "#1 [1/2] uploads" in plain and "#2 [2/2] build-cache" in plain, plain
+    assert re.search(r"DONE \d+\.\ds examined \d+, would remove \d+, freed \S+", plain), plain
+    assert "JOB" in out and "\x1b" not in out
 
 
 def test_run_shows_the_agents_pull_per_layer(stack, tmp_path):
@@ -187,7 +296,7 @@ async def test_gc_progress_goes_to_inboxes_only(stack):
     nc = await bus.connect(stack.nats_url)
     try:
         client = bus.BusClient(nc)
-        with pytest.raises(InvalidArgument, match="no inbox"):
+        with pytest.raises(InvalidArgument, match="progress_inbox"):
             await client.request(subjects.GC_RUN, RunRequest(jobs=["uploads"], dry_run=True,
                                                               progress_inbox=subjects.BLOB_DELETE), RunReply)
         seen = []

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -121,8 +122,14 @@ def test_browse_an_image_make_it_public_and_see_it_anonymously(stack, browser):
     page.wait_for_url("**/ui/repo?name=demo%2Fwasteful")
     assert "public" in page.inner_text("h1")
 
-    page.goto(base + "fleet")
-    assert page.locator("#agents").count() == 1
+    for _ in range(100):  # the stack's runtime-agent, once its first heartbeat is in
+        page.goto(base + "fleet")
+        if page.locator("#agents tr").count() == 2 and "no runtime-agent" not in page.inner_text("#agents"):
+            break
+        page.wait_for_timeout(100)
+    cells = [page.inner_text(f"#agents tr:nth-child(2) td:nth-child({i})") for i in (5, 6, 7)]
+    assert re.fullmatch(r"\d+\.\d [MG]B", cells[0]) and re.fullmatch(r"\d+\.\d [MG]B", cells[1]), cells
+    assert cells[2].isdigit(), cells  # memory free, memory total, containers
     _shot(page, "fleet")
 
     page.click("header form button[type=submit]")  # log out

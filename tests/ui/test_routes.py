@@ -123,6 +123,15 @@ async def test_posts_without_the_csrf_token_are_refused(pushed):
     assert not await pushed.auth.store.is_public("secret/db")
 
 
+async def test_the_tags_page_says_who_pushed_each_tag(pushed):
+    await push_image(pushed.http, pushed.url, "team/who", "by-admin", Image(layer_size=1_000))
+    async with await login(pushed.url, "alice", ALICE_PW) as s:
+        async with s.get(f"{pushed.url}/ui/repo", params={"name": "team/who"}) as r:
+            text = await r.text()
+    row = re.search(r'<tr><td><a href="[^"]*">by-admin</a></td>.*?</tr>', text)
+    assert row and '<td class="by">admin</td>' in row.group(0), text
+
+
 async def test_only_admins_change_visibility_and_delete_tags(pushed):
     await push_image(pushed.http, pushed.url, "team/svc", "old", Image(layer_size=1_000))
     async with await login(pushed.url, "alice", ALICE_PW) as s:

@@ -8,14 +8,18 @@ from typing import Any
 
 
 def register(sub: Any) -> None:
+    from services.cli.progress import add_flag
     p = sub.add_parser("save", help="save images to a tar archive (docker-archive and OCI layout in one)")
-    p.add_argument("-o", "--output", help="write to this file instead of stdout")
+    p.add_argument("-o", "--output", help="write to this file instead of stdout (-: stdout)")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress")
+    add_flag(p)
     p.add_argument("images", nargs="+")
     p.set_defaults(func=save)
 
     p = sub.add_parser("load", help="load images from a docker or OCI archive (gzip/zstd too) into the stack registry")
     p.add_argument("-i", "--input", help="read from this file instead of stdin")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress, only what was loaded")
+    add_flag(p)
     p.set_defaults(func=load)
 
 
@@ -31,6 +35,7 @@ async def save(args, ctx) -> int:
 
     import aiohttp
 
+    from services.cli.progress import reporter_for
     from shared.archives.save import save as save_images
     from shared.errors import InvalidArgument
     from shared.fsutil import fsync_dir
@@ -42,17 +47,18 @@ async def save(args, ctx) -> int:
         if not is_stack(ref, ctx.config):
             raise InvalidArgument(f"{text} is not in the stack registry: `dockyard pull {text}` first")
         refs.append(ref.with_domain(None))
-    if args.output is None and sys.stdout.isatty():
+    target = None if args.output in (None, "-") else args.output  # `-o -`: stdout, as no -o
+    if target is None and sys.stdout.isatty():
         raise InvalidArgument("cowardly refusing to write an archive to a terminal: use -o FILE or a pipe")
     b = await ctx.bus()
-    target = args.output
     # the tar's headers are patched in place once a layer's size is known: a pipe gets a temp file first
     tmp = None if target else tempfile.NamedTemporaryFile(prefix="dockyard-save-", suffix=".tar")
     path = target + f".{os.getpid()}.partial" if target else tmp.name
     try:
+        # progress goes to stderr: stdout may be the archive itself
         async with aiohttp.ClientSession() as session:
-            with open(path, "wb") as out:
-                await save_images(_client(session, ctx, b), refs, out)
+            with open(path, "wb") as out, reporter_for(args, ctx, verb="Save") as reporter:
+                await save_images(_client(session, ctx, b), refs, out, progress=reporter.transfer)
                 out.flush()
                 os.fsync(out.fileno())
         if target:
@@ -77,6 +83,7 @@ async def load(args, ctx) -> int:
 
     import aiohttp
 
+    from services.cli.progress import reporter_for
     from shared.archives import load as ar
     from shared.archives.upload import upload
     b = await ctx.bus()
@@ -87,11 +94,11 @@ async def load(args, ctx) -> int:
             path = await asyncio.to_thread(ar.spool, sys.stdin.buffer, Path(work))
         archive = await asyncio.to_thread(ar.Archive, path)
         images = await asyncio.to_thread(ar.plan, archive)
-        if not args.quiet:
-            print(f"Loading {len(images)} image(s): "
-                  f"{sum(x.size for i in images for x in i.layers) / 1e6:.1f}MB of layers", file=sys.stderr)
         async with aiohttp.ClientSession() as session:
-            loaded = await upload(_client(session, ctx, b), archive, images)
+            with reporter_for(args, ctx, verb="Load") as reporter:
+                reporter.log(f"Loading {len(images)} image(s): "
+                             f"{sum(x.size for i in images for x in i.layers) / 1e6:.1f}MB of layers")
+                loaded = await upload(_client(session, ctx, b), archive, images, progress=reporter.transfer)
     where = urlsplit(ctx.config.registry_base_url).netloc
     if ctx.json_output:
         from dataclasses import asdict

@@ -123,12 +123,12 @@ def repository_body(repo: str, public: bool, tags: list[tuple[str, ManifestLink,
                    f'<button type="submit" id="toggle-visibility">Make {"private" if public else "public"}'
                    '</button></form>')
     out.append('<h2>Tags</h2><table id="tags"><tr><th>Tag</th><th>Digest</th><th class="num">Size</th>'
-               '<th>Platforms</th><th>Pushed</th>' + ("<th></th>" if admin else "") + "</tr>")
+               '<th>Platforms</th><th>Pushed</th><th>By</th>' + ("<th></th>" if admin else "") + "</tr>")
     for tag, link, index in tags:
         out.append(f'<tr><td><a href="{url("image", repo=repo, ref=tag)}">{h(tag)}</a></td>'
                    f'<td class="mono" title="{h(link.digest)}">{h(link.digest.short)}</td>'
                    f'<td class="num">{size(link.total_size)}</td><td>{_platforms(index)}</td>'
-                   f'<td>{when(link.pushed_at)}</td>')
+                   f'<td>{when(link.pushed_at)}</td><td class="by">{h(link.pushed_by or "—")}</td>')
         if admin:
             out.append(f'<td><form class="inline" method="post" action="{url("untag")}" '
                        f'data-confirm="Delete tag {h(tag)}?">{hidden_csrf(csrf)}'
@@ -136,7 +136,7 @@ def repository_body(repo: str, public: bool, tags: list[tuple[str, ManifestLink,
                        f'value="{h(tag)}"><button class="danger" type="submit">Delete</button></form></td>')
         out.append("</tr>")
     if not tags:
-        out.append(f'<tr><td colspan="{6 if admin else 5}" class="muted">no tags</td></tr>')
+        out.append(f'<tr><td colspan="{7 if admin else 6}" class="muted">no tags</td></tr>')
     out.append("</table>")
     return "".join(out)
 

@@ -88,6 +88,30 @@ def test_json_lines_and_quiet():
     assert out.getvalue() == ""
 
 
+def test_each_verb_says_its_own_words():
+    out = io.StringIO()
+    for verb in ("Push", "Pull", "Save", "Load"):
+        with pg.Reporter("plain", verb=verb, stream=out) as r:
+            r.transfer(verb, pg.ACTIVE, 1, 2)
+            r.transfer(verb, pg.DONE, 2, 2)
+    assert out.getvalue().splitlines() == ["Push: Pushing", "Push: Pushed 2B", "Pull: Pulling", "Pull: Pull complete 2B",
+                                           "Save: Saving", "Save: Saved 2B", "Load: Loading", "Load: Loaded 2B"]
+
+
+def test_json_bytes_of_a_transfer_are_spaced_out_its_status_changes_are_not():
+    out, clock = io.StringIO(), Clock()
+    with pg.Reporter("json", stream=out, clock=clock) as r:
+        for n in range(1, 11):  # ten chunks within 0.1s: the first goes, then one per JSON_INTERVAL
+            r.transfer("aaa", pg.ACTIVE, n, 20)
+            r.transfer("bbb", pg.ACTIVE, n, 20)
+            clock.t += 0.01
+        clock.t += pg.JSON_INTERVAL
+        r.transfer("aaa", pg.ACTIVE, 15, 20)
+        r.transfer("aaa", pg.DONE, 20, 20)  # at once after the last
+    events = [(e["id"], e["status"], e["current"]) for e in map(json.loads, out.getvalue().splitlines())]
+    assert events == [("aaa", "active", 1), ("bbb", "active", 1), ("aaa", "active", 15), ("aaa", "done", 20)]
+
+
 def _read_all(fd: int) -> bytes:
     chunks = []
     while True:
@@ -101,25 +125,42 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def test_tty_draws_bars_on_a_pty():
+def _on_a_pty(verb: str, feed) -> str:
+    """What a tty Reporter fed by `feed(reporter)` draws on a real terminal."""
     master, slave = pty.openpty()
     try:
         with os.fdopen(os.dup(slave), "w") as term:
-            with pg.Reporter("tty", verb="Push", stream=term) as r:
-                r.transfer("aaa", pg.ACTIVE, 500_000, 1_000_000)
-                r.transfer("aaa", pg.DONE, 1_000_000, 1_000_000)
-                r.transfer("bbb", pg.EXISTS, 10, 10)
+            with pg.Reporter("tty", verb=verb, stream=term) as r:
+                feed(r)
         os.close(slave)
         slave = -1
-        text = _read_all(master).decode(errors="replace")
+        return _read_all(master).decode(errors="replace")
     finally:
         os.close(master)
         if slave >= 0:
             os.close(slave)
+
+
+def test_tty_draws_bars_on_a_pty():
+    def feed(r):
+        r.transfer("aaa", pg.ACTIVE, 500_000, 1_000_000)
+        r.transfer("aaa", pg.DONE, 1_000_000, 1_000_000)
+        r.transfer("bbb", pg.EXISTS, 10, 10)
+    text = _on_a_pty("Push", feed)
     assert "\x1b[" in text  # drawn, with cursor movement and colour
     assert "━" in text  # rich's bar
     plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
     assert "aaa: Pushed" in plain and "bbb: Already exists" in plain and "1.0/1.0 MB" in plain
+
+
+def test_tty_a_line_before_the_first_bar_leaves_the_bars_their_columns():
+    def feed(r):
+        r.log("Loading 1 image(s)")
+        r.transfer("aaa", pg.ACTIVE, 500_000, 1_000_000)
+        r.transfer("aaa", pg.DONE, 1_000_000, 1_000_000)
+    text = _on_a_pty("Load", feed)
+    plain = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", text)
+    assert plain.startswith("Loading 1 image(s)\r\n") and "━" in text and "1.0/1.0 MB" in plain, plain
 
 
 def test_reporter_for_a_commands_flags():
