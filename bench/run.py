@@ -16,6 +16,9 @@ first each round:
   stats, cp   stats --no-stream, cp 100 MB in and out (bench/verbs_cases.py)
   exec-true   exec CONTAINER true                     (a running sleep container)
   run-i-echo  echo hello | run -i --rm IMAGE cat      (stdin in, stdout back, exit)
+  start-up    `python -c pass`, `--version`, `ps`     (process time; bench/startup_cases.py)
+
+`--cases run,interactive,startup,verbs` picks groups (default: all).
 
 Prints medians and the ratios dockyard/podman (target: every ratio <= 0.5). Puts
 ip_forward and netavark's chains back as it found them.
@@ -24,6 +27,7 @@ ip_forward and netavark's chains back as it found them.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shlex
 import shutil
@@ -190,7 +194,10 @@ def restore_host(ip_forward: str, chains_before: dict[str, list[str]]) -> None:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--cases", default="run,interactive,startup,verbs",
+                    help="comma-separated groups: run, interactive, startup, verbs")
     args = ap.parse_args()
+    groups = set(args.cases.split(","))
     if os.geteuid() != 0:
         print("bench/run.py needs root", file=sys.stderr)
         return 2
@@ -225,6 +232,10 @@ def main() -> int:
             if agent.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError((tmp / "agent.log").read_text())
             time.sleep(0.05)
+        # The agent picks its OCI runtime by timing both at start (shared/runtime/probe.py): on a
+        # loaded machine it may pick runc, whose exec costs several times crun's. Say which.
+        beat = json.loads(sh([*DOCKYARD, "--json", "agents"], env).stdout)[0]
+        print(f"agent runtime: {beat['runtime']} (DOCKYARD_RUNTIME=crun|runc forces one)")
         (tmp / "rootfs.tar").write_bytes(tar_dir(busybox_rootfs(tmp / "podroot")))
         podman_env = setup_podman(tmp / "podman", regport, tmp / "rootfs.tar")
         # What `pip install` does for a real install: byte-compile dockyard's modules, so that
@@ -243,7 +254,7 @@ def main() -> int:
             t.rm_bridge()
 
         load_before = os.getloadavg()
-        cases = ("rm_none", "rm_bridge", "publish", "lifecycle")
+        cases = ("rm_none", "rm_bridge", "publish", "lifecycle") if "run" in groups else ()
         times: dict[tuple[str, str], list[float]] = {(c, t.name): [] for c in cases for t in (dockyard, podman)}
         for r in range(args.rounds):
             order = (dockyard, podman) if r % 2 == 0 else (podman, dockyard)
@@ -261,10 +272,15 @@ def main() -> int:
             worst = max(worst, d / p)
             print(f"{case:<12}{d:>10.3f}{p:>10.3f}{d / p:>8.2f}")
         print(f"{'cold pull':<12}{cold_d:>10.3f}{cold_p:>10.3f}{cold_d / cold_p:>8.2f}   (reported apart)")
-        worst = max(worst, interactive_cases([dockyard, podman], args.rounds))  # interactive
+        if "interactive" in groups:
+            worst = max(worst, interactive_cases([dockyard, podman], args.rounds))  # interactive
+        if "startup" in groups:  # cli11: process time of the lightest commands
+            from bench import startup_cases
+            worst = max(worst, startup_cases.run([dockyard, podman], max(args.rounds, 10)))
         print(f"worst ratio {worst:.2f} (target <= 0.5)")
-        from bench import verbs_cases  # verbs: stats --no-stream, cp 100 MB each way
-        print(f"worst verbs ratio {verbs_cases.run([dockyard, podman], args.rounds, tmp):.2f} (target <= 0.5)")
+        if "verbs" in groups:
+            from bench import verbs_cases  # verbs: stats --no-stream, cp 100 MB each way
+            print(f"worst verbs ratio {verbs_cases.run([dockyard, podman], args.rounds, tmp):.2f} (target <= 0.5)")
         return 0
     finally:
         if agent_env is not None:

@@ -8,7 +8,9 @@ HMSG) over one asyncio connection and offers what CLI handlers use: `request`,
 read of a KV bucket's live entries. `nats://` only, upgraded to TLS when the server
 demands it and a CA is given; for `tls://`, websockets, or TLS without a CA,
 `NeedFullClient` tells the caller to use `shared.bus`.
-Services keep nats-py (reconnects, JetStream, micro).
+Services keep nats-py (reconnects, JetStream, micro). The wire format (URLs, frames,
+headers) is shared.nats_wire's and the typed verbs shared.bus_lite_client's, both shared
+with shared.bus_blocking (the same client without an event loop).
 """
 
 from __future__ import annotations
@@ -18,26 +20,19 @@ import logging
 import os
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from shared import codec
-from shared.bus_reply import TypedEvents, decode_reply
-from shared.errors import DockyardError, InvalidArgument, PermissionDenied, Unauthenticated, Unavailable
+from shared.bus_lite_client import LiteBusClient
+from shared.errors import DockyardError, PermissionDenied, Unauthenticated, Unavailable
+from shared.nats_wire import (NO_RESPONDERS, Frames, NeedFullClient, connect_line, parse_url, publish_frame,
+                              refused_publish, split_message)
 
 if TYPE_CHECKING:
     from shared.credentials import UserCreds
 
-Rep = TypeVar("Rep")
-
-_CRLF = b"\r\n"
-_NO_RESPONDERS = 503
-_VERSION = "dockyard-lite-1"
-
-
-class NeedFullClient(Exception):
-    """The server or URL needs what this client lacks (TLS, websocket): use shared.bus."""
+__all__ = ["Connection", "LiteBusClient", "NeedFullClient", "connect", "parse_url"]
 
 
 class Msg:
@@ -97,48 +92,6 @@ class Subscription:
             await self._worker  # what was already delivered is handled: nats-py's drain
 
 
-def parse_url(url: str) -> list[tuple[str, int, dict[str, str]]]:
-    """(host, port, auth fields of CONNECT) for each server of a `nats://` URL list."""
-    # By hand: urllib.parse costs an import (~1.5 ms) on every command.
-    out = []
-    for one in url.split(","):
-        scheme, sep, rest = one.strip().partition("://")
-        if not sep:
-            scheme, rest = "nats", one.strip()
-        if scheme != "nats":
-            raise NeedFullClient(f"{scheme}:// needs the full client")
-        userinfo, at, hostport = rest.split("/", 1)[0].rpartition("@")
-        auth: dict[str, str] = {}
-        if at:
-            user, colon, password = userinfo.partition(":")
-            auth = ({"user": _unquote(user), "pass": _unquote(password)} if colon
-                    else {"auth_token": _unquote(user)})
-        if hostport.startswith("["):  # [IPv6]:port
-            host, _, port = hostport[1:].partition("]")
-            port = port.lstrip(":")
-        else:
-            host, _, port = hostport.partition(":")
-        try:
-            out.append((host or "127.0.0.1", int(port) if port else 4222, auth))
-        except ValueError:
-            raise InvalidArgument(f"invalid NATS URL {one!r}") from None
-    return out
-
-
-def _unquote(text: str) -> str:
-    """Percent-decoding of URL credentials (`p%40ss` -> `p@ss`)."""
-    if "%" not in text:
-        return text
-    parts = text.split("%")
-    out = bytearray(parts[0].encode())
-    for p in parts[1:]:
-        try:
-            out += bytes([int(p[:2], 16)]) + p[2:].encode()
-        except ValueError:
-            out += ("%" + p).encode()
-    return out.decode(errors="replace")
-
-
 class Connection(asyncio.Protocol):
     """One NATS client connection: the protocol parser and the verbs on top of it."""
 
@@ -150,8 +103,7 @@ class Connection(asyncio.Protocol):
         self._inbox = (creds.inbox if creds is not None else "_INBOX") + "."
         self.info: dict[str, Any] = {}
         self._transport: asyncio.Transport | None = None
-        self._buf = bytearray()
-        self._pending: tuple | None = None  # (subject, sid, reply, header bytes, total bytes)
+        self._frames = Frames()
         self._subs: dict[int, Subscription] = {}
         self._next_sid = 1
         self._pongs: deque[asyncio.Future] = deque()
@@ -191,12 +143,7 @@ class Connection(asyncio.Protocol):
             from shared import tls  # ssl costs an import only when a server demands it
             self._transport = await loop.start_tls(self._transport, self, tls.client_context(self.ca),
                                                    server_hostname=host)
-        opts = {"verbose": False, "pedantic": False, "lang": "python3", "version": _VERSION,
-                "protocol": 1, "headers": True, "no_responders": True, "name": self.name, **auth}
-        if self.creds is not None and not auth:
-            opts["jwt"] = self.creds.jwt
-            opts["sig"] = self.creds.sign(self.info.get("nonce", "").encode())
-        self._write(b"CONNECT " + msgspec.json.encode(opts) + b"\r\nPING\r\n")
+        self._write(connect_line(self.name, self.info, auth, self.creds))
         pong = loop.create_future()
         self._pongs.append(pong)
         await pong  # or the server's -ERR (authorization violation), as Unavailable
@@ -205,8 +152,7 @@ class Connection(asyncio.Protocol):
         if self._transport is not None:
             self._transport.close()
         self._transport = None
-        self._buf.clear()
-        self._pending = None
+        self._frames = Frames()
         self._pongs.clear()
         self._error = ""
         self._closed = False
@@ -229,52 +175,29 @@ class Connection(asyncio.Protocol):
             sub._deliver(None)
 
     def data_received(self, data: bytes) -> None:
-        buf = self._buf
-        buf += data
-        while True:
-            if self._pending is not None:
-                subject, sid, reply, hdr_len, total = self._pending
-                if len(buf) < total + 2:
-                    return
-                payload = bytes(buf[:total])
-                del buf[:total + 2]
-                self._pending = None
-                self._dispatch(subject, sid, reply, payload, hdr_len)
-                continue
-            end = buf.find(_CRLF)
-            if end < 0:
-                return
-            line = bytes(buf[:end])
-            del buf[:end + 2]
-            self._control(line)
+        for op in self._frames.feed(data):
+            if op[0] == "MSG":
+                self._dispatch(*op[1:])
+            else:
+                self._control(op[0], op[1])
 
-    def _control(self, line: bytes) -> None:
-        op, _, rest = line.partition(b" ")
-        op = op.upper()
-        if op == b"MSG":
-            a = rest.split()
-            reply = a[2].decode() if len(a) == 4 else ""
-            self._pending = (a[0].decode(), int(a[1]), reply, -1, int(a[-1]))
-        elif op == b"HMSG":
-            a = rest.split()
-            reply = a[2].decode() if len(a) == 5 else ""
-            self._pending = (a[0].decode(), int(a[1]), reply, int(a[-2]), int(a[-1]))
-        elif op == b"PING":
+    def _control(self, op: str, rest: bytes) -> None:
+        if op == "PING":
             self._write(b"PONG\r\n")
-        elif op == b"PONG":
+        elif op == "PONG":
             if self._pongs:
                 f = self._pongs.popleft()
                 if not f.done():
                     f.set_result(None)
-        elif op == b"INFO":
+        elif op == "INFO":
             self.info = msgspec.json.decode(rest)
             if self._info_seen is not None and not self._info_seen.done():
                 self._info_seen.set_result(None)
-        elif op == b"-ERR":
+        elif op == "-ERR":
             self._error = rest.decode(errors="replace").strip(" '")
-            if self._error.lower().startswith("permissions violation for publish to"):
+            subject = refused_publish(self._error)
+            if subject:
                 # The server stays connected; only the requests to that subject are refused.
-                subject = self._error.rsplit(" ", 1)[-1].strip('"')
                 for f, s in list(self._resp_waiters.values()):
                     if s == subject and not f.done():
                         f.set_exception(PermissionDenied(f"permission denied: publish to {subject}",
@@ -283,10 +206,7 @@ class Connection(asyncio.Protocol):
             # (authorization, parser); connection_lost reports it to the waiters.
 
     def _dispatch(self, subject: str, sid: int, reply: str, payload: bytes, hdr_len: int) -> None:
-        headers, status, data = None, 0, payload
-        if hdr_len >= 0:
-            headers, status = _parse_headers(payload[:hdr_len])
-            data = payload[hdr_len:]
+        headers, status, data = split_message(payload, hdr_len)
         m = Msg(self, subject, reply, data, headers, status)
         if self._resp_prefix and subject.startswith(self._resp_prefix):
             f, _ = self._resp_waiters.pop(subject[len(self._resp_prefix):], (None, ""))
@@ -308,11 +228,7 @@ class Connection(asyncio.Protocol):
         return self._inbox + os.urandom(12).hex()
 
     async def publish(self, subject: str, payload: bytes = b"", reply: str = "") -> None:
-        limit = self.info.get("max_payload", 1 << 20)
-        if len(payload) > limit:
-            raise InvalidArgument(f"message of {len(payload)} bytes is over the server's limit of {limit}")
-        head = f"PUB {subject} {reply} {len(payload)}\r\n" if reply else f"PUB {subject} {len(payload)}\r\n"
-        self._write(head.encode() + payload + _CRLF)
+        self._write(publish_frame(subject, payload, reply, self.info.get("max_payload", 1 << 20)))
 
     async def subscribe(self, subject: str, cb: Callable[[Msg], Any] | None = None) -> Subscription:
         sid = self._next_sid
@@ -342,7 +258,7 @@ class Connection(asyncio.Protocol):
             raise Unavailable(f"no reply on {subject} within {timeout:g}s") from e
         finally:
             self._resp_waiters.pop(token, None)
-        if m.status == _NO_RESPONDERS:
+        if m.status == NO_RESPONDERS:
             raise Unavailable(f"no service answers on {subject}")
         return m
 
@@ -374,117 +290,6 @@ class Connection(asyncio.Protocol):
             self._transport.close()
             self._transport = None
         self._closed = True
-
-
-def _parse_headers(raw: bytes) -> tuple[dict[str, str], int]:
-    """`NATS/1.0[ status[ text]]` then `Key: Value` lines: (headers, status or 0)."""
-    lines = raw.decode(errors="replace").split("\r\n")
-    first = lines[0].split(" ", 2)
-    status = int(first[1]) if len(first) > 1 and first[1].isdigit() else 0
-    headers = {}
-    for ln in lines[1:]:
-        k, sep, v = ln.partition(":")
-        if sep:
-            headers[k.strip()] = v.strip()
-    return headers, status
-
-
-class LiteBusClient(TypedEvents):
-    """`shared.bus.BusClient`'s interface over a `Connection` (`.nc`, like nats-py's client)."""
-
-    def __init__(self, nc: Connection):
-        self.nc = nc
-
-    async def request(self, subject: str, msg: msgspec.Struct, reply_type: type[Rep], *,
-                      timeout: float = 10.0) -> Rep:
-        resp = await self.nc.request(subject, codec.encode(msg), timeout=timeout)
-        return decode_reply(resp, reply_type)
-
-    async def gather(self, subject: str, msg: msgspec.Struct | None, reply_type: type[Rep], *,
-                     timeout: float = 0.5, expect: int | None = None) -> list[Rep]:
-        """Scatter-gather: every responder's reply within `timeout` (or once `expect` came)."""
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        replies: list[Any] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        try:
-            await self.nc.publish(subject, codec.encode(msg) if msg is not None else b"", reply=inbox)
-            while expect is None or len(replies) < expect:
-                left = deadline - loop.time()
-                if left <= 0:
-                    break
-                try:
-                    m = await sub.next_msg(left)
-                except asyncio.TimeoutError:
-                    break
-                if m.status == _NO_RESPONDERS:
-                    break  # nobody at all listens
-                try:
-                    replies.append(decode_reply(m, reply_type))
-                except DockyardError:
-                    pass  # one responder's error does not spoil the others' answers
-        finally:
-            await sub.unsubscribe()
-        return replies
-
-    async def kv_entries(self, bucket: str, *, timeout: float = 2.0) -> list[tuple[str, bytes]]:
-        """The live (key, value) pairs of a JetStream KV bucket; [] if it does not exist.
-
-        One ephemeral push consumer delivering the last message per key: a round trip,
-        where nats-py's keys()+get() costs one per key plus a stream info.
-        """
-        stream, prefix = f"KV_{bucket}", f"$KV.{bucket}."
-        inbox = self.nc.new_inbox()
-        sub = await self.nc.subscribe(inbox)
-        name = ""
-        config = {"deliver_subject": inbox, "deliver_policy": "last_per_subject", "ack_policy": "none",
-                  "filter_subject": prefix + ">", "replay_policy": "instant", "mem_storage": True,
-                  "num_replicas": 1, "inactive_threshold": 5_000_000_000}
-        try:
-            resp = await self.nc.request(f"$JS.API.CONSUMER.CREATE.{stream}",
-                                         msgspec.json.encode({"stream_name": stream, "config": config}),
-                                         timeout=timeout)
-            info = msgspec.json.decode(resp.data)
-            if "error" in info:
-                if info["error"].get("err_code") == 10059:  # stream not found: no bucket yet
-                    return []
-                raise Unavailable(f"KV {bucket}: {info['error'].get('description', info['error'])}")
-            name = info.get("name", "")
-            entries: dict[str, bytes] = {}
-            left = info.get("num_pending", 0)
-            while left > 0:
-                try:
-                    m = await sub.next_msg(timeout)
-                except asyncio.TimeoutError as e:
-                    raise Unavailable(f"KV {bucket}: the listing did not end") from e
-                key = m.subject[len(prefix):]
-                if (m.headers or {}).get("KV-Operation") in ("DEL", "PURGE"):
-                    entries.pop(key, None)
-                else:
-                    entries[key] = m.data
-                left = _pending_of(m.reply, left - 1)
-        finally:
-            await sub.unsubscribe()
-            # Done with the consumer, however the listing ended; the server would drop it
-            # after inactive_threshold anyway, this only saves it the wait.
-            if name:
-                await self.nc.publish(f"$JS.API.CONSUMER.DELETE.{stream}.{name}", b"",
-                                      reply=self.nc.new_inbox())
-        return sorted(entries.items())
-
-    async def close(self) -> None:
-        await self.nc.drain()
-
-
-def _pending_of(ack_subject: str, fallback: int) -> int:
-    """Messages still to come, from a JetStream delivery's `$JS.ACK...` reply subject."""
-    t = ack_subject.split(".")
-    if len(t) == 9:  # $JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>
-        return int(t[8])
-    if len(t) >= 12:  # with domain and account hash
-        return int(t[10])
-    return fallback
 
 
 async def connect(url: str, name: str = "dockyard-cli", *, connect_timeout: float = 3.0,

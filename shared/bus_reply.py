@@ -2,13 +2,12 @@
 
 `shared.bus` (nats-py) and `shared.bus_lite` (the CLI's lean client) both turn a
 reply into the typed value or the typed error a service raised; this module holds
-that one rule so that importing it costs msgspec only.
+that one rule so that importing it costs msgspec only (no asyncio, no logging: `dockyard
+ps` runs without an event loop, see shared/bus_blocking.py).
 """
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -19,7 +18,6 @@ from shared.errors import from_code
 from shared.messages.common import ErrorReply, Progress
 
 Rep = TypeVar("Rep")
-log = logging.getLogger("dockyard.bus")
 
 ERROR_CODE_HEADER = "Nats-Service-Error-Code"
 ERROR_HEADER = "Nats-Service-Error"
@@ -57,8 +55,10 @@ class TypedEvents:
             try:
                 r = on_progress(dec.decode(m.data))
             except msgspec.DecodeError:
-                log.warning("bad progress message on %s", inbox)
+                import logging
+                logging.getLogger("dockyard.bus").warning("bad progress message on %s", inbox)
                 return
+            import asyncio  # loaded already: callbacks run on the client's event loop
             if asyncio.iscoroutine(r):
                 await r
 

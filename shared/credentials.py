@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import os
-import secrets
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -63,7 +62,7 @@ def create_secret_once(path: Path, data: bytes) -> bool:
 
     Linked into place, never renamed over it: services racing on a first start all end up
     reading the one secret that won."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     try:
         with os.fdopen(fd, "wb") as f:

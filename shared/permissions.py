@@ -181,6 +181,7 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("run -v HOSTDIR", _agent_verbs(s.AGENT_RUN_HOST_BIND)),
         # runflags: --privileged and its kin give away the host as well
         ("run --privileged", _agent_verbs(s.AGENT_RUN_PRIVILEGED)),
+        ("exec --privileged", _agent_verbs(s.AGENT_EXEC_PRIVILEGED)),  # cli11
         # verbs: commit pushes with the agent's registry credential (shared/messages/verbs.py)
         ("commit", _agent_verbs(*ADMIN_VERBS)),
     ],

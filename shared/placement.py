@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from shared.errors import InvalidArgument, NotFound, Unavailable
-from shared.messages.agent import HEARTBEAT_STALE, Heartbeat, ImagesReply
+from shared.messages.agent import Heartbeat, ImagesReply, is_lost
 from shared.oci.reference import DEFAULT_TAG, Reference
 
 MiB = 1 << 20
@@ -35,10 +35,6 @@ class Host:
     def from_heartbeat(cls, beat: Heartbeat, now: float) -> "Host":
         idle = max(0.0, now - beat.time)
         return cls(id=beat.agent_id, memory_free=beat.memory_free, lost=is_lost(beat, now), idle_for=idle)
-
-
-def is_lost(beat: Heartbeat, now: float) -> bool:
-    return now - beat.time >= HEARTBEAT_STALE
 
 
 def contenders(hosts: Iterable[Host], memory: int | None) -> list[Host]:

@@ -110,4 +110,6 @@ KV_CONTAINERS = "dockyard-containers"  # lifecycle: each agent's container recor
 # the frames of a session go to the inbox its client names (shared/messages/interactive.py)
 AGENT_ATTACH = "attach"  # a new session on a container's stdio
 AGENT_EXEC = "exec"  # a process in a running container (attached unless -d)
+# cli11: `exec --privileged` (every capability the agent has, whatever the container's): admins only
+AGENT_EXEC_PRIVILEGED = "exec-privileged"
 AGENT_STDIN = "stdin"  # a session's input: stdin bytes (as requests), acks, resizes, close

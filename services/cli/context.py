@@ -33,16 +33,20 @@ def _import_bus(nats_url: str) -> Any:
 class CliContext:
     """`context` names the stack `config` came from (services.cli.contexts)."""
 
-    def __init__(self, config: Config, *, json_output: bool = False, context: str = "default"):
+    def __init__(self, config: Config, *, json_output: bool = False, context: str = "default",
+                 loopless: bool = False):
         self.config = config
         self.context = context
         self.json_output = json_output
+        # Driven by shared.bus_blocking.drive, not an event loop (services.cli.main).
+        self.loopless = loopless
         self._bus: "bus.BusClient | None" = None
 
     async def bus(self) -> "bus.BusClient":
         """The bus client, connected on first use (commands that need no bus never pay).
 
-        Plain nats:// URLs get shared.bus_lite, which speaks the client protocol itself:
+        Plain nats:// URLs get shared.bus_lite (shared.bus_blocking for a loopless command),
+        which speaks the client protocol itself:
         importing nats-py costs more than a command's whole bus traffic. TLS and
         websocket URLs (or a server that demands TLS) get nats-py through shared.bus.
         """
@@ -50,17 +54,30 @@ class CliContext:
             if not self.config.nats_url:
                 raise Unavailable(f"no stack is running in {self.config.data_dir} (no stack.json there): "
                                   "start one with `dockyard up`, or give --nats URL")
-            from shared import bus_lite
-            try:
-                self._bus = await bus_lite.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3,
-                                                   creds=self.config.bus_creds,
-                                                   ca=self.config.nats_ca_file)  # type: ignore[assignment]
-            except bus_lite.NeedFullClient:
-                bus = _import_bus(self.config.nats_url)
-                self._bus = bus.BusClient(await bus.connect(self.config.nats_url, name="dockyard-cli",
-                                                            connect_timeout=3, creds=self.config.bus_creds,
-                                                            ca=self.config.nats_ca_file))
+            self._bus = await (self._blocking_bus() if self.loopless else self._loop_bus())
         return self._bus
+
+    async def _loop_bus(self) -> Any:
+        """shared.bus_lite's client, or nats-py's where the lean one cannot go."""
+        from shared import bus_lite
+        try:
+            return await bus_lite.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3,
+                                          creds=self.config.bus_creds, ca=self.config.nats_ca_file)
+        except bus_lite.NeedFullClient:
+            bus = _import_bus(self.config.nats_url)
+            return bus.BusClient(await bus.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3,
+                                                   creds=self.config.bus_creds, ca=self.config.nats_ca_file))
+
+    async def _blocking_bus(self) -> Any:
+        """shared.bus_blocking's client; what it cannot serve (TLS without a CA, websockets)
+        sends the command back to main to run on an event loop."""
+        from shared import bus_blocking
+        from shared.nats_wire import NeedFullClient
+        try:
+            return await bus_blocking.connect(self.config.nats_url, name="dockyard-cli", connect_timeout=3,
+                                              creds=self.config.bus_creds, ca=self.config.nats_ca_file)
+        except NeedFullClient as e:
+            raise bus_blocking.NeedsEventLoop(str(e)) from e
 
     async def close(self) -> None:
         """The command is done: drain the bus; the process ends right after."""

@@ -110,3 +110,23 @@ def inspect_extras(c, view: dict) -> dict:
            else ["seccomp=<profile>"] if f.seccomp_profile else []),
     })
     return view
+
+
+def port(p) -> str:
+    """A published port as docker's PORTS column writes it."""
+    return f"{p.host_ip}:{p.host_port}->{p.container_port}/{p.protocol}"
+
+
+def status(c, now: float) -> str:
+    """docker's STATUS: `Up 3 minutes`, `Up 2 hours (Paused)`, `Exited (0) 5 seconds ago`."""
+    from services.cli.humanize import duration
+    from shared.messages.agent import unix_time
+    st = c.state
+    if st.status == "running":
+        t = unix_time(st.started_at)
+        up = f"Up {duration(now - t)}" if t else "Up"
+        return f"{up} (Paused)" if st.paused else up  # verbs: docker's paused status
+    if st.status == "exited":
+        t = unix_time(st.finished_at)
+        return f"Exited ({st.exit_code}) {duration(now - t)} ago" if t else f"Exited ({st.exit_code})"
+    return st.status.capitalize()

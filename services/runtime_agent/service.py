@@ -89,7 +89,7 @@ class Agent:
             (m.VERB_RUN, m.RunRequest, self.run, {"max_bytes": run_bound}),
             (subjects.AGENT_RUN_HOST_BIND, m.RunRequest, self.run_host_bind, {"max_bytes": run_bound}),
             (subjects.AGENT_RUN_PRIVILEGED, m.RunRequest, self.run_privileged, {"max_bytes": run_bound}),
-            (m.VERB_START, m.ContainerRef, self.start, {}), (m.VERB_STOP, m.StopRequest, self.stop, {}),
+            (m.VERB_START, m.StartRequest, self.start, {}), (m.VERB_STOP, m.StopRequest, self.stop, {}),
             (m.VERB_KILL, m.KillRequest, self.kill, {}), (m.VERB_RM, m.RmRequest, self.rm, {}),
             (m.VERB_INSPECT, m.ContainerRef, self.inspect, {}), (m.VERB_LOGS, m.LogsRequest, self.logs, {}),
             (m.VERB_PS, m.PsRequest, self.ps, {"empty_ok": True}),
@@ -130,8 +130,13 @@ class Agent:
         """`run --privileged` (and any host path): its subject is the admin role's alone."""
         return m.RunReply(container=await self.containers.run(req, any_host_path=True, privileged=True))
 
-    async def start(self, req: m.ContainerRef) -> m.ContainerReply:
-        return m.ContainerReply(container=await self.containers.start(req.container))
+    async def start(self, req: m.StartRequest) -> m.ContainerReply:
+        if req.attach is not None:  # cli11: start -a/-i
+            c = self.containers.inspect(req.container)
+            if not c.config.stdio.interactive:  # its stdio is the shim's: the output, from its log
+                return m.ContainerReply(container=await self.interactive.start_following(
+                    c, req.attach, lambda: self.containers.start(c.id)))
+        return m.ContainerReply(container=await self.containers.start(req.container, attach=req.attach))
 
     async def stop(self, req: m.StopRequest) -> m.ContainerReply:
         return m.ContainerReply(container=await self.containers.stop(req.container,

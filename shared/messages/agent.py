@@ -215,6 +215,14 @@ class ContainerRef(msgspec.Struct, kw_only=True):
     container: str
 
 
+class StartRequest(msgspec.Struct, kw_only=True):
+    """`start [-a] [-i]`: with `attach`, a session on the container's stdio from this start on
+    (cli11; a ContainerRef as older clients send it decodes as one without)."""
+
+    container: str
+    attach: AttachSpec | None = None
+
+
 class StopRequest(msgspec.Struct, kw_only=True):
     container: str
     timeout: float = 10.0
@@ -362,3 +370,8 @@ class Heartbeat(msgspec.Struct, kw_only=True, frozen=True):
     time: float = 0.0  # unix seconds when sent
     started_at: float = 0.0
     version: str = "0.1.0"
+
+
+def is_lost(beat: Heartbeat, now: float) -> bool:
+    """The host's last heartbeat is older than HEARTBEAT_STALE: shown lost, never placed on."""
+    return now - beat.time >= HEARTBEAT_STALE

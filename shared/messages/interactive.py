@@ -86,6 +86,9 @@ class ExecRequest(msgspec.Struct, kw_only=True):
     stdin: bool = False
     detach: bool = False
     attach: AttachSpec | None = None
+    # Every capability the agent has: only on subjects.AGENT_EXEC_PRIVILEGED (admins);
+    # the plain `exec` verb refuses it with shared.messages.agent.NEEDS_PRIVILEGE.
+    privileged: bool = False
 
 
 class ExecReply(msgspec.Struct, kw_only=True):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import re
 
 from shared.errors import InvalidArgument
@@ -44,6 +43,7 @@ class Digest(str):
 
     @classmethod
     def from_bytes(cls, data: bytes, algorithm: str = "sha256") -> "Digest":
+        import hashlib  # on first use: OpenSSL's module costs every CLI command ~2 ms otherwise
         return cls(f"{algorithm}:{hashlib.new(algorithm, data).hexdigest()}")
 
     def hasher(self) -> "Hasher":
@@ -59,6 +59,7 @@ class Hasher:
         if algorithm not in _HEX_LEN:
             raise InvalidArgument(f"unsupported digest algorithm {algorithm!r}", detail_code="DIGEST_INVALID")
         self.algorithm = algorithm
+        import hashlib
         self._h = hashlib.new(algorithm)
         self.size = 0
 

@@ -13,7 +13,8 @@ import time
 import msgspec
 import pytest
 
-from shared import bus, bus_lite, credentials, fleet as fleetmsg, tls
+from shared import bus, bus_blocking, bus_lite, credentials, fleet as fleetmsg, tls
+from shared.nats_wire import NeedFullClient
 from shared.errors import Unauthenticated, Unavailable
 from shared.permissions import joiner
 
@@ -62,6 +63,16 @@ def test_the_bus_off_loopback_is_tls_from_the_fleet_ca_and_bad_tokens_are_refuse
 
     asyncio.run(probe())
     assert h1.cli("status").returncode == 0  # the CLI (bus_lite over TLS) on the first node
+    # cli11: the loopless connection of `ps` verifies the same way
+    drive = bus_blocking.drive
+    with pytest.raises(NeedFullClient):
+        drive(bus_blocking.connect(f"nats://{h1.addr}:4222", creds=admin))
+    with pytest.raises(Unavailable):
+        drive(bus_blocking.connect(f"nats://{h1.addr}:4222", creds=admin, ca=str(other / tls.CA_FILE)))
+    c = drive(bus_blocking.connect(f"nats://{h1.addr}:4222", creds=admin, ca=str(cdir / tls.CA_FILE)))
+    drive(c.nc.flush())
+    drive(c.close())
+    assert "CONTAINER ID" in h1.cli("ps").stdout
 
     join = ("--join", h1.addr, "--listen", h2.addr, "--services", "runtime-agent")
     tok = fleetmsg.decode_token(h1.cli("fleet", "token").stdout.strip())

@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from shared import bus_lite, credentials, permissions, subjects
+from shared import bus_blocking, bus_lite, credentials, permissions, subjects
 from shared.errors import PermissionDenied, Unauthenticated
 from tests.e2e.conftest import start_stack, stop_stack
 
@@ -215,7 +215,29 @@ async def test_a_reader_reads_but_cannot_run(stack, people):
         await c.close()
 
 
-@pytest.mark.parametrize("verb", [subjects.AGENT_RUN_HOST_BIND, subjects.AGENT_RUN_PRIVILEGED])
+def test_the_loopless_client_signs_in_and_is_refused_as_the_lean_one(stack, people, tmp_path):
+    """shared.bus_blocking (`dockyard ps`, `agents`) authenticates the same way: the nonce
+    signed with the credential's nkey; a foreign credential and none are refused, and the
+    server's publish refusal becomes PermissionDenied."""
+    drive = bus_blocking.drive
+    with pytest.raises(Unauthenticated):
+        drive(bus_blocking.connect(stack.nats_url, connect_timeout=5))
+    other = tmp_path / "other.creds"
+    other.write_text(credentials.Authority(credentials.credentials_dir(tmp_path / "elsewhere"))
+                     .issue("user-admin", permissions.role("admin", "admin")))
+    with pytest.raises(Unauthenticated):
+        drive(bus_blocking.connect(stack.nats_url, creds=str(other), connect_timeout=5))
+    c = drive(bus_blocking.connect(stack.nats_url, creds=people["reader"], connect_timeout=5))
+    try:
+        with pytest.raises(PermissionDenied):
+            drive(c.nc.request(subjects.agent(AGENT_ID, "run"), b"{}", timeout=10))
+        assert drive(c.kv_entries(subjects.KV_AGENTS)) == []  # a reader may list the fleet
+    finally:
+        drive(c.close())
+
+
+@pytest.mark.parametrize("verb", [subjects.AGENT_RUN_HOST_BIND, subjects.AGENT_RUN_PRIVILEGED,
+                                  subjects.AGENT_EXEC_PRIVILEGED])
 async def test_only_an_admin_may_bind_outside_the_volume_roots(stack, people, verb):
     """An operator credential is not root on every host: the agent verbs that bind any host
     path or run --privileged are refused by the server for operators (and readers), whatever

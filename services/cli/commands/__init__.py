@@ -12,9 +12,8 @@ MODULES = {
     "logout": "registry",
     "images": "images", "tag": "images", "push": "images", "pull": "images", "rmi": "images",
     "build": "build", "import": "build", "history": "build",
-    "run": "containers", "ps": "containers", "logs": "containers", "stop": "containers",
-    "start": "containers", "rm": "containers", "inspect": "containers", "agents": "containers",
-    "kill": "containers",
+    "run": "containers", "ps": "containers", "inspect": "containers", "agents": "containers",
+    "logs": "lifecycle", "stop": "lifecycle", "start": "lifecycle", "rm": "lifecycle", "kill": "lifecycle",
     "gc": "gc", "fleet": "fleet",
     "create": "create",  # runflags
     "down": "down",  # lifecycle

@@ -46,7 +46,7 @@ async def list_hosts(args, ctx) -> int:
     """Hosts as the exchange knows them, with the last heartbeat of each one's runtime-agent."""
     from services.cli.commands.containers import heartbeats
     from shared import fleet
-    from shared.placement import is_lost
+    from shared.messages.agent import is_lost
     reply = await (await ctx.bus()).request(fleet.LIST, fleet.ListRequest(), fleet.ListReply)
     beats = {b.agent_id: b for b in await heartbeats(ctx)}
     now = time.time()

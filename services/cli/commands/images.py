@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--host", metavar="AGENT", help="the images a runtime-agent has pulled, instead of the registry's")
     p.add_argument("-q", "--quiet", action="store_true", help="only image ids")  # runflags
     p.add_argument("--format", help="a Go template ({{.Repository}}:{{.Tag}}), table TEMPLATE, or json")
-    p.set_defaults(func=images)
+    p.set_defaults(func=images, loopless=True)  # cli11: read-only bus verbs (shared.bus_blocking)
 
     p = sub.add_parser("tag", help="give an image another name (copying it if in another registry)")
     p.add_argument("source")
@@ -141,9 +141,9 @@ async def images(args, ctx) -> int:
         return await _agent_images(args, ctx)
     from shared import subjects
     from shared.messages.registry import ImagesReply, ImagesRequest
-    from shared.registry.stackref import is_stack
     repo = ""
     if args.repository:
+        from shared.registry.stackref import is_stack  # the shared.registry package loads aiohttp
         ref = _parse(args.repository)
         repo = ref.repository if is_stack(ref, ctx.config) else ""
     reply = await (await ctx.bus()).request(subjects.REGISTRY_IMAGES, ImagesRequest(repository=repo, all=args.all),

@@ -49,8 +49,12 @@ def register(sub: Any) -> None:
     p.add_argument("-i", "--interactive", action="store_true", help="keep stdin open and send ours to it")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pseudo-terminal")
     p.add_argument("-e", "--env", action="append", default=[], metavar="KEY[=VAL]")
+    p.add_argument("--env-file", action="append", default=[], metavar="FILE",
+                   help="NAME=VALUE lines (a bare NAME from our environment), before -e")  # cli11
     p.add_argument("-w", "--workdir")
     p.add_argument("-u", "--user", help="user[:group] by name or number")
+    p.add_argument("--privileged", action="store_true",
+                   help="every capability the agent has (admin role only)")  # cli11
     p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS)
     p.add_argument("container")
     p.add_argument("command", nargs=argparse.REMAINDER)
@@ -147,38 +151,82 @@ class _leave_on_signals:
 # ---- attach --------------------------------------------------------------------------
 
 async def attach(args, ctx) -> int:
-    from services.cli.commands.containers import find
+    from services.cli.locate import find
+    host, c = await find(ctx, args.container)
+    stdin = not args.no_stdin and c.config.stdio.open_stdin
+    return await _session(args, ctx, host, c, stdin, _attach_request(host, c.id))
+
+
+def _attach_request(host: str, cid: str):
+    """What opens a session on a running container's stdio: the agent's `attach`."""
+    from shared import subjects
+    from shared.messages.interactive import AttachReply, AttachRequest
+
+    def request(client, spec):
+        return client.request(subjects.agent(host, subjects.AGENT_ATTACH), AttachRequest(container=cid, attach=spec),
+                              AttachReply)
+    return request
+
+
+async def _session(args, ctx, host: str, c, stdin: bool, request) -> int:
+    """A session on `c`'s stdio that `request(client, spec)` opens at the agent; its exit code."""
     from services.cli.container_streams import SignalProxy
     from services.cli.stdio_session import ClientSession
     from services.cli.terminal import RawMode, parse_detach_keys
-    from shared import subjects
-    from shared.messages.interactive import AttachReply, AttachRequest
     keys = parse_detach_keys(args.detach_keys)
-    host, c = await find(ctx, args.container)
     client = await ctx.bus()
     tty = c.config.stdio.tty
-    stdin = not args.no_stdin and c.config.stdio.open_stdin
     if not _check_tty(ctx, tty, stdin):
         return 1
     async with ClientSession(client, host, stdin=stdin, tty=tty, detach_keys=keys if tty else None) as sess:
         with RawMode(0, enabled=tty and stdin):
-            req = AttachRequest(container=c.id, attach=sess.spec())
             if args.sig_proxy and not tty:
                 with SignalProxy(client, host, ctx) as proxy:
                     proxy.cid = c.id
-                    await client.request(subjects.agent(host, subjects.AGENT_ATTACH), req, AttachReply)
+                    await request(client, sess.spec())
                     end = await sess.run()
             else:
                 with _leave_on_signals(sess):
-                    await client.request(subjects.agent(host, subjects.AGENT_ATTACH), req, AttachReply)
+                    await request(client, sess.spec())
                     end = await sess.run()
     return _code(end, ctx)
+
+
+# ---- start -a / -i (cli11) -------------------------------------------------------------
+
+def add_start_flags(p: Any) -> None:
+    """`start`'s -a, -i, --detach-keys (docker's; --sig-proxy is true when attached)."""
+    p.add_argument("-a", "--attach", action="store_true", help="attach stdout and stderr, end with its exit code")
+    p.add_argument("-i", "--interactive", action="store_true", help="attach stdin too")
+    p.add_argument("--detach-keys", default=DEFAULT_DETACH_KEYS)
+    p.add_argument("--sig-proxy", type=_bool, default=True, metavar="BOOL",
+                   help="with -a and without a tty, send the CLI's SIGINT/SIGTERM to the container")
+
+
+async def start_attached(args, ctx) -> int:
+    """`start -a/-i CONTAINER`: the session opens with the start, so no output is missed;
+    one already running is attached to, as docker does."""
+    from services.cli.locate import find
+    from shared import subjects
+    from shared.errors import InvalidArgument
+    from shared.messages.agent import VERB_START, ContainerReply, StartRequest
+    if len(args.containers) != 1:
+        raise InvalidArgument("you cannot start and attach multiple containers at once")
+    host, c = await find(ctx, args.containers[0])
+    stdin = args.interactive and c.config.stdio.open_stdin
+    if c.state.status == "running":
+        return await _session(args, ctx, host, c, stdin, _attach_request(host, c.id))
+
+    def request(client, spec):
+        return client.request(subjects.agent(host, VERB_START), StartRequest(container=c.id, attach=spec),
+                              ContainerReply, timeout=120)
+    return await _session(args, ctx, host, c, stdin, request)
 
 
 # ---- exec ----------------------------------------------------------------------------
 
 async def exec_(args, ctx) -> int:
-    from services.cli.commands.containers import find
+    from services.cli.locate import find
     from services.cli.stdio_session import ClientSession
     from services.cli.terminal import RawMode, parse_detach_keys
     from shared import subjects
@@ -187,11 +235,17 @@ async def exec_(args, ctx) -> int:
     if not args.command:
         raise InvalidArgument("exec needs a command: dockyard exec CONTAINER COMMAND [ARG...]")
     keys = parse_detach_keys(args.detach_keys) if args.tty else None
+    env = _env(args.env)
+    if args.env_file:  # before -e, docker's order
+        from services.cli.runopts import read_env_file
+        env = [e for f in args.env_file for e in read_env_file(f)] + env
     host, c = await find(ctx, args.container)
     client = await ctx.bus()
-    subject = subjects.agent(host, subjects.AGENT_EXEC)
-    req = ExecRequest(container=c.id, args=args.command, env=_env(args.env), workdir=args.workdir or "",
-                      user=args.user or "", tty=args.tty, stdin=args.interactive, detach=args.detach)
+    # --privileged has a subject of its own: the server lets only admins publish there.
+    subject = subjects.agent(host, subjects.AGENT_EXEC_PRIVILEGED if args.privileged else subjects.AGENT_EXEC)
+    req = ExecRequest(container=c.id, args=args.command, env=env, workdir=args.workdir or "",
+                      user=args.user or "", tty=args.tty, stdin=args.interactive, detach=args.detach,
+                      privileged=args.privileged)
     if args.detach:
         await client.request(subject, req, ExecReply, timeout=60)
         return 0

@@ -356,14 +356,15 @@ class Containers:
 
     # ---- user verbs ------------------------------------------------------------------
 
-    async def start(self, ref: str) -> Container:
+    async def start(self, ref: str, attach=None) -> Container:
+        """`attach` (an AttachSpec): a session on an interactive container's stdio from its start."""
         c = self.store.resolve(ref)
         async with self._lock(c.id):
             c = self.store.get(c.id)
             if c.state.status == "running":
                 return c
             c = msgspec.structs.replace(c, state=msgspec.structs.replace(c.state, manual_stop=False, error=""))
-            return await self._start(c, Watch())
+            return await self._start(c, Watch(), attach=attach)
 
     async def stop(self, ref: str, timeout: float | None = 10.0) -> Container:
         """The container's stop signal, then KILL after `timeout` (None: its --stop-timeout, else 10 s)."""

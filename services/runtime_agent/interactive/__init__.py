@@ -26,13 +26,13 @@ import time
 import msgspec
 
 from services.runtime_agent.interactive import execs
-from services.runtime_agent.interactive.follow import follow_log
+from services.runtime_agent.interactive.follow import follow_log, log_reader_at_end
 from services.runtime_agent.interactive.pump import ProcessIO
 from services.runtime_agent.interactive.session import Session
 from shared import codec, subjects
 from shared.bus import DETAIL_HEADER, ERROR_CODE_HEADER, ERROR_HEADER
-from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound, Unavailable
-from shared.messages.agent import Container
+from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound, PermissionDenied, Unavailable
+from shared.messages.agent import NEEDS_PRIVILEGE, Container
 from shared.messages.common import ErrorReply
 from shared.messages.interactive import (STDIN_CHUNK, AttachReply, AttachRequest, AttachSpec, ExecReply,
                                          ExecRequest, Input)
@@ -61,6 +61,8 @@ class Interactive:
         svc.endpoint(subjects.agent(self.agent_id, subjects.AGENT_ATTACH), AttachRequest, self.attach, queue=own)
         svc.endpoint(subjects.agent(self.agent_id, subjects.AGENT_EXEC), ExecRequest, self.exec, queue=own,
                      max_bytes=_MAX_EXEC_REQUEST)
+        svc.endpoint(subjects.agent(self.agent_id, subjects.AGENT_EXEC_PRIVILEGED), ExecRequest,
+                     self.exec_privileged, queue=own, max_bytes=_MAX_EXEC_REQUEST)
 
     async def start(self) -> None:
         # Not a service endpoint: those run each request in a task of its own, and input
@@ -168,7 +170,41 @@ class Interactive:
         self._spawn(run())
         return AttachReply(id=c.id, tty=False, stdin=False)
 
-    async def exec(self, req: ExecRequest) -> ExecReply:
+    async def start_following(self, c: Container, spec: AttachSpec, start) -> Container:
+        """`start -a` of a container without -i/-t: the session gets its output from its log,
+        read from where the log ends before `start()` starts it, so none of it is missed."""
+        reader = log_reader_at_end(c.log_path)
+        io = ProcessIO(tty=False, stdin=False)
+        self._add_session(io, msgspec.structs.replace(spec, stdin=False))
+        try:
+            started = await start()
+        except BaseException:
+            reader.close()
+            self._forget(io)
+            raise
+        exited = self.containers.exited_event(started.id)
+        if exited is None:  # it ended already
+            exited = asyncio.Event()
+            exited.set()
+
+        async def run() -> None:
+            try:
+                await follow_log(io, started.log_path, exited, self.runtime, started.id, reader=reader)
+            finally:
+                self._forget(io)
+
+        self._spawn(run())
+        return started
+
+    async def exec_privileged(self, req: ExecRequest) -> ExecReply:
+        """`exec --privileged`: its subject is the admin role's alone (shared/permissions.py)."""
+        return await self.exec(req, privileged=True)
+
+    async def exec(self, req: ExecRequest, *, privileged: bool = False) -> ExecReply:
+        if req.privileged and not privileged:
+            # NATS does not say who published: the subject is what the server let through.
+            raise PermissionDenied("exec --privileged gives the process the host: only an admin may run it",
+                                   detail_code=NEEDS_PRIVILEGE)
         c = self.containers.inspect(req.container)
         if c.state.status != "running":
             raise Conflict(f"container {c.id[:12]} is not running")

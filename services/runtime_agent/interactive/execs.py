@@ -1,9 +1,11 @@
 """`exec`: a process in a running container, `<runtime> exec --process FILE` beside its init.
 
 The process is the container's own (capabilities, seccomp, rlimits: its config.json) with
-the exec's argv, environment added, working directory, user and terminal. Attached, the
-runtime stays our child until the process ends, with our pipes or the pty it sends to a
-console socket as the process's stdio; its exit code is the process's.
+the exec's argv, environment added, working directory, user and terminal; `--privileged`
+gives it every capability the agent has (the container's seccomp filter still applies, as
+with docker). Attached, the runtime stays our child until the process ends, with our pipes
+or the pty it sends to a console socket as the process's stdio; its exit code is the
+process's.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from services.runtime_agent.interactive.console import ConsoleSocket
 from services.runtime_agent.interactive.pump import ProcessIO
 from shared.errors import InvalidArgument, Unavailable
 from shared.messages.interactive import ExecRequest
+from shared.runtime.spec import KNOWN_CAPABILITIES
+from shared.runtime.spec_flags import own_bounding_set
 
 _DETACHED_TIMEOUT = 30.0
 
@@ -46,6 +50,9 @@ def process_file(bundle: Path, req: ExecRequest, exec_id: str) -> Path:
         proc["user"] = {"uid": ids.uid, "gid": ids.gid,
                         **({"additionalGids": list(ids.additional_gids)} if ids.additional_gids else {})}
     proc["terminal"] = req.tty
+    if req.privileged:  # docker's exec --privileged: every capability, the container's seccomp kept
+        caps = sorted(KNOWN_CAPABILITIES & own_bounding_set())
+        proc["capabilities"] = {"bounding": caps, "effective": caps, "permitted": caps}
     path = bundle / f"exec-{exec_id}.json"
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(proc))

@@ -21,10 +21,19 @@ _POLL = 0.05
 _EXIT_CODE_WAIT = 10.0
 
 
-async def follow_log(io: ProcessIO, log_path: str, exited: asyncio.Event, runtime, cid: str) -> None:
+def log_reader_at_end(log_path: str) -> LogReader:
+    """A reader past what the log holds now: what came before is `logs`'s to show."""
     reader = LogReader(Path(log_path))
+    reader.read()
+    return reader
+
+
+async def follow_log(io: ProcessIO, log_path: str, exited: asyncio.Event, runtime, cid: str,
+                     reader: LogReader | None = None) -> None:
+    """The log's new lines to `io`'s sessions until the container exits; `reader`: one placed
+    before the container started (`start -a`), so that nothing it writes is missed."""
+    reader = reader or log_reader_at_end(log_path)
     try:
-        reader.read()  # what came before the attach is `logs`'s to show
         poll = _POLL_FIRST
         while io.sessions:
             done = exited.is_set()

@@ -1,0 +1,91 @@
+"""Which agent: the fleet's heartbeats, placement of a new container, the one holding a container.
+
+The CLI talks to the bus only: the heartbeats (KV `dockyard-agents`) for placement and
+`agents`, a scatter-gather `ps` to find which agent holds a container; the command then
+asks that agent's own verb, so every verb works the same on every host of the fleet.
+"""
+
+from __future__ import annotations
+
+import time
+
+
+async def fleet(ctx) -> list:
+    """Live agents from their heartbeats, freshest first (lost ones left out)."""
+    from shared.messages.agent import is_lost
+    now = time.time()
+    return [b for b in await heartbeats(ctx) if not is_lost(b, now)]
+
+
+async def heartbeats(ctx) -> list:
+    """Every agent's last heartbeat, live or lost, freshest first."""
+    from shared import codec, subjects
+    from shared.messages.agent import Heartbeat
+    client = await ctx.bus()
+    if hasattr(client, "kv_entries"):  # shared.bus_lite: the whole bucket in one round trip
+        dec = codec.decoder(Heartbeat)
+        beats = [dec.decode(v) for _, v in await client.kv_entries(subjects.KV_AGENTS)]
+    else:
+        beats = await _fleet_nats(client)
+    return sorted(beats, key=lambda b: -b.time)
+
+
+async def _fleet_nats(client) -> list:
+    """Heartbeats through nats-py's KV (the full client: TLS or websocket URLs)."""
+    import nats.js.errors
+    from shared import subjects
+    from shared.bus import TypedKV
+    from shared.messages.agent import Heartbeat
+    try:
+        kv = await client.nc.jetstream().key_value(subjects.KV_AGENTS)
+    except nats.js.errors.BucketNotFoundError:
+        return []
+    return [v for _, v, _ in await TypedKV(kv, Heartbeat).items()]
+
+
+async def place(ctx, image: str, memory: int | None, pin: str | None) -> str:
+    """The agent to run on (shared.placement); the agents' image lists are asked for only on a tie."""
+    import dataclasses
+    from shared import placement
+    from shared.messages.agent import VERB_IMAGES, ImagesReply, ImagesRequest, fleet as fleet_subject
+    now = time.time()
+    hosts = [placement.Host.from_heartbeat(b, now) for b in await heartbeats(ctx)]
+    wanted: frozenset[str] = frozenset()
+    if not pin and len(placement.contenders(hosts, memory)) > 1:
+        client = await ctx.bus()
+        live = sum(not h.lost for h in hosts)
+        replies = await client.gather(fleet_subject(VERB_IMAGES), ImagesRequest(), ImagesReply,
+                                      timeout=1.0, expect=live)
+        wanted, held = placement.locality(image, replies)
+        hosts = [dataclasses.replace(h, layers=held.get(h.id, frozenset())) for h in hosts]
+    return placement.choose(hosts, memory, wanted=wanted, pin=pin).id
+
+
+async def find(ctx, ref: str, agents: list | None = None):
+    """(agent id, Container) of the one container `ref` names across the fleet."""
+    from shared.errors import InvalidArgument, NotFound
+    from shared.messages.agent import VERB_PS, PsReply, PsRequest, fleet as fleet_subject
+    agents = await fleet(ctx) if agents is None else agents
+    if not agents:
+        raise NotFound(f"no such container: {ref} (no runtime-agent is running)")
+    client = await ctx.bus()
+    replies = await client.gather(fleet_subject(VERB_PS), PsRequest(all=True, match=ref), PsReply,
+                                  timeout=2.0, expect=len(agents))
+    hits = [(r.host, c) for r in replies for c in r.containers]
+    exact = [h for h in hits if h[1].id == ref or h[1].name == ref]
+    hits = exact or hits
+    if not hits:
+        raise NotFound(f"no such container: {ref}")
+    if len(hits) > 1:
+        raise InvalidArgument(f"{ref} names {len(hits)} containers: "
+                              + ", ".join(f"{c.id[:12]} on {h}" for h, c in hits))
+    return hits[0]
+
+
+async def agent_images(ctx, host: str) -> list:
+    """The images an agent has pulled (for `dockyard images --host AGENT`): ImageRecords."""
+    from shared import subjects
+    from shared.messages.agent import VERB_IMAGES, ImagesReply, ImagesRequest
+    client = await ctx.bus()
+    reply = await client.request(subjects.agent(host, VERB_IMAGES), ImagesRequest(), ImagesReply)
+    return reply.images
