@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import os
 import posixpath
-import shutil
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from shared.errors import InvalidArgument
+from shared.fsutil import WriteBehind
 from shared.layers.compression import Compression, detect, media_type, open_decompressed
 from shared.oci import mediatypes as mt
 from shared.oci.digest import Digest, Hasher
@@ -63,12 +63,22 @@ def spool(src: BinaryIO, work: Path) -> Path:
     with open(path, "wb") as f:
         if comp is Compression.NONE:
             f.write(head)
-            shutil.copyfileobj(src, f, CHUNK)
+            _copy(src, f)
         else:
             from shared.layers.compression import _Prefixed  # noqa: PLC2701 - the head already read
             _, reader = open_decompressed(_Prefixed(head, src))
-            shutil.copyfileobj(reader, f, CHUNK)
+            _copy(reader, f)
     return path
+
+
+def _copy(src: BinaryIO, dst: BinaryIO) -> None:
+    # written back as it goes, kept cached: the upload reads it right after
+    behind = WriteBehind(dst.fileno(), drop=False)
+    written = dst.tell()
+    while chunk := src.read(CHUNK):
+        dst.write(chunk)
+        written += len(chunk)
+        behind.wrote_to(written)
 
 
 def open_input(path: Path, work: Path) -> Path:
@@ -143,23 +153,33 @@ class Archive:
         return h.digest()
 
     def chunks(self, name: str):
-        """A callable giving an async iterator of the member's bytes (read in a thread, chunk by chunk)."""
+        """A callable giving an async iterator of the member's bytes, read in a thread a chunk
+        ahead of the one being sent (a disk never idle behind a socket write, nor the reverse)."""
         import asyncio
         m = self.member(name, "blob")
 
         async def gen():
-            f = await asyncio.to_thread(open, self.path, "rb")
+            fd = await asyncio.to_thread(os.open, self.path, os.O_RDONLY | os.O_CLOEXEC)
+            offset, end = m.offset_data, m.offset_data + m.size
+
+            def read_ahead():
+                n = min(CHUNK, end - offset)
+                return asyncio.ensure_future(asyncio.to_thread(os.pread, fd, n, offset)) if n > 0 else None
+
+            ahead = read_ahead()
             try:
-                await asyncio.to_thread(f.seek, m.offset_data)
-                left = m.size
-                while left:
-                    chunk = await asyncio.to_thread(f.read, min(CHUNK, left))
+                while ahead is not None:
+                    chunk = await ahead
+                    ahead = None
                     if not chunk:
                         raise InvalidArgument(f"archive member {name!r} is cut short")
-                    left -= len(chunk)
+                    offset += len(chunk)
+                    ahead = read_ahead()
                     yield chunk
             finally:
-                f.close()
+                if ahead is not None:  # the fd stays open until its read is over
+                    await asyncio.wait([ahead])
+                os.close(fd)
         return gen
 
 

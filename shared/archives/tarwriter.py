@@ -3,13 +3,20 @@
 `docker save` puts uncompressed layers in the archive; their size is known only after
 decompressing, and a layer is never held in memory: the header is written with size
 0, the bytes streamed after it, then the header is rewritten in place (the output
-must be seekable; `save` to a pipe goes through a temporary file).
+must be seekable; `save` to a pipe goes through a temporary file). Written to a file,
+the bytes are written back to disk as they come (`shared.fsutil.WriteBehind`), so that
+the caller's fsync is short and a big archive does not fill the page cache.
 """
 
 from __future__ import annotations
 
+import io
+import os
+import stat
 import tarfile
 from typing import BinaryIO
+
+from shared.fsutil import WriteBehind
 
 BLOCK = 512
 
@@ -20,6 +27,7 @@ class TarWriter:
         self._header_at: int | None = None
         self._name = ""
         self._size = 0
+        self._behind = WriteBehind(fd, out.tell()) if (fd := _regular_fd(out)) is not None else None
 
     def _header(self, name: str, size: int) -> bytes:
         ti = tarfile.TarInfo(name)
@@ -40,6 +48,8 @@ class TarWriter:
     def write(self, data: bytes) -> None:
         self.out.write(data)
         self._size += len(data)
+        if self._behind is not None:
+            self._behind.wrote_to(self._header_at + BLOCK + self._size)
 
     def end(self) -> int:
         pad = (-self._size) % BLOCK
@@ -55,3 +65,11 @@ class TarWriter:
     def close(self) -> None:
         self.out.write(b"\0" * (2 * BLOCK))
         self.out.flush()
+
+
+def _regular_fd(out: BinaryIO) -> int | None:
+    try:
+        fd = out.fileno()
+    except (AttributeError, OSError, io.UnsupportedOperation):
+        return None
+    return fd if stat.S_ISREG(os.fstat(fd).st_mode) else None

@@ -34,14 +34,32 @@ def stack_names(img: LoadImage) -> list[Reference]:
     return out
 
 
+async def _already(client, img: LoadImage, ref: Reference) -> Loaded | None:
+    """The name as loaded if it gives this very manifest already: the registry then holds its
+    blobs (a manifest is only taken with them), and a re-load costs one HEAD."""
+    tag = ref.tag or (None if not img.names else "latest")
+    there = await client.head_manifest(ref.path, tag or str(img.digest), img.manifest_type)
+    if there is None or there.digest != img.digest:
+        return None
+    return Loaded(f"{ref.path}:{tag}" if tag else "", ref.path, str(img.digest), str(img.config.digest))
+
+
 async def upload(client, archive: Archive, images: list[LoadImage], untagged_repo: str = "loaded",
                  progress: OnBlob = nothing) -> list[Loaded]:
     """Push each image's blobs and its manifest (by tag, or by digest to `untagged_repo`);
-    `progress` hears of each blob of an image's first name as it goes."""
+    a name that gives the image already is left as it is. `progress` hears of each blob
+    of an image's first name to push as it goes (as there, when every name is)."""
     out = []
     sem = asyncio.Semaphore(_PARALLEL)
     for img in images:
         refs = stack_names(img) or [Reference(domain=None, path=untagged_repo)]
+        there = {r: x for r in refs if (x := await _already(client, img, r)) is not None}
+        out.extend(there.values())
+        refs = [r for r in refs if r not in there]
+        if not refs:
+            for b in [img.config, *img.layers]:
+                progress(b.digest.short, EXISTS, b.size, b.size)
+            continue
         first = refs[0].path
 
         async def push(b, repo: str, mount_from: str | None, progress: OnBlob = nothing) -> None:

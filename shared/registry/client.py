@@ -103,7 +103,8 @@ class RegistryClient:
 
     async def _send(self, method: str, url: URL | str, scopes: list[str], *, ok: tuple[int, ...],
                     what: str, headers: dict[str, str] | None = None, data: Any = None,
-                    params: Any = None, replayable: bool = True, allow_404: bool = False) -> aiohttp.ClientResponse:
+                    params: Any = None, replayable: bool = True, allow_404: bool = False,
+                    read_bufsize: int | None = None) -> aiohttp.ClientResponse:
         """Send with auth; answer one 401 challenge; return the (unread) response or raise."""
         url = self._url(url) if isinstance(url, str) else url
         for attempt in (0, 1):
@@ -113,7 +114,7 @@ class RegistryClient:
                 h["Authorization"] = authz
             try:
                 resp = await self.session.request(method, url, headers=h, data=data, params=params,
-                                                  allow_redirects=True)
+                                                  allow_redirects=True, read_bufsize=read_bufsize)
             except aiohttp.ClientError as e:
                 raise Unavailable(f"{what}: cannot reach {self.registry}: {e}") from e
             if resp.status == 401 and attempt == 0 and replayable:
@@ -209,13 +210,19 @@ class RegistryClient:
         return None if resp.status == 404 else int(resp.headers.get("Content-Length") or 0)
 
     @contextlib.asynccontextmanager
-    async def open_blob(self, repo: str, digest: Digest) -> AsyncIterator["BlobStream"]:
-        """A verified stream of the blob's bytes: iterating raises if the digest does not match."""
+    async def open_blob(self, repo: str, digest: Digest, *, verify: bool = True,
+                        read_bufsize: int | None = None) -> AsyncIterator["BlobStream"]:
+        """A verified stream of the blob's bytes: iterating raises if the digest does not match.
+
+        `verify=False` (size still checked) only for a caller that verifies what it keeps
+        another way: `save` checks each decompressed layer against its diff id.
+        `read_bufsize`: how much aiohttp reads ahead of the caller (its default is 64 KiB)."""
         digest = Digest(digest)
         what = f"blob {self.registry}/{repo}@{digest}"
-        resp = await self._send("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200,), what=what)
+        resp = await self._send("GET", f"/v2/{repo}/blobs/{digest}", _pull(repo), ok=(200,), what=what,
+                                read_bufsize=read_bufsize)
         try:
-            yield BlobStream(resp, digest, what)
+            yield BlobStream(resp, digest, what, verify=verify)
         finally:
             resp.release()
 
@@ -320,25 +327,28 @@ class RegistryClient:
 class BlobStream:
     """Chunks of a blob; the last iteration verifies size and digest."""
 
-    def __init__(self, resp: aiohttp.ClientResponse, digest: Digest, what: str):
+    def __init__(self, resp: aiohttp.ClientResponse, digest: Digest, what: str, *, verify: bool = True):
         self._resp = resp
         self.digest = digest
         self.size = resp.content_length
         self.received = 0
         self._what = what
+        self._verify = verify
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        hasher = Hasher(self.digest.algorithm)
+        hasher = Hasher(self.digest.algorithm) if self._verify else None
         try:
             async for chunk in self._resp.content.iter_chunked(CHUNK):
-                hasher.update(chunk)
-                self.received = hasher.size
+                if hasher is not None:
+                    hasher.update(chunk)
+                self.received += len(chunk)
                 yield chunk
         except (aiohttp.ClientError, asyncio.TimeoutError) as e:
             raise Unavailable(f"{self._what}: transfer broke off: {e}") from e
-        if self.size is not None and hasher.size != self.size:
-            raise InvalidArgument(f"{self._what}: got {hasher.size} of {self.size} bytes", detail_code="SIZE_INVALID")
-        if hasher.digest() != self.digest:
+        if self.size is not None and self.received != self.size:
+            raise InvalidArgument(f"{self._what}: got {self.received} of {self.size} bytes",
+                                  detail_code="SIZE_INVALID")
+        if hasher is not None and hasher.digest() != self.digest:
             raise InvalidArgument(f"{self._what}: content digest {hasher.digest()} does not match",
                                   detail_code="DIGEST_INVALID")
 

@@ -207,3 +207,29 @@ def test_system_df_on_a_whole_stack_shows_the_build_cache(stack):
     assert got["build_cache"]["total"] >= got["build_cache"]["active"] >= 0
     table = stack.cli("system", "df").stdout
     assert "Build Cache" in table and "(builder)" in table and "Local Volumes" in table
+
+
+def test_a_reload_puts_back_a_tag_moved_since_and_keeps_one_already_there(stack, pushed, tmp_path):
+    root, env = pushed
+
+    def digest_of(ref: str) -> str:
+        raw = skopeo("inspect", "--raw", "--tls-verify=false", f"--creds={stack.admin_creds}",
+                     f"docker://{stack.registry_addr}/{ref}", env=env).stdout
+        return "sha256:" + hashlib.sha256(raw.encode()).hexdigest()
+
+    def push(layout: str, tag: str) -> None:
+        skopeo("copy", "--dest-tls-verify=false", f"--dest-creds={stack.admin_creds}", f"oci:{root / layout}:{tag}",
+               f"docker://{stack.registry_addr}/library/reload:1", env=env)
+
+    push("a", "1")
+    saved = tmp_path / "saved.tar"
+    stack.cli("save", "-o", str(saved), "reload:1")
+    with tarfile.open(saved) as tf:
+        want = json.load(tf.extractfile("index.json"))["manifests"][0]["digest"]
+    for _ in range(2):  # the first puts the archive's manifest (uncompressed layers), the second finds it there
+        assert "Loaded image: library/reload:1" in stack.cli("load", "-i", str(saved)).stdout
+        assert digest_of("library/reload:1") == want
+    push("b", "2")  # the tag moves to another image: loading the archive moves it back
+    assert digest_of("library/reload:1") != want
+    stack.cli("load", "-q", "-i", str(saved))
+    assert digest_of("library/reload:1") == want

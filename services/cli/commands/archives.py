@@ -31,12 +31,14 @@ def _client(session, ctx, bus_client):
 
 async def save(args, ctx) -> int:
     import tempfile
+    from pathlib import Path
 
     import aiohttp
 
     from services.cli.progress import reporter_for
     from shared.archives.save import save as save_images
     from shared.errors import InvalidArgument
+    from shared.fsutil import fsync_dir
     from shared.oci.reference import Reference
     from shared.registry.stackref import is_stack
     refs = []
@@ -61,6 +63,7 @@ async def save(args, ctx) -> int:
                 os.fsync(out.fileno())
         if target:
             os.replace(path, target)
+            fsync_dir(Path(os.path.abspath(target)).parent)  # the rename itself survives a crash too
         else:
             with open(path, "rb") as f, os.fdopen(os.dup(sys.stdout.fileno()), "wb") as so:
                 while chunk := f.read(1 << 20):

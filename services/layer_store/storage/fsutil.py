@@ -2,71 +2,17 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import errno
 import mmap
 import os
 from pathlib import Path
 
-from shared.fsutil import fsync_dir  # noqa: F401  (the storage code imports it from here)
+# the storage code imports these from here
+from shared.fsutil import drop_cache, fsync_dir, start_writeback, writeback  # noqa: F401
 
-_SYNC_FILE_RANGE_WAIT_BEFORE = 1
-_SYNC_FILE_RANGE_WRITE = 2
-_SYNC_FILE_RANGE_WAIT_AFTER = 4
 # O_DIRECT wants file offsets, lengths and buffer addresses aligned to the device's
 # logical block size; 4096 covers every common device (mmap buffers are page-aligned).
 DIRECT_ALIGN = 4096
-
-
-def _load_sync_file_range():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        fn = libc.sync_file_range
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_sync_file_range = _load_sync_file_range()
-
-
-def start_writeback(fd: int, offset: int, length: int) -> None:
-    """Ask the kernel to start writing a range to disk now, without waiting.
-
-    Ingest data is written back while the upload is still streaming, so the one
-    fsync at commit finds little left to flush (Linux only; elsewhere a no-op).
-    """
-    if _sync_file_range is not None and length > 0:
-        _sync_file_range(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
-
-
-def writeback(fd: int, offset: int, length: int, drop: tuple[int, int] | None = None) -> None:
-    """Start writeback of a range, and drop an earlier range from the page cache once it is
-    on disk; closes `fd` (a dup made for this call, so a closed session cannot be hit).
-
-    Why drop: blob bytes are not read back soon, and filling the page cache costs more
-    than the disk write here (on this project's VMs, a 200 MB ingest spent ~0.5 s CPU
-    copying into never-touched page cache against ~0.05 s with drop-behind)."""
-    try:
-        start_writeback(fd, offset, length)
-        if drop is not None and _sync_file_range is not None:
-            _sync_file_range(fd, drop[0], drop[1], _SYNC_FILE_RANGE_WAIT_BEFORE | _SYNC_FILE_RANGE_WRITE
-                             | _SYNC_FILE_RANGE_WAIT_AFTER)
-            drop_cache(fd, drop[0], drop[1])
-    finally:
-        os.close(fd)
-
-
-def drop_cache(fd: int, offset: int = 0, length: int = 0) -> None:
-    """Forget a range's clean pages (length 0: to the end); a hint, never an error."""
-    if hasattr(os, "posix_fadvise"):
-        try:
-            os.posix_fadvise(fd, offset, length, os.POSIX_FADV_DONTNEED)
-        except OSError:
-            pass
 
 
 class UncachedReader:
