@@ -135,6 +135,18 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
     raise ValueError(f"no permissions for service kind {kind!r}")
 
 
+def node(host: str) -> str:
+    """The principal of a joined host's NATS node (its leaf connection to the first node)."""
+    return f"node-{host}"
+
+
+def relay(grants: list[Permissions]) -> Permissions:
+    """A joined host's node: what its services may do, and nothing more, crosses its leaf
+    connection (each client of the node is held to its own credential there as well)."""
+    return Permissions(tuple(dict.fromkeys(x for g in grants for x in g.publish)),
+                       tuple(dict.fromkeys(x for g in grants for x in g.subscribe)))
+
+
 def joiner(token_id: str) -> Permissions:
     """A join token's credential: it can only ask the exchange for the host's own credentials."""
     name = f"joiner-{token_id}"
