@@ -12,12 +12,19 @@ existed before its first join.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from shared import tls
 
 DEFAULT_LEAF_PORT = 7422  # nats-server's own default for leaf nodes
 TRUST_FILE = "nats-trust.conf"  # on a joined host: the fleet's operator and accounts, from the exchange
+
+
+def server_name(host: str) -> str:
+    """A node is named after its host: `status` says which host holds a bucket. In the config
+    file, not on the command line: nats-server reloads the file without its `-n`."""
+    return f"server_name: {json.dumps(host)}\n"
 
 
 def default_js_domain(account_pub: str) -> str:
@@ -39,7 +46,7 @@ def leaf_tls(cred_dir: Path, listen: str) -> str:
     return tls.server_block(cred_dir, verify_clients=True) if tls.needs_tls(listen) else ""
 
 
-def joined_node_config(*, trust: str, cred_dir: Path, listen: str, hubs: list[str], creds: Path,
+def joined_node_config(*, name: str, trust: str, cred_dir: Path, listen: str, hubs: list[str], creds: Path,
                        account_pub: str) -> str:
     """A joined host's node: the fleet's trust (its clients present their own credentials
     here too), TLS for them off loopback, and the leaf connection to the first node's `hubs`."""
@@ -51,7 +58,7 @@ def joined_node_config(*, trust: str, cred_dir: Path, listen: str, hubs: list[st
                    f'      key_file: "{cred_dir / tls.NODE_KEY_FILE}"', f'      ca_file: "{cred_dir / tls.CA_FILE}"',
                    "    }"]
     return "".join([
-        trust if trust.endswith("\n") else trust + "\n",
+        trust if trust.endswith("\n") else trust + "\n", server_name(name),
         tls.server_block(cred_dir) if tls.needs_tls(listen) else "",
         default_js_domain(account_pub),
         "leafnodes {\n  remotes: [\n  {\n", "\n".join(remote), "\n  }\n  ]\n}\n"])

@@ -119,9 +119,9 @@ class EmbeddedNats:
         with open(self.log_file, "ab") as out:
             mark = out.tell()  # what this run logs starts here
             # flags after -c override the file: the port is ours to choose
-            js = ["-js", "-sd", str(self.store_dir)] if self.jetstream else []
+            flags = ["-js", "-sd", str(self.store_dir)] if self.jetstream else []
             self.proc = subprocess.Popen(
-                [find_binary(), *self._command_config(leaf_port), "-a", self.host, "-p", str(port), *js,
+                [find_binary(), *self._command_config(leaf_port), "-a", self.host, "-p", str(port), *flags,
                  "--ports_file_dir", str(self._ports_dir)],
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
         ports_file = self._ports_dir / f"{Path(find_binary()).name}_{self.proc.pid}.ports"

@@ -136,7 +136,7 @@ class StackRunner:
         account = credentials.jwt_claims(credentials.read_creds(creds).jwt)["nats"]["issuer_account"]
         conf = cdir / "nats-server.conf"
         credentials.write_secret(conf, natsnodes.joined_node_config(
-            trust=(cdir / natsnodes.TRUST_FILE).read_text(), cred_dir=cdir, listen=self.listen,
+            name=self.cfg.host_id, trust=(cdir / natsnodes.TRUST_FILE).read_text(), cred_dir=cdir, listen=self.listen,
             hubs=self.joined.leafnodes, creds=creds, account_pub=account).encode())
         return conf
 
@@ -188,7 +188,7 @@ class StackRunner:
     def _server_config(self, revoked: dict[str, int]) -> str:
         """Trust and accounts (signed again each time: the server checks them on every reload),
         and TLS for clients when this node listens off loopback."""
-        conf = self.authority.server_config(revoked)
+        conf = self.authority.server_config(revoked) + natsnodes.server_name(self.cfg.host_id)
         if tls.needs_tls(self.listen):
             conf += tls.server_block(credentials.credentials_dir(self.cfg.data_path))
             conf += natsnodes.default_js_domain(self.authority.account_pub)  # for joined hosts' nodes

@@ -111,3 +111,11 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
     assert _wait("host 3's node relays again", lambda: _or_none(_through_node, h3, agent3)) == (True, False)
     ps = json.loads(h1.cli("--json", "agents").stdout)
     assert {a["agent_id"]: a["lost"] for a in ps} == {h.agent_id: False for h in fl.hosts}, ps
+    # the state stays on the first node: each bucket one copy there, as `status` says
+    tags = {b["bucket"]: b for b in json.loads(h1.cli("--json", "status").stdout)["buckets"]}[subjects.KV_TAGS]
+    assert (tags["replicas"], tags["peers"], tags["values"]) == (1, [h1.agent_id], 2), tags
+
+    # removed, the host's node is cut off too: its credential was revoked with the others
+    h1.cli("fleet", "remove", h3.agent_id)
+    _wait("host 3's node cut off", lambda: _or_none(_through_node, h3, agent3) is None, timeout=15)
+    assert _through_node(h2, f"runtime-agent-{h2.agent_id}") == (True, False)  # not host 2's

@@ -174,6 +174,7 @@ async def _join_if_asked(args: argparse.Namespace, cfg: Any, nats_port: int | No
 
 
 async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
+    from services.cli import replication
     from services.cli.stack_runner import discover
     from shared import stackfile
     b = await ctx.bus()
@@ -185,10 +186,14 @@ async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
         found = await discover(b)
     names = {f["name"] for f in found}
     missing = [n for n in expected if n not in names]
+    buckets = await replication.buckets(b.nc)
     if ctx.json_output:
-        ctx.print_json({"services": found, "missing": missing})
+        ctx.print_json({"services": found, "missing": missing, "buckets": buckets})
     else:
         ctx.print_table(["SERVICE", "ID", "VERSION", "ENDPOINTS", "DETAIL"],
                         [[f["name"], f["id"], f["version"], f["endpoints"], f["detail"]] for f in found]
                         + [[n, "-", "-", "-", "NOT ANSWERING"] for n in missing])
+        if buckets:
+            print()
+            ctx.print_table(["BUCKET", "REPLICAS", "SERVERS", "VALUES", "NOTE"], replication.table_rows(buckets))
     return 1 if missing else 0
