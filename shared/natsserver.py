@@ -106,13 +106,15 @@ class EmbeddedNats:
     def _command_config(self, leaf_port: int) -> list[str]:
         """`-c FILE`: the config file, or (accepting leaf nodes) one that includes it and adds the
         listener. Beside it: nats-server resolves an include relative to the including file."""
-        if self.config_file is None:
-            return []
         if self.leaf_tls is None:
-            return ["-c", str(self.config_file)]
+            return ["-c", str(self.config_file)] if self.config_file is not None else []
         from shared.natsnodes import leaf_listener
-        node = self.config_file.with_name(self.config_file.stem + "-node.conf")
-        node.write_text(f'include "{self.config_file.name}"\n' + leaf_listener(self.host, leaf_port, self.leaf_tls))
+        if self.config_file is None:
+            node, include = self.store_dir / "node.conf", ""
+        else:
+            node = self.config_file.with_name(self.config_file.stem + "-node.conf")
+            include = f'include "{self.config_file.name}"\n'
+        node.write_text(include + leaf_listener(self.host, leaf_port, self.leaf_tls))
         return ["-c", str(node)]
 
     def _launch(self, port: int, leaf_port: int, timeout: float) -> int:
