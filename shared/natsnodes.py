@@ -1,8 +1,8 @@
 """The fleet's NATS nodes: the first node accepts leaf nodes, a joined host's node is one.
 
 A joined host runs a nats-server of its own that holds no state: its services connect to
-it, and it relays their traffic to the first node over one leaf connection (TLS both ways,
-authenticated by a credential of the host's own that `fleet remove` revokes). JetStream
+it (on loopback), and it relays their traffic to the first node over one leaf connection
+(TLS both ways, authenticated by a credential of the host's own that `fleet remove` revokes). JetStream
 stays on the first node alone. Leaf nodes rather than routes, because a server with a
 cluster port runs JetStream clustered: it needs 2 peers to elect a meta leader (the first
 node alone would wait ~30 s, a fleet of two would stop when either host goes) and deletes
@@ -46,10 +46,12 @@ def leaf_tls(cred_dir: Path, listen: str) -> str:
     return tls.server_block(cred_dir, verify_clients=True) if tls.needs_tls(listen) else ""
 
 
-def joined_node_config(*, name: str, trust: str, cred_dir: Path, listen: str, hubs: list[str], creds: Path,
+def joined_node_config(*, name: str, trust: str, cred_dir: Path, hubs: list[str], creds: Path,
                        account_pub: str) -> str:
     """A joined host's node: the fleet's trust (its clients present their own credentials
-    here too), TLS for them off loopback, and the leaf connection to the first node's `hubs`."""
+    here too) and the leaf connection to the first node's `hubs`. It listens on loopback
+    (`up` sees to it): its clients are its host's services, and a credential `fleet remove`
+    revoked at the first node must not find a node elsewhere that has not heard of it."""
     cred_dir = Path(cred_dir)
     urls = ", ".join(f'"{u}"' for u in hubs)
     remote = [f"    urls: [{urls}]", f'    credentials: "{creds}"', f'    account: "{account_pub}"']
@@ -59,6 +61,5 @@ def joined_node_config(*, name: str, trust: str, cred_dir: Path, listen: str, hu
                    "    }"]
     return "".join([
         trust if trust.endswith("\n") else trust + "\n", server_name(name),
-        tls.server_block(cred_dir) if tls.needs_tls(listen) else "",
         default_js_domain(account_pub),
         "leafnodes {\n  remotes: [\n  {\n", "\n".join(remote), "\n  }\n  ]\n}\n"])

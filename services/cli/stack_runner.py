@@ -99,7 +99,7 @@ class StackRunner:
             for p in (self.cfg.data_path / credentials.CREDENTIALS_DIR).glob("*.creds"):
                 self.creds[p.stem] = p
             if self.joined is not None:  # our own node first, the fleet's seeds when it is gone
-                await self._start_nats(await asyncio.to_thread(self._node_config), jetstream=False)
+                await self._start_nats(await asyncio.to_thread(self._node_config), jetstream=False, host="127.0.0.1")
                 self.cfg = msgspec.structs.replace(self.cfg, nats_url=",".join([self.nats.url, *self.joined.seeds]))
         if "registry-gateway" in self.services:
             self._listen_registry()
@@ -117,8 +117,9 @@ class StackRunner:
             await self._start_exchange()
         self._write_stack_file()
 
-    async def _start_nats(self, conf: Path, *, jetstream: bool = True, leaf_tls: str | None = None) -> None:
-        self.nats = EmbeddedNats(self.cfg.data_path / "nats", host=self.listen, port=self.nats_port,
+    async def _start_nats(self, conf: Path, *, jetstream: bool = True, leaf_tls: str | None = None,
+                          host: str = "") -> None:
+        self.nats = EmbeddedNats(self.cfg.data_path / "nats", host=host or self.listen, port=self.nats_port,
                                  fallback=self.nats_fallback, log_file=self.logs / "nats.log", config_file=conf,
                                  jetstream=jetstream, leaf_tls=leaf_tls,
                                  leaf_port=natsnodes.DEFAULT_LEAF_PORT if self.nats_port else 0)
@@ -136,7 +137,7 @@ class StackRunner:
         account = credentials.jwt_claims(credentials.read_creds(creds).jwt)["nats"]["issuer_account"]
         conf = cdir / "nats-server.conf"
         credentials.write_secret(conf, natsnodes.joined_node_config(
-            name=self.cfg.host_id, trust=(cdir / natsnodes.TRUST_FILE).read_text(), cred_dir=cdir, listen=self.listen,
+            name=self.cfg.host_id, trust=(cdir / natsnodes.TRUST_FILE).read_text(), cred_dir=cdir,
             hubs=self.joined.leafnodes, creds=creds, account_pub=account).encode())
         return conf
 

@@ -40,7 +40,7 @@ def nodes(tmp_path):
     jdir = credentials.credentials_dir(tmp_path / "joined")
     node_conf = jdir / "nats-server.conf"
     credentials.write_secret(node_conf, natsnodes.joined_node_config(
-        name=AGENT, trust=trust, cred_dir=jdir, listen="127.0.0.1", hubs=[hub.leaf_url], creds=creds["node"],
+        name=AGENT, trust=trust, cred_dir=jdir, hubs=[hub.leaf_url], creds=creds["node"],
         account_pub=authority.account_pub).encode())
     node = EmbeddedNats(tmp_path / "joined" / "nats", config_file=node_conf, jetstream=False)
     try:
