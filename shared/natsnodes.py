@@ -1,13 +1,13 @@
 """The fleet's NATS nodes: the first node accepts leaf nodes, a joined host's node is one.
 
-A joined host runs a nats-server of its own that holds no state: its services connect to
-it (on loopback), and it relays their traffic to the first node over one leaf connection
-(TLS both ways, authenticated by a credential of the host's own that `fleet remove` revokes). JetStream
-stays on the first node alone. Leaf nodes rather than routes, because a server with a
-cluster port runs JetStream clustered: it needs 2 peers to elect a meta leader (the first
-node alone would wait ~30 s, a fleet of two would stop when either host goes) and deletes
-the streams it made standalone as orphans, which would lose every bucket of a data dir that
-existed before its first join.
+A joined host runs a nats-server of its own that holds no state: its services connect to it
+(on loopback), and it relays their traffic to the first node over one leaf connection (TLS
+both ways, authenticated by a credential of the host's own that `fleet remove` revokes).
+JetStream stays on the first node alone. Leaf nodes rather than routes, because a server
+with a cluster port runs JetStream clustered: it needs 2 peers to elect a meta leader (the
+first node alone would wait ~30 s, a fleet of two would stop when either host goes) and
+deletes the streams it made standalone as orphans, which would lose every bucket of a data
+dir that existed before its first join.
 """
 
 from __future__ import annotations
@@ -40,10 +40,10 @@ def leaf_listener(host: str, port: int, tls_block: str) -> str:
     return f'leafnodes {{\n  listen: "{host}:{port}"\n{inner}\n}}\n'
 
 
-def leaf_tls(cred_dir: Path, listen: str) -> str:
+def leaf_tls(cred_dir: Path) -> str:
     """The first node's leaf TLS: its certificate, and one the fleet CA signed demanded of every
-    joined node (off loopback; "" on loopback, where traffic never leaves the host)."""
-    return tls.server_block(cred_dir, verify_clients=True) if tls.needs_tls(listen) else ""
+    joined node."""
+    return tls.server_block(cred_dir, verify_clients=True)
 
 
 def joined_node_config(*, name: str, trust: str, cred_dir: Path, hubs: list[str], creds: Path,

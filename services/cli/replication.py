@@ -8,6 +8,7 @@ from typing import Any
 import msgspec
 
 from shared.permissions import STATE_BUCKETS
+
 _NOT_FOUND = 10059  # JetStream's "stream not found": the bucket is made on first use
 
 

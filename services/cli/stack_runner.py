@@ -91,9 +91,10 @@ class StackRunner:
         self.logs.mkdir(parents=True, exist_ok=True)
         if self.nats_port is not None and self.joined is None:
             conf = await asyncio.to_thread(self._issue_credentials)
-            fleet_node = tls.needs_tls(self.listen)  # off loopback, joined hosts' nodes connect to this one
-            await self._start_nats(conf, leaf_tls=natsnodes.leaf_tls(credentials.credentials_dir(self.cfg.data_path),
-                                                                     self.listen) if fleet_node else None)
+            # off loopback, joined hosts' NATS nodes connect to this one as leaf nodes
+            leaf_tls = (natsnodes.leaf_tls(credentials.credentials_dir(self.cfg.data_path))
+                        if tls.needs_tls(self.listen) else None)
+            await self._start_nats(conf, leaf_tls=leaf_tls)
             self.cfg = msgspec.structs.replace(self.cfg, nats_url=self.nats.url)
         else:  # someone else's NATS: the credentials they put in the data dir, if any
             for p in (self.cfg.data_path / credentials.CREDENTIALS_DIR).glob("*.creds"):
@@ -188,7 +189,7 @@ class StackRunner:
 
     def _server_config(self, revoked: dict[str, int]) -> str:
         """Trust and accounts (signed again each time: the server checks them on every reload),
-        and TLS for clients when this node listens off loopback."""
+        the node's name, and TLS for clients when this node listens off loopback."""
         conf = self.authority.server_config(revoked) + natsnodes.server_name(self.cfg.host_id)
         if tls.needs_tls(self.listen):
             conf += tls.server_block(credentials.credentials_dir(self.cfg.data_path))
