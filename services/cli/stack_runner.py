@@ -252,6 +252,10 @@ class StackRunner:
                 return
             except Exception as e:  # JetStream answers a moment after the port opens
                 if time.monotonic() > deadline:
+                    if self.joined is not None:  # JetStream is the first node's, across the leaf connection
+                        raise Unavailable(f"this host's NATS node reaches no first node at "
+                                          f"{', '.join(self.joined.leafnodes)} (see {self.logs / 'nats.log'}): "
+                                          f"{e}") from e
                     raise Unavailable(f"JetStream not available on {self.cfg.nats_url}: {e}") from e
                 await asyncio.sleep(0.05)
 
