@@ -91,6 +91,7 @@ class Host(msgspec.Struct, frozen=True):
     joined_at: float
     users: list[str] = []  # public keys of the user JWTs issued to it (what `remove` revokes)
     first: bool = False  # the first node: holds the keys, runs the exchange; cannot be removed
+    node: bool = False  # runs a NATS node of its own, a leaf node of the first node's
 
 
 class ListRequest(msgspec.Struct, frozen=True):

@@ -171,6 +171,7 @@ class FleetExchange:
         t.used_by = req.host
         self.state.hosts[req.host] = fleet.Host(
             host=req.host, listen=req.listen, services=list(req.services), joined_at=time.time(),
+            node=permissions.node(req.host) in creds,
             users=[credentials.jwt_claims(credentials.read_creds_text(c).jwt)["sub"] for c in creds.values()])
         self._save()
         log.info("host %s joined the fleet with %s", req.host, ", ".join(req.services))

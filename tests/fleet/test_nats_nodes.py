@@ -63,6 +63,8 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
              "--services", "runtime-agent")
     _wait("three agents", lambda: len(json.loads(h1.cli("--json", "agents").stdout)) == 3)
     assert all(_alive(h.stack["nats_pid"]) for h in (h2, h3))  # each joined host runs its own node
+    assert [x["node"] for x in json.loads(h1.cli("--json", "fleet", "ls").stdout)] == [False, True, True]
+    assert "leaf node" in h1.cli("fleet", "ls").stdout
     assert _relays(h3)
     # a person's command is not what the host's services may do: the node does not relay it
     admin = h1.data_dir / "credentials" / "admin.creds"

@@ -59,8 +59,9 @@ async def list_hosts(args, ctx) -> int:
     if ctx.json_output:
         ctx.print_json(rows)
         return 0
-    ctx.print_table(["HOST", "ROLE", "ADDRESS", "SERVICES", "STATUS", "LAST SEEN", "JOINED"],
+    ctx.print_table(["HOST", "ROLE", "ADDRESS", "SERVICES", "NATS", "STATUS", "LAST SEEN", "JOINED"],
                     [[r["host"], "first" if r["first"] else "joined", r["listen"], ",".join(r["services"]),
+                      "jetstream" if r["first"] else ("leaf node" if r["node"] else "client"),
                       r["status"], "-" if r["last_seen"] is None else f"{max(0.0, now - r['last_seen']):.1f}s ago",
                       time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["joined_at"]))] for r in rows])
     return 0
