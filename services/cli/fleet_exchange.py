@@ -148,7 +148,8 @@ class FleetExchange:
                                   f"{', '.join(t.services)})")
         if not _ADDRESS.fullmatch(req.listen):
             raise InvalidArgument(f"{req.listen!r} is not an address other hosts can reach (--listen)")
-        if req.host in self.state.hosts or any(c in req.host for c in ".*> \t/") or not req.host:
+        taken = req.host in self.state.hosts or (self.first is not None and req.host == self.first.host)
+        if taken or any(c in req.host for c in ".*> \t/") or not req.host:  # a node's name is its host's too
             raise Conflict(f"host {req.host!r} is already in the fleet or is not a valid host id")
         grants = {permissions.principal(n, req.host): permissions.service(n, agent_id=req.host) for n in req.services}
         grants[permissions.SUPERVISOR] = permissions.service(permissions.SUPERVISOR)

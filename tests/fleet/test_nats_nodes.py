@@ -58,6 +58,12 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
     fl = make_fleet(3)
     h1, h2, h3 = fl.hosts
     h1.up("--listen", h1.addr, "--nats-port", "4222", "--registry-addr", f"{h1.addr}:5000")
+    # a host may not take the first node's name: its NATS node would be named the same
+    own_id, h2.env["DOCKYARD_AGENT_ID"] = h2.env["DOCKYARD_AGENT_ID"], h1.agent_id
+    refused = h2.run_up("--join", h1.addr, "--token", h1.cli("fleet", "token").stdout.strip(),
+                        "--listen", h2.addr, "--services", "runtime-agent")
+    h2.env["DOCKYARD_AGENT_ID"] = own_id
+    assert refused.returncode != 0 and "already in the fleet" in refused.stderr, refused.stderr
     for h in (h2, h3):
         h.up("--join", h1.addr, "--token", h1.cli("fleet", "token").stdout.strip(), "--listen", h.addr,
              "--services", "runtime-agent")
