@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
+import ssl
 import time
 
 import pytest
@@ -48,6 +50,21 @@ def _relays(h) -> bool:
     return h.agent_id in _via_node(h, h.data_dir / "credentials" / f"runtime-agent-{h.agent_id}.creds", "agents")
 
 
+def _leaf_refuses_without_a_fleet_certificate(h1) -> bool:
+    """The first node's leaf port over TLS with no client certificate: it says INFO, then the
+    handshake (or the first read after it) fails; nothing of the bus is spoken."""
+    ctx = ssl.create_default_context(cafile=str(h1.data_dir / "credentials" / "ca.pem"))
+    with socket.create_connection((h1.addr, 7422), timeout=5) as raw:
+        info = raw.recv(4096)
+        assert info.startswith(b"INFO") and b'"tls_required":true' in info, info
+        try:
+            with ctx.wrap_socket(raw, server_hostname=h1.addr) as tls_sock:
+                tls_sock.sendall(b"CONNECT {}\r\nPING\r\n")
+                return tls_sock.recv(4096) == b""
+        except (ssl.SSLError, ConnectionError):
+            return True
+
+
 def _push(h1, layout, tag: str):
     password = (h1.data_dir / "admin-password").read_text().strip()
     return h1.exec("skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
@@ -68,6 +85,7 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
         h.up("--join", h1.addr, "--token", h1.cli("fleet", "token").stdout.strip(), "--listen", h.addr,
              "--services", "runtime-agent")
     _wait("three agents", lambda: len(json.loads(h1.cli("--json", "agents").stdout)) == 3)
+    assert _leaf_refuses_without_a_fleet_certificate(h1)
     assert all(_alive(h.stack["nats_pid"]) for h in (h2, h3))  # each joined host runs its own node
     assert [x["node"] for x in json.loads(h1.cli("--json", "fleet", "ls").stdout)] == [False, True, True]
     assert "leaf node" in h1.cli("fleet", "ls").stdout
