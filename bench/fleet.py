@@ -1,12 +1,14 @@
 """A fleet on one machine (hosts as network namespaces): how fast a host joins, how fast a lost
 one is noticed, and what `run` costs on a remote host against the local one.
 
-    .venv/bin/python bench/fleet.py [--joins 2] [--runs 10]      (root: namespaces, cgroups)
+    .venv/bin/python bench/fleet.py [--joins 2] [--runs 10] [--no-nats]   (root: namespaces, cgroups)
 
 Host 1 is the first node (every service, TLS on the bus); hosts 2.. join with a token each and
 run a runtime-agent, offering more memory than host 1 so that placement prefers them. Prints:
 - join: from starting `up --join` to the host taking placements (a `run` without `--host`
   lands on it), per joined host;
+- node lost: from `kill -9` of a joined host's own nats-server to a `run` on that host
+  succeeding (its agent reconnects to the first node's NATS);
 - lost: from `kill -9` of every dockyard process of a host to `agents` showing it lost;
 - run: the median wall time of `dockyard run --rm --host H IMAGE true` from host 1's CLI,
   H = host 1 (local agent) and H = host 2 (remote agent), and their ratio.
@@ -62,6 +64,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--joins", type=int, default=2, help="hosts that join (one sample each)")
     ap.add_argument("--runs", type=int, default=10, help="`run` samples per host")
+    ap.add_argument("--no-nats", action="store_true", help="joined hosts run no NATS node of their own")
     args = ap.parse_args()
     made: list = []
     root = Path(tempfile.mkdtemp(prefix="dyfleet-bench-"))
@@ -83,7 +86,8 @@ def main() -> int:
             h.env["DOCKYARD_AGENT_MEMORY"] = str((8 + i) * GiB)  # the newest is the roomiest
             token = h1.cli("fleet", "token").stdout.strip()
             t0 = time.monotonic()
-            h.up("--join", h1.addr, "--token", token, "--listen", h.addr, "--services", "runtime-agent")
+            h.up("--join", h1.addr, "--token", token, "--listen", h.addr, "--services", "runtime-agent",
+                 *(["--no-nats"] if args.no_nats else []))
             _until(lambda: h.agent_id in _agents(h1), 60)
             _until(lambda: _placed_on(h1, h.agent_id), 60, poll=0)
             joins.append(time.monotonic() - t0)
@@ -98,9 +102,15 @@ def main() -> int:
                 h1.cli("run", "--rm", "--host", h.agent_id, IMAGE, "true")
                 times[h.agent_id].append(time.monotonic() - t0)
 
+        failover = None
+        if not args.no_nats:  # the remote host's own NATS node lost: its agent goes on over the first node's
+            os.kill(remote.stack["nats_pid"], signal.SIGKILL)
+            failover = _until(lambda: h1.cli("run", "--rm", "--host", remote.agent_id, IMAGE, "true",
+                                             check=False).returncode == 0, 60, poll=0)
+
         stack = remote.stack
         t0 = time.monotonic()
-        for pid in [stack["up_pid"], *stack["pids"].values()]:
+        for pid in [stack["up_pid"], *([stack["nats_pid"]] if stack["nats_pid"] else []), *stack["pids"].values()]:
             os.kill(pid, signal.SIGKILL)
         lost = _until(lambda: _agents(h1)[remote.agent_id]["lost"], 30, poll=0.1)
         remote.stop()
@@ -109,6 +119,8 @@ def main() -> int:
         remote_ms = statistics.median(times[remote.agent_id]) * 1000
         print(f"join -> taking placements: {', '.join(f'{t:.2f}s' for t in joins)}"
               f" (median {statistics.median(joins):.2f}s, {len(joins)} hosts)")
+        if failover is not None:
+            print(f"node lost, run works:      {failover:.2f}s after kill -9 of host 2's nats-server (one `run`)")
         print(f"lost host noticed:         {lost:.2f}s after kill -9 (stale after 8 s, heartbeat every 2 s)")
         print(f"run --rm true, local:      {local_ms:.0f} ms median of {args.runs}")
         print(f"run --rm true, remote:     {remote_ms:.0f} ms median of {args.runs}"

@@ -90,7 +90,8 @@ async def connect(url: str, name: str = "dockyard", *, connect_timeout: float = 
     # end it at the first error that retrying cannot fix.
     attempt = asyncio.ensure_future(nc.connect(
         [u.strip() for u in url.split(",")], name=name, connect_timeout=min(connect_timeout, 2), max_reconnect_attempts=-1,
-        reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error,
+        # in the order given: a joined host's services list their own NATS node first
+        dont_randomize=True, reconnect_time_wait=0.5, allow_reconnect=True, error_cb=on_error,
         disconnected_cb=on_disconnect, reconnected_cb=on_reconnect, **auth))
     give_up = asyncio.ensure_future(hopeless.wait())
     try:

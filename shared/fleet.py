@@ -71,6 +71,7 @@ class JoinRequest(msgspec.Struct, frozen=True):
     host: str  # the joining host's id (DOCKYARD_AGENT_ID / hostname)
     listen: str  # the address other hosts reach it at
     services: list[str]
+    node: bool = True  # it runs a NATS node of its own (not `up --no-nats`): it gets a credential for it
 
 
 class JoinReply(msgspec.Struct, frozen=True):
@@ -78,6 +79,9 @@ class JoinReply(msgspec.Struct, frozen=True):
     files: dict[str, str]  # name under DATA_DIR/credentials/ -> content: keys its services need
     seeds: list[str]
     registry: str  # host:port of the fleet's registry
+    # where the host's own NATS node connects as a leaf node (shared/natsnodes.py); empty
+    # when the first node accepts none (it listens on loopback)
+    leafnodes: list[str] = []
 
 
 class Host(msgspec.Struct, frozen=True):
@@ -87,6 +91,7 @@ class Host(msgspec.Struct, frozen=True):
     joined_at: float
     users: list[str] = []  # public keys of the user JWTs issued to it (what `remove` revokes)
     first: bool = False  # the first node: holds the keys, runs the exchange; cannot be removed
+    node: bool = False  # runs a NATS node of its own, a leaf node of the first node's
 
 
 class ListRequest(msgspec.Struct, frozen=True):

@@ -32,6 +32,8 @@ REGISTRY_META = (s.KV_REPOSITORIES, s.KV_TAGS, s.KV_MANIFESTS, s.KV_REFERRERS, s
 AUTH_STATE = (s.KV_USERS, s.KV_ACL)  # users, grants and token keys: the gateway's alone
 
 EVENTS = f"{s.PREFIX}.events.>"
+# every KV bucket dockyard keeps state in: shared.subjects names each KV_*
+STATE_BUCKETS = tuple(v for k, v in sorted(vars(s).items()) if k.startswith("KV_") and isinstance(v, str))
 AGENT_VERB_EXEC = "exec"
 
 
@@ -135,6 +137,18 @@ def service(kind: str, *, agent_id: str = "") -> Permissions:
     raise ValueError(f"no permissions for service kind {kind!r}")
 
 
+def node(host: str) -> str:
+    """The principal of a joined host's NATS node (its leaf connection to the first node)."""
+    return f"node-{host}"
+
+
+def relay(grants: list[Permissions]) -> Permissions:
+    """A joined host's node: what its services may do, and nothing more, crosses its leaf
+    connection (each client of the node is held to its own credential there as well)."""
+    return Permissions(tuple(dict.fromkeys(x for g in grants for x in g.publish)),
+                       tuple(dict.fromkeys(x for g in grants for x in g.subscribe)))
+
+
 def joiner(token_id: str) -> Permissions:
     """A join token's credential: it can only ask the exchange for the host's own credentials."""
     name = f"joiner-{token_id}"
@@ -147,7 +161,9 @@ _ROLE_VERBS: dict[str, list[tuple[str, list[str]]]] = {
         ("ps", [*_agent_verbs(VERB_PS), *kv_read(s.KV_CONTAINERS)]), ("logs", _agent_verbs(VERB_LOGS)),
         ("inspect", _agent_verbs(VERB_INSPECT)), ("images", [s.REGISTRY_IMAGES, *_agent_verbs(VERB_IMAGES)]),
         ("agents", kv_read(s.KV_AGENTS)), ("history", [s.BUILD_HISTORY]),
-        ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>"]),
+        # and each state bucket's replication (its stream's config and counts, not its values)
+        ("status", ["$SRV.PING", "$SRV.PING.>", "$SRV.INFO", "$SRV.INFO.>",
+                    *(f"$JS.API.STREAM.INFO.KV_{b}" for b in STATE_BUCKETS)]),
         # verbs: wait, top, stats, events, diff
         ("wait, top, stats, events, diff", _agent_verbs(*READER_VERBS)),
         # volumes: listing and inspecting a host's volumes

@@ -19,7 +19,7 @@ from typing import Callable
 
 import msgspec
 
-from shared import bus, credentials, dataplane_sign, fleet, permissions, tls
+from shared import bus, credentials, dataplane_sign, fleet, natsnodes, permissions, tls
 from shared.errors import Conflict, InvalidArgument, NotFound, Unauthenticated
 
 log = logging.getLogger("dockyard.fleet")
@@ -57,15 +57,18 @@ def revoked_keys(data_dir: Path) -> dict[str, int]:
 
 
 class FleetExchange:
-    """`seeds` are the NATS URLs a joiner dials; `reload_trust` rewrites the server config with
-    the current revocations and makes the local nats-server read it."""
+    """`seeds` are the NATS URLs a joiner dials, `leafnodes` where a joiner's own NATS node
+    connects; `reload_trust` rewrites the server config with the current revocations and
+    makes the local nats-server read it."""
 
     def __init__(self, data_dir: Path, authority: credentials.Authority, *, seeds: list[str], registry: str,
-                 reload_trust: Callable[[dict[str, int]], None], first: fleet.Host | None = None):
+                 reload_trust: Callable[[dict[str, int]], None], first: fleet.Host | None = None,
+                 leafnodes: list[str] = ()):
         self.data_dir = Path(data_dir)
         self.first = first  # this node, listed first by `fleet ls`
         self.authority = authority
         self.seeds = seeds
+        self.leafnodes = list(leafnodes)
         self.registry = registry
         self.reload_trust = reload_trust
         self.path = credentials.credentials_dir(data_dir) / STATE_FILE
@@ -145,12 +148,17 @@ class FleetExchange:
                                   f"{', '.join(t.services)})")
         if not _ADDRESS.fullmatch(req.listen):
             raise InvalidArgument(f"{req.listen!r} is not an address other hosts can reach (--listen)")
-        if req.host in self.state.hosts or any(c in req.host for c in ".*> \t/") or not req.host:
+        taken = req.host in self.state.hosts or (self.first is not None and req.host == self.first.host)
+        if taken or any(c in req.host for c in ".*> \t/") or not req.host:  # a node's name is its host's too
             raise Conflict(f"host {req.host!r} is already in the fleet or is not a valid host id")
         grants = {permissions.principal(n, req.host): permissions.service(n, agent_id=req.host) for n in req.services}
         grants[permissions.SUPERVISOR] = permissions.service(permissions.SUPERVISOR)
         creds = {p: self.authority.issue(p, perms) for p, perms in grants.items()}
         files = {}
+        if req.node and self.leafnodes:  # its NATS node: relays what its services may do, revoked with them
+            creds[permissions.node(req.host)] = self.authority.issue(
+                permissions.node(req.host), permissions.relay(list(grants.values())))
+            files[natsnodes.TRUST_FILE] = self.authority.server_config(self.state.revoked)
         if "layer-store" in req.services:
             files[dataplane_sign.KEY_FILE.name] = dataplane_sign.load_key(self.data_dir).hex() + "\n"
         ca = self._ca_pem()
@@ -164,10 +172,12 @@ class FleetExchange:
         t.used_by = req.host
         self.state.hosts[req.host] = fleet.Host(
             host=req.host, listen=req.listen, services=list(req.services), joined_at=time.time(),
+            node=permissions.node(req.host) in creds,
             users=[credentials.jwt_claims(credentials.read_creds_text(c).jwt)["sub"] for c in creds.values()])
         self._save()
         log.info("host %s joined the fleet with %s", req.host, ", ".join(req.services))
-        return fleet.JoinReply(creds=creds, files=files, seeds=self.seeds, registry=self.registry)
+        return fleet.JoinReply(creds=creds, files=files, seeds=self.seeds, registry=self.registry,
+                               leafnodes=self.leafnodes if permissions.node(req.host) in creds else [])
 
     async def list(self, req: fleet.ListRequest) -> fleet.ListReply:
         joined = sorted(self.state.hosts.values(), key=lambda h: h.joined_at)

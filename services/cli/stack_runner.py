@@ -10,11 +10,12 @@ import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import msgspec
 
-from shared import bus, credentials, fleet, permissions, stackfile, tls
+from shared import bus, credentials, fleet, natsnodes, permissions, stackfile, tls
 from shared.config import Config, split_host_port
 from shared.errors import Unavailable
 from shared.natsserver import EmbeddedNats
@@ -67,8 +68,10 @@ class StackRunner:
     `notices`: for defaults, where the user asked for no port in particular."""
 
     def __init__(self, cfg: Config, *, services: list[str], nats_port: int | None,
-                 nats_fallback: bool = False, registry_fallback: bool = False, listen: str = "127.0.0.1"):
+                 nats_fallback: bool = False, registry_fallback: bool = False, listen: str = "127.0.0.1",
+                 joined: Any = None):
         self.cfg = cfg
+        self.joined = joined  # a joined host's fleet (commands.fleet.Joined): it runs a NATS node on `nats_port`
         self.listen = listen  # the address other hosts of a fleet reach this one at
         self.services = services
         self.nats_port = nats_port
@@ -86,17 +89,19 @@ class StackRunner:
 
     async def start(self) -> None:
         self.logs.mkdir(parents=True, exist_ok=True)
-        if self.nats_port is not None:
+        if self.nats_port is not None and self.joined is None:
             conf = await asyncio.to_thread(self._issue_credentials)
-            self.nats = EmbeddedNats(self.cfg.data_path / "nats", host=self.listen, port=self.nats_port,
-                                     fallback=self.nats_fallback, log_file=self.logs / "nats.log", config_file=conf)
-            await asyncio.to_thread(self.nats.start)
-            if self.nats_port and self.nats.port != self.nats_port:
-                self._notice(f"NATS port {self.nats_port} is taken; NATS listens on {self.nats.port}")
+            # off loopback, joined hosts' NATS nodes connect to this one as leaf nodes
+            leaf_tls = (natsnodes.leaf_tls(credentials.credentials_dir(self.cfg.data_path))
+                        if tls.needs_tls(self.listen) else None)
+            await self._start_nats(conf, leaf_tls=leaf_tls)
             self.cfg = msgspec.structs.replace(self.cfg, nats_url=self.nats.url)
         else:  # someone else's NATS: the credentials they put in the data dir, if any
             for p in (self.cfg.data_path / credentials.CREDENTIALS_DIR).glob("*.creds"):
                 self.creds[p.stem] = p
+            if self.joined is not None:  # our own node first, the fleet's seeds when it is gone
+                await self._start_nats(await asyncio.to_thread(self._node_config), jetstream=False, host="127.0.0.1")
+                self.cfg = msgspec.structs.replace(self.cfg, nats_url=",".join([self.nats.url, *self.joined.seeds]))
         if "registry-gateway" in self.services:
             self._listen_registry()
         nc = await bus.connect(self.cfg.nats_url, name="dockyard-up", ca=self.cfg.nats_ca_file,
@@ -113,6 +118,30 @@ class StackRunner:
             await self._start_exchange()
         self._write_stack_file()
 
+    async def _start_nats(self, conf: Path, *, jetstream: bool = True, leaf_tls: str | None = None,
+                          host: str = "") -> None:
+        self.nats = EmbeddedNats(self.cfg.data_path / "nats", host=host or self.listen, port=self.nats_port,
+                                 fallback=self.nats_fallback, log_file=self.logs / "nats.log", config_file=conf,
+                                 jetstream=jetstream, leaf_tls=leaf_tls,
+                                 leaf_port=natsnodes.DEFAULT_LEAF_PORT if self.nats_port else 0)
+        await asyncio.to_thread(self.nats.start)
+        if self.nats_port and self.nats.port != self.nats_port:
+            self._notice(f"NATS port {self.nats_port} is taken; NATS listens on {self.nats.port}")
+        if self.nats_port and leaf_tls is not None and self.nats.leaf_port != natsnodes.DEFAULT_LEAF_PORT:
+            self._notice(f"leaf node port {natsnodes.DEFAULT_LEAF_PORT} is taken; joined hosts' NATS nodes "
+                         f"connect on {self.nats.leaf_port}")
+
+    def _node_config(self) -> Path:
+        """A joined host's node config, from the trust and credential the exchange gave it."""
+        cdir = credentials.credentials_dir(self.cfg.data_path)
+        creds = credentials.creds_path(self.cfg.data_path, permissions.node(self.joined.host))
+        account = credentials.jwt_claims(credentials.read_creds(creds).jwt)["nats"]["issuer_account"]
+        conf = cdir / "nats-server.conf"
+        credentials.write_secret(conf, natsnodes.joined_node_config(
+            name=self.cfg.host_id, trust=(cdir / natsnodes.TRUST_FILE).read_text(), cred_dir=cdir,
+            hubs=self.joined.leafnodes, creds=creds, account_pub=account).encode())
+        return conf
+
     async def _start_exchange(self) -> None:
         """The join exchange of a first node: it holds the keys that sign a joining host's credentials."""
         from services.cli.fleet_exchange import FleetExchange
@@ -120,7 +149,7 @@ class StackRunner:
                            joined_at=time.time(), first=True)
         self.exchange = FleetExchange(self.cfg.data_path, self.authority, seeds=[self.cfg.nats_url],
                                       registry=self.cfg.registry_addr, reload_trust=self._reload_trust,
-                                      first=first)
+                                      first=first, leafnodes=[self.nats.leaf_url] if self.nats.leaf_url else [])
         self.exchange_nc = await bus.connect(self.cfg.nats_url, name="dockyard-fleet", ca=self.cfg.nats_ca_file,
                                              creds=str(self.creds[fleet.SERVICE]))
         await self.exchange.start(self.exchange_nc)
@@ -160,10 +189,11 @@ class StackRunner:
 
     def _server_config(self, revoked: dict[str, int]) -> str:
         """Trust and accounts (signed again each time: the server checks them on every reload),
-        and TLS for clients when this node listens off loopback."""
-        conf = self.authority.server_config(revoked)
+        the node's name, and TLS for clients when this node listens off loopback."""
+        conf = self.authority.server_config(revoked) + natsnodes.server_name(self.cfg.host_id)
         if tls.needs_tls(self.listen):
             conf += tls.server_block(credentials.credentials_dir(self.cfg.data_path))
+            conf += natsnodes.default_js_domain(self.authority.account_pub)  # for joined hosts' nodes
         return conf
 
     def _listen_registry(self) -> None:
@@ -205,8 +235,11 @@ class StackRunner:
                 stdout=out, stderr=out, stdin=subprocess.DEVNULL, start_new_session=True)
 
     def _write_stack_file(self) -> None:
+        # A person's commands on a joined host go to the first node: its own node relays only
+        # what the host's services may do.
+        nats_url = ",".join([*self.joined.seeds, self.nats.url]) if self.joined is not None else self.cfg.nats_url
         stackfile.write(self.cfg.data_path, stackfile.StackInfo(
-            services=self.services, nats_url=self.cfg.nats_url, registry=self.cfg.registry_addr,
+            services=self.services, nats_url=nats_url, registry=self.cfg.registry_addr,
             pids={n: p.pid for n, p in self.procs.items()}, up_pid=os.getpid(),
             nats_pid=self.nats.proc.pid if self.nats and self.nats.proc else 0,
             agent_id=self.cfg.host_id if "runtime-agent" in self.services else ""))
@@ -219,6 +252,10 @@ class StackRunner:
                 return
             except Exception as e:  # JetStream answers a moment after the port opens
                 if time.monotonic() > deadline:
+                    if self.joined is not None:  # JetStream is the first node's, across the leaf connection
+                        raise Unavailable(f"this host's NATS node reaches no first node at "
+                                          f"{', '.join(self.joined.leafnodes)} (see {self.logs / 'nats.log'}): "
+                                          f"{e}") from e
                     raise Unavailable(f"JetStream not available on {self.cfg.nats_url}: {e}") from e
                 await asyncio.sleep(0.05)
 

@@ -38,6 +38,10 @@ def test_up_status_and_clean_stop(tmp_path):
         listed = json.loads(out.stdout)
         # beside the first node's join exchange, which `up` serves itself once it is up
         assert {x["name"] for x in listed["services"]} - {fleet.SERVICE} == ALL and listed["missing"] == []
+        # each state bucket's replication: one node, one copy (the admin user is in the users bucket)
+        users = {x["bucket"]: x for x in listed["buckets"]}["dockyard-users"]
+        assert users["replicas"] == 1 and users["values"] >= 1 and not users["error"], listed["buckets"]
+        assert "dockyard-users" in s.cli("status").stdout.split("BUCKET", 1)[1]
 
         # a service that up started and that no longer answers makes status fail
         gc_pid = info["pids"]["garbage-collector"]

@@ -186,6 +186,18 @@ def _kill_cgroup(parent: str) -> None:
             pass
 
 
+def _kill_orphan_nats(h: Host) -> None:
+    """The nats-server of an `up` a test killed -9 (it runs in a session of its own, so it
+    outlives its `up`); a clean stop removed stack.json with it."""
+    try:
+        pid = json.loads((h.data_dir / "stack.json").read_text()).get("nats_pid", 0)
+        alive = pid and b"nats-server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except (OSError, ValueError):
+        return
+    if alive:
+        os.kill(pid, signal.SIGKILL)
+
+
 def _teardown(fleet: Fleet) -> None:
     for h in fleet.hosts:  # every host told first: their shutdowns overlap
         for p in h.procs:
@@ -193,6 +205,7 @@ def _teardown(fleet: Fleet) -> None:
                 p.send_signal(signal.SIGTERM)
     for h in fleet.hosts:
         h.stop()
+        _kill_orphan_nats(h)
     for h in fleet.hosts:
         _kill_cgroup(h.env["DOCKYARD_CGROUP_PARENT"].lstrip("/"))
         _sh("ip", "netns", "del", h.ns, check=False)

@@ -67,7 +67,8 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
 
     # kill -9 every dockyard process of host 2; one of its containers dies while nobody watches
     stack = h2.stack
-    for pid in [stack["up_pid"], *stack["pids"].values()]:
+    assert stack["nats_pid"], stack  # a joined host runs a NATS node of its own: killed with the rest
+    for pid in [stack["up_pid"], stack["nats_pid"], *stack["pids"].values()]:
         os.kill(pid, signal.SIGKILL)
     os.kill(on_h2["die"]["state"]["pid"], signal.SIGKILL)
     h2.stop()  # reaps what was killed

@@ -24,8 +24,11 @@ def test_three_hosts_join_and_a_pinned_container_answers_from_host_3(make_fleet,
     fl = make_fleet(3)
     h1, h2, h3 = fl.hosts
     _first_node(h1)
-    for h in (h2, h3):
-        h.up("--join", h1.addr, "--token", _token(h1), "--listen", h.addr, "--services", "runtime-agent")
+    for h, own_nats in ((h2, []), (h3, ["--no-nats"])):
+        h.up("--join", h1.addr, "--token", _token(h1), "--listen", h.addr, "--services", "runtime-agent", *own_nats)
+    # host 2 runs a NATS node of its own (tests/fleet/test_nats_nodes.py); host 3 is only a client
+    assert h2.stack["nats_pid"] and not h3.stack["nats_pid"]
+    assert h3.stack["nats_url"] == f"nats://{h1.addr}:4222"
 
     for _ in range(50):  # an agent's first heartbeat follows its readiness closely, not at once
         agents = json.loads(h1.cli("--json", "agents").stdout)
@@ -36,9 +39,9 @@ def test_three_hosts_join_and_a_pinned_container_answers_from_host_3(make_fleet,
     # each agent says where other hosts reach it: its --listen address
     assert {a["agent_id"]: a["address"] for a in agents} == {h.agent_id: h.addr for h in fl.hosts}
     hosts = json.loads(h1.cli("--json", "fleet", "ls").stdout)
-    assert [(x["host"], x["listen"], x["services"], x["first"]) for x in hosts] == [
-        (h1.agent_id, h1.addr, hosts[0]["services"], True),
-        (h2.agent_id, h2.addr, ["runtime-agent"], False), (h3.agent_id, h3.addr, ["runtime-agent"], False)]
+    assert [(x["host"], x["listen"], x["services"], x["first"], x["node"]) for x in hosts] == [
+        (h1.agent_id, h1.addr, hosts[0]["services"], True, False),
+        (h2.agent_id, h2.addr, ["runtime-agent"], False, True), (h3.agent_id, h3.addr, ["runtime-agent"], False, False)]
     assert {"registry-gateway", "runtime-agent"} <= set(hosts[0]["services"])
     assert all(x["status"] == "ready" and x["last_seen"] for x in hosts), hosts
 

@@ -16,6 +16,7 @@ class Joined(msgspec.Struct, frozen=True):
     seeds: list[str]
     registry: str
     services: list[str]
+    leafnodes: list[str] = []  # where this host's own NATS node connects; empty: a client only
 
 
 def register(sub) -> None:
@@ -58,8 +59,9 @@ async def list_hosts(args, ctx) -> int:
     if ctx.json_output:
         ctx.print_json(rows)
         return 0
-    ctx.print_table(["HOST", "ROLE", "ADDRESS", "SERVICES", "STATUS", "LAST SEEN", "JOINED"],
+    ctx.print_table(["HOST", "ROLE", "ADDRESS", "SERVICES", "NATS", "STATUS", "LAST SEEN", "JOINED"],
                     [[r["host"], "first" if r["first"] else "joined", r["listen"], ",".join(r["services"]),
+                      "jetstream" if r["first"] else ("leaf node" if r["node"] else "client"),
                       r["status"], "-" if r["last_seen"] is None else f"{max(0.0, now - r['last_seen']):.1f}s ago",
                       time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["joined_at"]))] for r in rows])
     return 0
@@ -111,8 +113,10 @@ def _seeds(join_addr: str, seeds: list[str]) -> list[str]:
     return [first, *(s for s in seeds if s != first)]
 
 
-async def join(cfg: Any, *, join_addr: str, token_text: str, listen: str, services: list[str]) -> Joined:
-    """Trade the token's secret for this host's credentials and write them to the data dir."""
+async def join(cfg: Any, *, join_addr: str, token_text: str, listen: str, services: list[str],
+               node: bool = True) -> Joined:
+    """Trade the token's secret for this host's credentials (its NATS node's too, with `node`)
+    and write them to the data dir."""
     from shared import bus, credentials, fleet
     from shared.errors import Unauthenticated
     tok = fleet.decode_token(token_text)
@@ -129,7 +133,8 @@ async def join(cfg: Any, *, join_addr: str, token_text: str, listen: str, servic
                                   "or from another fleet") from e
         try:
             reply = await bus.BusClient(nc).request(fleet.JOIN, fleet.JoinRequest(
-                secret=tok.secret, host=cfg.host_id, listen=listen, services=services), fleet.JoinReply, timeout=30)
+                secret=tok.secret, host=cfg.host_id, listen=listen, services=services, node=node),
+                fleet.JoinReply, timeout=30)
         finally:
             await nc.drain()
     finally:
@@ -138,6 +143,7 @@ async def join(cfg: Any, *, join_addr: str, token_text: str, listen: str, servic
         credentials.write_secret(credentials.creds_path(cfg.data_path, principal), text.encode())
     for name, text in reply.files.items():
         credentials.write_secret(cdir / Path(name).name, text.encode())
-    state = Joined(host=cfg.host_id, seeds=reply.seeds, registry=reply.registry, services=services)
+    state = Joined(host=cfg.host_id, seeds=reply.seeds, registry=reply.registry, services=services,
+                   leafnodes=reply.leafnodes)
     credentials.write_secret(cfg.data_path / JOINED_FILE, msgspec.json.encode(state))
     return state

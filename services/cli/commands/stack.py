@@ -53,6 +53,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "published ports (default 127.0.0.1)")
     p.add_argument("--join", metavar="ADDR", help="join the fleet whose first node is at ADDR (needs --token)")
     p.add_argument("--token", help="a line from `dockyard fleet token` on a host of the fleet")
+    p.add_argument("--no-nats", action="store_true",
+                   help="on a joining host: run no NATS node of its own, only connect to the fleet's")
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("serve", help="run one service in this process")
@@ -134,11 +136,11 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
     nats_port = None  # join the NATS of --nats / DOCKYARD_NATS_URL
     if args.nats_url is None and "DOCKYARD_NATS_URL" not in os.environ:
         nats_port = DEFAULT_NATS_PORT if args.nats_port is None else args.nats_port
-    cfg, nats_port, services = await _join_if_asked(args, cfg, nats_port, services)
+    cfg, nats_port, services, joined = await _join_if_asked(args, cfg, nats_port, services)
     # Ports nobody asked for by name may move when taken; ones asked for fail loudly instead.
     runner = StackRunner(cfg, services=services or available_services(), nats_port=nats_port,
                          nats_fallback=args.nats_port is None, registry_fallback=not registry_named,
-                         listen=args.listen)
+                         listen=args.listen, joined=joined)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -153,8 +155,9 @@ async def cmd_up(args: argparse.Namespace, ctx: Any) -> int:
 
 
 async def _join_if_asked(args: argparse.Namespace, cfg: Any, nats_port: int | None,
-                         services: list[str]) -> tuple[Any, int | None, list[str]]:
-    """With --join (or a data dir that joined before), the fleet's NATS and registry instead of our own."""
+                         services: list[str]) -> tuple[Any, int | None, list[str], Any]:
+    """With --join (or a data dir that joined before), the fleet's NATS and registry instead of
+    our own; and what was joined, when this host runs a NATS node of its own (the port is its)."""
     from services.cli.commands import fleet
     state = fleet.joined(cfg.data_path)
     if args.join or args.token:
@@ -162,14 +165,16 @@ async def _join_if_asked(args: argparse.Namespace, cfg: Any, nats_port: int | No
             raise InvalidArgument("--join ADDR and --token TOKEN go together")
         if state is None:
             state = await fleet.join(cfg, join_addr=args.join, token_text=args.token, listen=args.listen,
-                                     services=services or ["runtime-agent"])
+                                     services=services or ["runtime-agent"], node=not args.no_nats)
     if state is None:
-        return cfg, nats_port, services
+        return cfg, nats_port, services, None
+    node = state.leafnodes and not args.no_nats and nats_port is not None
     return (msgspec.structs.replace(cfg, nats_url=",".join(state.seeds), registry_addr=state.registry),
-            None, services or state.services)
+            nats_port if node else None, services or state.services, state if node else None)
 
 
 async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
+    from services.cli import replication
     from services.cli.stack_runner import discover
     from shared import stackfile
     b = await ctx.bus()
@@ -181,10 +186,14 @@ async def cmd_status(args: argparse.Namespace, ctx: Any) -> int:
         found = await discover(b)
     names = {f["name"] for f in found}
     missing = [n for n in expected if n not in names]
+    buckets = await replication.buckets(b.nc)
     if ctx.json_output:
-        ctx.print_json({"services": found, "missing": missing})
+        ctx.print_json({"services": found, "missing": missing, "buckets": buckets})
     else:
         ctx.print_table(["SERVICE", "ID", "VERSION", "ENDPOINTS", "DETAIL"],
                         [[f["name"], f["id"], f["version"], f["endpoints"], f["detail"]] for f in found]
                         + [[n, "-", "-", "-", "NOT ANSWERING"] for n in missing])
+        if buckets:
+            print()
+            ctx.print_table(["BUCKET", "REPLICAS", "SERVERS", "VALUES", "NOTE"], replication.table_rows(buckets))
     return 1 if missing else 0
