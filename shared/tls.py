@@ -201,3 +201,66 @@ def default_ca_file(data_dir: str | Path | None = None) -> str:
         return ""
     p = Path(base) / "credentials" / CA_FILE
     return str(p) if os.access(p, os.R_OK) else ""
+
+
+# ---- HTTPS for the registry-gateway and the layer-store data plane ----------------------
+
+HTTP_TLS_ENV = "DOCKYARD_HTTP_TLS"
+HTTP_TLS_MODES = ("auto", "on", "off")
+
+
+def http_tls_mode() -> str:
+    """DOCKYARD_HTTP_TLS: auto (default: HTTPS off loopback), on, or off (only behind a TLS
+    proxy of one's own: the listener then answers anyone in plain HTTP)."""
+    import os
+    mode = os.environ.get(HTTP_TLS_ENV, "auto").strip().lower() or "auto"
+    if mode not in HTTP_TLS_MODES:
+        raise InvalidArgument(f"{HTTP_TLS_ENV}={mode!r}: want auto, on or off")
+    return mode
+
+
+def serves_https(addr: str) -> bool:
+    """Whether an HTTP listener on `addr` (host or host:port) speaks HTTPS."""
+    mode = http_tls_mode()
+    if mode != "auto":
+        return mode == "on"
+    return needs_tls(_host_of(addr) or "0.0.0.0")  # no host: every address, so off loopback too
+
+
+def _host_of(addr: str) -> str:
+    """The host of `host`, `host:port`, `[v6]:port`, `[v6]` or a bare IPv6 address."""
+    if addr.startswith("["):
+        return addr[1:addr.find("]")]
+    return addr.partition(":")[0] if addr.count(":") == 1 else addr
+
+
+def http_scheme(addr: str) -> str:
+    """`https` or `http`: how clients reach a dockyard listener on `addr`."""
+    return "https" if serves_https(addr) else "http"
+
+
+def server_context(cred_dir: str | Path) -> ssl.SSLContext:
+    """A server context with this node's certificate (DATA_DIR/credentials/node.pem)."""
+    d = Path(cred_dir)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        ctx.load_cert_chain(d / NODE_CERT_FILE, d / NODE_KEY_FILE)
+    except (OSError, ssl.SSLError) as e:
+        raise InvalidArgument(
+            f"HTTPS needs this node's certificate {d / NODE_CERT_FILE} and key {d / NODE_KEY_FILE} "
+            f"({e}): `dockyard up --listen ADDR` makes them, a joining host gets them from the fleet; "
+            f"behind a TLS proxy of your own set {HTTP_TLS_ENV}=off") from e
+    ctx.set_alpn_protocols(["http/1.1"])
+    return ctx
+
+
+def http_client_context(ca_file: str | Path = "") -> ssl.SSLContext:
+    """The system's CAs plus the fleet CA when there is one: the fleet's own HTTPS listeners
+    and public registries both verify (name or IP, and chain)."""
+    ctx = ssl.create_default_context()
+    if ca_file:
+        try:
+            ctx.load_verify_locations(cafile=str(ca_file))
+        except (OSError, ssl.SSLError) as e:
+            raise InvalidArgument(f"cannot read the fleet CA {ca_file}: {e}") from e
+    return ctx
