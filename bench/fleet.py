@@ -31,7 +31,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from tests.fleet.conftest import new_fleet, teardown  # noqa: E402
-from tests.support.images import busybox_layout  # noqa: E402
+from tests.fleet.pushing import push_busybox  # noqa: E402
 
 GiB = 1 << 30
 IMAGE = "fleet/busybox:1"
@@ -73,13 +73,7 @@ def main() -> int:
         h1, joiners = fl.hosts[0], fl.hosts[1:]
         h1.env["DOCKYARD_AGENT_MEMORY"] = str(4 * GiB)
         h1.up("--listen", h1.addr, "--nats-port", "4222", "--registry-addr", f"{h1.addr}:5000")
-        layout = root / "layout"
-        busybox_layout(layout, root / "work")
-        password = (h1.data_dir / "admin-password").read_text().strip()
-        push = h1.exec("skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
-                       f"oci:{layout}:latest", f"docker://{h1.addr}:5000/{IMAGE}", timeout=120)
-        if push.returncode != 0:
-            raise RuntimeError(push.stderr)
+        push_busybox(h1, root, f"{h1.addr}:5000/{IMAGE}")
 
         joins = []
         for i, h in enumerate(joiners):

@@ -61,8 +61,15 @@ class Config(msgspec.Struct, kw_only=True, frozen=True):
         return str(ca) if os.access(ca, os.R_OK) else ""
 
     @property
+    def fleet_ca(self) -> str:
+        """The CA every dockyard client verifies the fleet's TLS with (NATS and HTTPS alike)."""
+        return self.nats_ca_file
+
+    @property
     def registry_base_url(self) -> str:
-        return self.registry_url or f"http://{self.registry_addr}"
+        """`registry_url`, else the gateway's listen address with the scheme it serves."""
+        from shared.tls import http_scheme  # ssl and hashlib: not for the commands that never ask
+        return self.registry_url or f"{http_scheme(self.registry_addr)}://{self.registry_addr}"
 
     @property
     def host_id(self) -> str:

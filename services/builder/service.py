@@ -36,7 +36,7 @@ async def serve(cfg: Config) -> None:
     nc = await bus.connect(cfg.nats_url, name="dockyard-builder")
     client = bus.BusClient(nc)
     svc = bus.BusService(nc, subjects.BUILDER, description="Dockerfile to image, with a shared layer cache")
-    regs = Registries(cfg.registry_base_url, bus_token_provider(client, SERVICE_ACCOUNT))
+    regs = Registries(cfg.registry_base_url, bus_token_provider(client, SERVICE_ACCOUNT), ca_file=cfg.fleet_ca)
     builder: Builder | None = None
     pruned_sub = None
     try:

@@ -179,13 +179,21 @@ class StackRunner:
             self.creds[principal] = path
         credentials.write_secret(credentials.creds_path(self.cfg.data_path, credentials.ADMIN), authority.issue(
             permissions.person(credentials.ADMIN), permissions.role(credentials.ADMIN, "admin")).encode())
-        if tls.needs_tls(self.listen):
-            # Off loopback every bus connection is TLS, verified against the fleet CA made here.
+        https = self._https_hosts()
+        if tls.needs_tls(self.listen) or https:
+            # Off loopback every bus connection and HTTP listener is TLS, verified against the fleet CA made here.
             tls.ensure_ca(cdir)
-            tls.ensure_node_cert(cdir, self.cfg.host_id, [self.listen])
+            names = [h for h in dict.fromkeys([self.listen, *https]) if h not in ("0.0.0.0", "::")]
+            tls.ensure_node_cert(cdir, self.cfg.host_id, names)
         conf = cdir / "nats-server.conf"
         credentials.write_secret(conf, self._server_config(revoked_keys(self.cfg.data_path)).encode())
         return conf
+
+    def _https_hosts(self) -> list[str]:
+        """The addresses our HTTP listeners serve HTTPS on, which the node certificate must name
+        (a wildcard names none: --listen and 127.0.0.1 stand for it)."""
+        layer_store = os.environ.get("DOCKYARD_LAYER_STORE_ADDR", f"{self.listen}:0")
+        return [split_host_port(a)[0] for a in (self.cfg.registry_addr, layer_store) if tls.serves_https(a)]
 
     def _server_config(self, revoked: dict[str, int]) -> str:
         """Trust and accounts (signed again each time: the server checks them on every reload),
@@ -295,7 +303,7 @@ class StackRunner:
         lines = [f"dockyard is up ({len(self.procs)} services: {', '.join(self.procs)})", *self.notices,
                  f"  NATS:      {self.cfg.nats_url}"]
         if "registry-gateway" in self.procs:
-            lines.append(f"  registry:  http://{self.cfg.registry_addr}")
+            lines.append(f"  registry:  {self.cfg.registry_base_url}")
             pw = self.cfg.data_path / "admin-password"
             if pw.exists():
                 lines.append(f"  login:     admin, password in {pw}")

@@ -7,6 +7,7 @@ import ctypes
 import ctypes.util
 import logging
 import socket
+import ssl
 from pathlib import Path
 
 from aiohttp import web
@@ -16,24 +17,26 @@ from services.layer_store.bus_api import LayerStoreApi
 from services.layer_store.http import READ_BUFSIZE, create_app
 from services.layer_store.storage.base import StorageDriver
 from services.layer_store.storage.filesystem import FilesystemDriver
-from shared import bus, subjects
+from shared import bus, https_site, subjects
 from shared.config import Config, split_host_port
 from shared.dataplane_sign import DataplaneSigner, load_key
 from shared.errors import InvalidArgument, Unavailable
 from shared.fsutil import write_atomic
+from shared.tls import http_scheme
 
 log = logging.getLogger("dockyard.layer_store")
 PORT_FILE = "http-port"
 
 
 def advertised_url(cfg: Config, host: str, port: int) -> str:
-    """How others reach the data plane: DOCKYARD_LAYER_STORE_URL, else the bound address."""
-    explicit = cfg.env("LAYER_STORE_URL")
-    if explicit:
-        return explicit.rstrip("/")
+    """How others reach the data plane: DOCKYARD_LAYER_STORE_URL, else the bound address
+    (https:// where it serves HTTPS)."""
+    if cfg.layer_store_url:
+        return cfg.layer_store_url.rstrip("/")
+    scheme = http_scheme(host)
     if host in ("0.0.0.0", "::", ""):
         host = socket.gethostname()
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 def open_driver(cfg: Config) -> "StorageDriver":
@@ -47,24 +50,24 @@ def open_driver(cfg: Config) -> "StorageDriver":
     return FilesystemDriver(cfg.service_dir(subjects.LAYER_STORE))
 
 
-async def listen(runner: web.AppRunner, host: str, port: int, port_file: Path) -> int:
-    """Bind the data plane; returns the port. With port 0, the port of the previous run is
-    tried first: clients hold URLs on it (direct upload sessions, blob redirects) that must
-    still answer after a restart, so that an interrupted upload can resume."""
+async def listen(runner: web.AppRunner, host: str, port: int, port_file: Path,
+                 ssl_context: ssl.SSLContext | None = None) -> int:
+    """Bind the data plane (HTTPS with `ssl_context`); returns the port. With port 0, the port
+    of the previous run is tried first: clients hold URLs on it (direct upload sessions, blob
+    redirects) that must still answer after a restart, so that an interrupted upload can resume."""
     try:
         candidates = [port] if port else [int(port_file.read_text()), 0]
     except (OSError, ValueError):
         candidates = [0]
     for i, p in enumerate(candidates):
-        site = web.TCPSite(runner, host, p)
         try:
-            await site.start()
+            sock = https_site.listen_socket(host, p)
             break
         except OSError as e:
-            await site.stop()  # unregisters the site that never listened
             if i == len(candidates) - 1:
                 raise Unavailable(f"layer-store cannot listen on {host}:{p}: {e}") from e
             log.warning("port %d of the previous run is taken (%s): listening on a new one", p, e)
+    await https_site.site(runner, sock, ssl_context).start()
     bound = runner.addresses[0][1]
     if not port:
         write_atomic(port_file, str(bound).encode())
@@ -106,7 +109,8 @@ async def serve(cfg: Config) -> None:
         app = create_app(driver, signer, on_commit=api.on_commit, commit_hook=api.commit_hook)
         runner = web.AppRunner(app, access_log=None, read_bufsize=READ_BUFSIZE)
         await runner.setup()
-        bound = await listen(runner, host, port, cfg.service_dir(subjects.LAYER_STORE) / PORT_FILE)
+        bound = await listen(runner, host, port, cfg.service_dir(subjects.LAYER_STORE) / PORT_FILE,
+                             https_site.ssl_for(cfg.data_path, host))
         api.url = advertised_url(cfg, host, bound)
         metrics.watch(driver)
         svc = bus.BusService(nc, subjects.LAYER_STORE, description="blob bytes, content-addressed",

@@ -8,7 +8,7 @@ import aiohttp
 from aiohttp import web
 from nats.aio.client import Client as NATS
 
-from shared import codec, subjects
+from shared import codec, http_client, subjects
 from shared.admission import Admission
 from shared.dataplane_sign import DataplaneSigner
 from shared.layer_store_client import LayerStoreClient
@@ -46,12 +46,13 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
                extra_routes: Iterable[web.AbstractRouteDef] = (), blob_redirect: str = "off",
                direct_upload: str = "off", upload_hook: str = subjects.UPLOAD_COMMITTED,
                meta_suffix: str = "", layer_store_url: str | None = None,
-               admission: Admission | None = None) -> web.Application:
+               admission: Admission | None = None, ca_file: str = "") -> web.Application:
     """The gateway app over one NATS connection; it opens its metadata and layer-store client
     on start-up and closes them on clean-up. `extra_routes` carries the token endpoint;
     `signer` holds the data-plane key the layer-store checks.
     Direct uploads need a bus endpoint answering `upload_hook` (`blobs.register_upload_hook`).
-    `admission` bounds the requests in flight (default: from DOCKYARD_MAX_INFLIGHT and co)."""
+    `admission` bounds the requests in flight (default: from DOCKYARD_MAX_INFLIGHT and co).
+    `ca_file`: the fleet CA a layer-store serving HTTPS is verified with."""
     admission = admission or Admission.from_env()
     app = web.Application(middlewares=[http_metrics.middleware, *accesslog.middlewares(), gate.middleware(admission),
                                        error_middleware],
@@ -61,7 +62,8 @@ def create_app(nc: NATS, authorizer: Authorizer, *, signer: DataplaneSigner,
     async def resources(app: web.Application) -> AsyncIterator[None]:
         # No total timeout: blob bodies take as long as they take (the client bounds silence).
         session = aiohttp.ClientSession(auto_decompress=False, timeout=aiohttp.ClientTimeout(total=None),
-                                        connector=aiohttp.TCPConnector(limit=0), read_bufsize=READ_BUFSIZE)
+                                        connector=http_client.connector(ca_file, limit=0),
+                                        read_bufsize=READ_BUFSIZE)
         try:
             store = LayerStoreClient(nc, session, signer=signer, url=layer_store_url)
             app[REGISTRY] = Registry(await RegistryMeta.open(nc, suffix=meta_suffix), store, nc)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 import aiohttp
 
-from shared import subjects
+from shared import http_client, subjects
 from shared.bus import BusService, publish_progress
 from shared.config import Config
 from shared.errors import InvalidArgument
@@ -61,7 +61,7 @@ class CopyVerb:
                 kind="bytes", message=f"{p.digest.short}: {p.event}", current=p.current, total=p.total))
 
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
+        async with http_client.session(self.cfg.fleet_ca, timeout=timeout) as session:
             src_client = self._client(session, src, req.source_credentials, req.insecure)
             dst_client = self._client(session, dst, req.destination_credentials, req.insecure)
             result = await copy_image(src_client, src.path, src.reference, dst_client, dst.path, dst_tag,

@@ -8,9 +8,10 @@ import socket
 
 from aiohttp import web
 
-from shared import bus, subjects
+from shared import bus, https_site, subjects
 from shared.config import Config, split_host_port
 from shared.dataplane_sign import DataplaneSigner, load_key
+from shared.errors import Unavailable
 from services.registry_gateway import blobs, bus_credentials, copy, images
 from services.registry_gateway.app import create_app
 from services.registry_gateway.keys import REGISTRY, UPLOAD_HOOK
@@ -20,12 +21,17 @@ log = logging.getLogger("dockyard.registry")
 
 def _site(runner: web.AppRunner, cfg: Config) -> web.BaseSite:
     """The socket `dockyard up` bound for us (DOCKYARD_REGISTRY_FD: the port stays across our
-    restarts), else our own listener on `registry_addr`."""
+    restarts), else our own listener on `registry_addr`; HTTPS off loopback."""
+    host, port = split_host_port(cfg.registry_addr)
     fd = cfg.env("REGISTRY_FD")
     if fd:
-        return web.SockSite(runner, socket.socket(fileno=int(fd)))
-    host, port = split_host_port(cfg.registry_addr)
-    return web.TCPSite(runner, host, port, reuse_address=True)
+        sock = socket.socket(fileno=int(fd))
+    else:
+        try:
+            sock = https_site.listen_socket(host, port)
+        except OSError as e:
+            raise Unavailable(f"registry-gateway cannot listen on {cfg.registry_addr}: {e.strerror}") from e
+    return https_site.site(runner, sock, https_site.ssl_for(cfg.data_path, cfg.registry_addr))
 
 
 async def serve(cfg: Config) -> None:
@@ -39,7 +45,8 @@ async def serve(cfg: Config) -> None:
         app = create_app(nc, auth, signer=DataplaneSigner(load_key(cfg.data_path)),
                          extra_routes=auth.routes(),
                          blob_redirect=cfg.env("REGISTRY_BLOB_REDIRECT", "auto").lower(),
-                         direct_upload=cfg.env("REGISTRY_DIRECT_UPLOAD", "auto").lower())
+                         direct_upload=cfg.env("REGISTRY_DIRECT_UPLOAD", "auto").lower(),
+                         layer_store_url=cfg.layer_store_url or None, ca_file=cfg.fleet_ca)
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
         await _site(runner, cfg).start()

@@ -64,7 +64,7 @@ class Agent:
         self.images = ImageStore(root / "images")
         snapshots = SnapshotStore(root / "snapshots")
         self.puller = Puller(self.images, snapshots, root / "downloads", stack_registry=cfg.registry_addr,
-                             stack_url=cfg.registry_base_url,
+                             stack_url=cfg.registry_base_url, ca_file=cfg.fleet_ca,
                              token_provider=bus_token_provider(bus.BusClient(nc), f"runtime-agent-{agent_id}"))
         self.network = network
         self.runtime = runtime

@@ -11,6 +11,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from shared.config import Config
+from shared.tls import http_scheme
 from shared.oci.reference import Reference
 
 
@@ -20,8 +21,8 @@ def stack_base_url(cfg: Config) -> str:
         return cfg.registry_url
     host, _, port = cfg.registry_addr.rpartition(":")
     if host in ("", "0.0.0.0", "::", "[::]"):
-        host = "127.0.0.1"
-    return f"http://{host}:{port}"
+        host = "127.0.0.1"  # the node certificate names 127.0.0.1 too
+    return f"{http_scheme(cfg.registry_addr)}://{host}:{port}"
 
 
 def is_stack(ref: Reference, cfg: Config) -> bool:

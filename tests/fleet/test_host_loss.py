@@ -13,7 +13,7 @@ import pytest
 
 from shared import bus
 from shared.errors import Unauthenticated
-from tests.support.images import busybox_layout
+from tests.fleet.pushing import push_busybox
 
 pytestmark = pytest.mark.root
 GiB = 1 << 30
@@ -54,12 +54,7 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
     h2.up("--join", h1.addr, "--token", token, "--listen", h2.addr, "--services", "runtime-agent")
     _wait("two agents", lambda: len(_agents(h1)) == 2)
 
-    layout = tmp_path / "layout"
-    busybox_layout(layout, tmp_path / "work")
-    password = (h1.data_dir / "admin-password").read_text().strip()
-    push = h1.exec("skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
-                   f"oci:{layout}:latest", f"docker://{h1.addr}:5000/fleet/busybox:1", timeout=120)
-    assert push.returncode == 0, push.stderr
+    push_busybox(h1, tmp_path, f"{h1.addr}:5000/fleet/busybox:1")
     _run(h1, "--name", "keep")
     _run(h1, "--name", "die")
     on_h2 = _ps(h1, h2.agent_id)

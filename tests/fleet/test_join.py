@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from tests.support.images import busybox_layout
+from tests.fleet.pushing import push_busybox
 
 pytestmark = pytest.mark.root
 
@@ -45,12 +45,7 @@ def test_three_hosts_join_and_a_pinned_container_answers_from_host_3(make_fleet,
     assert {"registry-gateway", "runtime-agent"} <= set(hosts[0]["services"])
     assert all(x["status"] == "ready" and x["last_seen"] for x in hosts), hosts
 
-    layout = tmp_path / "layout"
-    busybox_layout(layout, tmp_path / "work")
-    password = (h1.data_dir / "admin-password").read_text().strip()
-    push = h1.exec("skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
-                   f"oci:{layout}:latest", f"docker://{h1.addr}:5000/fleet/busybox:1", timeout=120)
-    assert push.returncode == 0, push.stderr
+    push_busybox(h1, tmp_path, f"{h1.addr}:5000/fleet/busybox:1")
 
     run = h1.cli("run", "-d", "--host", h3.agent_id, "-p", "8080:80", "fleet/busybox:1",
                  "sh", "-c", f"echo served by {h3.agent_id} > /tmp/index.html; exec httpd -f -p 80 -h /tmp",

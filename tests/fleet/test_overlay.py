@@ -10,8 +10,8 @@ import time
 import pytest
 
 from tests.e2e.test_networks import fetch, resolved
+from tests.fleet.pushing import push_busybox
 from tests.fleet.test_join import _first_node, _token
-from tests.support.images import busybox_layout
 
 pytestmark = pytest.mark.root
 
@@ -27,12 +27,7 @@ def test_an_overlay_spans_two_hosts(make_fleet, tmp_path):
         if len(json.loads(h1.cli("--json", "agents").stdout)) == 2:
             break
         time.sleep(0.2)
-    layout = tmp_path / "layout"
-    busybox_layout(layout, tmp_path / "work")
-    password = (h1.data_dir / "admin-password").read_text().strip()
-    push = h1.exec("skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
-                   f"oci:{layout}:latest", f"docker://{h1.addr}:5000/{IMAGE}", timeout=120)
-    assert push.returncode == 0, push.stderr
+    push_busybox(h1, tmp_path, f"{h1.addr}:5000/{IMAGE}")
 
     ids = h1.cli("network", "create", "--driver", "overlay", "ov").stdout.split()
     assert len(ids) == 1  # one network, on both hosts

@@ -16,6 +16,7 @@ from typing import Protocol
 
 import aiohttp
 
+from shared import http_client
 from shared.errors import InvalidArgument, NotFound
 from shared.oci import mediatypes as mt
 from shared.oci.digest import Digest
@@ -56,8 +57,9 @@ MAX_CONFIGS = 64
 class Registries:
     """One RegistryClient per registry; the stack's own gets service tokens over the bus."""
 
-    def __init__(self, stack_url: str, token_provider: TokenProvider | None = None):
+    def __init__(self, stack_url: str, token_provider: TokenProvider | None = None, ca_file: str = ""):
         self.stack_url = stack_url.rstrip("/")
+        self.ca_file = ca_file  # the fleet CA: the stack registry is https:// off loopback
         self.token_provider = token_provider
         self._session: aiohttp.ClientSession | None = None
         self._clients: dict[str, RegistryClient] = {}
@@ -81,7 +83,7 @@ class Registries:
 
     def client(self, url: str) -> RegistryClient:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+            self._session = http_client.session(self.ca_file, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
         if url not in self._clients:
             tp = self.token_provider if url == self.stack_url else None
             self._clients[url] = RegistryClient(self._session, url, token_provider=tp)

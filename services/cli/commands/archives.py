@@ -33,9 +33,8 @@ async def save(args, ctx) -> int:
     import tempfile
     from pathlib import Path
 
-    import aiohttp
-
     from services.cli.progress import reporter_for
+    from shared import http_client
     from shared.archives.save import save as save_images
     from shared.errors import InvalidArgument
     from shared.fsutil import fsync_dir
@@ -56,7 +55,7 @@ async def save(args, ctx) -> int:
     path = target + f".{os.getpid()}.partial" if target else tmp.name
     try:
         # progress goes to stderr: stdout may be the archive itself
-        async with aiohttp.ClientSession() as session:
+        async with http_client.session(ctx.config.fleet_ca) as session:
             with open(path, "wb") as out, reporter_for(args, ctx, verb="Save") as reporter:
                 await save_images(_client(session, ctx, b), refs, out, progress=reporter.transfer)
                 out.flush()
@@ -81,9 +80,8 @@ async def load(args, ctx) -> int:
     from pathlib import Path
     from urllib.parse import urlsplit
 
-    import aiohttp
-
     from services.cli.progress import reporter_for
+    from shared import http_client
     from shared.archives import load as ar
     from shared.archives.upload import upload
     b = await ctx.bus()
@@ -94,7 +92,7 @@ async def load(args, ctx) -> int:
             path = await asyncio.to_thread(ar.spool, sys.stdin.buffer, Path(work))
         archive = await asyncio.to_thread(ar.Archive, path)
         images = await asyncio.to_thread(ar.plan, archive)
-        async with aiohttp.ClientSession() as session:
+        async with http_client.session(ctx.config.fleet_ca) as session:
             with reporter_for(args, ctx, verb="Load") as reporter:
                 reporter.log(f"Loading {len(images)} image(s): "
                              f"{sum(x.size for i in images for x in i.layers) / 1e6:.1f}MB of layers")

@@ -149,13 +149,12 @@ async def _upload(ctx: Any, *groups: list[tuple[str, str, int]]) -> None:
     """Push (path, digest, size) blobs to the context repository, group after group; those it has are not sent."""
     import asyncio
 
-    import aiohttp
-
+    from shared import http_client
     from shared.messages.builder import CONTEXT_REPOSITORY
     from shared.registry.auth import bus_token_provider
     from shared.registry.client import RegistryClient
     b = await ctx.bus()
-    async with aiohttp.ClientSession() as session:
+    async with http_client.session(ctx.config.fleet_ca) as session:
         client = RegistryClient(session, ctx.config.registry_base_url,
                                 token_provider=bus_token_provider(b, "cli"))
         for blobs in groups:

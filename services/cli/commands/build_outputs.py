@@ -94,8 +94,7 @@ async def export(ctx: Any, reply: Any, outputs: list[Output]) -> None:
     import asyncio
     import tempfile
 
-    import aiohttp
-
+    from shared import http_client
     from shared.layers.export import ImageFiles, extract_rootfs, unpack_all, write_layout, write_rootfs
     from shared.oci.digest import Digest
     from shared.oci.reference import Reference
@@ -107,7 +106,7 @@ async def export(ctx: Any, reply: Any, outputs: list[Output]) -> None:
     b = await ctx.bus()
     with tempfile.TemporaryDirectory(prefix="dockyard-output-") as tmp_dir:
         tmp = Path(tmp_dir)
-        async with aiohttp.ClientSession() as session:
+        async with http_client.session(ctx.config.fleet_ca) as session:
             client = RegistryClient(session, ctx.config.registry_base_url, token_provider=bus_token_provider(b, "cli"))
             got = await client.get_manifest(ref.path, str(reply.digest))
             manifest = json.loads(got.body)

@@ -154,6 +154,7 @@ def _registry(args, ctx) -> str:
 async def login(args, ctx) -> int:
     import aiohttp
 
+    from shared import http_client
     from shared.registry import CredentialStore, Credentials, RegistryClient
     registry = _registry(args, ctx)
     username = args.username
@@ -162,7 +163,7 @@ async def login(args, ctx) -> int:
             raise InvalidArgument("a username is required: -u USER")
         username = input("Username: ").strip()
     creds = Credentials(username, _password(args))
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as session:
+    async with http_client.session(ctx.config.fleet_ca, timeout=aiohttp.ClientTimeout(total=30)) as session:
         await RegistryClient(session, registry, credentials=creds).ping()  # Unauthenticated if refused
     store = CredentialStore()
     store.store(registry, creds)

@@ -19,6 +19,7 @@ import aiohttp
 import msgspec
 
 from services.runtime_agent.images.store import ImageStore
+from shared import http_client
 from shared.errors import InvalidArgument, NotFound
 from shared.layers import SnapshotStore
 from shared.messages.agent import ImageRecord
@@ -52,7 +53,8 @@ class ImageName:
 
 class Puller:
     def __init__(self, images: ImageStore, snapshots: SnapshotStore, tmp_dir: Path, *,
-                 stack_registry: str, token_provider: TokenProvider | None = None, stack_url: str = ""):
+                 stack_registry: str, token_provider: TokenProvider | None = None, stack_url: str = "",
+                 ca_file: str = ""):
         self.images = images
         self.snapshots = snapshots
         self.tmp_dir = Path(tmp_dir)
@@ -60,8 +62,9 @@ class Puller:
         for stale in self.tmp_dir.iterdir():  # downloads a crash left behind
             stale.unlink(missing_ok=True)
         self.stack_registry = stack_registry
-        # the stack's own registry speaks plain http on the fleet's addresses too, not only on loopback
+        # the stack's own registry, https:// off loopback (verified with `ca_file`, the fleet CA)
         self.stack_url = stack_url or stack_registry
+        self.ca_file = ca_file
         self.token_provider = token_provider
         self._session: aiohttp.ClientSession | None = None
         self._inflight: dict[str, asyncio.Task] = {}
@@ -101,7 +104,7 @@ class Puller:
 
     def _client(self, n: ImageName) -> RegistryClient:
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
+            self._session = http_client.session(self.ca_file, timeout=aiohttp.ClientTimeout(total=None, sock_connect=10,
                                                                                 sock_read=60))
         if n.in_stack:
             return RegistryClient(self._session, self.stack_url, token_provider=self.token_provider)
