@@ -56,16 +56,16 @@ def _below_ephemeral_range() -> tuple[int, int]:
     return 20000, max(20000 + len(_PORTS) * 10, low - 1)
 
 
-def _port_is_free(port: int) -> bool:
+def _port_is_free(port: int, ip: str = "127.0.0.1") -> bool:
     with socket.socket() as s:
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((ip, port))
         except OSError:
             return False
     return True
 
 
-def _pick_ports() -> dict[str, int]:
+def _pick_ports(ip: str = "127.0.0.1") -> dict[str, int]:
     # A child's ports cannot be bound as 0 and read back, so they are drawn at random
     # outside the ephemeral range and checked free; a port taken between the check and
     # weed's own bind makes weed exit, and `start_weed` retries with fresh ports. SystemRandom:
@@ -73,7 +73,7 @@ def _pick_ports() -> dict[str, int]:
     lo, hi = _below_ephemeral_range()
     while True:
         ports = random.SystemRandom().sample(range(lo, hi), len(_PORTS))
-        if all(_port_is_free(p) for p in ports):
+        if all(_port_is_free(p, ip) for p in ports):
             return dict(zip(_PORTS, ports))
 
 
@@ -101,7 +101,8 @@ def _wait_s3(endpoint: str, proc: subprocess.Popen, timeout: float = 60.0) -> bo
     raise RuntimeError(f"weed's S3 at {endpoint} did not answer within {timeout:g}s")
 
 
-def start_weed(workdir: Path) -> WeedProcess:
+def start_weed(workdir: Path, ip: str = "127.0.0.1") -> WeedProcess:
+    """weed listening on `ip` (another address than loopback: one on a bridge the test made)."""
     exe = shutil.which("weed", path=str(Path(sys.executable).parent)) or "weed"
     access_key = "DY" + secrets.token_hex(9).upper()
     secret_key = secrets.token_urlsafe(30)
@@ -110,10 +111,10 @@ def start_weed(workdir: Path) -> WeedProcess:
         "name": "dockyard-tests", "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
         "actions": ["Admin", "Read", "Write", "List", "Tagging"]}]}))
     for attempt in range(_START_TRIES):
-        ports = _pick_ports()
+        ports = _pick_ports(ip)
         data = workdir / f"data{attempt}"
         data.mkdir()
-        args = [exe, "server", f"-dir={data}", "-ip=127.0.0.1", "-ip.bind=127.0.0.1", "-s3",
+        args = [exe, "server", f"-dir={data}", f"-ip={ip}", f"-ip.bind={ip}", "-s3",
                 f"-s3.config={config}", "-s3.port.iceberg=0", "-s3.port.lance=0",
                 "-master.telemetry=false", "-volume.max=100", "-master.volumeSizeLimitMB=64",
                 f"-filer.localSocket={workdir}/filer{attempt}.sock",
@@ -122,7 +123,7 @@ def start_weed(workdir: Path) -> WeedProcess:
         with open(workdir / f"weed{attempt}.log", "wb") as log:
             proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, cwd=workdir,
                                     start_new_session=True)
-        endpoint = f"http://127.0.0.1:{ports['s3.port']}"
+        endpoint = f"http://{ip}:{ports['s3.port']}"
         weed = WeedProcess(proc, ports, S3Server(endpoint, access_key, secret_key))
         try:
             if _wait_s3(endpoint, proc):
