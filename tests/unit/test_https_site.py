@@ -9,8 +9,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from shared import http_client, https_site, tls
+from services.layer_store.service import advertised_url
+from shared import config, http_client, https_site, tls
 from shared.errors import InvalidArgument
+from shared.registry.stackref import stack_base_url
 
 
 @pytest.mark.parametrize("mode,addr,https", [
@@ -22,6 +24,21 @@ def test_https_off_loopback_unless_told_otherwise(monkeypatch, mode, addr, https
     monkeypatch.setenv(tls.HTTP_TLS_ENV, mode)
     assert tls.serves_https(addr) is https
     assert tls.http_scheme(addr) == ("https" if https else "http")
+
+
+def test_the_urls_services_announce_carry_the_scheme_they_serve(monkeypatch):
+    for name in ("DOCKYARD_REGISTRY_URL", "DOCKYARD_LAYER_STORE_URL", tls.HTTP_TLS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    fleet = config.load(registry_addr="10.77.0.1:5000")
+    assert fleet.registry_base_url == "https://10.77.0.1:5000"
+    assert advertised_url(fleet, "10.77.0.2", 7000) == "https://10.77.0.2:7000"
+    assert stack_base_url(config.load(registry_addr="0.0.0.0:5000")) == "https://127.0.0.1:5000"
+    local = config.load(registry_addr="127.0.0.1:5000")
+    assert (local.registry_base_url, advertised_url(local, "127.0.0.1", 7000)) == (
+        "http://127.0.0.1:5000", "http://127.0.0.1:7000")
+    # a proxy in front names itself
+    monkeypatch.setenv("DOCKYARD_LAYER_STORE_URL", "https://blobs.example/")
+    assert advertised_url(config.load(), "10.77.0.2", 7000) == "https://blobs.example"
 
 
 def test_a_mode_that_is_not_one_is_refused(monkeypatch):
