@@ -25,7 +25,8 @@ MiB = 1 << 20
 
 @pytest.fixture
 def weed_on_bridge(tmp_path):
-    """A function starting SeaweedFS on an address of a fleet's bridge (every host reaches it)."""
+    """A function starting SeaweedFS on an address of a fleet's bridge (every host reaches it);
+    requested before make_fleet, so that it stops after the layer-stores using it."""
     started = []
 
     def start(ip: str):
@@ -95,7 +96,7 @@ async def _exercise(h1, urls: list[str], env: dict[str, str]) -> None:
         await driver.close()
 
 
-def test_two_layer_stores_share_one_bucket(make_fleet, weed_on_bridge):
+def test_two_layer_stores_share_one_bucket(weed_on_bridge, make_fleet):  # weed stops after the hosts
     fl = make_fleet(2)
     h1, h2 = fl.hosts
     server = weed_on_bridge(fl.gateway)
