@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import ssl
 
 import aiohttp
 import pytest
@@ -127,3 +129,19 @@ async def test_a_stopped_site_no_longer_accepts(fleet_ca):
     with pytest.raises(OSError):
         socket.create_connection(("127.0.0.1", port), timeout=2).close()
 
+
+
+async def test_client_contexts_are_shared_per_ca_file_until_it_changes(fleet_ca):
+    first, again = http_client.connector(str(fleet_ca)), http_client.connector(str(fleet_ca))
+    try:
+        assert first._ssl is again._ssl and isinstance(first._ssl, ssl.SSLContext)
+        stat = fleet_ca.stat()
+        os.utime(fleet_ca, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))  # a rejoin rewrote it
+        changed = http_client.connector(str(fleet_ca))
+        assert changed._ssl is not first._ssl
+        await changed.close()
+    finally:
+        await first.close()
+        await again.close()
+    with pytest.raises(InvalidArgument, match="cannot read the fleet CA"):
+        http_client.connector(str(fleet_ca.parent / "missing.pem"))
