@@ -13,7 +13,7 @@ import time
 import pytest
 
 from shared import subjects
-from tests.support.images import busybox_layout
+from tests.fleet.pushing import admin_password, cert_dir, push_busybox
 
 pytestmark = pytest.mark.root
 
@@ -65,12 +65,6 @@ def _leaf_refuses_without_a_fleet_certificate(h1) -> bool:
             return True
 
 
-def _push(h1, layout, tag: str):
-    password = (h1.data_dir / "admin-password").read_text().strip()
-    return h1.exec("skopeo", "copy", "--dest-tls-verify=false", "--dest-creds", f"admin:{password}",
-                   f"oci:{layout}:latest", f"docker://{h1.addr}:5000/fleet/busybox:{tag}", timeout=120)
-
-
 def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_path):
     fl = make_fleet(3)
     h1, h2, h3 = fl.hosts
@@ -94,20 +88,15 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
     admin = h1.data_dir / "credentials" / "admin.creds"
     assert _via_node(h3, admin, "fleet", "ls") == "" and h1.cli("--json", "fleet", "ls").stdout
 
-    layout = tmp_path / "layout"
-    busybox_layout(layout, tmp_path / "work")
-    push = _push(h1, layout, "1")
-    assert push.returncode == 0, push.stderr
+    push_busybox(h1, tmp_path, f"{h1.addr}:5000/fleet/busybox:1")
 
     killed = h3.stack["nats_pid"]
     os.kill(killed, signal.SIGKILL)
     # host 1 goes on: the registry, a push, a pull, and a run on host 3, whose agent is now on host 1's NATS
     assert "fleet/busybox" in h1.cli("images").stdout
-    push = _push(h1, layout, "2")
-    assert push.returncode == 0, push.stderr
-    pulled = h1.exec("skopeo", "inspect", "--tls-verify=false", "--creds",
-                     f"admin:{(h1.data_dir / 'admin-password').read_text().strip()}",
-                     f"docker://{h1.addr}:5000/fleet/busybox:2", timeout=60)
+    push_busybox(h1, tmp_path, f"{h1.addr}:5000/fleet/busybox:2")
+    pulled = h1.exec("skopeo", "inspect", "--cert-dir", cert_dir(h1, tmp_path / "certs"), "--creds",
+                     f"admin:{admin_password(h1)}", f"docker://{h1.addr}:5000/fleet/busybox:2", timeout=60)
     assert pulled.returncode == 0 and json.loads(pulled.stdout)["Digest"].startswith("sha256:"), pulled.stderr
     run = h1.cli("run", "--rm", "--host", h3.agent_id, "fleet/busybox:2", "echo", "from", "host", "3", check=False)
     assert run.returncode == 0 and run.stdout == "from host 3\n", run.stderr + h3.log("runtime-agent")
