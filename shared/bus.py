@@ -174,6 +174,10 @@ class Endpoint(msgspec.Struct, frozen=True):
             raise InvalidArgument(f"malformed JSON for {name} on {self.subject}: {e}") from e
 
 
+# set by `dockyard up` for each process it starts; carried in the service's $SRV metadata
+INSTANCE_ENV = "DOCKYARD_INSTANCE"
+
+
 class BusService:
     """One service kind's endpoints on the bus, with graceful drain."""
 
@@ -190,6 +194,9 @@ class BusService:
         self._observe = bus_metrics.observe
         if exposition.advertised_url():
             self._config.metadata.setdefault("metrics", exposition.advertised_url())
+        # the supervisor that started this process waits for this instance, not any of the fleet's
+        if os.environ.get(INSTANCE_ENV):
+            self._config.metadata.setdefault("instance", os.environ[INSTANCE_ENV])
 
     @property
     def id(self) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+import nats.errors
 
 from shared import bus, credentials, fleet, natsnodes, permissions, stackfile, tls
 from shared.config import Config, split_host_port
@@ -62,6 +64,30 @@ async def discover(client: bus.BusClient, timeout: float = 0.5, expect: int | No
     return sorted(out, key=lambda r: (r["name"], r["id"]))
 
 
+
+async def instance_answers(nc: Any, name: str, instance: str) -> bool:
+    """Whether the service process carrying `instance` answers `$SRV.PING.name` (on a fleet, other hosts' do too)."""
+    inbox = nc.new_inbox()
+    sub = await nc.subscribe(inbox)
+    try:
+        await nc.publish(f"$SRV.PING.{name}", b"", reply=inbox)
+        deadline = time.monotonic() + 0.25
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                msg = await sub.next_msg(timeout=left)
+            except nats.errors.TimeoutError:  # nobody (else) answered in time
+                return False
+            try:
+                metadata = msgspec.json.decode(msg.data).get("metadata") or {}
+            except (msgspec.DecodeError, AttributeError):
+                continue
+            if metadata.get("instance") == instance:
+                return True
+        return False
+    finally:
+        await sub.unsubscribe()
+
+
 class StackRunner:
     """`nats_port` None joins the configured NATS; 0 embeds one on any free port. With the
     fallbacks, a taken port (NATS's, the registry's) becomes a free one, reported in
@@ -80,6 +106,7 @@ class StackRunner:
         self.nats: EmbeddedNats | None = None
         self.registry_sock: socket.socket | None = None
         self.procs: dict[str, subprocess.Popen] = {}
+        self.instances: dict[str, str] = {}  # the DOCKYARD_INSTANCE each started process carries
         self.notices: list[str] = []
         self.exit_code = 0
         self.logs = cfg.data_path / "logs"
@@ -229,6 +256,7 @@ class StackRunner:
         if own is not None:
             env["DOCKYARD_CREDS"] = str(own)
         env.pop(REGISTRY_FD_ENV, None)
+        self.instances[name] = env[bus.INSTANCE_ENV] = secrets.token_hex(8)
         if name in HTTP_SERVICES or os.environ.get(METRICS_ADDR_ENV, "").strip().lower() == "off":
             env.pop(METRICS_ADDR_ENV, None)
         else:  # a free port each (`dockyard status` lists it): one fixed port cannot serve three
@@ -274,11 +302,9 @@ class StackRunner:
             if proc.poll() is not None:
                 raise Unavailable(f"{name} exited with {proc.returncode} during start-up; "
                                   f"see {self.logs / (name + '.log')}:\n{self._tail(name)}")
-            try:
-                await nc.request(f"$SRV.PING.{name}", b"", timeout=0.25)
+            if await instance_answers(nc, name, self.instances[name]):
                 return
-            except Exception:
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(0.05)
         raise Unavailable(f"{name} did not become ready within {READY_TIMEOUT:.0f}s; "
                           f"see {self.logs / (name + '.log')}")
 
