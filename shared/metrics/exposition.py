@@ -75,25 +75,27 @@ def listen_addr(value: str | None) -> str:
     return "" if value.lower() in ("", "off", "0", "no", "false") else value
 
 
-async def serve_standalone(addr: str, advertise_host: str = "") -> web.AppRunner:
+async def serve_standalone(addr: str, data_dir: str, advertise_host: str = "") -> web.AppRunner:
     """A listener serving only /metrics on `addr` (port 0: any free port); its URL becomes
-    `advertised_url()`, which the bus service puts in its `$SRV.INFO` metadata."""
+    `advertised_url()`, which the bus service puts in its `$SRV.INFO` metadata. Off loopback
+    it speaks HTTPS with the node certificate in `data_dir`, as the registry does."""
+    from shared import https_site, tls
     from shared.config import split_host_port
     from shared.errors import Unavailable
     host, port = split_host_port(addr)
+    ssl_context = https_site.ssl_for(data_dir, host)
     app = web.Application()
     add_route(app)
     runner = web.AppRunner(app, access_log=None, handle_signals=False)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
     try:
-        await site.start()
+        await https_site.site(runner, https_site.listen_socket(host, port), ssl_context).start()
     except OSError as e:
         await runner.cleanup()
         raise Unavailable(f"metrics cannot listen on {addr}: {e.strerror or e}") from e
     bound = runner.addresses[0][1]
     shown = advertise_host or (host if host not in ("0.0.0.0", "::") else socket.gethostname())
     shown = f"[{shown}]" if ":" in shown else shown
-    _advertised[:] = [f"http://{shown}:{bound}{PATH}"]
+    _advertised[:] = [f"{tls.http_scheme(host)}://{shown}:{bound}{PATH}"]
     log.info("metrics on %s", _advertised[0])
     return runner

@@ -145,3 +145,20 @@ async def test_client_contexts_are_shared_per_ca_file_until_it_changes(fleet_ca)
         await again.close()
     with pytest.raises(InvalidArgument, match="cannot read the fleet CA"):
         http_client.connector(str(fleet_ca.parent / "missing.pem"))
+
+
+async def test_a_bus_services_metrics_listener_speaks_https_when_the_registry_would(fleet_ca, monkeypatch):
+    from shared.metrics import exposition
+    monkeypatch.setenv(tls.HTTP_TLS_ENV, "on")  # what an address off loopback gets with auto
+    monkeypatch.setattr(exposition, "_advertised", [])
+    runner = await exposition.serve_standalone("127.0.0.1:0", str(fleet_ca.parent.parent))
+    try:
+        url = exposition.advertised_url()
+        assert url == f"https://127.0.0.1:{runner.addresses[0][1]}/metrics"
+        async with http_client.session(str(fleet_ca)) as s:
+            async with s.get(url) as r:
+                assert r.status == 200 and "python_info" in await r.text()
+            async with s.get(url.replace("https:", "http:")) as r:
+                assert r.status == 400 and "speaks HTTPS" in await r.text()
+    finally:
+        await runner.cleanup()

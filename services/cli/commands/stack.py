@@ -86,7 +86,7 @@ async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
     setup_logging(cfg.log_level, args.service)
     _use_service_creds(cfg, args.service)
     mod = importlib.import_module(f"services.{SERVICES[args.service]}.service")
-    metrics = await _metrics_listener()
+    metrics = await _metrics_listener(cfg.data_dir)
     task = asyncio.create_task(mod.serve(cfg))
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -101,12 +101,12 @@ async def cmd_serve(args: argparse.Namespace, ctx: Any) -> int:
     return 0
 
 
-async def _metrics_listener() -> Any:
+async def _metrics_listener(data_dir: str) -> Any:
     """The service's own /metrics listener when DOCKYARD_METRICS_ADDR asks for one (the services
     with an HTTP listener of their own serve /metrics there as well)."""
     from shared.metrics import exposition
     addr = exposition.listen_addr(os.environ.get(exposition.ADDR_ENV))
-    return await exposition.serve_standalone(addr) if addr else None
+    return await exposition.serve_standalone(addr, data_dir) if addr else None
 
 
 def _use_service_creds(cfg: Any, service: str) -> None:
