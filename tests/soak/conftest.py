@@ -35,7 +35,8 @@ def push_busybox(stack: Stack, work: Path, image: str = IMAGE) -> str:
 
 
 def started_agent_stack(root: Path) -> AgentStack:
-    s = start_stack(root / "stack")
+    # gctrace: nats-server logs its live heap at each GC (tests/soak/natscounts.live_heap_mb)
+    s = start_stack(root / "stack", extra_env={"GODEBUG": "gctrace=1"})
     try:
         image = push_busybox(s, root)
         s.cli("run", "--rm", "-p", "127.0.0.1:0:80", image, "true")  # the image, bridge and ipam exist now
