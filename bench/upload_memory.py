@@ -10,7 +10,8 @@ the load of bench/loadgen with pushes only (monolithic, chunked and streamed upl
 the gateway) is sampled every 0.2 s with the layer-store's own count of upload requests in
 flight (its /metrics, answered on loopback). Printed: idle and peak RSS, the most uploads
 in flight, the growth per client ((peak - idle) / clients), distribution's the same way,
-and the ratio. Every pushed image is pulled back and verified.
+and the ratio; then the same clients pull those images (every digest verified), measured
+the same way. Every pushed image is pulled back and verified.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench.loadgen import LoadConfig, run_load, verify_all  # noqa: E402
-from bench.loadgen.workload import PUSH  # noqa: E402
+from bench.loadgen.workload import PULL, PUSH  # noqa: E402
 from registry import load_average, start_distribution, stop  # noqa: E402
 from registry_load import rss_kb, start_dockyard  # noqa: E402
 
@@ -57,7 +58,7 @@ def in_flight(metrics_url: str) -> int:
     return -1
 
 
-async def sampled(cfg: LoadConfig, pids: dict[str, int], metrics_url: str):
+async def sampled(cfg: LoadConfig, pids: dict[str, int], metrics_url: str, images=()):
     """The load's result and {name: peak RSS kB}, {"in_flight": most seen}."""
     peak: dict[str, int] = {}
     done = asyncio.Event()
@@ -76,7 +77,7 @@ async def sampled(cfg: LoadConfig, pids: dict[str, int], metrics_url: str):
 
     sampler = asyncio.ensure_future(sample())
     try:
-        result = await run_load(cfg)
+        result = await run_load(cfg, images)
     finally:
         done.set()
         await sampler
@@ -88,6 +89,14 @@ def report(name: str, idle: int, peak: int, clients: int, extra: str = "") -> fl
     print(f"  {name}: idle {idle / 1024:.0f} MiB, peak {peak / 1024:.0f} MiB, "
           f"{per:.2f} MiB per client{extra}")
     return per
+
+
+def pulls(cfg: LoadConfig, pids: dict[str, int], images, idle: int, name: str):
+    """The pull phase: every client pulling (and verifying) the images pushed before."""
+    result, peak = asyncio.run(sampled(cfg, pids, "", images))
+    print(f"  pulls: {result.stats.requests} requests, {result.stats.bytes_down / MiB:.0f} MiB down, "
+          f"{len(result.stats.errors)} errors")
+    return result, report(f"{name} pulling", idle, peak[name], cfg.clients)
 
 
 def main() -> int:
@@ -120,6 +129,9 @@ def main() -> int:
                         f" (most upload requests in flight: {flight})" if flight >= 0 else "")
         report("registry-gateway", idle["registry-gateway"], peak["registry-gateway"], args.clients)
         failed |= bool(dy.stats.errors or failures)
+        dy_pull, dy_pull_per = pulls(LoadConfig(base_url=dy_url, creds=creds, **{**shape, "mix": {PULL: 1.0}}), mine,
+                        dy.images, idle["layer-store"], "layer-store")
+        failed |= dy_pull.stats.errors != []
         stop(dy_proc)
 
         dist_proc, target = start_distribution(root)
@@ -131,10 +143,16 @@ def main() -> int:
         print(f"distribution: {dist.stats.requests} requests, {dist.stats.bytes_up / MiB:.0f} MiB up, "
               f"{len(dist.stats.errors)} errors, {len(dist.images)} images pulled back: {len(failures)} failures")
         d_per = report("distribution", d_idle, d_peak["distribution"], args.clients)
+        d_pull, d_pull_per = pulls(LoadConfig(base_url=f"http://{target.addr}", creds=None, **{**shape, "mix": {PULL: 1.0}}),
+                       {"distribution": dist_proc.pid}, dist.images, d_idle, "distribution")
         print(f"\nlayer-store / distribution, memory per client pushing: {dy_per:.2f} / {d_per:.2f} MiB = "
               f"{dy_per / max(d_per, 1e-9):.2f}; push throughput "
               f"{dy.stats.bytes_up / max(dy.stats.elapsed, 1e-9) / 1e6:.0f} / "
               f"{dist.stats.bytes_up / max(dist.stats.elapsed, 1e-9) / 1e6:.0f} MB/s")
+        print(f"layer-store / distribution, memory per client pulling: {dy_pull_per:.2f} / {d_pull_per:.2f} MiB = "
+              f"{dy_pull_per / max(d_pull_per, 1e-9):.2f}; pull throughput "
+              f"{dy_pull.stats.bytes_down / max(dy_pull.stats.elapsed, 1e-9) / 1e6:.0f} / "
+              f"{d_pull.stats.bytes_down / max(d_pull.stats.elapsed, 1e-9) / 1e6:.0f} MB/s")
         print(f"load average at end {load_average()}")
     finally:
         for p in procs:
