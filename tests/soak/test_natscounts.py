@@ -9,19 +9,15 @@ import time
 
 import pytest
 
-from shared import credentials, jsconsumer
+from shared import jsconsumer
 from shared.natsserver import EmbeddedNats
-from shared.permissions import Permissions
 from tests.soak import natscounts
+from tests.soak.conftest import server_files
 
 
 @pytest.fixture
 def server(tmp_path):
-    authority = credentials.Authority(credentials.credentials_dir(tmp_path))
-    conf = tmp_path / "nats-server.conf"
-    credentials.write_secret(conf, authority.server_config().encode())
-    creds = tmp_path / "user.creds"
-    credentials.write_secret(creds, authority.issue("leaky", Permissions((">",), (">",))).encode())
+    conf, creds = server_files(tmp_path, "leaky")
     with EmbeddedNats(tmp_path / "nats", config_file=conf) as nats:
         yield nats.url, tmp_path, str(creds)
 
