@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 from pathlib import Path
 
 from shared import credentials
@@ -80,7 +81,6 @@ def counts(snap: dict[str, dict]) -> dict[str, int]:
 def live_heap_mb(log: Path) -> int | None:
     """The Go heap nats-server kept live after its last GC (MB), from its `GODEBUG=gctrace=1`
     lines; None without them."""
-    import re
     try:
         text = log.read_text(errors="replace")
     except OSError:
