@@ -75,8 +75,9 @@ class Admission:
         self._prev = [0, 0]
 
     @classmethod
-    def from_env(cls) -> "Admission":
-        return cls(int(_number("MAX_INFLIGHT", DEFAULT_MAX_INFLIGHT, int)),
+    def from_env(cls, default_limit: int = DEFAULT_MAX_INFLIGHT) -> "Admission":
+        """The settings of DOCKYARD_MAX_INFLIGHT and co; `default_limit` when it is unset."""
+        return cls(int(_number("MAX_INFLIGHT", default_limit, int)),
                    wait=_number("ADMISSION_WAIT", DEFAULT_WAIT, float),
                    body_wait=_number("ADMISSION_BODY_WAIT", DEFAULT_BODY_WAIT, float),
                    retry_after=int(_number("RETRY_AFTER", DEFAULT_RETRY_AFTER, int)))

@@ -6,6 +6,11 @@ refused as the registry refuses, 429 TOOMANYREQUESTS with Retry-After. The gatew
 requests (`/blobs`, `/uploads`) are not counted here: the gateway's listener already
 bounds them, and refusing them would turn one refusal into a gateway error.
 It runs after the signature check, so an unsigned request is refused before it waits.
+
+Its default limit is lower than the gateway's: a request here carries the bytes. A pull in
+flight holds ~7 MiB (three 2 MiB read chunks), an upload ~1-2.5 MiB (two 1 MiB batches and
+the read buffer), so 128 in flight bound the process at ~1 GiB even if all are pulls
+(docs/registry.md, "Bounded admission"). DOCKYARD_MAX_INFLIGHT, when set, applies to both.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from services.layer_store.oci_uploads import API_HEADERS
 from shared import codec
 from shared.admission import TOO_MANY_REQUESTS, Admission, refuse_unread_body
 from shared.errors import Unavailable
+
+DEFAULT_MAX_INFLIGHT = 128
 
 
 def too_many_response(e: Unavailable, *, head: bool) -> web.Response:

@@ -211,8 +211,9 @@ def create_app(driver: StorageDriver, signer: DataplaneSigner, *, on_commit: OnC
                commit_hook: CommitHook | None = None, admission: Admission | None = None) -> web.Application:
     """The data-plane app; it owns `driver` and closes it on cleanup. Without a
     `commit_hook` (no bus), OCI upload sessions cannot be committed here. `admission`
-    bounds registry clients' requests in flight (default: from DOCKYARD_MAX_INFLIGHT)."""
-    admission = admission or Admission.from_env()
+    bounds registry clients' requests in flight (default: from DOCKYARD_MAX_INFLIGHT, else
+    the layer-store's own default)."""
+    admission = admission or Admission.from_env(gate.DEFAULT_MAX_INFLIGHT)
     app = web.Application(middlewares=[http_metrics.middleware, signature_middleware, gate.middleware(admission),
                                        metrics.uploads_in_flight, errors_middleware])
     app[DRIVER] = driver

@@ -30,8 +30,9 @@ ON_COMMIT: web.AppKey[OnCommit | None] = web.AppKey("on_commit")
 COMMIT_HOOK: web.AppKey[CommitHook | None] = web.AppKey("commit_hook")
 
 # Bigger than aiohttp's 64 KiB so that the socket keeps being read while a batch is
-# being written and hashed in the worker threads.
-READ_BUFSIZE = 1 << 20
+# being written and hashed in the worker threads; aiohttp buffers up to twice this per
+# request before it stops reading the socket, so every upload in flight holds it too.
+READ_BUFSIZE = 256 << 10
 DIGEST_HEADER = "Docker-Content-Digest"
 
 

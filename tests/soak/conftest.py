@@ -27,6 +27,19 @@ class AgentStack:
         return self.stack.cli(*args, **kw)
 
 
+def server_files(data_dir: Path, principal: str) -> tuple[Path, Path]:
+    """(nats-server config, a credential of `principal` allowed everything) of a new
+    authority in `data_dir`, as `dockyard up` makes them: for tests of the server alone."""
+    from shared import credentials
+    from shared.permissions import Permissions
+    authority = credentials.Authority(credentials.credentials_dir(data_dir))
+    conf = data_dir / "nats-server.conf"
+    credentials.write_secret(conf, authority.server_config().encode())
+    creds = data_dir / f"{principal}.creds"
+    credentials.write_secret(creds, authority.issue(principal, Permissions((">",), (">",))).encode())
+    return conf, creds
+
+
 def push_busybox(stack: Stack, work: Path, image: str = IMAGE) -> str:
     busybox_layout(work / "layout", work / "work")
     skopeo("copy", "--dest-tls-verify=false", "--dest-creds", stack.admin_creds, f"oci:{work / 'layout'}:latest",
@@ -35,7 +48,8 @@ def push_busybox(stack: Stack, work: Path, image: str = IMAGE) -> str:
 
 
 def started_agent_stack(root: Path) -> AgentStack:
-    s = start_stack(root / "stack")
+    # gctrace: nats-server logs its live heap at each GC (tests/soak/natscounts.live_heap_mb)
+    s = start_stack(root / "stack", extra_env={"GODEBUG": "gctrace=1"})
     try:
         image = push_busybox(s, root)
         s.cli("run", "--rm", "-p", "127.0.0.1:0:80", image, "true")  # the image, bridge and ipam exist now

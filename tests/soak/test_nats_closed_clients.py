@@ -12,20 +12,16 @@ import urllib.request
 
 import pytest
 
-from shared import bus_lite, credentials
+from shared import bus_lite
 from shared.natsserver import find_binary
-from shared.permissions import Permissions
+from tests.soak.conftest import server_files
 
 CONNECTIONS = 150
 
 
 @pytest.fixture
 def server(tmp_path):
-    authority = credentials.Authority(credentials.credentials_dir(tmp_path))
-    conf = tmp_path / "nats-server.conf"
-    credentials.write_secret(conf, authority.server_config().encode())
-    creds = tmp_path / "user.creds"
-    credentials.write_secret(creds, authority.issue("soak", Permissions((">",), (">",))).encode())
+    conf, creds = server_files(tmp_path, "soak")
     ports = tmp_path / "ports"
     ports.mkdir()
     # -1: a free port for clients and for monitoring, read back from the ports file

@@ -6,7 +6,9 @@ limits with failures: an image that does not exist, a command the image does not
 container the OOM killer ends, a host port already taken, a stop of a container that
 ignores TERM. Counted before and after: mounts, netns, veths, cgroups under the stack's
 parent, iptables rules of its chains, files under the agent's data dir, keys (and stored
-messages) of the containers' KV mirror, and fds, threads and RSS of every service process.
+messages) of the containers' KV mirror, what nats-server holds (connections, subscriptions,
+JetStream consumers, streams and their messages: a subscription, watcher or consumer made
+per request and never removed grows them), and fds, threads and RSS of every service process.
 
 SOAK_LIFECYCLES (default 100) sets the length; SOAK_CLIENTS (default 4) the concurrency.
 The figures (lifecycles/s, p50/p99 of `run --rm`, the counts) are printed; docs/soak.md
@@ -28,13 +30,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.soak import hostcounts
+from tests.soak import hostcounts, natscounts
 from tests.soak.busprobe import BusProbe
 from tests.soak.conftest import AgentStack
 
 LIFECYCLES = int(os.environ.get("SOAK_LIFECYCLES", "100"))
 CLIENTS = int(os.environ.get("SOAK_CLIENTS", "4"))
 RSS_SLACK = 0.20
+NATS_WARM_LIFECYCLES = 500  # halfway past nats-server's heap warm-up (~100 lifecycles)
 EXECUTOR_WORKERS = min(32, (os.cpu_count() or 1) + 4)
 SETTLE_TIMEOUT = 60.0  # seconds for the counts to come back (purge markers expire after 10 s)
 
@@ -173,7 +176,8 @@ def _get(port: int, timeout: float = 15.0) -> bytes:
 
 def counts(a: AgentStack) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
     """(host and KV counts, {service: fds/threads/rss}) of the stack now."""
-    host = {**hostcounts.host(a.stack), **hostcounts.kv_containers(a.stack)}
+    host = {**hostcounts.host(a.stack), **hostcounts.kv_containers(a.stack),
+            **natscounts.counts(natscounts.snapshot(a.stack.nats_url, a.stack.data_dir))}
     procs = {s.name: hostcounts.process(s.pid) for s in hostcounts.services(a.stack)}
     return host, procs
 
@@ -211,13 +215,19 @@ def _soak(a: AgentStack, soak: Soak, capsys) -> None:
     for i, kind in enumerate(dict.fromkeys(Soak.MIX)):  # every kind once: first-use files, pools, caches
         getattr(soak, kind)(f"warm{i}")
     host0, procs0 = quiet(a)
+    nats_log = a.stack.data_dir / "logs" / "nats.log"
+    heap0 = natscounts.live_heap_mb(nats_log)
     soak.rm_latency.clear()
 
     t0 = time.monotonic()
     pool = ThreadPoolExecutor(CLIENTS)
+    nats_pid = next(s.pid for s in hostcounts.services(a.stack) if s.name == "nats-server")
+    half = None  # nats-server's RSS halfway
     try:
-        for f in [pool.submit(soak.one, i) for i in range(LIFECYCLES)]:
+        for i, f in enumerate([pool.submit(soak.one, i) for i in range(LIFECYCLES)]):
             f.result()
+            if i == LIFECYCLES // 2:
+                half = hostcounts.process(nats_pid)["rss_kib"]
     finally:  # a failed lifecycle (or the timeout) ends the soak: only the running ones finish
         pool.shutdown(wait=True, cancel_futures=True)
     elapsed = time.monotonic() - t0
@@ -236,6 +246,8 @@ def _soak(a: AgentStack, soak: Soak, capsys) -> None:
             b, e = procs0[n], procs1.get(n, {})
             print(f"  {n:<18} fds {b['fds']} -> {e.get('fds')}, threads {b['threads']} -> {e.get('threads')}, "
                   f"rss {b['rss_kib'] // 1024} -> {e.get('rss_kib', 0) // 1024} MiB")
+        print(f"  nats-server rss halfway {half // 1024} MiB; Go heap live after GC {heap0} -> "
+              f"{natscounts.live_heap_mb(nats_log)} MB")
     assert sum(soak.kinds.values()) == LIFECYCLES
     assert host1 == host0
     assert procs1.keys() == procs0.keys()  # no service died (and was restarted) on the way
@@ -246,4 +258,13 @@ def _soak(a: AgentStack, soak: Soak, capsys) -> None:
         # load asks, up to min(32, cpus + 4), and keeps them: growth within that is no leak.
         assert e["fds"] <= b["fds"], (n, b, e)
         assert e["threads"] <= b["threads"] + EXECUTOR_WORKERS, (n, b, e)
-        assert e["rss_kib"] <= b["rss_kib"] * (1 + RSS_SLACK), (n, b, e)
+        if n == "nats-server":
+            # Go's heap grows to its goal (twice what is live) under load and gives pages back
+            # late: its RSS rises once, then stays (docs/soak.md has the figures). A leak would
+            # grow it as much in the second half as in the first; what it holds, counted
+            # above, is back where it started. A short soak ends while the heap still grows
+            # (its one step, at ~800 connections, may fall after halfway): only the counts then.
+            if LIFECYCLES >= NATS_WARM_LIFECYCLES:
+                assert e["rss_kib"] <= half * (1 + RSS_SLACK), (n, half, e)
+        else:
+            assert e["rss_kib"] <= b["rss_kib"] * (1 + RSS_SLACK), (n, b, e)

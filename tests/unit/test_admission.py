@@ -120,6 +120,16 @@ def test_settings_from_the_environment(monkeypatch):
     assert Admission.from_env().limit == 0
 
 
+def test_a_service_default_applies_only_while_the_setting_is_unset(monkeypatch):
+    from services.layer_store import admission as layer_store_gate
+    monkeypatch.delenv("DOCKYARD_MAX_INFLIGHT", raising=False)
+    assert Admission.from_env().limit == 256
+    # the layer-store carries the bytes: its requests cost more, it admits fewer
+    assert Admission.from_env(layer_store_gate.DEFAULT_MAX_INFLIGHT).limit == 128
+    monkeypatch.setenv("DOCKYARD_MAX_INFLIGHT", "300")
+    assert Admission.from_env(layer_store_gate.DEFAULT_MAX_INFLIGHT).limit == 300
+
+
 async def test_a_waiting_body_is_left_in_the_socket():
     """While an upload waits for a slot its connection is not read: with a 16 MiB read
     buffer aiohttp alone would take ~32 MiB of it into the process; here only what the

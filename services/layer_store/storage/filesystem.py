@@ -40,12 +40,17 @@ _HEX_LEN = {"sha256": 64, "sha512": 128}
 _UPLOAD_ID = re.compile(r"^[0-9a-f]{32}$")
 TOUCHED = ".touched"
 # Appends are handed to the writer thread in batches: big enough that thread hops and
-# syscalls are rare, small enough that the socket keeps being read meanwhile.
-BATCH_BYTES = 4 << 20
+# syscalls are rare, small enough that the socket keeps being read meanwhile. An upload
+# holds two at most (one being written, one filling): this is most of what one upload in
+# flight costs the process (4 MiB batches made it ~10 MiB, x DOCKYARD_MAX_INFLIGHT).
+BATCH_BYTES = 1 << 20
 BATCH_BUFFERS = 256
-# Blob reads bypass the page cache (fsutil.UncachedReader), one at a time: 8 MiB direct
-# reads ran at ~900 MB/s against ~650 MB/s for 2 MiB on this project's VMs (dd iflag=direct).
-READ_CHUNK = 8 << 20
+# Blob reads bypass the page cache (fsutil.UncachedReader), one at a time. A read in flight
+# holds three chunks (the reader's buffer, the next chunk, the one the socket is sending):
+# 8 MiB chunks made that 24 MiB per pull (64 clients pulling: 1.4 GiB). 2 MiB direct reads
+# ran at ~650 MB/s (8 MiB: ~900 MB/s) on this project's VMs (dd iflag=direct), still far
+# above what a pull over HTTP takes.
+READ_CHUNK = 2 << 20
 # A live session keeps its data file open and its hash in memory; one left idle this
 # long is closed (and re-hashed from disk should its client ever come back).
 IDLE_SESSION_SECONDS = 600.0

@@ -3,8 +3,9 @@
 Every container has a record (store.py) that is the truth `ps`/`inspect` show; the
 runtime's shim keeps the process alive without us. While a container runs, a monitor
 task waits for its exit, then records it, tears its network down, applies `--rm` or
-the restart policy. After an agent restart, `restore()` re-attaches monitors to the
-containers still running and settles those that exited while the agent was away.
+the restart policy (restart.py). After an agent restart, `restore()` re-attaches monitors
+to the containers still running and settles those that exited while the agent was away.
+A run's record and runtime spec are made by create.py.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import secrets
 import signal as _signal
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -22,27 +22,27 @@ from dataclasses import dataclass, field
 import msgspec
 
 from services.runtime_agent.containers import etcfiles, health, rootfs, runflags
-from services.runtime_agent.containers.config import parse_restart, process_of, resolve_user
+from services.runtime_agent.containers.config import resolve_user
+from services.runtime_agent.containers.create import new_container, runtime_spec
 from services.runtime_agent.containers.locks import KeyedLocks
 from services.runtime_agent.containers.logs import LogReader, Streamer, follow
 from services.runtime_agent.containers.release import release, release_exited
-from services.runtime_agent.containers.store import ContainerStore, check_name
+from services.runtime_agent.containers.restart import backoff, should_restart
+from services.runtime_agent.containers.signals import parse_signal
+from services.runtime_agent.containers.store import ContainerStore
 from services.runtime_agent.images import ImageStore, Puller
 from services.runtime_agent.network import Network, parse_publish_all
 from services.runtime_agent.volumes import mounts as vmounts
 from services.runtime_agent.volumes.attach import Attach
 from services.runtime_agent.volumes.store import VolumeStore
-from services.runtime_agent.network.usernet import run_endpoints
 from shared.errors import Conflict, DockyardError, InvalidArgument, NotFound
-from shared.messages.agent import (Container, ContainerConfig, ContainerState, ImageRecord, Limits, NetworkInfo,
-                                   Port, RunRequest, Volume)
-from shared.runtime import BindMount, ContainerSpec, Runtime
+from shared.messages.agent import Container, ContainerState, ImageRecord, NetworkInfo, Port, RunRequest, Volume
+from shared.runtime import Runtime
 from shared.runtime.jsonlog import rfc3339nano
 
 log = logging.getLogger("dockyard.agent.containers")
 
 _READER_GRACE = 10.0  # seconds an attached reader may take to drain the log after the exit
-_MAX_BACKOFF = 10.0
 
 
 @dataclass
@@ -156,44 +156,9 @@ class Containers:
         return c
 
     def _new_container(self, req: RunRequest, image: ImageRecord, volumes: list[Volume]) -> Container:
-        if req.rm and req.restart not in ("", "no"):
-            raise InvalidArgument("conflicting options: --restart and --rm")
-        cfg = self.images.config(image.digest)
-        proc = process_of(cfg.config, req)
-        cid = secrets.token_hex(32)
-        name = check_name(req.name) if req.name else f"{_ADJ[int(cid[:4], 16) % len(_ADJ)]}_{cid[:8]}"
-        parse_publish_all(req.publish)  # refuse a bad spec before anything exists
-        if req.publish and req.network in ("none", "host"):  # networks: a user network publishes too
-            raise InvalidArgument(f"ports cannot be published with network {req.network}")
-        endpoints = run_endpoints(self.network.user, req.network, req.network_aliases, req.ip)  # networks
-        config = ContainerConfig(
-            image=req.image, image_digest=image.digest, args=proc.args, entrypoint=proc.entrypoint, cmd=proc.cmd,
-            env=proc.env, working_dir=proc.cwd, user=proc.user,
-            hostname=etcfiles.check_hostname(req.hostname) if req.hostname else cid[:12],  # docker's default
-            volumes=volumes, network=req.network, publish=list(req.publish),
-            restart=parse_restart(req.restart), auto_remove=req.rm,
-            limits=Limits(memory=req.memory, memory_swap=req.memory_swap, cpu_shares=req.cpu_shares),
-            labels=dict(req.labels), flags=runflags.resolve(req.flags, cfg.config), stdio=req.stdio,
-            endpoints=endpoints)
-        if req.flags.publish_all and req.network not in ("none", "host"):
-            config = msgspec.structs.replace(config, publish=config.publish + runflags.exposed_publish(cfg.config))
-        c = Container(id=cid, name=name, host=self.agent_id, created=rfc3339nano(), config=config,
-                      log_path=str(self.store.log_path(cid)))
-        self._spec(c, rootfs_path="/", uid=0, gid=0, groups=(), netns="host")  # limits checked now
-        return c
-
-    def _spec(self, c: Container, *, rootfs_path: str, uid: int, gid: int, groups: tuple[int, ...],
-              netns: str, etc: tuple[BindMount, ...] = ()) -> ContainerSpec:
-        lim = c.config.limits
-        return ContainerSpec(
-            args=tuple(c.config.args), rootfs=rootfs_path, cgroups_path=f"{self.cgroup_parent}/{c.id}",
-            env=tuple(c.config.env), cwd=c.config.working_dir, uid=uid, gid=gid, additional_gids=groups,
-            hostname=c.config.hostname,
-            # The /etc files first: a user's volume over one of them wins, as with docker.
-            mounts=etc + tuple(BindMount(v.source, v.destination, v.readonly) for v in c.config.volumes),
-            network=netns, memory_bytes=lim.memory, memory_swap_bytes=lim.memory_swap,
-            cpu_shares=lim.cpu_shares, readonly_rootfs=c.config.flags.read_only,
-            flags=runflags.spec_flags(c.config.flags), terminal=c.config.stdio.tty)
+        return new_container(req, image, volumes, agent_id=self.agent_id, images=self.images,
+                             user_networks=self.network.user, log_path=self.store.log_path,
+                             cgroup_parent=self.cgroup_parent)
 
     async def _start(self, c: Container, w: Watch, restart_count: int | None = None,
                      attach=None) -> Container:
@@ -216,8 +181,8 @@ class Containers:
             etc = etcfiles.write(self.store.dir(cid) / "etc", hostname=c.config.hostname, mode=att.mode,
                                  ip=att.ip, nameserver=att.nameserver)
             runflags.write_etc(etc, c.config.flags)
-            spec = self._spec(c, rootfs_path=str(root), uid=ids.uid, gid=ids.gid, groups=ids.additional_gids,
-                              netns=att.netns_path or "host", etc=etc.mounts())
+            spec = runtime_spec(c, self.cgroup_parent, rootfs_path=str(root), uid=ids.uid, gid=ids.gid,
+                                groups=ids.additional_gids, netns=att.netns_path or "host", etc=etc.mounts())
             with contextlib.suppress(NotFound):
                 await self.runtime.delete(cid)  # an earlier run's runtime state
             if self.stdio is not None and c.config.stdio.interactive:  # interactive: -i/-t
@@ -296,7 +261,7 @@ class Containers:
                 await self._remove_stopped(cid, volumes=True)  # --rm takes its anonymous volumes too
             if not w.final.done():
                 w.final.set_result(c.state.exit_code if c is not None else None)
-            if c is not None and cid not in self._removing and self._should_restart(c):
+            if c is not None and cid not in self._removing and should_restart(c):
                 self._spawn(self._restart_later(c))
         except Exception as e:
             log.exception("monitor of %s failed", cid)
@@ -331,17 +296,8 @@ class Containers:
         self.event("die", c, exitCode=str(code))
         return c
 
-    def _should_restart(self, c: Container) -> bool:
-        p = c.config.restart
-        if c.state.manual_stop or p.name == "no":
-            return False
-        if p.name == "on-failure":
-            return (c.state.exit_code or 0) != 0 and (p.maximum_retry_count == 0
-                                                     or c.state.restart_count < p.maximum_retry_count)
-        return True  # always, unless-stopped
-
     async def _restart_later(self, c: Container) -> None:
-        await asyncio.sleep(min(0.1 * 2 ** c.state.restart_count, _MAX_BACKOFF))
+        await asyncio.sleep(backoff(c))
         async with self._lock(c.id):
             try:
                 cur = self.store.get(c.id)
@@ -497,26 +453,8 @@ class Containers:
         return self._spawn(coro)
 
 
-def parse_signal(text: str) -> int:
-    t = str(text).upper()
-    if t.isdigit():
-        n = int(t)
-    else:
-        name = t if t.startswith("SIG") else f"SIG{t}"
-        try:
-            n = int(_signal.Signals[name])
-        except KeyError:
-            raise InvalidArgument(f"invalid signal: {text}") from None
-    if not 0 < n < 65:
-        raise InvalidArgument(f"invalid signal: {text}")
-    return n
-
-
 def _mount_rootfs(snapshots, cid: str, diff_ids: list[str], bind_sources: list[str]):
     for source in bind_sources:
         os.makedirs(source, exist_ok=True)  # docker creates a missing bind source as a directory
     return rootfs.mount(snapshots, cid, diff_ids)
 
-
-_ADJ = ("brave", "calm", "eager", "fond", "keen", "lucid", "merry", "nifty", "quirky", "sharp", "tender",
-        "vivid", "wise", "zen", "bold", "crisp")

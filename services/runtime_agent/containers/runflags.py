@@ -17,6 +17,7 @@ import shutil
 
 import msgspec
 
+from services.runtime_agent.containers.signals import parse_signal
 from shared.errors import InvalidArgument, PermissionDenied, Unavailable
 from shared.messages.agent import NEEDS_PRIVILEGE
 from shared.messages.runflags import Health, RunFlags
@@ -66,7 +67,6 @@ def check_privilege(flags: RunFlags, *, allowed: bool) -> None:
 
 def resolve(flags: RunFlags, image: ImageRunConfig) -> RunFlags:
     """`flags` checked, with the image's STOPSIGNAL and HEALTHCHECK where no flag overrides them."""
-    from services.runtime_agent.containers.manager import parse_signal
     if flags.cpus < 0 or flags.cpus > (os.cpu_count() or 1):
         raise InvalidArgument(f"range of CPUs is from 0.01 to {os.cpu_count() or 1}.00, as there are only "
                               f"{os.cpu_count() or 1} CPUs available")
@@ -158,7 +158,6 @@ def write_etc(etc, flags: RunFlags) -> None:
 
 def stop_with(flags: RunFlags, timeout: float | None) -> tuple[float, int]:
     """(grace seconds, signal) of a stop: `stop -t` over --stop-timeout over docker's 10 s."""
-    from services.runtime_agent.containers.manager import parse_signal
     if timeout is None:
         timeout = flags.stop_timeout if flags.stop_timeout is not None else 10.0
     if timeout < 0:

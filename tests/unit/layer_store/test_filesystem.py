@@ -92,3 +92,28 @@ async def test_idle_sessions_are_closed_and_resume(driver, monkeypatch):
     assert up.id not in driver._sessions and other.id in driver._sessions
     await driver.append(up.id, chunks(b"second"), offset=6)
     assert (await driver.commit(up.id, Digest.from_bytes(b"first second"))).size == 12
+
+
+async def test_an_upload_in_flight_holds_two_batches_at_most(driver):
+    """What one upload costs in memory: the bytes it has read but not yet written, measured
+    against the data file as the body is read (a body faster than the disk fills them)."""
+    piece = os.urandom(64 << 10)
+    total = 24 << 20
+    sizes = []
+    up = await driver.start_upload()
+    data_file = driver._ingest / up.id / "data"
+
+    async def body():
+        sent = 0
+        while sent < total:
+            sizes.append(sent - data_file.stat().st_size)
+            yield piece
+            sent += len(piece)
+
+    await driver.append(up.id, body())
+    info = await driver.commit(up.id, Digest.from_bytes(piece * (total // len(piece))))
+    assert info.size == total
+    held = max(sizes)
+    # one batch being written, one filling (each may pass BATCH_BYTES by its last piece)
+    assert 0 < held <= 2 * (filesystem.BATCH_BYTES + len(piece)), held
+    assert held <= (2 << 20) + 2 * len(piece), f"an upload held {held / (1 << 20):.1f} MiB"
