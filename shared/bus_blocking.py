@@ -26,7 +26,7 @@ import msgspec
 
 from shared.bus_lite_client import LiteBusClient
 from shared.errors import DockyardError, PermissionDenied, Unauthenticated, Unavailable
-from shared.nats_wire import (NO_RESPONDERS, Frames, NeedFullClient, connect_line, parse_url, publish_frame,
+from shared.nats_wire import (NO_RESPONDERS, Frames, Msg, NeedFullClient, connect_line, parse_url, publish_frame,
                               refused_publish, split_message)
 
 if TYPE_CHECKING:
@@ -47,23 +47,6 @@ def drive(coro: Coroutine[Any, Any, T]) -> T:
         return done.value
     coro.close()
     raise NeedsEventLoop("the command awaited the event loop")
-
-
-class Msg:
-    __slots__ = ("subject", "reply", "data", "headers", "status", "_conn")
-
-    def __init__(self, conn: "Connection", subject: str, reply: str, data: bytes,
-                 headers: dict[str, str] | None, status: int):
-        self._conn = conn
-        self.subject = subject
-        self.reply = reply
-        self.data = data
-        self.headers = headers
-        self.status = status
-
-    async def respond(self, data: bytes) -> None:
-        if self.reply:
-            await self._conn.publish(self.reply, data)
 
 
 class Subscription:

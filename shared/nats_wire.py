@@ -100,6 +100,25 @@ def refused_publish(err: str) -> str:
     return err.rsplit(" ", 1)[-1].strip('"')
 
 
+class Msg:
+    """A message either client read: what `respond` answers goes back on the connection it came on."""
+
+    __slots__ = ("subject", "reply", "data", "headers", "status", "_conn")
+
+    def __init__(self, conn: Any, subject: str, reply: str, data: bytes,
+                 headers: dict[str, str] | None, status: int):
+        self._conn = conn
+        self.subject = subject
+        self.reply = reply
+        self.data = data
+        self.headers = headers
+        self.status = status
+
+    async def respond(self, data: bytes) -> None:
+        if self.reply:
+            await self._conn.publish(self.reply, data)
+
+
 class Frames:
     """Cuts the server's bytes into ops: ("MSG", subject, sid, reply, payload, header length
     or -1) for MSG and HMSG, (OP, rest of the line) for the others."""
