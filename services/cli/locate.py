@@ -19,28 +19,11 @@ async def fleet(ctx) -> list:
 
 async def heartbeats(ctx) -> list:
     """Every agent's last heartbeat, live or lost, freshest first."""
-    from shared import codec, subjects
-    from shared.messages.agent import Heartbeat
-    client = await ctx.bus()
-    if hasattr(client, "kv_entries"):  # shared.bus_lite: the whole bucket in one round trip
-        dec = codec.decoder(Heartbeat)
-        beats = [dec.decode(v) for _, v in await client.kv_entries(subjects.KV_AGENTS)]
-    else:
-        beats = await _fleet_nats(client)
-    return sorted(beats, key=lambda b: -b.time)
-
-
-async def _fleet_nats(client) -> list:
-    """Heartbeats through nats-py's KV (the full client: TLS or websocket URLs)."""
-    import nats.js.errors
+    from services.cli.kv_values import kv_values
     from shared import subjects
-    from shared.bus import TypedKV
     from shared.messages.agent import Heartbeat
-    try:
-        kv = await client.nc.jetstream().key_value(subjects.KV_AGENTS)
-    except nats.js.errors.BucketNotFoundError:
-        return []
-    return [v for _, v, _ in await TypedKV(kv, Heartbeat).items()]
+    beats = await kv_values(await ctx.bus(), subjects.KV_AGENTS, Heartbeat)
+    return sorted(beats, key=lambda b: -b.time)
 
 
 async def place(ctx, image: str, memory: int | None, pin: str | None) -> str:

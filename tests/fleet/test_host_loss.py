@@ -14,21 +14,10 @@ import pytest
 from shared import bus
 from shared.errors import Unauthenticated
 from tests.fleet.pushing import push_busybox
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.root
 GiB = 1 << 30
-
-
-def _wait(what, check, timeout: float = 30.0):
-    """`check()` until it returns something true; a hang guard, not a speed requirement."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.3)
 
 
 def _agents(h) -> dict[str, dict]:
@@ -52,7 +41,7 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
     h1.up("--listen", h1.addr, "--nats-port", "4222", "--registry-addr", f"{h1.addr}:5000")
     token = h1.cli("fleet", "token").stdout.strip()
     h2.up("--join", h1.addr, "--token", token, "--listen", h2.addr, "--services", "runtime-agent")
-    _wait("two agents", lambda: len(_agents(h1)) == 2)
+    wait_for("two agents", lambda: len(_agents(h1)) == 2)
 
     push_busybox(h1, tmp_path, f"{h1.addr}:5000/fleet/busybox:1")
     _run(h1, "--name", "keep")
@@ -68,7 +57,7 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
     os.kill(on_h2["die"]["state"]["pid"], signal.SIGKILL)
     h2.stop()  # reaps what was killed
 
-    _wait("host 2 shown lost", lambda: _agents(h1)[h2.agent_id]["lost"])
+    wait_for("host 2 shown lost", lambda: _agents(h1)[h2.agent_id]["lost"])
     ls = {x["host"]: x for x in json.loads(h1.cli("--json", "fleet", "ls").stdout)}
     assert ls[h2.agent_id]["status"] == "lost" and ls[h1.agent_id]["status"] == "ready", ls
     placed = _run(h1, "--name", "placed")
@@ -78,7 +67,7 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
 
     # back with the same data dir and no token: it rejoins and settles what happened meanwhile
     h2.up("--listen", h2.addr, "--services", "runtime-agent")
-    _wait("host 2 back", lambda: not _agents(h1)[h2.agent_id]["lost"])
+    wait_for("host 2 back", lambda: not _agents(h1)[h2.agent_id]["lost"])
     after = _ps(h1, h2.agent_id)
     assert after["keep"]["state"]["status"] == "running", after["keep"]["state"]
     assert after["keep"]["state"]["pid"] == on_h2["keep"]["state"]["pid"]  # the same process, kept
@@ -99,7 +88,7 @@ def test_a_lost_host_is_avoided_rejoins_without_a_token_and_reconciles_then_remo
 
     with pytest.raises(Unauthenticated):
         asyncio.run(connect())
-    _wait("removed host forgotten by `agents`", lambda: h2.agent_id not in _agents(h1))
+    wait_for("removed host forgotten by `agents`", lambda: h2.agent_id not in _agents(h1))
     time.sleep(3.5)  # past the exchange's second look: a heartbeat in flight did not bring it back
     assert h2.agent_id not in _agents(h1)
     again = h1.cli("fleet", "remove", h2.agent_id, check=False)

@@ -8,26 +8,14 @@ import os
 import signal
 import socket
 import ssl
-import time
 
 import pytest
 
 from shared import subjects
 from tests.fleet.pushing import admin_password, cert_dir, push_busybox
+from tests.support.waiting import wait_for
 
 pytestmark = pytest.mark.root
-
-
-def _wait(what, check, timeout: float = 30.0):
-    """`check()` until it returns something true; a hang guard, not a speed requirement."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = check()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout:.0f}s")
-        time.sleep(0.3)
 
 
 def _alive(pid: int) -> bool:
@@ -78,7 +66,7 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
     for h in (h2, h3):
         h.up("--join", h1.addr, "--token", h1.cli("fleet", "token").stdout.strip(), "--listen", h.addr,
              "--services", "runtime-agent")
-    _wait("three agents", lambda: len(json.loads(h1.cli("--json", "agents").stdout)) == 3)
+    wait_for("three agents", lambda: len(json.loads(h1.cli("--json", "agents").stdout)) == 3)
     assert _leaf_refuses_without_a_fleet_certificate(h1)
     assert all(_alive(h.stack["nats_pid"]) for h in (h2, h3))  # each joined host runs its own node
     assert [x["node"] for x in json.loads(h1.cli("--json", "fleet", "ls").stdout)] == [False, True, True]
@@ -104,9 +92,9 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
     assert run.returncode == 0 and run.stdout == "from host 2\n", run.stderr + h2.log("runtime-agent")
 
     # `up` brings the node back on its port; it relays host 3's traffic into the fleet again
-    back = _wait("host 3's node restarted", lambda: h3.stack["nats_pid"] != killed and _alive(h3.stack["nats_pid"]))
+    back = wait_for("host 3's node restarted", lambda: h3.stack["nats_pid"] != killed and _alive(h3.stack["nats_pid"]))
     assert back
-    assert _wait("host 3's node relays again", lambda: _relays(h3))
+    assert wait_for("host 3's node relays again", lambda: _relays(h3))
     ps = json.loads(h1.cli("--json", "agents").stdout)
     assert {a["agent_id"]: a["lost"] for a in ps} == {h.agent_id: False for h in fl.hosts}, ps
     # the state stays on the first node: each bucket one copy there, as `status` says
@@ -115,5 +103,5 @@ def test_a_joined_hosts_nats_node_lost_and_back_loses_nothing(make_fleet, tmp_pa
 
     # removed, the host's node is cut off too: its credential was revoked with the others
     h1.cli("fleet", "remove", h3.agent_id)
-    _wait("host 3's node cut off", lambda: not _relays(h3), timeout=15)
+    wait_for("host 3's node cut off", lambda: not _relays(h3), timeout=15)
     assert _relays(h2)  # not host 2's
