@@ -51,14 +51,14 @@ def register(sub: Any) -> None:
 # ---- helpers ---------------------------------------------------------------------------
 
 async def locate(ctx, ref: str, agents: list | None = None):
-    from services.cli.commands.containers import find
+    from services.cli.locate import find
     return await find(ctx, ref, agents)
 
 
 async def each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0, show=None) -> int:
     """`verb` for every container named, on its agent; prints what `show` makes of the reply
     (default: the name as given); a container that fails does not stop the others."""
-    from services.cli.commands.containers import fleet
+    from services.cli.locate import fleet
     from shared import subjects
     from shared.errors import DockyardError, PermissionDenied
     client = await ctx.bus()
@@ -80,7 +80,7 @@ async def each(args, ctx, verb: str, make, reply_type, *, timeout: float = 30.0,
 # ---- wait, restart, rename, port, pause, update -----------------------------------------
 
 async def wait(args, ctx) -> int:
-    from services.cli.commands.containers import fleet
+    from services.cli.locate import fleet
     from shared import subjects
     from shared.errors import DockyardError, PermissionDenied
     from shared.messages.verbs import VERB_WAIT, WaitReply, WaitRequest
@@ -189,7 +189,7 @@ def register_inspecting(sub: Any) -> None:
     p.add_argument("--no-trunc", action="store_true")
     p.add_argument("--format", help="a Go template ({{.Name}}\\t{{.CPUPerc}}), table TEMPLATE, or json")
     p.add_argument("containers", nargs="*")
-    p.set_defaults(func=stats)
+    p.set_defaults(func=stats, loopless=True)  # read-only bus verbs: shared.bus_blocking, no event loop
 
     p = sub.add_parser("diff", help="files changed in a container against its image (A, C, D)")
     p.add_argument("container")
@@ -249,7 +249,7 @@ def stats_row(ref: str, pre, cur, no_trunc: bool = False) -> dict[str, str]:
 
 async def _targets(args, ctx) -> list[tuple[str, str, str]]:
     """(what the user named, agent, container id) of every container to sample."""
-    from services.cli.commands.containers import fleet
+    from services.cli.locate import fleet
     from shared.messages.agent import VERB_PS, PsReply, PsRequest, fleet as fleet_subject
     agents = await fleet(ctx)
     if args.containers:
@@ -268,8 +268,6 @@ async def _targets(args, ctx) -> list[tuple[str, str, str]]:
 
 
 async def stats(args, ctx) -> int:
-    import asyncio
-
     from services.cli.formatting import render
     from shared import subjects
     from shared.errors import DockyardError
@@ -288,7 +286,7 @@ async def stats(args, ctx) -> int:
         return stats_row(ref, r.pre, r.stats, args.no_trunc)
 
     while True:
-        rows = [r for r in await asyncio.gather(*(one(*t) for t in targets)) if r is not None]
+        rows = [r for r in await _each_target(ctx, one, targets) if r is not None]
         lines = render(fmt, rows, STATS_HEADERS)
         if not args.no_stream and sys.stdout.isatty():
             sys.stdout.write("\033[2J\033[H")  # docker redraws the table in place
@@ -296,9 +294,27 @@ async def stats(args, ctx) -> int:
         sys.stdout.flush()
         if args.no_stream:
             return 0 if rows or not args.containers else 1
-        await asyncio.sleep(1.0)
+        await _sleep(ctx, 1.0)
         if not args.containers:
             targets = await _targets(args, ctx)
+
+
+async def _each_target(ctx, one, targets: list) -> list:
+    """`one(*t)` of every target: one after the other without an event loop (the blocking
+    bus's requests are a round trip each), concurrently on one."""
+    if ctx.loopless:
+        return [await one(*t) for t in targets]
+    import asyncio
+    return await asyncio.gather(*(one(*t) for t in targets))
+
+
+async def _sleep(ctx, seconds: float) -> None:
+    if ctx.loopless:
+        import time
+        time.sleep(seconds)  # nothing else runs in a loopless command: the wait blocks nobody
+        return
+    import asyncio
+    await asyncio.sleep(seconds)
 
 
 async def diff(args, ctx) -> int:

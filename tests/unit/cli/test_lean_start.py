@@ -1,4 +1,4 @@
-"""What `dockyard --version`, `ps` and `agents` load: a structural check of the lean start
+"""What `dockyard --version`, `ps`, `agents` and `stats --no-stream` load: a structural check of the lean start
 (issue 11), not a timing one. The commands run as users run them, in a fresh interpreter
 against a real nats-server; the modules each one imported are read back from it."""
 
@@ -46,7 +46,8 @@ def heavy(modules: set[str]) -> list[str]:
 # The command, and what it says here (a nats-server alone: no agent, no registry-gateway).
 CASES = [(["ps"], ""), (["ps", "-a", "--format", "{{.ID}}"], ""), (["agents"], ""), (["--version"], ""),
          (["inspect", "nothing-here"], "no such container: nothing-here"),
-         (["images"], "no service answers on dockyard.registry.images")]
+         (["images"], "no service answers on dockyard.registry.images"),
+         (["stats", "--no-stream"], ""), (["stats", "--no-stream", "nothing-here"], "no such container: nothing-here")]
 
 
 @pytest.mark.parametrize("args,error", CASES)
