@@ -46,7 +46,7 @@ async def place(ctx, image: str, memory: int | None, pin: str | None) -> str:
 
 async def find(ctx, ref: str, agents: list | None = None):
     """(agent id, Container) of the one container `ref` names across the fleet."""
-    from shared.errors import InvalidArgument, NotFound
+    from shared.errors import NotFound
     from shared.messages.agent import VERB_PS, PsReply, PsRequest, fleet as fleet_subject
     agents = await fleet(ctx) if agents is None else agents
     if not agents:
@@ -54,14 +54,20 @@ async def find(ctx, ref: str, agents: list | None = None):
     client = await ctx.bus()
     replies = await client.gather(fleet_subject(VERB_PS), PsRequest(all=True, match=ref), PsReply,
                                   timeout=2.0, expect=len(agents))
-    hits = [(r.host, c) for r in replies for c in r.containers]
-    exact = [h for h in hits if h[1].id == ref or h[1].name == ref]
+    return one_of(ref, [(r.host, c) for r in replies for c in r.containers], key=lambda c: c)
+
+
+def one_of(ref: str, hits: list, key):
+    """The one (agent id, x) of `hits` that `ref` names: an exact id or name before a prefix;
+    `key(x)` is its container (or what has `.id` and `.name`)."""
+    from shared.errors import InvalidArgument, NotFound
+    exact = [h for h in hits if ref in (key(h[1]).id, key(h[1]).name)]
     hits = exact or hits
     if not hits:
         raise NotFound(f"no such container: {ref}")
     if len(hits) > 1:
         raise InvalidArgument(f"{ref} names {len(hits)} containers: "
-                              + ", ".join(f"{c.id[:12]} on {h}" for h, c in hits))
+                              + ", ".join(f"{key(x).id[:12]} on {h}" for h, x in hits))
     return hits[0]
 
 

@@ -126,6 +126,29 @@ class StatsReply(msgspec.Struct, kw_only=True):
     pre: Stats | None = None
 
 
+class FleetStatsRequest(msgspec.Struct, kw_only=True):
+    """`stats` in one scatter-gather (fleet subject): each agent samples at once the containers
+    `match` names (PsRequest.match's rule for each entry), else all it holds (running ones
+    unless `all`)."""
+
+    match: list[str] = []
+    all: bool = False
+
+
+class StatsSample(msgspec.Struct, kw_only=True):
+    """One container's two samples, with the `match` entry that named it ("" when listing)."""
+
+    ref: str = ""
+    created: str = ""  # RFC 3339 (the listing is newest first, as `ps`)
+    stats: Stats
+    pre: Stats | None = None
+
+
+class FleetStatsReply(msgspec.Struct, kw_only=True):
+    host: str
+    samples: list[StatsSample] = []
+
+
 # ---- events ----------------------------------------------------------------------------
 
 class ContainerEvent(msgspec.Struct, kw_only=True, frozen=True):

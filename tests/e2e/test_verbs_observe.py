@@ -109,6 +109,25 @@ def test_stats_table_cpu_and_net_of_a_bridged_container(fleet):
     fleet.cli("rm", "-f", "busy")
 
 
+def test_stats_of_named_containers_on_both_agents_in_one_call(fleet):
+    for name, agent in (("left", fleet.agents[0]), ("right", fleet.agents[1])):
+        fleet.cli("run", "-d", "--name", name, "--host", agent.id, "--network", "none", "busybox", "sleep", "600")
+    right = fleet.inspect("right")["Id"]
+    out = fleet.cli("stats", "--no-stream", "--format", "json", "left", right[:10]).stdout.splitlines()
+    rows = [json.loads(ln) for ln in out]
+    assert [(r["Container"], r["Name"], r["ID"]) for r in rows] == [("left", "left", fleet.inspect("left")["Id"][:12]),
+                                                                   (right[:10], "right", right[:12])]
+    assert all(int(r["PIDs"]) >= 1 and _bytes(r["MemUsage"].split(" / ")[0]) > 0 for r in rows), rows
+    p = fleet.cli("stats", "--no-stream", "left", "nothing-here", check=False)
+    assert p.returncode == 1 and "no such container: nothing-here" in p.stderr, p.stderr
+    fleet.cli("stop", "-t", "0", "left")
+    assert _stats(fleet, "left")["PIDs"] == "0"  # named, a stopped container is a row of zeros
+    listed = fleet.cli("stats", "--no-stream", "--format", "{{.Name}}").stdout.split()
+    assert "right" in listed and "left" not in listed  # the running ones, as docker
+    assert "left" in fleet.cli("stats", "--no-stream", "-a", "--format", "{{.Name}}").stdout.split()
+    fleet.cli("rm", "-f", "left", "right")
+
+
 class EventsProc:
     def __init__(self, fleet, *args: str):
         self.p = subprocess.Popen([sys.executable, "-m", "services.cli.main", "events", *args], env=fleet.env,

@@ -247,65 +247,41 @@ def stats_row(ref: str, pre, cur, no_trunc: bool = False) -> dict[str, str]:
             "BlockIO": f"{human_size(cur.block_read)} / {human_size(cur.block_write)}", "PIDs": str(cur.pids)}
 
 
-async def _targets(args, ctx) -> list[tuple[str, str, str]]:
-    """(what the user named, agent, container id) of every container to sample."""
-    from services.cli.locate import fleet
-    from shared.messages.agent import VERB_PS, PsReply, PsRequest, fleet as fleet_subject
+async def _samples(args, ctx) -> list[tuple[str, object]]:
+    """(row name, StatsSample) of every container to show: one scatter-gather in which each
+    agent samples all of its own at once (not a `ps` to find them, then a request each)."""
+    from services.cli.locate import fleet, one_of
+    from shared.errors import NotFound
+    from shared.messages.agent import fleet as fleet_subject
+    from shared.messages.verbs import VERB_STATS, FleetStatsReply, FleetStatsRequest
     agents = await fleet(ctx)
-    if args.containers:
-        out = []
-        for ref in args.containers:
-            host, c = await locate(ctx, ref, agents)
-            out.append((ref, host, c.id))
-        return out
     if not agents:
+        if args.containers:
+            raise NotFound(f"no such container: {args.containers[0]} (no runtime-agent is running)")
         return []
     client = await ctx.bus()
-    replies = await client.gather(fleet_subject(VERB_PS), PsRequest(all=args.all), PsReply,
-                                  timeout=2.0, expect=len(agents))
-    cs = sorted((c for r in replies for c in r.containers), key=lambda c: c.created, reverse=True)
-    return [(c.name, c.host, c.id) for c in cs]
+    replies = await client.gather(fleet_subject(VERB_STATS), FleetStatsRequest(match=args.containers, all=args.all),
+                                  FleetStatsReply, timeout=2.0, expect=len(agents))
+    hits = [(r.host, s) for r in replies for s in r.samples]
+    if args.containers:
+        return [(ref, one_of(ref, [h for h in hits if h[1].ref == ref], key=lambda s: s.stats)[1])
+                for ref in args.containers]
+    return [(s.stats.name, s) for _, s in sorted(hits, key=lambda h: h[1].created, reverse=True)]
 
 
 async def stats(args, ctx) -> int:
     from services.cli.formatting import render
-    from shared import subjects
-    from shared.errors import DockyardError
-    from shared.messages.verbs import VERB_STATS, StatsReply, StatsRequest
-    client = await ctx.bus()
-    targets = await _targets(args, ctx)
     fmt = args.format or _STATS_TABLE
-
-    async def one(ref: str, host: str, cid: str):
-        try:
-            r = await client.request(subjects.agent(host, VERB_STATS), StatsRequest(container=cid), StatsReply)
-        except DockyardError as e:
-            if args.containers:
-                ctx.error(e.message)
-            return None
-        return stats_row(ref, r.pre, r.stats, args.no_trunc)
-
     while True:
-        rows = [r for r in await _each_target(ctx, one, targets) if r is not None]
+        rows = [stats_row(ref, s.pre, s.stats, args.no_trunc) for ref, s in await _samples(args, ctx)]
         lines = render(fmt, rows, STATS_HEADERS)
         if not args.no_stream and sys.stdout.isatty():
             sys.stdout.write("\033[2J\033[H")  # docker redraws the table in place
         sys.stdout.write("".join(ln + "\n" for ln in lines))
         sys.stdout.flush()
         if args.no_stream:
-            return 0 if rows or not args.containers else 1
+            return 0
         await _sleep(ctx, 1.0)
-        if not args.containers:
-            targets = await _targets(args, ctx)
-
-
-async def _each_target(ctx, one, targets: list) -> list:
-    """`one(*t)` of every target: one after the other without an event loop (the blocking
-    bus's requests are a round trip each), concurrently on one."""
-    if ctx.loopless:
-        return [await one(*t) for t in targets]
-    import asyncio
-    return await asyncio.gather(*(one(*t) for t in targets))
 
 
 async def _sleep(ctx, seconds: float) -> None:

@@ -42,6 +42,7 @@ class Verbs:
         for verb, typ, handler in verbs:
             svc.endpoint(subjects.agent(aid, verb), typ, handler, queue=queue)
         svc.endpoint(fleet(v.VERB_EVENTS), v.EventsRequest, self.kept_events, queue=queue, empty_ok=True)
+        svc.endpoint(fleet(v.VERB_STATS), v.FleetStatsRequest, self.fleet_stats, queue=queue, empty_ok=True)
 
     async def wait(self, req: v.WaitRequest) -> v.WaitReply:
         return await lifecycle.wait(self.cs, req.container, req.timeout)
@@ -68,6 +69,17 @@ class Verbs:
     async def stats(self, req: v.StatsRequest) -> v.StatsReply:
         pre, cur = await self.sampler.two(self.cs.inspect(req.container))
         return v.StatsReply(stats=cur, pre=pre)
+
+    async def fleet_stats(self, req: v.FleetStatsRequest) -> v.FleetStatsReply:
+        """`stats` of many containers in one request: one sampling trip for all of them."""
+        if req.match:
+            picked = [(ref, c) for ref in dict.fromkeys(req.match) for c in self.cs.list(True, ref)]
+        else:
+            picked = [("", c) for c in self.cs.list(req.all)]
+        pairs = await self.sampler.pairs([c for _, c in picked])
+        return v.FleetStatsReply(host=self.agent.id, samples=[
+            v.StatsSample(ref=ref, created=c.created, pre=pre, stats=cur)
+            for (ref, c), (pre, cur) in zip(picked, pairs)])
 
     async def diff(self, req: ContainerRef) -> v.DiffReply:
         c = self.cs.inspect(req.container)

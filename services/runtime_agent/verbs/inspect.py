@@ -131,7 +131,16 @@ class Sampler:
         self._last: dict[str, Stats] = {}
 
     async def two(self, c: Container) -> tuple[Stats, Stats]:
-        cur = await asyncio.to_thread(sample, c, self.parent)
+        return (await self.pairs([c]))[0]
+
+    async def pairs(self, cs: list[Container]) -> list[tuple[Stats, Stats]]:
+        """(before, now) of each container, all sampled in one trip off the loop."""
+        if not cs:
+            return []
+        now = await asyncio.to_thread(lambda: [sample(c, self.parent) for c in cs])
+        return [self._pair(c, cur) for c, cur in zip(cs, now)]
+
+    def _pair(self, c: Container, cur: Stats) -> tuple[Stats, Stats]:
         pre = self._last.get(c.id)
         if pre is None or cur.read - pre.read > _PRE_MAX_AGE or not pre.running:
             pre = since_start(c, cur)

@@ -58,6 +58,7 @@ def test_each_verb_has_the_narrowest_role():
     for verb in (v.VERB_WAIT, v.VERB_TOP, v.VERB_STATS, v.VERB_DIFF):
         assert required_role(subjects.agent("h", verb)) == "reader"
     assert required_role("dockyard.agent.all.events") == "reader"
+    assert required_role("dockyard.agent.all.stats") == "reader"  # stats of the fleet in one gather
     for verb in (v.VERB_PAUSE, v.VERB_UPDATE, v.VERB_CP_TO, v.VERB_CP_FROM, v.VERB_EXPORT, v.VERB_RESTART):
         assert required_role(subjects.agent("h", verb)) == "operator"
     assert required_role(subjects.agent("h", v.VERB_COMMIT)) == "admin"
