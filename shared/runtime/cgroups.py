@@ -39,9 +39,9 @@ def is_hybrid(mounts: list[CgroupMount] | None = None) -> bool:
     return any(m.version == 1 for m in mounts) and any(m.version == 2 for m in mounts)
 
 
-def controller_dir(controller: str, cgroups_path: str) -> Path | None:
+def controller_dir(controller: str, cgroups_path: str, mounts: list[CgroupMount] | None = None) -> Path | None:
     """The directory of `cgroups_path` in the v1 hierarchy that holds `controller`."""
-    for m in cgroup_mounts():
+    for m in cgroup_mounts() if mounts is None else mounts:
         if m.version == 1 and controller in m.controllers:
             return m.path / cgroups_path.lstrip("/")
     return None

@@ -17,13 +17,13 @@ from shared.runtime import cgroups
 _FREEZE_WAIT = 10.0
 
 
-def _v1(controller: str, parent: str, cid: str) -> Path | None:
-    d = cgroups.controller_dir(controller, f"{parent}/{cid}")
+def _v1(controller: str, parent: str, cid: str, mounts: list | None = None) -> Path | None:
+    d = cgroups.controller_dir(controller, f"{parent}/{cid}", mounts)
     return d if d is not None and d.is_dir() else None
 
 
-def _v2(parent: str, cid: str) -> Path | None:
-    for m in cgroups.cgroup_mounts():
+def _v2(parent: str, cid: str, mounts: list | None = None) -> Path | None:
+    for m in cgroups.cgroup_mounts() if mounts is None else mounts:
         if m.version == 2 and (m.path / "cgroup.controllers").exists():
             d = m.path / parent.strip("/") / cid
             if (d / "cgroup.procs").exists():
@@ -138,23 +138,27 @@ def _memory_v1(d: Path, memory: int | None, swap: int | None) -> None:
 
 # ---- counters (`stats`) ----------------------------------------------------------------
 
-def counters(parent: str, cid: str) -> dict[str, int]:
-    """cpu_ns, memory_usage, memory_limit, block_read, block_write, pids of the cgroup."""
+def counters(parent: str, cid: str, mounts: list | None = None) -> dict[str, int]:
+    """cpu_ns, memory_usage, memory_limit, block_read, block_write, pids of the cgroup.
+
+    `mounts`: the cgroup mount table, read once for many containers (each read of
+    /proc/self/mountinfo costs about what all the counters of one container do)."""
+    mounts = cgroups.cgroup_mounts() if mounts is None else mounts
     out = {"cpu_ns": 0, "memory_usage": 0, "memory_limit": 0, "block_read": 0, "block_write": 0, "pids": 0}
-    if (d := _v1("cpuacct", parent, cid)) is not None:
+    if (d := _v1("cpuacct", parent, cid, mounts)) is not None:
         out["cpu_ns"] = _int(d / "cpuacct.usage")
-        if (m := _v1("memory", parent, cid)) is not None:
+        if (m := _v1("memory", parent, cid, mounts)) is not None:
             stat = _kv(_read(m / "memory.stat"))
             # docker's usage: what the cgroup charges, less the inactive file cache it could drop
             out["memory_usage"] = max(0, _int(m / "memory.usage_in_bytes") - stat.get("total_inactive_file", 0))
             out["memory_limit"] = _int(m / "memory.limit_in_bytes")
-        if (b := _v1("blkio", parent, cid)) is not None:
+        if (b := _v1("blkio", parent, cid, mounts)) is not None:
             out["block_read"], out["block_write"] = _blkio(_read(b / "blkio.throttle.io_service_bytes_recursive")
                                                            or _read(b / "blkio.throttle.io_service_bytes"))
-        if (p := _v1("pids", parent, cid)) is not None:
+        if (p := _v1("pids", parent, cid, mounts)) is not None:
             out["pids"] = _int(p / "pids.current")
         return out
-    if (d2 := _v2(parent, cid)) is not None:
+    if (d2 := _v2(parent, cid, mounts)) is not None:
         out["cpu_ns"] = _kv(_read(d2 / "cpu.stat")).get("usage_usec", 0) * 1000
         stat = _kv(_read(d2 / "memory.stat"))
         out["memory_usage"] = max(0, _int(d2 / "memory.current") - stat.get("inactive_file", 0))

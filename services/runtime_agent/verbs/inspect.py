@@ -98,11 +98,11 @@ def _net(pid: int) -> tuple[int, int]:
     return rx, tx
 
 
-def sample(c: Container, parent: str) -> Stats:
+def sample(c: Container, parent: str, mounts: list | None = None) -> Stats:
     now = time.time()
     if c.state.status != "running":
         return Stats(id=c.id, name=c.name, read=now, running=False)
-    k = cgroupctl.counters(parent, c.id)
+    k = cgroupctl.counters(parent, c.id, mounts)
     rx, tx = _net(c.state.pid) if c.network.mode == "bridge" else (0, 0)
     limit = k["memory_limit"]
     host = cgroupctl.host_memory()
@@ -137,7 +137,10 @@ class Sampler:
         """(before, now) of each container, all sampled in one trip off the loop."""
         if not cs:
             return []
-        now = await asyncio.to_thread(lambda: [sample(c, self.parent) for c in cs])
+        def sample_all() -> list[Stats]:
+            mounts = cgroups.cgroup_mounts()
+            return [sample(c, self.parent, mounts) for c in cs]
+        now = await asyncio.to_thread(sample_all)
         return [self._pair(c, cur) for c, cur in zip(cs, now)]
 
     def _pair(self, c: Container, cur: Stats) -> tuple[Stats, Stats]:
