@@ -54,13 +54,14 @@ async def find(ctx, ref: str, agents: list | None = None):
     client = await ctx.bus()
     replies = await client.gather(fleet_subject(VERB_PS), PsRequest(all=True, match=ref), PsReply,
                                   timeout=2.0, expect=len(agents))
-    return one_of(ref, [(r.host, c) for r in replies for c in r.containers], key=lambda c: c)
+    return one_of(ref, [(r.host, c) for r in replies for c in r.containers])
 
 
-def one_of(ref: str, hits: list, key):
+def one_of(ref: str, hits: list, key=None):
     """The one (agent id, x) of `hits` that `ref` names: an exact id or name before a prefix;
-    `key(x)` is its container (or what has `.id` and `.name`)."""
+    `key(x)` has the container's `.id` and `.name` (default: x itself)."""
     from shared.errors import InvalidArgument, NotFound
+    key = key or (lambda x: x)
     exact = [h for h in hits if ref in (key(h[1]).id, key(h[1]).name)]
     hits = exact or hits
     if not hits:

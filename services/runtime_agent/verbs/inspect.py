@@ -137,6 +137,7 @@ class Sampler:
         """(before, now) of each container, all sampled in one trip off the loop."""
         if not cs:
             return []
+
         def sample_all() -> list[Stats]:
             mounts = cgroups.cgroup_mounts()
             return [sample(c, self.parent, mounts) for c in cs]
