@@ -129,8 +129,8 @@ def test_stats_of_named_containers_on_both_agents_in_one_call(fleet):
 
 
 class EventsProc:
-    def __init__(self, fleet, *args: str):
-        self.p = subprocess.Popen([sys.executable, "-m", "services.cli.main", "events", *args], env=fleet.env,
+    def __init__(self, fleet, *args: str, verb: str = "events"):
+        self.p = subprocess.Popen([sys.executable, "-m", "services.cli.main", verb, *args], env=fleet.env,
                                   cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
     def until(self, pred, timeout: float = 30.0) -> list[str]:
@@ -150,6 +150,19 @@ class EventsProc:
     def close(self) -> None:
         self.p.kill()
         self.p.wait(10)
+
+
+def test_stats_stream_goes_on_when_a_named_container_goes(fleet):
+    fleet.cli("run", "-d", "--name", "brief", "--network", "none", "busybox", "sleep", "600")
+    stream = EventsProc(fleet, "--format", "table {{.Name}}", "brief", verb="stats")
+    try:
+        assert stream.until(lambda lines: lines[:2] == ["NAME", "brief"])[:2] == ["NAME", "brief"]
+        fleet.cli("rm", "-f", "brief")
+        # later rounds: the header alone, and the command still streaming (docker drops the row)
+        stream.until(lambda lines: lines[-2:] == ["NAME", "NAME"])
+        assert stream.p.poll() is None
+    finally:
+        stream.close()
 
 
 def test_events_live_and_kept_with_filters(fleet):

@@ -247,16 +247,17 @@ def stats_row(ref: str, pre, cur, no_trunc: bool = False) -> dict[str, str]:
             "BlockIO": f"{human_size(cur.block_read)} / {human_size(cur.block_write)}", "PIDs": str(cur.pids)}
 
 
-async def _samples(args, ctx) -> list[tuple[str, object]]:
+async def _samples(args, ctx, strict: bool = True) -> list[tuple[str, object]]:
     """(row name, StatsSample) of every container to show: one scatter-gather in which each
-    agent samples all of its own at once (not a `ps` to find them, then a request each)."""
+    agent samples all of its own at once (not a `ps` to find them, then a request each).
+    Not `strict` (a stream's later rounds), a named container that is gone leaves the table."""
     from services.cli.locate import fleet, one_of
-    from shared.errors import NotFound
+    from shared.errors import DockyardError, NotFound
     from shared.messages.agent import fleet as fleet_subject
     from shared.messages.verbs import VERB_STATS, FleetStatsReply, FleetStatsRequest
     agents = await fleet(ctx)
     if not agents:
-        if args.containers:
+        if args.containers and strict:
             raise NotFound(f"no such container: {args.containers[0]} (no runtime-agent is running)")
         return []
     client = await ctx.bus()
@@ -264,16 +265,24 @@ async def _samples(args, ctx) -> list[tuple[str, object]]:
                                   FleetStatsReply, timeout=2.0, expect=len(agents))
     hits = [(r.host, s) for r in replies for s in r.samples]
     if args.containers:
-        return [(ref, one_of(ref, [h for h in hits if h[1].ref == ref], key=lambda s: s.stats)[1])
-                for ref in args.containers]
+        out = []
+        for ref in args.containers:
+            try:
+                out.append((ref, one_of(ref, [h for h in hits if h[1].ref == ref], key=lambda s: s.stats)[1]))
+            except DockyardError:
+                if strict:
+                    raise
+        return out
     return [(s.stats.name, s) for _, s in sorted(hits, key=lambda h: h[1].created, reverse=True)]
 
 
 async def stats(args, ctx) -> int:
     from services.cli.formatting import render
     fmt = args.format or _STATS_TABLE
+    first = True
     while True:
-        rows = [stats_row(ref, s.pre, s.stats, args.no_trunc) for ref, s in await _samples(args, ctx)]
+        rows = [stats_row(ref, s.pre, s.stats, args.no_trunc) for ref, s in await _samples(args, ctx, first)]
+        first = False
         lines = render(fmt, rows, STATS_HEADERS)
         if not args.no_stream and sys.stdout.isatty():
             sys.stdout.write("\033[2J\033[H")  # docker redraws the table in place
