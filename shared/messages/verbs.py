@@ -96,10 +96,6 @@ class TopReply(msgspec.Struct, kw_only=True):
     processes: list[list[str]] = []
 
 
-class StatsRequest(msgspec.Struct, kw_only=True):
-    container: str
-
-
 class Stats(msgspec.Struct, kw_only=True, frozen=True):
     """One sample of a container's cgroup and veth counters (cumulative; the CLI takes deltas)."""
 
@@ -117,13 +113,6 @@ class Stats(msgspec.Struct, kw_only=True, frozen=True):
     block_read: int = 0
     block_write: int = 0
     pids: int = 0
-
-
-class StatsReply(msgspec.Struct, kw_only=True):
-    """The sample now and one before it (kept from the last request, else one at the start)."""
-
-    stats: Stats
-    pre: Stats | None = None
 
 
 class FleetStatsRequest(msgspec.Struct, kw_only=True):

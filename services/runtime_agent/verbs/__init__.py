@@ -34,7 +34,7 @@ class Verbs:
             (v.VERB_RENAME, v.RenameRequest, self.rename), (v.VERB_PAUSE, ContainerRef, self.pause),
             (v.VERB_UNPAUSE, ContainerRef, self.unpause), (v.VERB_UPDATE, v.UpdateRequest, self.update),
             (v.VERB_EVENTS, v.EventsRequest, self.kept_events),
-            (v.VERB_TOP, v.TopRequest, self.top), (v.VERB_STATS, v.StatsRequest, self.stats),
+            (v.VERB_TOP, v.TopRequest, self.top),
             (v.VERB_DIFF, ContainerRef, self.diff), (v.VERB_CP_FROM, v.CopyFromRequest, self.cp_from),
             (v.VERB_CP_TO, v.CopyToRequest, self.cp_to), (v.VERB_EXPORT, v.ExportRequest, self.export),
             (v.VERB_COMMIT, v.CommitRequest, self.commit),
@@ -65,10 +65,6 @@ class Verbs:
 
     async def top(self, req: v.TopRequest) -> v.TopReply:
         return await inspect.top(self.cs.inspect(req.container), self.cs.cgroup_parent, req.ps_args)
-
-    async def stats(self, req: v.StatsRequest) -> v.StatsReply:
-        pre, cur = await self.sampler.two(self.cs.inspect(req.container))
-        return v.StatsReply(stats=cur, pre=pre)
 
     async def fleet_stats(self, req: v.FleetStatsRequest) -> v.FleetStatsReply:
         """`stats` of many containers in one request: one sampling trip for all of them."""

@@ -130,9 +130,6 @@ class Sampler:
         self.parent = parent
         self._last: dict[str, Stats] = {}
 
-    async def two(self, c: Container) -> tuple[Stats, Stats]:
-        return (await self.pairs([c]))[0]
-
     async def pairs(self, cs: list[Container]) -> list[tuple[Stats, Stats]]:
         """(before, now) of each container, all sampled in one trip off the loop."""
         if not cs:
