@@ -24,26 +24,44 @@ from shared.errors import Conflict, InvalidArgument
 _PICK_ATTEMPTS = 64
 
 
-def _bindable(protocol: str, ip: IPv4Address, port: int) -> int | None:
-    """Bind a probe socket: the port it got, or None if a host socket holds it.
+def _hold(protocol: str, ip: IPv4Address, port: int) -> socket.socket | None:
+    """A socket that holds host port `port` (0: one the kernel picks), or None if a host socket has it.
 
-    With DNAT nothing listens on a published port, so this only catches host
-    services already on it (their traffic would otherwise be hijacked).
+    With DNAT nothing would listen on a published port, so another program could bind it
+    later and find its own loopback traffic sent to the container. As docker's proxy does,
+    the agent keeps a listener on each published port for as long as the mapping stands:
+    no one else can bind it, and DNAT takes the traffic before it reaches the listener.
     """
     kind = socket.SOCK_STREAM if protocol == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as s:
-        if kind == socket.SOCK_STREAM and port:
-            # Ignore TIME_WAIT leftovers: only a listener makes the port busy.
+    s = socket.socket(socket.AF_INET, kind)
+    try:
+        if kind == socket.SOCK_STREAM:
+            # Ignore TIME_WAIT leftovers; the listen below is what keeps others off.
             s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            s.bind((str(ip), port))
-        except OSError as e:
-            if e.errno == errno.EADDRINUSE:
-                return None
-            if e.errno == errno.EADDRNOTAVAIL:
-                raise InvalidArgument(f"{ip} is not an address of this host") from e
-            raise
-        return s.getsockname()[1]
+        s.bind((str(ip), port))
+        if kind == socket.SOCK_STREAM:
+            s.listen(1)
+    except OSError as e:
+        s.close()
+        if e.errno == errno.EADDRINUSE:
+            return None
+        if e.errno == errno.EADDRNOTAVAIL:
+            raise InvalidArgument(f"{ip} is not an address of this host") from e
+        raise
+    return s
+
+
+def _hold_again(p: PublishedPort) -> socket.socket | None:
+    """`_hold` of a mapping made before this agent started; None where that is no longer possible."""
+    try:
+        return _hold(p.protocol, p.host_ip, p.host_port)
+    except (InvalidArgument, OSError):
+        return None
+
+
+def _close_all(socks: Iterable[socket.socket]) -> None:
+    for s in socks:
+        s.close()
 
 
 class PortMapper:
@@ -52,6 +70,7 @@ class PortMapper:
         # container id -> [(port, rule spec as applied)]: the spec deletes it exactly.
         self._bound: dict[str, list[tuple[PublishedPort, str]]] = {}
         self._lock = asyncio.Lock()
+        self._held: dict[str, list[socket.socket]] = {}  # container id -> the listeners on its host ports
         # networks: the host ports other networks' mappers of this agent hold (one host, one port space)
         self.elsewhere: Callable[[], Iterable[PublishedPort]] = tuple
 
@@ -90,27 +109,38 @@ class PortMapper:
     def published(self) -> list[PublishedPort]:
         return [p for entries in self._bound.values() for p, _ in entries]
 
-    def _choose(self, mappings: list[PortMapping]) -> list[PublishedPort]:
+    def _choose(self, mappings: list[PortMapping]) -> tuple[list[PublishedPort], list[socket.socket]]:
+        """The host port of each mapping, and the sockets holding them (the caller keeps or closes them)."""
         chosen: list[PublishedPort] = []
-        for m in mappings:
-            port = self._choose_one(m, chosen)
-            chosen.append(PublishedPort(m.host_ip, port, m.container_port, m.protocol))
-        return chosen
+        held: list[socket.socket] = []
+        try:
+            for m in mappings:
+                sock = self._choose_one(m, chosen)
+                held.append(sock)
+                chosen.append(PublishedPort(m.host_ip, sock.getsockname()[1], m.container_port, m.protocol))
+        except BaseException:
+            _close_all(held)
+            raise
+        return chosen, held
 
-    def _choose_one(self, m: PortMapping, chosen: list[PublishedPort]) -> int:
+    def _choose_one(self, m: PortMapping, chosen: list[PublishedPort]) -> socket.socket:
         if m.host_ports is None:
             # The kernel's pick is free of host listeners; retry past our own ports.
             for _ in range(_PICK_ATTEMPTS):
-                port = _bindable(m.protocol, m.host_ip, 0)
-                if port is not None and not self._taken(chosen, m.protocol, m.host_ip, port):
-                    return port
+                sock = _hold(m.protocol, m.host_ip, 0)
+                if sock is None:
+                    continue
+                if not self._taken(chosen, m.protocol, m.host_ip, sock.getsockname()[1]):
+                    return sock
+                sock.close()
             raise Conflict(f"no free host port for {m}")
         lo, hi = m.host_ports
         for port in range(lo, hi + 1):
             if self._taken(chosen, m.protocol, m.host_ip, port):
                 continue
-            if _bindable(m.protocol, m.host_ip, port) is not None:
-                return port
+            sock = _hold(m.protocol, m.host_ip, port)
+            if sock is not None:
+                return sock
         where = f"{m.host_ip}:{lo}" if lo == hi else f"{m.host_ip}:{lo}-{hi}"
         raise Conflict(f"host port {where}/{m.protocol} is already allocated")
 
@@ -123,11 +153,16 @@ class PortMapper:
                 await self._unpublish(container_id)
             if not mappings:
                 return []
-            chosen = self._choose(mappings)
+            chosen, held = self._choose(mappings)
             entries = [(p, self._spec(container_id, container_ip, p)) for p in chosen]
             chain = self.config.dnat_chain
-            await iptables.restore({"nat": [f"-A {chain} {spec}" for _, spec in entries]})
+            try:
+                await iptables.restore({"nat": [f"-A {chain} {spec}" for _, spec in entries]})
+            except BaseException:
+                _close_all(held)
+                raise
             self._bound[container_id] = entries
+            self._held[container_id] = held
             return chosen
 
     async def unpublish(self, container_id: str) -> None:
@@ -138,6 +173,7 @@ class PortMapper:
         # The table is complete (load() rebuilds it after a restart): a container
         # absent from it has no rules, and tearing it down costs no iptables call.
         entries = self._bound.pop(container_id, None)
+        _close_all(self._held.pop(container_id, ()))
         if not entries:
             return
         chain = self.config.dnat_chain
@@ -169,9 +205,16 @@ class PortMapper:
                 if found:
                     bound.setdefault(found[0], []).append((found[1], rule.spec))
             self._bound = bound
+            for socks in self._held.values():
+                _close_all(socks)
+            # hold the ports again; one a host program took while no agent ran stays mapped (as it was)
+            self._held = {cid: [s for p, _ in entries if (s := _hold_again(p))] for cid, entries in bound.items()}
             return {cid: [p for p, _ in entries] for cid, entries in bound.items()}
 
     async def forget_all(self) -> None:
         """Drop the in-memory table (the chain itself is flushed by the bridge)."""
         async with self._lock:
             self._bound.clear()
+            for socks in self._held.values():
+                _close_all(socks)
+            self._held.clear()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -270,6 +271,31 @@ async def _host_port_conflicts(net, config, port: int, other: int) -> None:
     for cid in ("tc1", "tc5", "tc6"):
         await net.teardown(cid)
         await assert_gone(config, cid)
+
+
+def _listen_as_a_server_would(port: int) -> None:
+    """Bind and listen on 127.0.0.1:port with SO_REUSEADDR, as aiohttp and most servers do."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        s.listen()
+
+
+async def test_a_published_port_stays_held_until_teardown(net, config, httpd):
+    # DNAT alone leaves the port free: a server binding it later would find its own
+    # loopback clients sent to the container (a test server once got busybox httpd's 404).
+    att = await net.setup("th", "bridge", parse_publish_all(["127.0.0.1::80", "80"]))
+    for p in att.ports:
+        with pytest.raises(OSError) as ei:
+            _listen_as_a_server_would(p.host_port)
+        assert ei.value.errno == errno.EADDRINUSE
+    httpd.start("dynt-th", "held")
+    assert (await http_get(att.ports[0].host_port)).endswith(b"held")  # DNAT still takes the traffic
+    httpd.stop()
+    await net.teardown("th")
+    await assert_gone(config, "th")
+    for p in att.ports:
+        _listen_as_a_server_would(p.host_port)  # free again
 
 
 async def test_repeated_setup_replaces_rather_than_duplicates(net, config, httpd):
