@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from registry import BLOB_INFO_CACHE, DOCKYARD, free_port, load_average, make_layout, stop  # noqa: E402
+from registry import BLOB_INFO_CACHE, DOCKYARD, free_port, load_average, make_layout, teardown  # noqa: E402
 
 from shared import tls  # noqa: E402
 
@@ -157,12 +157,7 @@ def main() -> int:
             print(f"{op:8}{dy_t:>10.2f}{dist_t:>14.2f}{dy_t / dist_t:>9.2f}")
         print("dockyard with auth (admin token per request), distribution without: a speed-up must not skip auth")
     finally:
-        for p in procs:
-            stop(p)
-        if args.keep:
-            print(f"scratch kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        teardown(procs, root, args.keep)
     return 0
 
 

@@ -152,6 +152,16 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
+def teardown(procs: list[subprocess.Popen], root: Path, keep: bool) -> None:
+    """Stop what a bench started; remove its scratch dir unless asked to keep it."""
+    for p in procs:
+        stop(p)
+    if keep:
+        print(f"scratch kept in {root}")
+    else:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=5)
@@ -209,12 +219,7 @@ def main() -> int:
     finally:
         if sink is not None:
             sink.close()
-        for p in procs:
-            stop(p)
-        if args.keep:
-            print(f"scratch kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        teardown(procs, root, args.keep)
     return 0
 
 

@@ -27,7 +27,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench.loadgen import LoadConfig, run_load, verify_all  # noqa: E402
-from registry import free_port, load_average, start_distribution, stop, wait_http  # noqa: E402
+from registry import free_port, load_average, start_distribution, stop, teardown, wait_http  # noqa: E402
 
 DOCKYARD = str(Path(sys.executable).parent / "dockyard")
 SERVICES = ("layer-store", "registry-gateway", "garbage-collector")
@@ -186,12 +185,7 @@ def main() -> int:
             failed |= bool(s.errors or failures or after.stats.errors or after.stats.throttled)
         print(f"\nload average at end {load_average()}")
     finally:
-        for p in procs:
-            stop(p)
-        if args.keep:
-            print(f"scratch kept in {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
+        teardown(procs, root, args.keep)
     return 1 if failed else 0
 
 
