@@ -36,8 +36,11 @@ def netns(stack: Stack) -> int:
 
 
 def veths(stack: Stack) -> int:
+    """Container veths on the stack's bridge: their names carry only 4 letters of the prefix,
+    which stacks started by neighbouring pids share, so the bridge tells whose they are."""
     head = stack.env["DOCKYARD_NET_PREFIX"][:4] + "v"
-    return sum(f": {head}" in ln for ln in _run("ip", "-o", "link").splitlines())
+    bridge = stack.env["DOCKYARD_BRIDGE"]
+    return sum(f": {head}" in ln for ln in _run("ip", "-o", "link", "show", "master", bridge).splitlines())
 
 
 def cgroups(stack: Stack) -> int:
